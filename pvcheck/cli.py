@@ -1,0 +1,106 @@
+"""The `pvcheck` command: run, lab up|down|status, config check (exit codes in errors.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pvcheck.config import Config, load_config
+from pvcheck.errors import EXIT_PASS, EXIT_USAGE, PvcheckError
+from pvcheck.routes import RouteObservation
+
+DEFAULT_LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
+
+
+def _route_lines(cfg: Config, probes: list[RouteObservation]) -> tuple[list[str], bool]:
+    lines, ok = [], True
+    for route, probe in zip(cfg.routes, probes, strict=True):
+        good = probe.status in route.expect_status and probe.body_has_text is not False
+        ok &= good
+        answer = probe.status if probe.status is not None else probe.error
+        lines.append(
+            f"  {'ok ' if good else 'BAD'} {route.name:<16} {route.url:<40} -> {answer} "
+            f"({probe.latency_s * 1000:.0f} ms, {probe.attempts} attempt(s))"
+        )
+    return lines, ok
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file)
+    print(f"{args.file}: valid")
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return EXIT_PASS
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from pvcheck import lab
+
+    cfg = load_config(args.config)
+    if args.action == "up":
+        probes = lab.lab_up(cfg)
+        lines, ok = _route_lines(cfg, probes)
+        print(f"lab up: network {cfg.network.name} {cfg.network.subnet}; routes through Traefik:")
+        print("\n".join(lines))
+        return EXIT_PASS if ok else 1
+    if args.action == "down":
+        left = lab.lab_down(cfg)
+        leftovers = {k: v for k, v in left.items() if v}
+        print("lab down: nothing left" if not leftovers else f"lab down: left {leftovers}")
+        return EXIT_PASS if not leftovers else 1
+    rows, probes = lab.lab_status(cfg)
+    print("services:")
+    for name, replicas in rows:
+        print(f"  {name:<32} {replicas}")
+    lines, ok = _route_lines(cfg, probes)
+    print("routes (through Traefik from 127.0.0.1):")
+    print("\n".join(lines))
+    return EXIT_PASS if ok and rows else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pvcheck", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every docker call")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="validate a config file")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    check = config_sub.add_parser("check", help="validate FILE and print what was understood")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")
+    labp.add_argument("action", choices=["up", "down", "status"])
+    labp.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    labp.set_defaults(func=cmd_lab)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except PvcheckError as exc:
+        print(f"pvcheck: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pvcheck: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"pvcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

