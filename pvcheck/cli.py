@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pvcheck.config import Config, load_config
-from pvcheck.errors import EXIT_PASS, EXIT_USAGE, PvcheckError
+from pvcheck.errors import EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
+from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
 
 DEFAULT_LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
@@ -61,6 +62,39 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_PASS if ok and rows else 1
 
 
+def print_verdict(report: Report) -> None:
+    print(f"pvcheck {report.verdict.upper()}  run {report.run_id}  target {report.target}")
+    for gate in report.gates:
+        print(f"  gate {gate.gate} {gate.status.upper():<5} {gate.title}")
+    for check in report.checks:
+        if check.status != "pass":
+            print(f"    {check.status.upper():<5} {check.id}: expected {check.expected}; "
+                  f"found {check.found}. {check.detail}")  # fmt: skip
+    for stage, outcome in report.stages.items():
+        print(f"  stage {stage}: {outcome}")
+    for kind, path in report.evidence.items():
+        print(f"  evidence {kind}: {path}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    load_config(args.config)  # fail fast (exit 2) before the Prefect engine starts
+    from flows.verify import RunParameters, verify
+
+    state = verify(RunParameters(config_path=args.config), return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    report: Report = result
+    if args.json:
+        Path(args.json).write_text(report.to_json(), encoding="utf-8")
+        report.evidence["json"] = args.json
+    if args.junit:
+        Path(args.junit).write_text(report.to_junit(), encoding="utf-8")
+        report.evidence["junit"] = args.junit
+    print_verdict(report)
+    return EXIT_PASS if report.verdict == "pass" else EXIT_GATE_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pvcheck", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every docker call")
@@ -71,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate FILE and print what was understood")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+
+    run = sub.add_parser("run", help="run the verification flow and print the verdict")
+    run.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    run.add_argument("--json", help="write the JSON report here")
+    run.add_argument("--junit", help="write a JUnit XML report here")
+    run.set_defaults(func=cmd_run)
 
     labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")
     labp.add_argument("action", choices=["up", "down", "status"])

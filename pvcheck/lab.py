@@ -42,9 +42,16 @@ BUSYBOX_APPLETS = ("sh", "httpd", "wget", "sleep", "nc", "cat", "echo", "printf"
 
 # The stand-in sites. Drone answers / with 303 like the real one (busybox httpd runs
 # cgi-bin/index.cgi for "/" when there is no index.html; an NPH status line passes through).
-_REDIRECT_CGI = '#!/bin/sh\nprintf "HTTP/1.1 303 See Other\\r\\nLocation: /login\\r\\nContent-Length: 0\\r\\n\\r\\n"\n'
+_REDIRECT_CGI = (
+    "#!/bin/sh\n"
+    'printf "HTTP/1.1 303 See Other\\r\\nLocation: /login\\r\\nContent-Length: 0\\r\\n\\r\\n"\n'
+)
 SITES: dict[str, dict[str, str]] = {
-    "drone": {"healthz": "ok\n", "login": "<h1>Drone (lab)</h1>\n", "cgi-bin/index.cgi": _REDIRECT_CGI},
+    "drone": {
+        "healthz": "ok\n",
+        "login": "<h1>Drone (lab)</h1>\n",
+        "cgi-bin/index.cgi": _REDIRECT_CGI,
+    },
     "dashboard": {"index.html": "<h1>cc-ci dashboard (lab)</h1>\n"},
     "bridge": {"health": "ok\n", "index.html": "<h1>comment bridge (lab)</h1>\n"},
     "report": {"index.html": "<h1>reports (lab)</h1>\n"},

@@ -1,0 +1,1 @@
+"""Prefect flows of pvcheck: the verification run (and, later, the review run)."""

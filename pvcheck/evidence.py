@@ -1,0 +1,193 @@
+"""Evidence: cold commands a reviewer can paste, pure Markdown rendering, and the one writer.
+
+Rendering is pure (Jinja with StrictUndefined) and golden-tested; write_evidence is the only
+function that touches machine-docs/, through statefiles (atomic, sections kept, journal grows).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jinja2
+
+from pvcheck.config import Config, RouteConfig
+from pvcheck.records import Check, Status
+from pvcheck.report import Report
+from pvcheck.statefiles import append_journal, read_state, section_body, update_sections
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+@dataclass(frozen=True)
+class ColdCommand:
+    """A command a reviewer pastes, and what it must print."""
+
+    command: str
+    expected: str
+
+
+def curl_command(route: RouteConfig) -> str:
+    url = httpx.URL(route.url)
+    parts = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]
+    if route.connect_to:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        parts += ["--connect-to", f"{url.host}:{port}:{route.connect_to}"]
+    if not route.verify_tls:
+        parts.append("-k")
+    parts.append(route.url)
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def m1_commands(cfg: Config) -> list[ColdCommand]:
+    """Pure: the M1 HOW section, one command per claim."""
+    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+    net = shlex.quote(cfg.network.name)
+    names = "|".join(re.escape(s) for s in cfg.services.control_plane)
+    out = [
+        ColdCommand(f"grep -x '## DONE' {shlex.quote(str(pvfix))}", "## DONE"),
+        ColdCommand(
+            f"docker network inspect {net} --format '{{{{.Driver}}}} "
+            f"{{{{(index .IPAM.Config 0).Subnet}}}}'",
+            f"{cfg.network.driver} {cfg.network.subnet}",
+        ),
+        ColdCommand(
+            f"docker network inspect --verbose {net} --format "
+            "'{{range $k, $v := .Services}}{{$k}} {{$v.VIP}} {{len $v.Tasks}}{{println}}{{end}}'",
+            "one line per service on the network: name, VIP, task count",
+        ),
+        ColdCommand(
+            "docker service ls --format '{{.Name}} {{.Replicas}}' | "
+            f"grep -E {shlex.quote(f'^({names}) ')}",
+            "every control-plane service with N/N replicas (N > 0)",
+        ),
+    ]
+    for route in cfg.routes:
+        out.append(ColdCommand(curl_command(route), "/".join(map(str, route.expect_status))))
+    return out
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return _env().get_template(template).render(**context)
+
+
+def _context(report: Report, cfg: Config) -> dict[str, Any]:
+    return {
+        "report": report,
+        "cfg": cfg,
+        "phase": cfg.docs.phase,
+        "gates": {g.gate: g for g in report.gates},
+        "m1_commands": m1_commands(cfg),
+        "before": report.facts_before,
+        "after": report.facts_after,
+        "Status": Status,
+    }
+
+
+def render_status_sections(report: Report, cfg: Config) -> dict[str, str]:
+    ctx = _context(report, cfg)
+    return {
+        "summary": render("status_summary.md.j2", **ctx),
+        "gate-M1": render("status_gate_m1.md.j2", **ctx),
+        "evidence": render("status_evidence.md.j2", **ctx),
+    }
+
+
+def render_journal_entry(report: Report, cfg: Config) -> str:
+    return render("journal_entry.md.j2", **_context(report, cfg))
+
+
+_ITEM = re.compile(r"^- \[(?P<done>[ x])\] \*\*(?P<num>B\d+)\*\* `(?P<id>[^`]+)`(?P<rest>.*)$")
+
+
+@dataclass
+class BacklogItem:
+    num: str
+    check_id: str
+    done: bool
+    text: str
+
+
+def parse_backlog(body: str | None) -> list[BacklogItem]:
+    items = []
+    for line in (body or "").splitlines():
+        m = _ITEM.match(line)
+        if m:
+            items.append(BacklogItem(m["num"], m["id"], m["done"] == "x", line))
+    return items
+
+
+def merge_backlog(items: list[BacklogItem], report: Report) -> list[BacklogItem]:
+    """Pure: one item per failing check id (never one per run); fixed ones get ticked."""
+    failing = {c.id: c for c in report.failing}
+    seen = {i.check_id for i in items}
+    out = []
+    for item in items:
+        if item.check_id in failing and item.done:
+            item = _item(item.num, failing[item.check_id], report)
+        elif item.check_id not in failing and not item.done and _ran(report, item.check_id):
+            ticked = item.text.replace("- [ ]", "- [x]", 1)
+            item = BacklogItem(
+                item.num, item.check_id, True, f"{ticked} — passing @{report.finished_at}"
+            )
+        out.append(item)
+    next_num = 1 + max((int(i.num[1:]) for i in items), default=0)
+    for check in report.failing:
+        if check.id not in seen:
+            out.append(_item(f"B{next_num}", check, report))
+            next_num += 1
+    return out
+
+
+def _ran(report: Report, check_id: str) -> bool:
+    return any(c.id == check_id and c.status == Status.PASS for c in report.checks)
+
+
+def _item(num: str, check: Check, report: Report) -> BacklogItem:
+    text = (
+        f"- [ ] **{num}** `{check.id}` ({check.gate}): expected {check.expected}; "
+        f"found {check.found}. {check.detail} — seen in run {report.run_id} @{report.finished_at}"
+    ).replace("\n", " ")
+    return BacklogItem(num, check.id, False, text)
+
+
+def write_evidence(report: Report, cfg: Config) -> dict[str, str]:
+    """Write STATUS and BACKLOG sections and append the JOURNAL entry; returns the paths."""
+    docs, phase = cfg.docs.dir, cfg.docs.phase
+    status = docs / f"STATUS-{phase}.md"
+    backlog = docs / f"BACKLOG-{phase}.md"
+    journal = docs / f"JOURNAL-{phase}.md"
+    ctx = _context(report, cfg)
+    update_sections(
+        status, render("status_header.md.j2", **ctx), render_status_sections(report, cfg)
+    )
+    existing = read_state(backlog)
+    items = merge_backlog(
+        parse_backlog(section_body(existing or "", "build-backlog", str(backlog))), report
+    )
+    update_sections(
+        backlog,
+        render("backlog_header.md.j2", **ctx),
+        {"build-backlog": render("backlog_build.md.j2", items=items)},
+    )
+    append_journal(
+        journal, render("journal_header.md.j2", **ctx), render_journal_entry(report, cfg)
+    )
+    return {"status": str(status), "backlog": str(backlog), "journal": str(journal)}

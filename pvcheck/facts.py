@@ -1,0 +1,208 @@
+"""Host facts: pure parsers that turn docker API answers into typed facts, and the gatherer.
+
+Gathering costs a fixed number of API requests however large the swarm is: one verbose
+network inspect (every service's VIP and task IPs, swarm-wide), one service list (with
+status) and one task list for the control-plane services.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pvcheck.swarm import LABEL_STACK, Swarm
+
+FAILED_TASK_STATES = {"failed", "rejected", "orphaned"}
+
+
+def overlay_capacity(subnet: str) -> int:
+    """Usable addresses as docker's ip-util-check counts them: network, gateway, broadcast."""
+    prefix = ipaddress.ip_network(subnet).prefixlen
+    return (1 << (32 - prefix)) - 3
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    name: str
+    subnet: str
+    driver: str
+    capacity: int
+    vips: int
+    task_ips: int
+    lb_endpoints: int
+    containers: int  # attached containers that are not swarm tasks (docker run --network)
+    services: list[str] = field(default_factory=list)
+
+    @property
+    def used(self) -> int:
+        return self.vips + self.task_ips + self.lb_endpoints + self.containers
+
+    @property
+    def endpoints(self) -> int:
+        return self.used
+
+    @property
+    def headroom_pct(self) -> float:
+        return 100.0 * (self.capacity - self.used) / self.capacity if self.capacity > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.name} subnet {self.subnet}, {self.used} endpoints: {self.vips} VIPs, "
+            f"{self.task_ips} task IPs, {self.lb_endpoints} LB, {self.containers} containers; "
+            f"capacity {self.capacity}, headroom {self.headroom_pct:.2f}%"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(used=self.used, headroom_pct=round(self.headroom_pct, 3))
+        return out
+
+
+def parse_network(inspect: dict[str, Any]) -> NetworkFacts:
+    """Pure: facts from `docker network inspect --verbose` (one call, swarm-wide)."""
+    configs = (inspect.get("IPAM") or {}).get("Config") or [{}]
+    subnet = str(configs[0].get("Subnet", ""))
+    services = inspect.get("Services") or {}
+    task_names = set()
+    vips = task_ips = 0
+    for svc in services.values():
+        if svc.get("VIP"):
+            vips += 1
+        for task in svc.get("Tasks") or []:
+            if task.get("EndpointIP"):
+                task_ips += 1
+            task_names.add(task.get("Name"))
+    lb = containers = 0
+    for key, ctr in (inspect.get("Containers") or {}).items():
+        if key.startswith("lb-"):
+            lb += 1
+        elif ctr.get("Name") not in task_names:
+            containers += 1
+    return NetworkFacts(
+        name=str(inspect.get("Name", "")),
+        subnet=subnet,
+        driver=str(inspect.get("Driver", "")),
+        capacity=overlay_capacity(subnet) if subnet else 0,
+        vips=vips,
+        task_ips=task_ips,
+        lb_endpoints=lb,
+        containers=containers,
+        services=sorted(k for k in services if k),
+    )
+
+
+@dataclass(frozen=True)
+class ServiceFacts:
+    name: str
+    exists: bool
+    running: int = 0
+    desired: int = 0
+    task_states: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.exists and self.desired > 0 and self.running >= self.desired
+
+    def summary(self) -> str:
+        if not self.exists:
+            return f"{self.name}: missing"
+        states = ", ".join(f"{k} {v}" for k, v in sorted(self.task_states.items())) or "no tasks"
+        return (
+            f"{self.name}: {self.running}/{self.desired} running; tasks: {states}; "
+            f"recent failures {self.restarts}"
+        )
+
+
+def _ts(value: str) -> datetime:
+    # Docker timestamps carry nanoseconds; fromisoformat takes at most microseconds.
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def parse_services(
+    wanted: list[str],
+    services: list[dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    now: datetime,
+    restart_window: timedelta,
+) -> list[ServiceFacts]:
+    """Pure: replicas, current task states and recent task failures of each wanted service."""
+    by_name = {s["Spec"]["Name"]: s for s in services}
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks:
+        by_service.setdefault(task.get("ServiceID", ""), []).append(task)
+    out = []
+    for name in wanted:
+        svc = by_name.get(name)
+        if svc is None:
+            out.append(ServiceFacts(name, exists=False))
+            continue
+        status = svc.get("ServiceStatus") or {}
+        mine = by_service.get(svc["ID"], [])
+        current = Counter(
+            t["Status"]["State"] for t in mine if t.get("DesiredState") in ("running", "ready")
+        )
+        since = now - restart_window
+        restarts = sum(
+            1
+            for t in mine
+            if t["Status"]["State"] in FAILED_TASK_STATES and _ts(t["Status"]["Timestamp"]) >= since
+        )
+        out.append(
+            ServiceFacts(
+                name,
+                exists=True,
+                running=int(status.get("RunningTasks", 0)),
+                desired=int(status.get("DesiredTasks", 0)),
+                task_states=dict(current),
+                restarts=restarts,
+            )
+        )
+    return out
+
+
+def parse_stacks(services: list[dict[str, Any]]) -> dict[str, int]:
+    """Pure: `docker stack ls` equivalent, stack name -> number of services."""
+    counts = Counter(
+        (s["Spec"].get("Labels") or {}).get(LABEL_STACK)
+        for s in services
+        if (s["Spec"].get("Labels") or {}).get(LABEL_STACK)
+    )
+    return dict(sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    taken_at: str
+    network: NetworkFacts | None
+    services: list[ServiceFacts]
+    stacks: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "taken_at": self.taken_at,
+            "network": self.network.as_dict() if self.network else None,
+            "services": [asdict(s) | {"healthy": s.healthy} for s in self.services],
+            "stacks": self.stacks,
+        }
+
+
+def gather_facts(
+    swarm: Swarm, network: str, control_plane: list[str], restart_window: timedelta
+) -> HostFacts:
+    """Three API requests, independent of swarm size."""
+    now = datetime.now(UTC)
+    inspect = swarm.network(network)
+    services = swarm.services()
+    wanted_ids = [s["ID"] for s in services if s["Spec"]["Name"] in set(control_plane)]
+    tasks = swarm.tasks(wanted_ids) if wanted_ids else []
+    return HostFacts(
+        taken_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        network=parse_network(inspect) if inspect else None,
+        services=parse_services(control_plane, services, tasks, now, restart_window),
+        stacks=parse_stacks(services),
+    )

@@ -1,0 +1,105 @@
+"""Pure judging: facts in, Check records out. No I/O here, so every rule is unit-tested."""
+
+from __future__ import annotations
+
+from pvcheck.config import NetworkConfig, RouteConfig
+from pvcheck.facts import NetworkFacts, ServiceFacts
+from pvcheck.records import Check, Status
+from pvcheck.routes import RouteObservation
+
+
+def precondition_phase(phase: str, path: str, done: bool | None) -> Check:
+    """done is None when the file does not exist."""
+    found = "file missing" if done is None else ("## DONE present" if done else "no ## DONE line")
+    return Check(
+        id=f"pre.{phase}-done",
+        gate="M1",
+        status=Status.PASS if done else Status.FAIL,
+        expected=f"{path} contains '## DONE'",
+        found=found,
+        detail="" if done else f"phase {phase} is not done: finish it before verifying",
+    )
+
+
+def network_matches(cfg: NetworkConfig, net: NetworkFacts | None) -> Check:
+    expected = f"network {cfg.name} ({cfg.driver}) with subnet {cfg.subnet}"
+    if net is None:
+        return Check("pre.network", "M1", Status.FAIL, expected, "network missing")
+    found = f"network {net.name} ({net.driver}) with subnet {net.subnet or 'none'}"
+    ok = net.subnet == cfg.subnet and net.driver == cfg.driver
+    detail = "" if ok else f"expected subnet {cfg.subnet}, found {net.subnet or 'none'}"
+    if net.driver != cfg.driver:
+        detail = f"expected driver {cfg.driver}, found {net.driver}"
+    return Check("pre.network", "M1", Status.PASS if ok else Status.FAIL, expected, found, detail)
+
+
+def headroom(net: NetworkFacts | None, warn_pct: float) -> Check:
+    expected = f"headroom >= {warn_pct:g}% of capacity"
+    if net is None:
+        return Check("facts.headroom", "M1", Status.SKIP, expected, "no network", "network missing")
+    ok = net.headroom_pct >= warn_pct
+    return Check(
+        "facts.headroom",
+        "M1",
+        Status.PASS if ok else Status.FAIL,
+        expected,
+        f"{net.used}/{net.capacity} used, headroom {net.headroom_pct:.2f}%",
+        "" if ok else "the network is close to exhaustion",
+    )
+
+
+def service_healthy(svc: ServiceFacts, when: str = "before") -> Check:
+    expected = "running replicas = desired (> 0), tasks Running"
+    ok = svc.healthy
+    detail = ""
+    if not svc.exists:
+        detail = f"service {svc.name} does not exist"
+    elif not ok:
+        detail = f"service {svc.name} has {svc.running}/{svc.desired} replicas running"
+    return Check(
+        f"svc.{svc.name}" + ("" if when == "before" else f".{when}"),
+        "M1",
+        Status.PASS if ok else Status.FAIL,
+        expected,
+        svc.summary(),
+        detail,
+    )
+
+
+def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:
+    want = "/".join(str(s) for s in route.expect_status)
+    expected = f"HTTP {want}" + (
+        f" with body containing {route.body_contains!r}" if route.body_contains else ""
+    )
+    if obs.status is None:
+        found = obs.error or "no answer"
+    else:
+        found = f"HTTP {obs.status}" + (
+            "" if obs.body_has_text is not False else ", body text missing"
+        )
+    ok = obs.status in route.expect_status and obs.body_has_text is not False
+    detail = f"{obs.attempts} attempt(s), {obs.latency_s * 1000:.0f} ms"
+    if not route.verify_tls:
+        detail += "; TLS verification OFF for this route"
+    if not ok:
+        detail = f"route {route.name} ({route.url}) is down: {found}; " + detail
+    return Check(
+        f"route.{route.name}", "M1", Status.PASS if ok else Status.FAIL, expected, found, detail,
+        duration_s=obs.latency_s,
+    )  # fmt: skip
+
+
+def skipped(check_id: str, gate: str, expected: str, reason: str) -> Check:
+    return Check(check_id, gate, Status.SKIP, expected, "not run", reason)
+
+
+def residue(left: dict[str, list[str]], label: str) -> Check:
+    names = [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]
+    return Check(
+        "teardown.residue",
+        "M2",
+        Status.FAIL if names else Status.PASS,
+        f"no object labelled {label} remains",
+        f"{len(names)} left" + (f": {', '.join(names)}" if names else ""),
+        "" if not names else "teardown left objects behind; they are listed by name",
+    )

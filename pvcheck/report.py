@@ -1,0 +1,89 @@
+"""The run report: checks, gates, verdict and facts, with its JSON and JUnit forms."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from pvcheck.facts import HostFacts
+from pvcheck.logscan import LogScan
+from pvcheck.records import GATES, Check, GateResult, Status, judge_gate, verdict
+
+
+@dataclass
+class Report:
+    run_id: str
+    target: str
+    config_path: str
+    started_at: str
+    finished_at: str = ""
+    checks: list[Check] = field(default_factory=list)
+    stages: dict[str, str] = field(default_factory=dict)
+    facts_before: HostFacts | None = None
+    facts_after: HostFacts | None = None
+    logs: LogScan | None = None
+    evidence: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gates(self) -> list[GateResult]:
+        return [judge_gate(g, self.checks) for g in GATES]
+
+    @property
+    def verdict(self) -> Status:
+        return verdict(self.gates)
+
+    @property
+    def failing(self) -> list[Check]:
+        return [c for c in self.checks if c.status in (Status.FAIL, Status.ERROR)]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "verdict": str(self.verdict),
+            "run_id": self.run_id,
+            "target": self.target,
+            "config": self.config_path,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "gates": {
+                g.gate: {"status": str(g.status), "title": g.title, "checks": len(g.checks)}
+                for g in self.gates
+            },
+            "stages": self.stages,
+            "checks": [c.as_dict() for c in self.checks],
+            "facts": {
+                "before": self.facts_before.as_dict() if self.facts_before else None,
+                "after": self.facts_after.as_dict() if self.facts_after else None,
+            },
+            "logs": self.logs.__dict__ if self.logs else None,
+            "evidence": self.evidence,
+            **self.extra,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_json(), indent=2, sort_keys=False) + "\n"
+
+    def to_junit(self) -> str:
+        suites = ET.Element("testsuites", name=f"pvcheck {self.run_id}")
+        for gate in self.gates:
+            suite = ET.SubElement(
+                suites, "testsuite", name=f"{gate.gate} {gate.title}", tests=str(len(gate.checks)),
+                failures=str(sum(c.status == Status.FAIL for c in gate.checks)),
+                errors=str(sum(c.status == Status.ERROR for c in gate.checks)),
+                skipped=str(sum(c.status == Status.SKIP for c in gate.checks)),
+            )  # fmt: skip
+            for check in gate.checks:
+                case = ET.SubElement(
+                    suite, "testcase", classname=gate.gate, name=check.id,
+                    time=f"{check.duration_s:.3f}",
+                )  # fmt: skip
+                text = f"expected: {check.expected}\nfound: {check.found}\n{check.detail}"
+                if check.status == Status.FAIL:
+                    ET.SubElement(case, "failure", message=check.detail or check.found).text = text
+                elif check.status == Status.ERROR:
+                    ET.SubElement(case, "error", message=check.detail or check.found).text = text
+                elif check.status == Status.SKIP:
+                    ET.SubElement(case, "skipped", message=check.detail)
+        return ET.tostring(suites, encoding="unicode") + "\n"

@@ -1,0 +1,28 @@
+"""The route-check task: every configured route, concurrently, judged one record each."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+
+from pvcheck import judge
+from pvcheck.config import Config
+from pvcheck.evidence import curl_command
+from pvcheck.records import Check
+from pvcheck.routes import probe_routes
+from tasks.common import TASK_OPTS
+
+
+@task(name="check-routes", **TASK_OPTS)
+def check_routes(cfg: Config) -> list[Check]:
+    log = get_run_logger()
+    t0 = time.monotonic()
+    probes = probe_routes(cfg.routes, cfg.http)
+    checks = []
+    for route, probe in zip(cfg.routes, probes, strict=True):
+        check = judge.route_answer(route, probe)
+        checks.append(check)
+        log.info("%s -> %s (%s) [%s]", curl_command(route), check.found, check.detail, check.status)
+    log.info("%d routes checked in %.2fs", len(checks), time.monotonic() - t0)
+    return checks

@@ -1,0 +1,23 @@
+"""Teardown: remove everything carrying this run's label, and only that."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from pvcheck import judge
+from pvcheck.records import Check
+from pvcheck.stacks import remove_labelled
+from pvcheck.swarm import LABEL_RUN, Swarm
+from tasks.common import TASK_OPTS
+
+
+@task(name="teardown", **TASK_OPTS)
+def teardown(swarm: Swarm, run_id: str, timeout_s: float = 120.0) -> Check:
+    log = get_run_logger()
+    label = f"{LABEL_RUN}={run_id}"
+    log.info("docker service rm $(docker service ls -q --filter label=%s)  (+ networks, volumes, "
+             "configs, secrets, containers with that label)", label)  # fmt: skip
+    left = remove_labelled(swarm, label, timeout_s)
+    check = judge.residue(left, label)
+    log.info("residue with label %s: %s", label, check.found)
+    return check
