@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.states import Completed, Failed, State
+from prefect import State, flow, get_run_logger
+from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
 from pvcheck import judge

@@ -13,6 +13,7 @@ from pvcheck.config import Config, load_config
 from pvcheck.errors import EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
+from pvcheck.statefiles import atomic_write
 
 DEFAULT_LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
 
@@ -84,13 +85,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
-    report: Report = result
-    if args.json:
-        Path(args.json).write_text(report.to_json(), encoding="utf-8")
-        report.evidence["json"] = args.json
-    if args.junit:
-        Path(args.junit).write_text(report.to_junit(), encoding="utf-8")
-        report.evidence["junit"] = args.junit
+    if not isinstance(result, Report):
+        raise PvcheckError(f"the flow ended {state.type.value} without a report: {state.message}")
+    report = result
+    for path, text, kind in (
+        (args.json, report.to_json, "json"),
+        (args.junit, report.to_junit, "junit"),
+    ):
+        if path:
+            report.evidence[kind] = path
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(path), text())
     print_verdict(report)
     return EXIT_PASS if report.verdict == "pass" else EXIT_GATE_FAILED
 

@@ -84,6 +84,7 @@ Subnet = Annotated[str, AfterValidator(_subnet)]
 Url = Annotated[str, AfterValidator(_http_url)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 Tier = Literal["install", "upgrade", "backup_restore", "functional"]
+DEFAULT_TIERS: tuple[Tier, ...] = ("install", "upgrade")
 
 
 class Section(BaseModel):
@@ -199,7 +200,7 @@ class ActiveRunsConfig(Section):
 class DeployConfig(Section):
     driver: Literal["compose", "command", "drone"]
     recipe: Name
-    tiers: list[Tier] = Field(default_factory=lambda: ["install", "upgrade"], min_length=1)
+    tiers: list[Tier] = Field(default_factory=lambda: list(DEFAULT_TIERS), min_length=1)
     converge_timeout_s: float = Field(120.0, gt=0, le=3600)
     compose: ComposeDriverConfig | None = None
     command: CommandDriverConfig | None = None

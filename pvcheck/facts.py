@@ -167,11 +167,11 @@ def parse_services(
 
 def parse_stacks(services: list[dict[str, Any]]) -> dict[str, int]:
     """Pure: `docker stack ls` equivalent, stack name -> number of services."""
-    counts = Counter(
-        (s["Spec"].get("Labels") or {}).get(LABEL_STACK)
-        for s in services
-        if (s["Spec"].get("Labels") or {}).get(LABEL_STACK)
-    )
+    counts: Counter[str] = Counter()
+    for svc in services:
+        stack = (svc["Spec"].get("Labels") or {}).get(LABEL_STACK)
+        if stack:
+            counts[str(stack)] += 1
     return dict(sorted(counts.items()))
 
 

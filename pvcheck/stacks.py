@@ -94,8 +94,14 @@ def _seconds_ns(value: Any) -> int:
     return int(float(match.group(1)) * scale)
 
 
-def _ports(spec: list[Any]) -> dict[int, tuple[int, str, str]]:
-    out: dict[int, tuple[int, str, str]] = {}
+def _argv(value: Any) -> list[str] | None:
+    if not value:
+        return None
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def _ports(spec: list[Any]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
     for port in spec:
         if isinstance(port, dict):
             out[int(port["published"])] = (
@@ -184,18 +190,18 @@ class StackDeployer:
         """Keyword arguments for APIClient.create_service/update_service."""
         deploy = svc.get("deploy") or {}
         # Swarm's ContainerSpec calls the entrypoint "command" and compose's command "args".
-        argv: dict[str, list[str]] = {}
-        for compose_key, swarm_key in (("entrypoint", "command"), ("command", "args")):
-            value = svc.get(compose_key)
-            if value:
-                argv[swarm_key] = shlex.split(value) if isinstance(value, str) else list(value)
+        entrypoint, args = (_argv(svc.get(key)) for key in ("entrypoint", "command"))
         mounts = []
         for vol in svc.get("volumes") or []:
             src, _, rest = str(vol).partition(":")
             target, _, mode = rest.partition(":")
-            kind = "bind" if src.startswith("/") else "volume"
-            source = src if kind == "bind" else vols.get(src, src)
-            mounts.append(docker.types.Mount(target, source, type=kind, read_only=(mode == "ro")))
+            bind = src.startswith("/")
+            source = src if bind else vols.get(src, src)
+            mounts.append(
+                docker.types.Mount(
+                    target, source, type="bind" if bind else "volume", read_only=(mode == "ro")
+                )
+            )
         grace = svc.get("stop_grace_period")
         container = docker.types.ContainerSpec(
             image,
@@ -205,7 +211,8 @@ class StackDeployer:
             stop_grace_period=_seconds_ns(grace) if grace is not None else None,
             stop_signal=str(svc["stop_signal"]) if svc.get("stop_signal") else None,
             hostname=str(svc["hostname"]) if svc.get("hostname") else None,
-            **argv,
+            command=entrypoint,
+            args=args,
         )
         networks = [nets[n] for n in (svc.get("networks") or ["default"])]
         global_mode = deploy.get("mode") == "global"

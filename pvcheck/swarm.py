@@ -95,7 +95,10 @@ class Swarm:
     def network(self, name: str) -> dict[str, Any] | None:
         """One verbose inspect: subnet plus every service's VIP and task IPs, swarm-wide."""
         try:
-            return self.call(self.api.inspect_network, name, verbose=True, scope="swarm")
+            found: dict[str, Any] = self.call(
+                self.api.inspect_network, name, verbose=True, scope="swarm"
+            )
+            return found
         except docker.errors.NotFound:
             return None
 
@@ -108,10 +111,10 @@ class Swarm:
         return self.call(self.api.tasks, filters=filters)
 
     def containers(self, label: str) -> list[dict[str, Any]]:
-        return self.call(self.api.containers, all=True, filters={"label": label})
+        return list(self.call(self.api.containers, all=True, filters={"label": label}))
 
     def networks(self, label: str) -> list[dict[str, Any]]:
-        return self.call(self.api.networks, filters={"label": label})
+        return list(self.call(self.api.networks, filters={"label": label}))
 
     def volumes(self, label: str) -> list[dict[str, Any]]:
         answer = self.call(self.api.volumes, filters={"label": label})
@@ -121,7 +124,7 @@ class Swarm:
         return self.call(self.api.configs, filters={"label": label})
 
     def secrets(self, label: str) -> list[dict[str, Any]]:
-        return self.call(self.api.secrets, filters={"label": label})
+        return list(self.call(self.api.secrets, filters={"label": label}))
 
     # --- writes ----------------------------------------------------------------------------
     def remove_service(self, service_id: str) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from pvcheck.config import Config
 from pvcheck.evidence import render, write_evidence
 from pvcheck.report import Report
-from tasks.common import TASK_OPTS
 
 
-@task(name="write-evidence", **TASK_OPTS)
+@task(name="write-evidence", cache_policy=NO_CACHE)
 def write_evidence_files(report: Report, cfg: Config) -> dict[str, str]:
     paths = write_evidence(report, cfg)
     for kind, path in paths.items():
@@ -19,7 +19,7 @@ def write_evidence_files(report: Report, cfg: Config) -> dict[str, str]:
     return paths
 
 
-@task(name="publish-verdict", **TASK_OPTS)
+@task(name="publish-verdict", cache_policy=NO_CACHE)
 def publish_verdict(report: Report) -> None:
     create_markdown_artifact(
         key="pvcheck-verdict",

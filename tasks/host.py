@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from pvcheck.config import Config
 from pvcheck.facts import HostFacts, gather_facts
 from pvcheck.logscan import LogScan, error_family, make_log_source, scan_lines
 from pvcheck.statefiles import has_done, read_state
 from pvcheck.swarm import Swarm
-from tasks.common import TASK_OPTS
 
 
-@task(name="connect-engine", **TASK_OPTS)
+@task(name="connect-engine", cache_policy=NO_CACHE)
 def connect_engine(cfg: Config) -> Swarm:
     log = get_run_logger()
     log.info("docker -H %s version  (target %s)", cfg.target.docker_host, cfg.target.name)
@@ -29,7 +29,7 @@ def connect_engine(cfg: Config) -> Swarm:
     return swarm
 
 
-@task(name="capture-facts", **TASK_OPTS)
+@task(name="capture-facts", cache_policy=NO_CACHE)
 def capture_facts(swarm: Swarm, cfg: Config, when: str) -> HostFacts:
     log = get_run_logger()
     before = swarm.requests
@@ -57,7 +57,7 @@ def capture_facts(swarm: Swarm, cfg: Config, when: str) -> HostFacts:
     return facts
 
 
-@task(name="read-precondition-phase", **TASK_OPTS)
+@task(name="read-precondition-phase", cache_policy=NO_CACHE)
 def read_precondition_phase(cfg: Config) -> bool | None:
     path = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
     text = read_state(path)
@@ -69,7 +69,7 @@ def read_precondition_phase(cfg: Config) -> bool | None:
     return done
 
 
-@task(name="scan-docker-log", **TASK_OPTS)
+@task(name="scan-docker-log", cache_policy=NO_CACHE)
 def scan_docker_log(cfg: Config, since: datetime, until: datetime) -> LogScan:
     log = get_run_logger()
     source = make_log_source(cfg.logs)

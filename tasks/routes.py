@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from pvcheck import judge
 from pvcheck.config import Config
 from pvcheck.evidence import curl_command
 from pvcheck.records import Check
 from pvcheck.routes import probe_routes
-from tasks.common import TASK_OPTS
 
 
-@task(name="check-routes", **TASK_OPTS)
+@task(name="check-routes", cache_policy=NO_CACHE)
 def check_routes(cfg: Config) -> list[Check]:
     log = get_run_logger()
     t0 = time.monotonic()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from pvcheck import judge
 from pvcheck.records import Check
 from pvcheck.stacks import remove_labelled
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tasks.common import TASK_OPTS
 
 
-@task(name="teardown", **TASK_OPTS)
+@task(name="teardown", cache_policy=NO_CACHE)
 def teardown(swarm: Swarm, run_id: str, timeout_s: float = 120.0) -> Check:
     log = get_run_logger()
     label = f"{LABEL_RUN}={run_id}"

@@ -80,9 +80,24 @@ BAD_INPUTS = [
     ),
     ("hostile name", _set("network", "name", "proxy; rm -rf /"), "network.name", "valid name"),
     ("path traversal name", _set("docs", "phase", "../../etc"), "docs.phase", "valid name"),
-    ("bad connect_to", _set("routes.0", "connect_to", "127.0.0.1"), "routes[0].connect_to", "HOST:PORT"),
-    ("empty services", _set("services", "control_plane", []), "services.control_plane", "at least 1"),
-    ("bad status", _set("routes.0", "expect_status", [999]), "routes[0].expect_status[0]", "less than"),
+    (
+        "bad connect_to",
+        _set("routes.0", "connect_to", "127.0.0.1"),
+        "routes[0].connect_to",
+        "HOST:PORT",
+    ),
+    (
+        "empty services",
+        _set("services", "control_plane", []),
+        "services.control_plane",
+        "at least 1",
+    ),
+    (
+        "bad status",
+        _set("routes.0", "expect_status", [999]),
+        "routes[0].expect_status[0]",
+        "less than",
+    ),
     ("file log without path", _set("logs", "path", None), "logs", "needs path"),
 ]
 
@@ -100,8 +115,10 @@ def test_bad_input_exits_2_naming_file_and_field(
     problem: str,
 ) -> None:
     if field == "logs":  # tomli_w cannot write None: drop the key instead
+
         def mutate(raw: dict[str, Any]) -> None:
             del raw["logs"]["path"]
+
     path = write_config(tmp_path, mutate)
     assert main(["config", "check", str(path)]) == 2
     err = capsys.readouterr().err
@@ -123,7 +140,9 @@ def test_malformed_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_secret_value_never_echoed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    mutate = _set("deploy", "drone", {"url": "http://127.0.0.1:1/", "repo": "a/b", "token": "TOPSECRET42"})
+    mutate = _set(
+        "deploy", "drone", {"url": "http://127.0.0.1:1/", "repo": "a/b", "token": "TOPSECRET42"}
+    )
     path = write_config(tmp_path, mutate)
     with pytest.raises(ConfigError) as exc:
         load_config(path)

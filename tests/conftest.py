@@ -1,0 +1,46 @@
+"""Shared fixtures. Integration tests need a real Docker Engine; without one they skip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pvcheck.config import Config, load_config
+from pvcheck.errors import TargetUnreachable
+from pvcheck.swarm import Swarm
+from tests.helpers import LAB_CONFIG
+
+HOW_TO_RUN = (
+    "no Docker Engine reachable: integration tests need the real lab. As root run "
+    "`bash .ci/bootstrap && .venv/bin/python -m pytest` (installs and starts dockerd), or `bash .ci/run`"
+)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Swarm:
+    try:
+        return Swarm.connect("unix:///var/run/docker.sock", timeout_s=10)
+    except TargetUnreachable:
+        pytest.skip(HOW_TO_RUN)
+
+
+@pytest.fixture(scope="session")
+def lab(engine: Swarm) -> Config:
+    """The built-in lab, brought up (idempotently) once per session."""
+    from pvcheck.lab import lab_up
+
+    cfg = load_config(LAB_CONFIG)
+    probes = lab_up(cfg)
+    bad = [p for p, r in zip(probes, cfg.routes, strict=True) if p.status not in r.expect_status]
+    assert not bad, f"lab routes not answering: {bad}"
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real (temporary) Prefect API for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=240):
+        yield

@@ -1,0 +1,167 @@
+"""Pure parsing of docker answers and pure judging of facts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from pvcheck import judge
+from pvcheck.config import NetworkConfig, RouteConfig
+from pvcheck.facts import overlay_capacity, parse_network, parse_services, parse_stacks
+from pvcheck.records import Check, Status, judge_gate, verdict
+from pvcheck.routes import RouteObservation
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def inspect_doc(subnet: str = "10.20.0.0/16") -> dict[str, Any]:
+    return {
+        "Name": "proxy",
+        "Driver": "overlay",
+        "IPAM": {"Config": [{"Subnet": subnet, "Gateway": "10.20.0.1"}]},
+        "Containers": {
+            "c1": {"Name": "a_app.1.x"},
+            "c2": {"Name": "b_app.1.y"},
+            "c3": {"Name": "debug-shell"},
+            "lb-proxy": {"Name": "proxy-endpoint"},
+        },
+        "Services": {
+            "a_app": {
+                "VIP": "10.20.0.2",
+                "Tasks": [{"Name": "a_app.1.x", "EndpointIP": "10.20.0.9"}],
+            },
+            "b_app": {
+                "VIP": "10.20.0.4",
+                "Tasks": [
+                    {"Name": "b_app.1.y", "EndpointIP": "10.20.0.10"},
+                    {"Name": "b_app.2.z", "EndpointIP": "10.20.0.11"},
+                ],
+            },
+            "dnsrr_app": {
+                "VIP": "",
+                "Tasks": [{"Name": "dnsrr_app.1.q", "EndpointIP": "10.20.0.12"}],
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize(("subnet", "cap"), [("10.0.1.0/24", 253), ("10.10.0.0/16", 65533)])
+def test_capacity_matches_ip_util_check(subnet: str, cap: int) -> None:
+    assert overlay_capacity(subnet) == cap
+
+
+def test_parse_network_splits_endpoints() -> None:
+    net = parse_network(inspect_doc())
+    assert (net.vips, net.task_ips, net.lb_endpoints, net.containers) == (2, 4, 1, 1)
+    assert net.used == 8
+    assert net.capacity == 65533
+    assert net.headroom_pct == pytest.approx(100 * (65533 - 8) / 65533)
+    assert net.services == ["a_app", "b_app", "dnsrr_app"]
+    assert "8 endpoints: 2 VIPs, 4 task IPs" in net.summary()
+
+
+def _svc(name: str, sid: str, running: int, desired: int, stack: str = "s") -> dict[str, Any]:
+    return {
+        "ID": sid,
+        "Spec": {"Name": name, "Labels": {"com.docker.stack.namespace": stack}},
+        "ServiceStatus": {"RunningTasks": running, "DesiredTasks": desired},
+    }
+
+
+def _task(sid: str, state: str, desired: str, when: datetime) -> dict[str, Any]:
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+    return {
+        "ServiceID": sid,
+        "DesiredState": desired,
+        "Status": {"State": state, "Timestamp": stamp},
+    }
+
+
+def test_parse_services_counts_replicas_states_and_recent_failures() -> None:
+    services = [_svc("traefik_app", "t", 1, 1, "traefik"), _svc("drone_app", "d", 0, 1, "drone")]
+    tasks = [
+        _task("t", "running", "running", NOW),
+        _task("t", "failed", "shutdown", NOW - timedelta(hours=1)),
+        _task("t", "failed", "shutdown", NOW - timedelta(hours=30)),  # outside the window
+        _task("d", "pending", "running", NOW),
+    ]
+    facts = parse_services(
+        ["traefik_app", "drone_app", "gone_app"], services, tasks, NOW, timedelta(hours=24)
+    )
+    traefik, drone, gone = facts
+    assert traefik.healthy and traefik.restarts == 1 and traefik.task_states == {"running": 1}
+    assert not drone.healthy and drone.task_states == {"pending": 1}
+    assert not gone.exists and not gone.healthy
+    assert parse_stacks(services) == {"drone": 1, "traefik": 1}
+
+
+def test_network_check_names_expected_and_found_subnet() -> None:
+    cfg = NetworkConfig(name="proxy", subnet="10.30.0.0/16")
+    check = judge.network_matches(cfg, parse_network(inspect_doc()))
+    assert check.status == Status.FAIL
+    assert "10.30.0.0/16" in check.expected and "10.20.0.0/16" in check.found
+    assert check.detail == "expected subnet 10.30.0.0/16, found 10.20.0.0/16"
+    assert judge.network_matches(cfg, None).found == "network missing"
+    ok = judge.network_matches(
+        NetworkConfig(name="proxy", subnet="10.20.0.0/16"), parse_network(inspect_doc())
+    )
+    assert ok.status == Status.PASS
+
+
+def test_route_judgement() -> None:
+    route = RouteConfig(name="drone", url="https://d.test/", expect_status=[303], verify_tls=False)
+    good = judge.route_answer(route, RouteObservation("drone", route.url, 303, None, 0.01, 1))
+    assert good.status == Status.PASS and "TLS verification OFF" in good.detail
+    bad = judge.route_answer(route, RouteObservation("drone", route.url, 502, None, 0.01, 3))
+    assert bad.status == Status.FAIL and "route drone" in bad.detail and bad.found == "HTTP 502"
+    down = judge.route_answer(
+        route, RouteObservation("drone", route.url, None, None, 5, 3, "no answer within 5s")
+    )
+    assert down.found == "no answer within 5s"
+    body = RouteConfig(name="x", url="http://x.test/", body_contains="ok")
+    missing = judge.route_answer(body, RouteObservation("x", body.url, 200, False, 0.1, 1))
+    assert missing.status == Status.FAIL and "body text missing" in missing.found
+
+
+def test_headroom_threshold() -> None:
+    tiny = parse_network(inspect_doc("10.99.0.0/28"))  # 13 usable, 8 used
+    assert judge.headroom(tiny, 50).status == Status.FAIL
+    assert judge.headroom(parse_network(inspect_doc()), 25).status == Status.PASS
+
+
+def _c(cid: str, gate: str, status: Status) -> Check:
+    return Check(cid, gate, status, "e", "f")
+
+
+def test_gate_needs_every_required_family_and_no_skip() -> None:
+    m1 = [
+        _c("pre.x", "M1", Status.PASS),
+        _c("svc.a", "M1", Status.PASS),
+        _c("route.r", "M1", Status.PASS),
+    ]
+    assert judge_gate("M1", m1).status == Status.PASS
+    assert judge_gate("M1", m1[:2]).status == Status.SKIP  # no route checks: not proven
+    assert judge_gate("M1", [*m1, _c("route.q", "M1", Status.FAIL)]).status == Status.FAIL
+    m2 = [_c("teardown.residue", "M2", Status.PASS)]
+    assert judge_gate("M2", m2).status == Status.SKIP
+    skipped = [_c(p + "x", "M2", Status.PASS) for p in ("deploy.", "alloc.", "logs.", "teardown.")]
+    skipped.append(_c("guard.x", "M2", Status.SKIP))
+    assert judge_gate("M2", skipped).status == Status.SKIP  # a skip is never a pass
+
+
+def test_verdict() -> None:
+    passed = judge_gate(
+        "M1",
+        [
+            _c("pre.x", "M1", Status.PASS),
+            _c("svc.a", "M1", Status.PASS),
+            _c("route.r", "M1", Status.PASS),
+        ],
+    )
+    failed = judge_gate("M1", [_c("pre.x", "M1", Status.FAIL)])
+    unproven = judge_gate("M2", [])
+    assert verdict([passed, unproven]) == Status.PASS
+    assert verdict([failed, unproven]) == Status.FAIL
+    assert verdict([unproven]) == Status.FAIL

@@ -1,0 +1,116 @@
+"""State files: owned sections, byte-for-byte preservation, atomic writes, append-only journal."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pvcheck.errors import StateFileError
+from pvcheck.statefiles import (
+    append_journal,
+    atomic_write,
+    has_done,
+    read_state,
+    replace_section,
+    section_body,
+    update_sections,
+)
+
+HAND = "# STATUS\n\nMy notes — keep these.\r\nTrailing  spaces  \n"
+
+
+def test_replace_section_keeps_outside_text_byte_for_byte() -> None:
+    once = replace_section(HAND, "summary", "v1", "S.md")
+    assert once.startswith(HAND)
+    twice = replace_section(once + "\nmore notes\n", "summary", "v2", "S.md")
+    assert twice.startswith(HAND) and twice.endswith("\nmore notes\n")
+    assert "v1" not in twice and section_body(twice, "summary", "S.md") == "v2\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem", "line"),
+    [
+        ("a\n<!-- pvcheck:begin x -->\nb\n", "not closed", 2),
+        ("<!-- pvcheck:end x -->\n", "without its begin", 1),
+        (
+            "<!-- pvcheck:begin x -->\n<!-- pvcheck:end x -->\n<!-- pvcheck:begin x -->\n"
+            "<!-- pvcheck:end x -->\n",
+            "appears twice",
+            3,
+        ),
+    ],
+)
+def test_malformed_sections_name_the_line(text: str, problem: str, line: int) -> None:
+    with pytest.raises(StateFileError) as exc:
+        replace_section(text, "x", "body", "S.md")
+    assert problem in str(exc.value) and exc.value.line == line and "S.md" in str(exc.value)
+
+
+def test_malformed_file_is_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "STATUS.md"
+    text = "notes\n<!-- pvcheck:begin summary -->\nhalf\n"
+    path.write_text(text)
+    with pytest.raises(StateFileError):
+        update_sections(path, "# new\n", {"summary": "x"})
+    assert path.read_text() == text
+
+
+def test_binary_and_huge_files_are_refused(tmp_path: Path) -> None:
+    binary = tmp_path / "b.md"
+    binary.write_bytes(b"abc\x00def")
+    with pytest.raises(StateFileError, match="binary"):
+        read_state(binary)
+    huge = tmp_path / "h.md"
+    with open(huge, "wb") as fh:
+        fh.truncate(9 * 1024 * 1024)
+    with pytest.raises(StateFileError, match="too large"):
+        read_state(huge)
+
+
+def test_done_inside_code_block_does_not_count() -> None:
+    assert has_done("x\n## DONE\n")
+    assert not has_done("```\n## DONE\n```\n")
+    assert not has_done("### DONE later\n")
+    assert not has_done(None)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_atomic_write_failure_keeps_old_file_unprivileged(tmp_path: Path) -> None:
+    path = tmp_path / "STATUS.md"
+    path.write_text("old\n")
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(StateFileError, match=r"STATUS\.md"):
+            atomic_write(path, "new\n")
+    finally:
+        tmp_path.chmod(0o700)
+    assert path.read_text() == "old\n"
+
+
+def test_atomic_write_failure_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "STATUS.md"
+    path.write_text("old\n")
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(StateFileError, match=r"STATUS\.md: cannot write: No space left"):
+        atomic_write(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["STATUS.md"]  # no temp file left
+
+
+def test_journal_only_grows(tmp_path: Path) -> None:
+    path = tmp_path / "JOURNAL.md"
+    append_journal(path, "# JOURNAL\n", "## one\n- a")
+    first = path.read_text()
+    path.write_text(first + "hand-written, no newline")
+    append_journal(path, "# JOURNAL\n", "## two\n- b")
+    text = path.read_text()
+    assert text.startswith(first + "hand-written, no newline\n")
+    assert text.count("# JOURNAL") == 1 and text.endswith("## two\n- b\n")
