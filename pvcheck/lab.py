@@ -348,5 +348,5 @@ def lab_down(cfg: Config, timeout_s: float = 120.0) -> dict[str, list[str]]:
     """Remove everything labelled pvcheck.lab; returns what is left (empty lists when clean)."""
     _lab(cfg)
     swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
-    remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s)
+    remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s=timeout_s)
     return list_residue(swarm, f"{LABEL_LAB}=1")

@@ -25,6 +25,9 @@ class Check:
     found: str
     detail: str = ""
     duration_s: float = 0.0
+    # A skip the subject itself declared not applicable (a recipe without backups): shown as
+    # skipped, never counted as passed, and it does not leave its gate unproven.
+    not_applicable: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -72,7 +75,7 @@ def judge_gate(gate: str, checks: list[Check]) -> GateResult:
     missing = [p for p in GATE_REQUIRES.get(gate, ()) if not any(c.id.startswith(p) for c in mine)]
     if any(c.status in (Status.FAIL, Status.ERROR) for c in mine):
         status = Status.FAIL
-    elif not mine or missing or any(c.status == Status.SKIP for c in mine):
+    elif not mine or missing or any(c.status == Status.SKIP and not c.not_applicable for c in mine):
         status = Status.SKIP
     else:
         status = Status.PASS

@@ -264,48 +264,52 @@ def stack_task_states(swarm: Swarm, stack: str) -> dict[str, str]:
     return out
 
 
-def list_residue(swarm: Swarm, label: str) -> dict[str, list[str]]:
-    """Names of every object carrying `label` (key or key=value), by kind."""
+def list_residue(swarm: Swarm, *labels: str) -> dict[str, list[str]]:
+    """Names of every object carrying all `labels` (each key or key=value), by kind."""
+    wanted = list(labels)
     return {
-        "services": [s["Spec"]["Name"] for s in swarm.services(_label_dict(label))],
-        "containers": [c["Names"][0].lstrip("/") for c in swarm.containers(label)],
-        "networks": [n["Name"] for n in swarm.networks(label)],
-        "volumes": [v["Name"] for v in swarm.volumes(label)],
-        "configs": [c["Spec"]["Name"] for c in swarm.configs(label)],
-        "secrets": [s["Spec"]["Name"] for s in swarm.secrets(label)],
+        "services": [s["Spec"]["Name"] for s in swarm.services(_label_dict(wanted))],
+        "containers": [c["Names"][0].lstrip("/") for c in swarm.containers(wanted)],
+        "networks": [n["Name"] for n in swarm.networks(wanted)],
+        "volumes": [v["Name"] for v in swarm.volumes(wanted)],
+        "configs": [c["Spec"]["Name"] for c in swarm.configs(wanted)],
+        "secrets": [s["Spec"]["Name"] for s in swarm.secrets(wanted)],
     }
 
 
-def _label_dict(label: str) -> dict[str, str]:
-    key, _, value = label.partition("=")
-    return {key: value}
+def _label_dict(labels: list[str]) -> dict[str, str]:
+    return dict(label.partition("=")[::2] for label in labels)
 
 
-def remove_labelled(swarm: Swarm, label: str, timeout_s: float = 90.0) -> dict[str, list[str]]:
-    """Remove everything carrying `label`, services first; returns what is left at the deadline.
+def remove_labelled(swarm: Swarm, *labels: str, timeout_s: float = 90.0) -> dict[str, list[str]]:
+    """Remove everything carrying all `labels`, services first; returns what is left at the
+    deadline.
 
     Only objects the engine returns for the label filter are touched, whatever their names.
     Networks are removable only once their task containers are gone, so this polls.
     """
+    if not labels:
+        raise ValueError("remove_labelled needs at least one label")
+    wanted = list(labels)
     deadline = time.monotonic() + timeout_s
-    for svc in swarm.services(_label_dict(label)):
+    for svc in swarm.services(_label_dict(wanted)):
         log.info("docker service rm %s", svc["Spec"]["Name"])
         swarm.remove_service(svc["ID"])
-    for cfg in swarm.configs(label):
+    for cfg in swarm.configs(wanted):
         swarm.remove_config(cfg["ID"])
-    for sec in swarm.secrets(label):
+    for sec in swarm.secrets(wanted):
         swarm.remove_secret(sec["ID"])
     while True:
-        for ctr in swarm.containers(label):
+        for ctr in swarm.containers(wanted):
             # Exited task containers of removed services linger; running ones are stopping.
             if ctr.get("State") != "running":
                 swarm.remove_container(ctr["Id"])
-        for net in swarm.networks(label):
+        for net in swarm.networks(wanted):
             if swarm.remove_network(net["Id"]):
                 log.info("docker network rm %s", net["Name"])
-        for vol in swarm.volumes(label):
+        for vol in swarm.volumes(wanted):
             swarm.remove_volume(vol["Name"])
-        left = list_residue(swarm, label)
+        left = list_residue(swarm, *labels)
         if not any(left.values()) or time.monotonic() >= deadline:
             return left
         time.sleep(1.0)

@@ -110,20 +110,20 @@ class Swarm:
         filters = {"service": service_ids} if service_ids else None
         return self.call(self.api.tasks, filters=filters)
 
-    def containers(self, label: str) -> list[dict[str, Any]]:
+    def containers(self, label: str | list[str]) -> list[dict[str, Any]]:
         return list(self.call(self.api.containers, all=True, filters={"label": label}))
 
-    def networks(self, label: str) -> list[dict[str, Any]]:
+    def networks(self, label: str | list[str]) -> list[dict[str, Any]]:
         return list(self.call(self.api.networks, filters={"label": label}))
 
-    def volumes(self, label: str) -> list[dict[str, Any]]:
+    def volumes(self, label: str | list[str]) -> list[dict[str, Any]]:
         answer = self.call(self.api.volumes, filters={"label": label})
         return list(answer.get("Volumes") or [])
 
-    def configs(self, label: str) -> list[dict[str, Any]]:
+    def configs(self, label: str | list[str]) -> list[dict[str, Any]]:
         return self.call(self.api.configs, filters={"label": label})
 
-    def secrets(self, label: str) -> list[dict[str, Any]]:
+    def secrets(self, label: str | list[str]) -> list[dict[str, Any]]:
         return list(self.call(self.api.secrets, filters={"label": label}))
 
     # --- writes ----------------------------------------------------------------------------

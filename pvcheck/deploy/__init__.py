@@ -1,0 +1,84 @@
+"""The deploy proof: one enrolled recipe deploys through the overlay, passes its tiers and
+tears down cleanly. Drivers gather what happened; `judge_outcome` turns it into checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pvcheck.records import Check, Status
+
+TIER_PASS, TIER_FAIL, TIER_SKIP, TIER_UNVERIFIED = "pass", "fail", "skip", "unver"
+
+
+@dataclass(frozen=True)
+class TierResult:
+    tier: str
+    status: str  # pass | fail | skip | unver
+    detail: str = ""
+    not_applicable: bool = False  # declared N/A by the recipe: shown as skipped, never passed
+
+
+@dataclass
+class DeployOutcome:
+    """What a driver saw: per-tier results, the overlay attachment, and driver facts."""
+
+    driver: str
+    recipe: str
+    stack: str
+    tiers: list[TierResult] = field(default_factory=list)
+    attached: bool = False
+    attach_detail: str = ""
+    clean_teardown_reported: bool | None = None  # what the harness itself said, if anything
+    info: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: str) -> list[Check]:
+    """Pure: one check for the attachment, one per expected tier, one for a driver error."""
+    checks = []
+    if outcome.error:
+        checks.append(
+            Check(
+                "deploy.driver",
+                "M2",
+                Status.ERROR,
+                f"{outcome.driver} driver completes",
+                outcome.error,
+                f"recipe {outcome.recipe}",
+            )
+        )
+    checks.append(
+        Check(
+            "deploy.attached",
+            "M2",
+            Status.PASS if outcome.attached else Status.FAIL,
+            f"a service of {outcome.stack} seen attached to {network} during the run",
+            outcome.attach_detail or ("attached" if outcome.attached else "never seen attached"),
+        )
+    )
+    by_tier = {t.tier: t for t in outcome.tiers}
+    for tier in expected_tiers:
+        result = by_tier.get(tier)
+        if result is None:
+            missing = f"the {outcome.driver} driver reported no {tier} tier"
+            checks.append(
+                Check(f"deploy.tier.{tier}", "M2", Status.FAIL, "pass", "not reported", missing)
+            )
+            continue
+        status = {TIER_PASS: Status.PASS, TIER_SKIP: Status.SKIP}.get(result.status, Status.FAIL)
+        detail = result.detail
+        if result.not_applicable:
+            detail = f"not applicable: {result.detail}"
+        checks.append(
+            Check(
+                f"deploy.tier.{tier}",
+                "M2",
+                status,
+                "pass",
+                result.status,
+                detail,
+                not_applicable=result.not_applicable,
+            )
+        )
+    return checks
