@@ -26,6 +26,8 @@ from pvcheck.evidence import render
 from pvcheck.records import Check, Status
 from pvcheck.report import Report
 from pvcheck.statefiles import append_journal
+from pvcheck.swarm import Swarm
+from tasks.deploy import deploy_proof
 from tasks.evidence import publish_verdict, write_evidence_files
 from tasks.host import capture_facts, connect_engine, read_precondition_phase, scan_docker_log
 from tasks.routes import check_routes
@@ -76,6 +78,19 @@ def _unreachable_journal(cfg: Config, run_id: str, exc: Exception) -> None:
 def preconditions(cfg: Config, done: bool | None, facts_checks: list[Check]) -> list[Check]:
     pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
     return [judge.precondition_phase(cfg.docs.precondition_phase, str(pvfix), done), *facts_checks]
+
+
+def run_deploy_stage(swarm: Swarm, cfg: Config, run_id: str, report: Report) -> list[Check]:
+    if cfg.deploy is None:
+        report.stages["deploy"] = "skipped: no [deploy] section in the config"
+        return [judge.skipped("deploy.stage", "M2", "deploy proof runs", report.stages["deploy"])]
+    checks: list[Check] = deploy_proof(swarm, cfg, run_id)
+    failed = [c.id for c in checks if c.status not in (Status.PASS, Status.SKIP)]
+    skipped = [c.detail for c in checks if c.status == Status.SKIP and not c.not_applicable]
+    report.stages["deploy"] = (
+        f"fail ({', '.join(failed)})" if failed else (skipped[0] if skipped else "pass")
+    )
+    return checks
 
 
 @flow(name="pvcheck-verify", log_prints=False)
@@ -136,6 +151,7 @@ def verify(params: RunParameters | None = None) -> State:
                 report.checks.append(judge.skipped(f"{stage}.stage", "M2", "stage runs", reason))
         else:
             report.stages["traffic"] = "allowed"
+            report.checks += run_deploy_stage(swarm, cfg, run_id, report)
     finally:
         report.checks.append(teardown(swarm, run_id))
         report.stages["teardown"] = "done"

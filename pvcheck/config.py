@@ -201,6 +201,9 @@ class DeployConfig(Section):
     driver: Literal["compose", "command", "drone"]
     recipe: Name
     tiers: list[Tier] = Field(default_factory=lambda: list(DEFAULT_TIERS), min_length=1)
+    # The swarm stack an external harness deploys the recipe as (command/drone drivers):
+    # attachment sampling and the clean-teardown check look for it. Compose names its own.
+    stack: Name | None = None
     converge_timeout_s: float = Field(120.0, gt=0, le=3600)
     compose: ComposeDriverConfig | None = None
     command: CommandDriverConfig | None = None

@@ -8,7 +8,9 @@ status) and one task list for the control-plane services.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -206,3 +208,40 @@ def gather_facts(
         services=parse_services(control_plane, services, tasks, now, restart_window),
         stacks=parse_stacks(services),
     )
+
+
+def _counts(facts: NetworkFacts | None) -> tuple[int, ...] | None:
+    return (
+        None
+        if facts is None
+        else (facts.vips, facts.task_ips, facts.lb_endpoints, facts.containers)
+    )
+
+
+def settle_network(
+    swarm: Swarm,
+    network: str,
+    done: Callable[[NetworkFacts], bool],
+    timeout_s: float,
+    poll_s: float = 2.0,
+    stable_polls: int = 3,
+) -> tuple[NetworkFacts | None, bool]:
+    """Poll the network until `done(facts)`, or until its counts stop changing for
+    `stable_polls` polls, or the deadline. Returns the last facts and whether done() held.
+
+    The allocator frees addresses asynchronously (10-20 s in the lab), so a single read
+    right after a removal would report a leak that is not one.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: NetworkFacts | None = None
+    same = 0
+    while True:
+        inspect = swarm.network(network)
+        facts = parse_network(inspect) if inspect else None
+        if facts is not None and done(facts):
+            return facts, True
+        same = same + 1 if last is not None and _counts(last) == _counts(facts) else 0
+        last = facts
+        if same >= stable_polls or time.monotonic() >= deadline:
+            return facts, False
+        time.sleep(poll_s)

@@ -103,3 +103,29 @@ def residue(left: dict[str, list[str]], label: str) -> Check:
         f"{len(names)} left" + (f": {', '.join(names)}" if names else ""),
         "" if not names else "teardown left objects behind; they are listed by name",
     )
+
+
+def clean_teardown(
+    stack: str,
+    left: dict[str, list[str]],
+    baseline: int | None,
+    after: int | None,
+    reported: bool | None,
+) -> Check:
+    """Residue of the app's stack is zero and the network's endpoints are back to baseline."""
+    names = [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]
+    back = baseline is None or (after is not None and after <= baseline)
+    ok = not names and back
+    found = f"{len(names)} objects left" + (f" ({', '.join(names)})" if names else "")
+    found += f"; endpoints {after} vs {baseline} before"
+    detail = "" if reported is None else f"the harness reported clean_teardown={reported}"
+    if not back:
+        detail = f"network endpoints did not return to {baseline} (now {after}); " + detail
+    return Check(
+        "deploy.teardown",
+        "M2",
+        Status.PASS if ok else Status.FAIL,
+        f"no object of stack {stack} remains; endpoints back to {baseline}",
+        found,
+        detail.strip("; "),
+    )

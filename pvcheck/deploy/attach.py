@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import TracebackType
 
@@ -28,10 +29,9 @@ class AttachmentSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            # A failed sample must not end the deploy; the next one may work.
+            with contextlib.suppress(Exception):
                 self.sample()
-            except Exception:  # a failed sample must not end the deploy; the next one may work
-                pass
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> AttachmentSampler:

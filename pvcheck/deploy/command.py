@@ -1,0 +1,158 @@
+"""The command driver: run the operator's own harness (an argument list, never a shell) and
+read the results.json it writes: {recipe, version, run_id, stages: [{name, status, tests}],
+rungs, flags: {clean_teardown, ...}}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pvcheck.config import Config
+from pvcheck.deploy import DeployOutcome, TierResult
+from pvcheck.deploy.attach import AttachmentSampler
+from pvcheck.swarm import Swarm
+
+log = logging.getLogger(__name__)
+
+MAX_RESULTS_BYTES = 4 * 1024 * 1024
+TIER_NAMES = {
+    "install": "install",
+    "upgrade": "upgrade",
+    "backup_restore": "backup_restore",
+    "backup/restore": "backup_restore",
+    "backup-restore": "backup_restore",
+    "backup": "backup_restore",
+    "functional": "functional",
+}
+STATUSES = {"pass", "fail", "skip", "unver"}
+
+
+class ResultsError(ValueError):
+    """results.json is missing, too large, not JSON, or lacks the fields pvcheck reads."""
+
+
+def parse_results(doc: Any) -> tuple[list[TierResult], bool | None, dict[str, str]]:
+    """Pure: tiers, the harness's clean_teardown flag, and identifying info."""
+    if not isinstance(doc, dict):
+        raise ResultsError("results.json must hold a JSON object")
+    stages = doc.get("stages")
+    if not isinstance(stages, list):
+        raise ResultsError("results.json: 'stages' must be a list")
+    tiers = []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
+            raise ResultsError(f"results.json: stages[{i}] needs a string 'name'")
+        status = stage.get("status")
+        if status not in STATUSES:
+            raise ResultsError(
+                f"results.json: stages[{i}].status must be one of {sorted(STATUSES)}"
+            )
+        tier = TIER_NAMES.get(stage["name"].lower())
+        if tier is None:
+            continue  # a stage pvcheck does not judge (lint, build, ...)
+        tests = stage.get("tests")
+        count = len(tests) if isinstance(tests, list) else 0
+        reason = str(stage.get("reason", ""))[:500]
+        tiers.append(
+            TierResult(
+                tier,
+                status,
+                f"{count} tests" + (f"; {reason}" if reason else ""),
+                not_applicable=status == "skip" and bool(reason),
+            )
+        )
+    flags = doc.get("flags")
+    clean = flags.get("clean_teardown") if isinstance(flags, dict) else None
+    info = {k: str(doc[k])[:200] for k in ("recipe", "version", "run_id") if k in doc}
+    return tiers, clean if isinstance(clean, bool) else None, info
+
+
+def read_results(path: Path) -> Any:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: the harness wrote no results file") from None
+    if size > MAX_RESULTS_BYTES:
+        raise ResultsError(f"{path}: {size} bytes, more than {MAX_RESULTS_BYTES}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+
+
+def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
+    """Run argv (no shell), streaming its output to the log; kill its group at the deadline."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, errors="replace", env={**os.environ, **env}, start_new_session=True,
+    )  # fmt: skip
+    tail: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.info("harness | %s", line.rstrip())
+            tail.append(line.rstrip())
+            del tail[:-20]
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        rc: int | None = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = None
+    reader.join(timeout=5)
+    return rc, "\n".join(tail)
+
+
+class CommandDriver:
+    def __init__(self, swarm: Swarm, cfg: Config, run_id: str) -> None:
+        assert cfg.deploy is not None and cfg.deploy.command is not None
+        self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
+        self.deploy_cfg, self.command = cfg.deploy, cfg.deploy.command
+        self.stack = cfg.deploy.stack or cfg.deploy.recipe
+
+    def run(self) -> DeployOutcome:
+        outcome = DeployOutcome("command", self.deploy_cfg.recipe, self.stack)
+        results = self.command.results
+        results.unlink(missing_ok=True)  # never judge a previous run's file
+        argv = [a.replace("{recipe}", self.deploy_cfg.recipe) for a in self.command.argv]
+        env = {"PVCHECK_RUN_ID": self.run_id, "PVCHECK_RECIPE": self.deploy_cfg.recipe,
+               "PVCHECK_RESULTS": str(results)}  # fmt: skip
+        log.info("harness: %s (timeout %gs)", " ".join(argv), self.command.timeout_s)
+        started = time.monotonic()
+        with AttachmentSampler(self.swarm, self.cfg.network.name, self.stack) as sampler:
+            try:
+                rc, tail = run_harness(argv, env, self.command.timeout_s)
+            except OSError as exc:
+                rc, tail = -1, ""
+                outcome.error = f"cannot start the harness: {exc}"
+        outcome.info["exit_code"] = "timeout" if rc is None else str(rc)
+        outcome.info["seconds"] = f"{time.monotonic() - started:.1f}"
+        outcome.attached = bool(sampler.seen)
+        outcome.attach_detail = sampler.describe()
+        if outcome.error:
+            return outcome
+        if rc is None:
+            outcome.error = f"harness did not finish within {self.command.timeout_s:g}s; killed"
+            return outcome
+        try:
+            tiers, clean, info = parse_results(read_results(results))
+        except ResultsError as exc:
+            outcome.error = f"{exc} (harness exit code {rc})"
+            return outcome
+        outcome.tiers, outcome.clean_teardown_reported = tiers, clean
+        outcome.info.update(info)
+        if rc != 0 and all(t.status != "fail" for t in tiers):
+            outcome.error = f"harness exited {rc} but reported no failing tier: {tail[-300:]}"
+        return outcome

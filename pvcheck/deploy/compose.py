@@ -1,0 +1,128 @@
+"""The built-in compose driver: deploy the recipe as a stack on the overlay, run its tiers
+(install, upgrade, backup/restore when declared), then remove it by this run's label.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pvcheck.config import Config, RouteConfig
+from pvcheck.deploy import (
+    TIER_FAIL,
+    TIER_PASS,
+    TIER_SKIP,
+    TIER_UNVERIFIED,
+    DeployOutcome,
+    TierResult,
+)
+from pvcheck.deploy.attach import AttachmentSampler
+from pvcheck.routes import RouteObservation, probe_routes
+from pvcheck.stacks import StackDeployer, load_stack, remove_labelled
+from pvcheck.swarm import LABEL_RUN, LABEL_STACK, Swarm
+
+log = logging.getLogger(__name__)
+
+
+def recipe_stack_name(recipe: str, run_id: str) -> str:
+    """A name unique to the run, so a leftover can never be mistaken for a live recipe."""
+    return f"pvc-{recipe}-{run_id.rsplit('-', 1)[-1]}"
+
+
+class ComposeDriver:
+    def __init__(self, swarm: Swarm, sampler_swarm: Swarm, cfg: Config, run_id: str) -> None:
+        assert cfg.deploy is not None and cfg.deploy.compose is not None
+        self.swarm, self.sampler_swarm, self.cfg, self.run_id = swarm, sampler_swarm, cfg, run_id
+        self.deploy_cfg = cfg.deploy
+        self.compose = cfg.deploy.compose
+        self.stack = recipe_stack_name(cfg.deploy.recipe, run_id)
+        self.deployer = StackDeployer(swarm, {LABEL_RUN: run_id})
+
+    def _route_answers(self, deadline: float) -> tuple[bool, RouteObservation]:
+        route: RouteConfig = self.compose.route
+        while True:
+            (obs,) = probe_routes([route], self.cfg.http)
+            ok = obs.status in route.expect_status and obs.body_has_text is not False
+            if ok or time.monotonic() >= deadline:
+                return ok, obs
+            time.sleep(1.0)
+
+    def _converged_tier(self, tier: str) -> TierResult:
+        timeout = self.deploy_cfg.converge_timeout_s
+        deadline = time.monotonic() + timeout
+        states = self.deployer.wait_running(self.stack, timeout)
+        if not states or any(v != "running" for v in states.values()):
+            return TierResult(tier, TIER_FAIL, f"did not converge in {timeout:g}s: {states}")
+        ok, obs = self._route_answers(deadline)
+        answer = obs.status if obs.status is not None else obs.error
+        detail = f"{', '.join(states)} running; {self.compose.route.url} -> {answer}"
+        return TierResult(tier, TIER_PASS if ok else TIER_FAIL, detail)
+
+    def _wait_update_done(self, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            services = self.swarm.services({LABEL_STACK: self.stack})
+            states = {
+                s["Spec"]["Name"]: (s.get("UpdateStatus") or {}).get("State") for s in services
+            }
+            if (
+                all(v in (None, "completed") for v in states.values())
+                or time.monotonic() > deadline
+            ):
+                return ", ".join(f"{k} update {v or 'n/a'}" for k, v in states.items())
+            time.sleep(1.0)
+
+    def run(self) -> DeployOutcome:
+        tiers = self.deploy_cfg.tiers
+        outcome = DeployOutcome("compose", self.deploy_cfg.recipe, self.stack)
+        net = self.cfg.network.name
+        with AttachmentSampler(self.sampler_swarm, net, self.stack) as sampler:
+            try:
+                log.info("docker stack deploy -c %s %s", self.compose.file, self.stack)
+                self.deployer.deploy(self.stack, load_stack(self.compose.file))
+                install = self._converged_tier("install")
+                outcome.tiers.append(install)
+                sampler.sample()  # at least one sample while the app surely runs
+                if "upgrade" in tiers:
+                    outcome.tiers.append(self._upgrade(install))
+                if "backup_restore" in tiers:
+                    outcome.tiers.append(self._backup_restore())
+                if "functional" in tiers:
+                    outcome.tiers.append(
+                        TierResult(
+                            "functional",
+                            TIER_UNVERIFIED,
+                            "the compose driver runs no functional tests",
+                        )
+                    )
+            finally:
+                log.info(
+                    "docker stack rm %s  (by labels %s=%s)", self.stack, LABEL_RUN, self.run_id
+                )
+                left = remove_labelled(
+                    self.swarm, f"{LABEL_RUN}={self.run_id}", f"{LABEL_STACK}={self.stack}",
+                    timeout_s=self.deploy_cfg.converge_timeout_s,
+                )  # fmt: skip
+                outcome.clean_teardown_reported = not any(left.values())
+        outcome.attached = bool(sampler.seen)
+        outcome.attach_detail = sampler.describe()
+        return outcome
+
+    def _upgrade(self, install: TierResult) -> TierResult:
+        if install.status != TIER_PASS:
+            return TierResult("upgrade", TIER_FAIL, "not attempted: install did not pass")
+        if self.compose.upgrade_file is None:
+            return TierResult("upgrade", TIER_FAIL, "no upgrade_file configured for this recipe")
+        log.info("docker stack deploy -c %s %s  (upgrade)", self.compose.upgrade_file, self.stack)
+        self.deployer.deploy(self.stack, load_stack(self.compose.upgrade_file))
+        update = self._wait_update_done(self.deploy_cfg.converge_timeout_s)
+        tier = self._converged_tier("upgrade")
+        return TierResult("upgrade", tier.status, f"{update}; {tier.detail}")
+
+    def _backup_restore(self) -> TierResult:
+        reason = self.compose.backup_restore
+        if reason:
+            return TierResult("backup_restore", TIER_SKIP, reason, not_applicable=True)
+        return TierResult(
+            "backup_restore", TIER_UNVERIFIED, "the compose driver has no backup step"
+        )

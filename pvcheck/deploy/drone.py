@@ -1,0 +1,160 @@
+"""The Drone driver: trigger one recipe-CI build through the Drone HTTP API, poll it to the
+end within a deadline, and read its step results as tiers.
+
+API (docs.drone.io/api/builds): POST /api/repos/{ns}/{name}/builds?branch=B&KEY=VALUE creates a
+build with custom parameters; GET .../builds/{number} reads it; DELETE .../builds/{number}
+stops it; GET .../builds lists recent ones (to find a running sweep). The create call is never
+retried: a retry after a lost answer could start a second build.
+The token comes from the environment or a Prefect Secret block and is never logged or written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import httpx
+
+from pvcheck.config import Config, DroneDriverConfig
+from pvcheck.deploy import TIER_FAIL, DeployOutcome, TierResult
+from pvcheck.deploy.attach import AttachmentSampler
+from pvcheck.deploy.command import TIER_NAMES
+from pvcheck.errors import ConfigError
+from pvcheck.swarm import Swarm
+
+log = logging.getLogger(__name__)
+
+FINISHED = {"success", "failure", "error", "killed", "skipped", "declined"}
+ACTIVE = {"pending", "running", "blocked", "waiting_on_dependencies"}
+STEP_STATUS = {"success": "pass", "failure": "fail", "error": "fail", "killed": "fail",
+               "skipped": "skip"}  # fmt: skip
+
+
+class DroneError(Exception):
+    """The Drone API refused or broke; the message never contains the token."""
+
+
+def drone_token(cfg: DroneDriverConfig, source: str) -> str:
+    if cfg.token_block:
+        from prefect.blocks.system import Secret
+
+        value = Secret.load(cfg.token_block).get()  # type: ignore[union-attr]
+        return str(value)
+    token = os.environ.get(cfg.token_env, "")
+    if not token:
+        raise ConfigError(
+            source, "deploy.drone.token_env", f"environment variable {cfg.token_env} is not set"
+        )
+    return token
+
+
+def tiers_from_build(build: dict[str, Any]) -> list[TierResult]:
+    """Pure: every step whose name names a tier becomes that tier's result."""
+    out: dict[str, TierResult] = {}
+    for stage in build.get("stages") or []:
+        for step in (stage or {}).get("steps") or []:
+            name = str((step or {}).get("name", "")).lower()
+            tier = next((t for key, t in TIER_NAMES.items() if key in name), None)
+            if tier is None:
+                continue
+            status = STEP_STATUS.get(str(step.get("status")), "unver")
+            # A failing step of a tier wins over a passing one of the same tier.
+            if tier not in out or status == "fail":
+                out[tier] = TierResult(
+                    tier, status, f"step {step.get('name')}: {step.get('status')}"
+                )
+    return list(out.values())
+
+
+class DroneClient:
+    def __init__(
+        self, cfg: DroneDriverConfig, token: str, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.base = f"/api/repos/{cfg.repo}/builds"
+        self.http = httpx.Client(
+            base_url=cfg.url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0), transport=transport, trust_env=False,
+        )  # fmt: skip
+
+    def _json(self, resp: httpx.Response) -> Any:
+        if resp.status_code == 401:
+            raise DroneError("Drone answered 401 Unauthorized: check the token")
+        if resp.status_code >= 400:
+            req = resp.request
+            raise DroneError(f"Drone answered {resp.status_code} to {req.method} {req.url.path}")
+        try:
+            return resp.json()
+        except ValueError:
+            raise DroneError(f"Drone answered non-JSON to {resp.request.url.path}") from None
+
+    def create(self, recipe: str) -> dict[str, Any]:
+        params = {"branch": self.cfg.branch, self.cfg.recipe_param: recipe}
+        build = self._json(self.http.post(self.base, params=params))
+        if not isinstance(build, dict) or not isinstance(build.get("number"), int):
+            raise DroneError("Drone's build answer has no build number")
+        return build
+
+    def get(self, number: int) -> dict[str, Any]:
+        build = self._json(self.http.get(f"{self.base}/{number}"))
+        if not isinstance(build, dict) or "status" not in build:
+            raise DroneError(f"Drone's answer for build {number} has no status")
+        return build
+
+    def stop(self, number: int) -> None:
+        self.http.delete(f"{self.base}/{number}")
+
+    def running(self) -> list[str]:
+        builds = self._json(self.http.get(self.base))
+        return [f"Drone build {b.get('number')} {b.get('status')}" for b in builds or []
+                if isinstance(b, dict) and b.get("status") in ACTIVE]  # fmt: skip
+
+    def link(self, number: int) -> str:
+        return f"{self.cfg.url.rstrip('/')}/{self.cfg.repo}/{number}"
+
+
+class DroneDriver:
+    def __init__(
+        self, swarm: Swarm, cfg: Config, run_id: str, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        assert cfg.deploy is not None and cfg.deploy.drone is not None
+        self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
+        self.deploy_cfg, self.drone = cfg.deploy, cfg.deploy.drone
+        self.stack = cfg.deploy.stack or cfg.deploy.recipe
+        self.client = DroneClient(self.drone, drone_token(self.drone, str(cfg.source)), transport)
+
+    def run(self, poll_s: float | None = None) -> DeployOutcome:
+        outcome = DeployOutcome("drone", self.deploy_cfg.recipe, self.stack)
+        poll = self.drone.poll_s if poll_s is None else poll_s
+        with AttachmentSampler(self.swarm, self.cfg.network.name, self.stack) as sampler:
+            try:
+                self._run(outcome, poll)
+            except (DroneError, httpx.HTTPError) as exc:
+                outcome.error = f"{type(exc).__name__}: {exc}"
+        outcome.attached = bool(sampler.seen)
+        outcome.attach_detail = sampler.describe()
+        return outcome
+
+    def _run(self, outcome: DeployOutcome, poll: float) -> None:
+        build = self.client.create(self.deploy_cfg.recipe)  # once: never retried
+        number = int(build["number"])
+        outcome.info.update(build=str(number), link=self.client.link(number))
+        log.info("Drone build %d started: %s", number, outcome.info["link"])
+        deadline = time.monotonic() + self.drone.timeout_s
+        while build.get("status") not in FINISHED:
+            if time.monotonic() >= deadline:
+                self.client.stop(number)
+                outcome.error = (
+                    f"Drone build {number} did not finish within {self.drone.timeout_s:g}s; stopped"
+                )
+                outcome.info["status"] = str(build.get("status"))
+                return
+            time.sleep(poll)
+            build = self.client.get(number)
+        outcome.info["status"] = str(build["status"])
+        log.info("Drone build %d finished: %s", number, build["status"])
+        outcome.tiers = tiers_from_build(build)
+        if build["status"] != "success" and not any(t.status == TIER_FAIL for t in outcome.tiers):
+            outcome.error = f"Drone build {number} ended {build['status']}"
