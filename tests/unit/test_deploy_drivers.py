@@ -1,0 +1,323 @@
+"""Deploy drivers at their seams: the command driver runs real scripts; the Drone driver talks
+to a small Drone API server on 127.0.0.1; outcome judging is pure."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvcheck.config import Config, load_config
+from pvcheck.deploy import DeployOutcome, TierResult, judge_outcome
+from pvcheck.deploy.active import active_runs
+from pvcheck.deploy.command import CommandDriver, ResultsError, parse_results
+from pvcheck.deploy.drone import DroneDriver, tiers_from_build
+from pvcheck.errors import ConfigError
+from pvcheck.records import Status, judge_gate
+from tests.fakes import FakeSwarm
+from tests.helpers import write_config
+
+TOKEN = "drone-token-5f1c9e-DO-NOT-LEAK"
+
+
+def results_doc(**stages: str) -> dict[str, Any]:
+    return {
+        "recipe": "hello", "version": "1.1.0", "run_id": "r1",
+        "stages": [{"name": n, "status": s, "tests": [{"name": "t"}]} for n, s in stages.items()],
+        "rungs": 4, "flags": {"clean_teardown": True},
+    }  # fmt: skip
+
+
+def test_parse_results_maps_stage_names_to_tiers() -> None:
+    doc = results_doc(lint="pass", install="pass", upgrade="fail", **{"backup/restore": "skip"})
+    tiers, clean, info = parse_results(doc)
+    assert [(t.tier, t.status) for t in tiers] == [
+        ("install", "pass"),
+        ("upgrade", "fail"),
+        ("backup_restore", "skip"),
+    ]
+    assert clean is True and info == {"recipe": "hello", "version": "1.1.0", "run_id": "r1"}
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        {"stages": "x"},
+        {"stages": [{"status": "pass"}]},
+        {"stages": [{"name": "install", "status": "great"}]},
+    ],
+    ids=["not-object", "stages-not-list", "no-name", "bad-status"],
+)
+def test_parse_results_rejects_malformed(doc: Any) -> None:
+    with pytest.raises(ResultsError):
+        parse_results(doc)
+
+
+def _command_cfg(tmp_path: Path, script: str, timeout_s: float = 30) -> Config:
+    harness = tmp_path / "harness.py"
+    harness.write_text(script)
+    results = tmp_path / "results.json"
+
+    def use_command(raw: dict[str, Any]) -> None:
+        raw["deploy"].update(driver="command", stack="hello", tiers=["install", "upgrade"])
+        raw["deploy"]["command"] = {"argv": [sys.executable, str(harness), "{recipe}"],
+                                    "results": str(results), "timeout_s": timeout_s}  # fmt: skip
+
+    return load_config(write_config(tmp_path, use_command))
+
+
+HARNESS = """
+import json, os, sys
+print("deploying", sys.argv[1], flush=True)
+doc = {doc}
+if doc is not None:
+    open(os.environ["PVCHECK_RESULTS"], "w").write(json.dumps(doc))
+sys.exit({rc})
+"""
+
+
+@pytest.mark.parametrize(
+    ("doc", "rc", "expect"),
+    [
+        (
+            results_doc(install="pass", upgrade="pass"),
+            0,
+            {"deploy.tier.install": "pass", "deploy.tier.upgrade": "pass"},
+        ),
+        (
+            results_doc(install="pass", upgrade="fail"),
+            1,
+            {"deploy.tier.install": "pass", "deploy.tier.upgrade": "fail"},
+        ),
+        (None, 0, {"deploy.driver": "error", "deploy.tier.install": "fail"}),
+    ],
+    ids=["pass", "fail", "missing-file"],
+)
+def test_command_driver_with_a_real_script(
+    tmp_path: Path, doc: Any, rc: int, expect: dict[str, str]
+) -> None:
+    cfg = _command_cfg(tmp_path, HARNESS.format(doc=repr(doc), rc=rc))
+    swarm = FakeSwarm(network_services=["hello_app"])
+    outcome = CommandDriver(swarm, cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    checks = {c.id: str(c.status) for c in judge_outcome(outcome, ["install", "upgrade"], "proxy")}
+    for check_id, status in expect.items():
+        assert checks[check_id] == status
+    assert checks["deploy.attached"] == "pass" and outcome.info["exit_code"] == str(rc)
+    if doc is None:
+        assert outcome.error and "wrote no results file" in outcome.error
+
+
+def test_command_driver_kills_a_harness_past_its_timeout(tmp_path: Path) -> None:
+    cfg = _command_cfg(tmp_path, "import time; time.sleep(60)", timeout_s=1)
+    outcome = CommandDriver(FakeSwarm(), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    assert outcome.error and "did not finish within 1s" in outcome.error
+    assert outcome.info["exit_code"] == "timeout"
+
+
+def test_not_applicable_tier_is_skipped_but_does_not_block_the_gate() -> None:
+    outcome = DeployOutcome("compose", "hello", "s", attached=True, tiers=[
+        TierResult("install", "pass"), TierResult("backup_restore", "skip", "no state", not_applicable=True),
+    ])  # fmt: skip
+    checks = judge_outcome(outcome, ["install", "backup_restore"], "proxy")
+    br = next(c for c in checks if c.id == "deploy.tier.backup_restore")
+    assert br.status == Status.SKIP and br.detail == "not applicable: no state"
+    unproven = DeployOutcome(
+        "compose",
+        "hello",
+        "s",
+        attached=True,
+        tiers=[TierResult("install", "pass"), TierResult("upgrade", "skip")],
+    )
+    skipped = next(
+        c
+        for c in judge_outcome(unproven, ["install", "upgrade"], "proxy")
+        if c.id == "deploy.tier.upgrade"
+    )
+    assert skipped.status == Status.SKIP and not skipped.not_applicable
+    assert judge_gate("M2", [skipped]).status == Status.SKIP
+
+
+def test_active_runs_folder_and_stack_pattern(tmp_path: Path) -> None:
+    folder = tmp_path / "active"
+    folder.mkdir()
+    (folder / "recipe.example.test").write_text("")
+    (folder / ".hidden").write_text("")
+    services = [
+        {"Spec": {"Name": "recipe-x_app", "Labels": {"com.docker.stack.namespace": "recipe-x"}}},
+        {
+            "Spec": {
+                "Name": "recipe-ours_app",
+                "Labels": {"com.docker.stack.namespace": "recipe-ours", "pvcheck.run": "pv-1"},
+            }
+        },
+        {"Spec": {"Name": "other_app", "Labels": {"com.docker.stack.namespace": "other"}}},
+    ]
+    from pvcheck.config import ActiveRunsConfig
+
+    found = active_runs(
+        ActiveRunsConfig(folder=folder, stack_pattern="^recipe-"), FakeSwarm(services=services)
+    )  # type: ignore[arg-type]
+    assert found == [f"{folder}/recipe.example.test", "stack recipe-x"]
+
+
+# --- Drone -----------------------------------------------------------------------------------
+class DroneState:
+    def __init__(self, final: str, steps: dict[str, str], polls_to_finish: int = 2) -> None:
+        self.final, self.steps, self.polls_to_finish = final, steps, polls_to_finish
+        self.creates: list[str] = []
+        self.polls = 0
+        self.stopped: list[int] = []
+        self.auth: set[str] = set()
+
+
+@pytest.fixture
+def drone_server() -> Iterator[tuple[str, DroneState]]:
+    state = DroneState("success", {})
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, code: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            got = self.headers.get("Authorization", "")
+            state.auth.add(got)
+            if got != f"Bearer {TOKEN}":
+                self._send(401, {"message": "Unauthorized"})
+                return False
+            return True
+
+        def do_POST(self) -> None:
+            if self._authorized() and self.path.startswith("/api/repos/coop/ci/builds?"):
+                state.creates.append(self.path)
+                self._send(200, {"id": 1, "number": 42, "status": "pending"})
+
+        def do_GET(self) -> None:
+            if not self._authorized():
+                return
+            if self.path == "/api/repos/coop/ci/builds/42":
+                state.polls += 1
+                done = state.polls >= state.polls_to_finish
+                steps = [{"name": n, "status": s} for n, s in state.steps.items()]
+                self._send(200, {"number": 42, "status": state.final if done else "running",
+                                 "stages": [{"name": "recipe", "steps": steps}]})  # fmt: skip
+            elif self.path == "/api/repos/coop/ci/builds":
+                self._send(200, [])
+
+        def do_DELETE(self) -> None:
+            if self._authorized():
+                state.stopped.append(42)
+                self._send(200, {})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", state
+    server.shutdown()
+    server.server_close()
+
+
+def _drone_cfg(tmp_path: Path, url: str, timeout_s: float = 30) -> Config:
+    def use_drone(raw: dict[str, Any]) -> None:
+        raw["deploy"].update(driver="drone", stack="hello", tiers=["install", "upgrade"])
+        raw["deploy"]["drone"] = {"url": url, "repo": "coop/ci", "branch": "main",
+                                  "token_env": "PVCHECK_TEST_DRONE_TOKEN", "timeout_s": timeout_s}  # fmt: skip
+
+    return load_config(write_config(tmp_path, use_drone))
+
+
+@pytest.mark.parametrize(
+    ("final", "steps", "expect"),
+    [
+        (
+            "success",
+            {"install": "success", "upgrade": "success"},
+            {"deploy.tier.install": "pass", "deploy.tier.upgrade": "pass"},
+        ),
+        (
+            "failure",
+            {"install": "success", "upgrade test": "failure"},
+            {"deploy.tier.install": "pass", "deploy.tier.upgrade": "fail"},
+        ),
+    ],
+    ids=["success", "failure"],
+)
+def test_drone_driver_runs_one_build_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    drone_server: tuple[str, DroneState], final: str, steps: dict[str, str], expect: dict[str, str],
+) -> None:  # fmt: skip
+    url, state = drone_server
+    state.final, state.steps = final, steps
+    monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    cfg = _drone_cfg(tmp_path, url)
+    outcome = DroneDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run(poll_s=0.05)  # type: ignore[arg-type]
+    checks = judge_outcome(outcome, ["install", "upgrade"], "proxy")
+    assert {c.id: str(c.status) for c in checks if c.id in expect} == expect
+    assert (
+        len(state.creates) == 1
+        and "branch=main" in state.creates[0]
+        and "RECIPE=hello" in state.creates[0]
+    )
+    assert outcome.info["build"] == "42" and outcome.info["link"].endswith("/coop/ci/42")
+    everything = caplog.text + repr(outcome) + json.dumps([c.as_dict() for c in checks])
+    assert TOKEN not in everything
+
+
+def test_drone_timeout_stops_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drone_server: tuple[str, DroneState]
+) -> None:
+    url, state = drone_server
+    state.polls_to_finish = 10_000
+    monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
+    cfg = _drone_cfg(tmp_path, url, timeout_s=0.3)
+    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1-abc").run(poll_s=0.05)  # type: ignore[arg-type]
+    assert outcome.error and "did not finish within 0.3s" in outcome.error
+    assert state.stopped == [42] and len(state.creates) == 1
+
+
+def test_drone_401_is_a_clear_error_without_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drone_server: tuple[str, DroneState]
+) -> None:
+    url, state = drone_server
+    monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", "wrong-" + TOKEN)
+    outcome = DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, url), "pv-1-abc").run(poll_s=0.05)  # type: ignore[arg-type]
+    assert outcome.error and "401 Unauthorized" in outcome.error
+    assert TOKEN not in repr(outcome) and state.creates == []
+
+
+def test_drone_token_must_be_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PVCHECK_TEST_DRONE_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="PVCHECK_TEST_DRONE_TOKEN is not set"):
+        DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, "http://127.0.0.1:9/"), "pv-1")  # type: ignore[arg-type]
+
+
+def test_tiers_from_build_failing_step_wins() -> None:
+    build = {
+        "stages": [
+            {
+                "steps": [
+                    {"name": "install", "status": "success"},
+                    {"name": "install-check", "status": "failure"},
+                ]
+            }
+        ]
+    }
+    assert [(t.tier, t.status) for t in tiers_from_build(build)] == [("install", "fail")]
