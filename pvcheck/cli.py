@@ -69,8 +69,10 @@ def print_verdict(report: Report) -> None:
         print(f"  gate {gate.gate} {gate.status.upper():<5} {gate.title}")
     for check in report.checks:
         if check.status != "pass":
-            print(f"    {check.status.upper():<5} {check.id}: expected {check.expected}; "
-                  f"found {check.found}. {check.detail}")  # fmt: skip
+            print(
+                f"    {check.status.upper():<5} {check.id}: expected {check.expected}; "
+                f"found {check.found}. {check.detail}"
+            )
     for stage, outcome in report.stages.items():
         print(f"  stage {stage}: {outcome}")
     for kind, path in report.evidence.items():

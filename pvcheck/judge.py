@@ -84,9 +84,14 @@ def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:
     if not ok:
         detail = f"route {route.name} ({route.url}) is down: {found}; " + detail
     return Check(
-        f"route.{route.name}", "M1", Status.PASS if ok else Status.FAIL, expected, found, detail,
+        f"route.{route.name}",
+        "M1",
+        Status.PASS if ok else Status.FAIL,
+        expected,
+        found,
+        detail,
         duration_s=obs.latency_s,
-    )  # fmt: skip
+    )
 
 
 def skipped(check_id: str, gate: str, expected: str, reason: str) -> Check:

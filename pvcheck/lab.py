@@ -57,7 +57,7 @@ SITES: dict[str, dict[str, str]] = {
     "report": {"index.html": "<h1>reports (lab)</h1>\n"},
     "recipe": {"index.html": "<h1>hello recipe v1</h1>\n"},
     "recipe-v2": {"index.html": "<h1>hello recipe v2</h1>\n"},
-}  # fmt: skip
+}
 
 
 # --- the engine ------------------------------------------------------------------------------
@@ -87,16 +87,19 @@ def ensure_engine(lab: LabConfig, timeout_s: float = 90.0) -> Swarm:
             ["apt-get", "install", "-y", "docker.io", "busybox-static", "iptables"],
         ):
             if subprocess.run(argv, env=env, capture_output=True, check=False).returncode:
-                raise LabError(f"{' '.join(argv)} failed")  # fmt: skip
+                raise LabError(f"{' '.join(argv)} failed")
     if _dockerd_pid() is None:
         Path("/var/run/docker.pid").unlink(missing_ok=True)  # stale after a kill
         lab.dockerd_log.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting dockerd (log: %s)", lab.dockerd_log)
         with open(lab.dockerd_log, "ab") as out:
             subprocess.Popen(
-                ["dockerd"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                ["dockerd"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
-            )  # fmt: skip
+            )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -121,13 +124,21 @@ def ensure_network(swarm: Swarm, cfg: Config) -> None:
     if net is None:
         log.info(
             "docker network create -d %s --attachable --subnet %s %s",
-            cfg.network.driver, cfg.network.subnet, cfg.network.name,
-        )  # fmt: skip
+            cfg.network.driver,
+            cfg.network.subnet,
+            cfg.network.name,
+        )
         swarm.call(
-            swarm.api.create_network, cfg.network.name, driver=cfg.network.driver,
-            attachable=True, labels=LAB_LABELS, scope="swarm",
-            ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=cfg.network.subnet)]),
-        )  # fmt: skip
+            swarm.api.create_network,
+            cfg.network.name,
+            driver=cfg.network.driver,
+            attachable=True,
+            labels=LAB_LABELS,
+            scope="swarm",
+            ipam=docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=cfg.network.subnet)]
+            ),
+        )
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -168,9 +179,12 @@ def _import(swarm: Swarm, ref: str, build: Any, changes: list[str] | None = None
     repo, tag = ref.rsplit(":", 1)
     log.info("docker import - %s (%d bytes)", ref, len(data))
     swarm.call(
-        swarm.api.import_image_from_data, data, repository=repo, tag=tag,
+        swarm.api.import_image_from_data,
+        data,
+        repository=repo,
+        tag=tag,
         changes=[*(changes or []), f"LABEL pvcheck.content={digest} {LABEL_LAB}=1"],
-    )  # fmt: skip
+    )
 
 
 def _web_tree(tar: tarfile.TarFile) -> None:

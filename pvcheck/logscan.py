@@ -144,15 +144,30 @@ class CommandLogSource:
             for a in self.argv
         ]
         out = subprocess.run(
-            argv, capture_output=True, text=True, errors="replace",
-            timeout=self.timeout_s, check=False,
-        )  # fmt: skip
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=self.timeout_s,
+            check=False,
+        )
         yield from out.stdout.splitlines()
 
 
 def journald_source(unit: str) -> CommandLogSource:
-    argv = ["journalctl", "-u", unit, "--since", "{since} UTC", "--until", "{until} UTC",
-            "-o", "short-iso", "--no-pager", "-q"]  # fmt: skip
+    argv = [
+        "journalctl",
+        "-u",
+        unit,
+        "--since",
+        "{since} UTC",
+        "--until",
+        "{until} UTC",
+        "-o",
+        "short-iso",
+        "--no-pager",
+        "-q",
+    ]
     return CommandLogSource(argv, label=f"journalctl -u {unit}")
 
 

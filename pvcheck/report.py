@@ -69,16 +69,22 @@ class Report:
         suites = ET.Element("testsuites", name=f"pvcheck {self.run_id}")
         for gate in self.gates:
             suite = ET.SubElement(
-                suites, "testsuite", name=f"{gate.gate} {gate.title}", tests=str(len(gate.checks)),
+                suites,
+                "testsuite",
+                name=f"{gate.gate} {gate.title}",
+                tests=str(len(gate.checks)),
                 failures=str(sum(c.status == Status.FAIL for c in gate.checks)),
                 errors=str(sum(c.status == Status.ERROR for c in gate.checks)),
                 skipped=str(sum(c.status == Status.SKIP for c in gate.checks)),
-            )  # fmt: skip
+            )
             for check in gate.checks:
                 case = ET.SubElement(
-                    suite, "testcase", classname=gate.gate, name=check.id,
+                    suite,
+                    "testcase",
+                    classname=gate.gate,
+                    name=check.id,
                     time=f"{check.duration_s:.3f}",
-                )  # fmt: skip
+                )
                 text = f"expected: {check.expected}\nfound: {check.found}\n{check.detail}"
                 if check.status == Status.FAIL:
                     ET.SubElement(case, "failure", message=check.detail or check.found).text = text

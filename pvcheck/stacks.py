@@ -29,9 +29,19 @@ from pvcheck.swarm import LABEL_STACK, Swarm
 log = logging.getLogger(__name__)
 
 _SERVICE_KEYS = {
-    "image", "command", "entrypoint", "environment", "networks", "ports", "deploy", "volumes",
-    "stop_grace_period", "stop_signal", "labels", "hostname",
-}  # fmt: skip
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "networks",
+    "ports",
+    "deploy",
+    "volumes",
+    "stop_grace_period",
+    "stop_signal",
+    "labels",
+    "hostname",
+}
 _DEPLOY_KEYS = {"labels", "replicas", "mode", "restart_policy", "placement", "resources"}
 LABEL_SPEC = "pvcheck.spec"  # hash of what was deployed, so a re-deploy of the same is a no-op
 RESIDUE_KINDS = ("services", "containers", "networks", "volumes", "configs", "secrets")
@@ -100,18 +110,30 @@ def _argv(value: Any) -> list[str] | None:
     return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
 
 
-def _ports(spec: list[Any]) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
+def _ports(spec: list[Any]) -> list[dict[str, Any]]:
+    """Compose ports (long or short syntax) as the engine's PortConfig list.
+
+    A long-syntax port without `published` lets the swarm pick one (30000-32767).
+    """
+    out: list[dict[str, Any]] = []
     for port in spec:
         if isinstance(port, dict):
-            out[int(port["published"])] = (
-                int(port["target"]),
-                str(port.get("protocol", "tcp")),
-                str(port.get("mode", "ingress")),
-            )
+            entry = {
+                "Protocol": str(port.get("protocol", "tcp")),
+                "TargetPort": int(port["target"]),
+                "PublishMode": str(port.get("mode", "ingress")),
+            }
+            if port.get("published") is not None:
+                entry["PublishedPort"] = int(port["published"])
         else:
             published, _, target = str(port).partition(":")
-            out[int(published)] = (int(target or published), "tcp", "ingress")
+            entry = {
+                "Protocol": "tcp",
+                "TargetPort": int(target or published),
+                "PublishedPort": int(published),
+                "PublishMode": "ingress",
+            }
+        out.append(entry)
     return out
 
 
@@ -147,9 +169,12 @@ class StackDeployer:
                 # The whole spec is sent (no merge with the current one), like stack deploy.
                 log.info("docker service update %s (image %s)", full, svc["image"])
                 self.swarm.call(
-                    self.swarm.api.update_service, current["ID"], current["Version"]["Index"],
-                    fetch_current_spec=False, **service_spec,
-                )  # fmt: skip
+                    self.swarm.api.update_service,
+                    current["ID"],
+                    current["Version"]["Index"],
+                    fetch_current_spec=False,
+                    **service_spec,
+                )
         return names
 
     def _ensure_networks(self, stack: str, spec: StackSpec, base: dict[str, str]) -> dict[str, str]:
@@ -165,9 +190,13 @@ class StackDeployer:
             if not self.swarm.call(self.swarm.api.networks, names=[full]):
                 log.info("docker network create -d overlay %s", full)
                 self.swarm.call(
-                    self.swarm.api.create_network, full, driver="overlay", labels=base,
-                    attachable=False, check_duplicate=True,
-                )  # fmt: skip
+                    self.swarm.api.create_network,
+                    full,
+                    driver="overlay",
+                    labels=base,
+                    attachable=False,
+                    check_duplicate=True,
+                )
         return names
 
     def _ensure_volumes(self, stack: str, spec: StackSpec, base: dict[str, str]) -> dict[str, str]:

@@ -43,8 +43,13 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
         return [judge.skipped("deploy.active", "M2", "no other recipe run in progress", reason)]
     baseline_inspect = swarm.network(cfg.network.name)
     baseline = parse_network(baseline_inspect).used if baseline_inspect else None
-    log.info("deploy proof: driver %s, recipe %s, %s endpoints on %s before",
-             deploy.driver, deploy.recipe, baseline, cfg.network.name)  # fmt: skip
+    log.info(
+        "deploy proof: driver %s, recipe %s, %s endpoints on %s before",
+        deploy.driver,
+        deploy.recipe,
+        baseline,
+        cfg.network.name,
+    )
     outcome = _drive(swarm, cfg, run_id)
     for tier in outcome.tiers:
         log.info("tier %s: %s %s", tier.tier, tier.status, tier.detail)
@@ -52,9 +57,11 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
     checks = judge_outcome(outcome, list(deploy.tiers), cfg.network.name)
     # Clean teardown is checked here, whatever the driver said about it.
     after, _ = settle_network(
-        swarm, cfg.network.name, lambda f: baseline is None or f.used <= baseline,
+        swarm,
+        cfg.network.name,
+        lambda f: baseline is None or f.used <= baseline,
         timeout_s=cfg.allocator.settle_timeout_s,
-    )  # fmt: skip
+    )
     left = list_residue(swarm, f"{LABEL_STACK}={outcome.stack}")
     teardown = judge.clean_teardown(
         outcome.stack,
@@ -63,6 +70,10 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
         after.used if after else None,
         outcome.clean_teardown_reported,
     )
-    log.info("docker stack ps %s; docker network inspect -v %s -> %s",
-             outcome.stack, cfg.network.name, teardown.found)  # fmt: skip
+    log.info(
+        "docker stack ps %s; docker network inspect -v %s -> %s",
+        outcome.stack,
+        cfg.network.name,
+        teardown.found,
+    )
     return [*checks, teardown]

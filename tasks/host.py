@@ -42,8 +42,10 @@ def capture_facts(swarm: Swarm, cfg: Config, when: str) -> HostFacts:
     log.info(
         "[%s] docker network inspect --verbose %s; docker service ls; docker service ps ...  "
         "(%d API requests)",
-        when, cfg.network.name, swarm.requests - before,
-    )  # fmt: skip
+        when,
+        cfg.network.name,
+        swarm.requests - before,
+    )
     if facts.network:
         log.info("[%s] %s", when, facts.network.summary())
     else:
@@ -52,8 +54,10 @@ def capture_facts(swarm: Swarm, cfg: Config, when: str) -> HostFacts:
         log.info("[%s] %s", when, svc.summary())
     log.info(
         "[%s] docker stack ls: %d stacks (%s)",
-        when, len(facts.stacks), ", ".join(f"{k}={v}" for k, v in facts.stacks.items()),
-    )  # fmt: skip
+        when,
+        len(facts.stacks),
+        ", ".join(f"{k}={v}" for k, v in facts.stacks.items()),
+    )
     return facts
 
 
@@ -64,8 +68,9 @@ def read_precondition_phase(cfg: Config) -> bool | None:
     done = None if text is None else has_done(text)
     get_run_logger().info(
         "grep -x '## DONE' %s -> %s",
-        path, "file missing" if done is None else ("found" if done else "not found"),
-    )  # fmt: skip
+        path,
+        "file missing" if done is None else ("found" if done else "not found"),
+    )
     return done
 
 
@@ -79,8 +84,11 @@ def scan_docker_log(cfg: Config, since: datetime, until: datetime) -> LogScan:
     )
     log.info(
         "%s | grep -c -e %s  (window %s -> %s)",
-        source.describe(), " -e ".join(repr(p) for p in patterns.values()), scan.since, scan.until,
-    )  # fmt: skip
+        source.describe(),
+        " -e ".join(repr(p) for p in patterns.values()),
+        scan.since,
+        scan.until,
+    )
     log.info("docker log matches: %s", ", ".join(f"{k} {v}" for k, v in scan.counts.items()))
     for line in scan.lines[:10]:
         log.info("  %s", line)

@@ -15,8 +15,11 @@ from pvcheck.swarm import LABEL_RUN, Swarm
 def teardown(swarm: Swarm, run_id: str, timeout_s: float = 120.0) -> Check:
     log = get_run_logger()
     label = f"{LABEL_RUN}={run_id}"
-    log.info("docker service rm $(docker service ls -q --filter label=%s)  (+ networks, volumes, "
-             "configs, secrets, containers with that label)", label)  # fmt: skip
+    log.info(
+        "docker service rm $(docker service ls -q --filter label=%s)  (+ networks, volumes, "
+        "configs, secrets, containers with that label)",
+        label,
+    )
     left = remove_labelled(swarm, label, timeout_s=timeout_s)
     check = judge.residue(left, label)
     log.info("residue with label %s: %s", label, check.found)

@@ -16,8 +16,11 @@ def active_runs(
     """Human-readable descriptions of every active run found (empty when none)."""
     found = []
     if cfg.folder is not None and cfg.folder.is_dir():
-        found += [f"{cfg.folder}/{p.name}" for p in sorted(cfg.folder.iterdir())
-                  if not p.name.startswith(".")]  # fmt: skip
+        found += [
+            f"{cfg.folder}/{p.name}"
+            for p in sorted(cfg.folder.iterdir())
+            if not p.name.startswith(".")
+        ]
     if cfg.stack_pattern:
         pattern = re.compile(cfg.stack_pattern)
         stacks = set()

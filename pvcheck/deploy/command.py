@@ -91,9 +91,15 @@ def read_results(path: Path) -> Any:
 def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
     """Run argv (no shell), streaming its output to the log; kill its group at the deadline."""
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        text=True, errors="replace", env={**os.environ, **env}, start_new_session=True,
-    )  # fmt: skip
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
     tail: list[str] = []
 
     def pump() -> None:
@@ -127,8 +133,11 @@ class CommandDriver:
         results = self.command.results
         results.unlink(missing_ok=True)  # never judge a previous run's file
         argv = [a.replace("{recipe}", self.deploy_cfg.recipe) for a in self.command.argv]
-        env = {"PVCHECK_RUN_ID": self.run_id, "PVCHECK_RECIPE": self.deploy_cfg.recipe,
-               "PVCHECK_RESULTS": str(results)}  # fmt: skip
+        env = {
+            "PVCHECK_RUN_ID": self.run_id,
+            "PVCHECK_RECIPE": self.deploy_cfg.recipe,
+            "PVCHECK_RESULTS": str(results),
+        }
         log.info("harness: %s (timeout %gs)", " ".join(argv), self.command.timeout_s)
         started = time.monotonic()
         with AttachmentSampler(self.swarm, self.cfg.network.name, self.stack) as sampler:

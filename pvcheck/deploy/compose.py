@@ -100,9 +100,11 @@ class ComposeDriver:
                     "docker stack rm %s  (by labels %s=%s)", self.stack, LABEL_RUN, self.run_id
                 )
                 left = remove_labelled(
-                    self.swarm, f"{LABEL_RUN}={self.run_id}", f"{LABEL_STACK}={self.stack}",
+                    self.swarm,
+                    f"{LABEL_RUN}={self.run_id}",
+                    f"{LABEL_STACK}={self.stack}",
                     timeout_s=self.deploy_cfg.converge_timeout_s,
-                )  # fmt: skip
+                )
                 outcome.clean_teardown_reported = not any(left.values())
         outcome.attached = bool(sampler.seen)
         outcome.attach_detail = sampler.describe()

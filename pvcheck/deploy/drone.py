@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 
 FINISHED = {"success", "failure", "error", "killed", "skipped", "declined"}
 ACTIVE = {"pending", "running", "blocked", "waiting_on_dependencies"}
-STEP_STATUS = {"success": "pass", "failure": "fail", "error": "fail", "killed": "fail",
-               "skipped": "skip"}  # fmt: skip
+STEP_STATUS = {
+    "success": "pass",
+    "failure": "fail",
+    "error": "fail",
+    "killed": "fail",
+    "skipped": "skip",
+}
 
 
 class DroneError(Exception):
@@ -75,9 +80,12 @@ class DroneClient:
         self.cfg = cfg
         self.base = f"/api/repos/{cfg.repo}/builds"
         self.http = httpx.Client(
-            base_url=cfg.url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(30.0), transport=transport, trust_env=False,
-        )  # fmt: skip
+            base_url=cfg.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0),
+            transport=transport,
+            trust_env=False,
+        )
 
     def _json(self, resp: httpx.Response) -> Any:
         if resp.status_code == 401:
@@ -108,8 +116,11 @@ class DroneClient:
 
     def running(self) -> list[str]:
         builds = self._json(self.http.get(self.base))
-        return [f"Drone build {b.get('number')} {b.get('status')}" for b in builds or []
-                if isinstance(b, dict) and b.get("status") in ACTIVE]  # fmt: skip
+        return [
+            f"Drone build {b.get('number')} {b.get('status')}"
+            for b in builds or []
+            if isinstance(b, dict) and b.get("status") in ACTIVE
+        ]
 
     def link(self, number: int) -> str:
         return f"{self.cfg.url.rstrip('/')}/{self.cfg.repo}/{number}"

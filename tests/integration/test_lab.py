@@ -22,8 +22,10 @@ def _versions(engine: Swarm) -> dict[str, int]:
 def test_proxy_has_the_configured_16_subnet(lab: Config) -> None:
     out = subprocess.run(
         ["docker", "network", "inspect", "proxy", "--format", "{{(index .IPAM.Config 0).Subnet}}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == lab.network.subnet == "10.20.0.0/16"
 
 

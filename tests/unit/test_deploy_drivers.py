@@ -29,10 +29,13 @@ TOKEN = "drone-token-5f1c9e-DO-NOT-LEAK"
 
 def results_doc(**stages: str) -> dict[str, Any]:
     return {
-        "recipe": "hello", "version": "1.1.0", "run_id": "r1",
+        "recipe": "hello",
+        "version": "1.1.0",
+        "run_id": "r1",
         "stages": [{"name": n, "status": s, "tests": [{"name": "t"}]} for n, s in stages.items()],
-        "rungs": 4, "flags": {"clean_teardown": True},
-    }  # fmt: skip
+        "rungs": 4,
+        "flags": {"clean_teardown": True},
+    }
 
 
 def test_parse_results_maps_stage_names_to_tiers() -> None:
@@ -68,8 +71,11 @@ def _command_cfg(tmp_path: Path, script: str, timeout_s: float = 30) -> Config:
 
     def use_command(raw: dict[str, Any]) -> None:
         raw["deploy"].update(driver="command", stack="hello", tiers=["install", "upgrade"])
-        raw["deploy"]["command"] = {"argv": [sys.executable, str(harness), "{recipe}"],
-                                    "results": str(results), "timeout_s": timeout_s}  # fmt: skip
+        raw["deploy"]["command"] = {
+            "argv": [sys.executable, str(harness), "{recipe}"],
+            "results": str(results),
+            "timeout_s": timeout_s,
+        }
 
     return load_config(write_config(tmp_path, use_command))
 
@@ -123,9 +129,16 @@ def test_command_driver_kills_a_harness_past_its_timeout(tmp_path: Path) -> None
 
 
 def test_not_applicable_tier_is_skipped_but_does_not_block_the_gate() -> None:
-    outcome = DeployOutcome("compose", "hello", "s", attached=True, tiers=[
-        TierResult("install", "pass"), TierResult("backup_restore", "skip", "no state", not_applicable=True),
-    ])  # fmt: skip
+    outcome = DeployOutcome(
+        "compose",
+        "hello",
+        "s",
+        attached=True,
+        tiers=[
+            TierResult("install", "pass"),
+            TierResult("backup_restore", "skip", "no state", not_applicable=True),
+        ],
+    )
     checks = judge_outcome(outcome, ["install", "backup_restore"], "proxy")
     br = next(c for c in checks if c.id == "deploy.tier.backup_restore")
     assert br.status == Status.SKIP and br.detail == "not applicable: no state"
@@ -214,8 +227,14 @@ def drone_server() -> Iterator[tuple[str, DroneState]]:
                 state.polls += 1
                 done = state.polls >= state.polls_to_finish
                 steps = [{"name": n, "status": s} for n, s in state.steps.items()]
-                self._send(200, {"number": 42, "status": state.final if done else "running",
-                                 "stages": [{"name": "recipe", "steps": steps}]})  # fmt: skip
+                self._send(
+                    200,
+                    {
+                        "number": 42,
+                        "status": state.final if done else "running",
+                        "stages": [{"name": "recipe", "steps": steps}],
+                    },
+                )
             elif self.path == "/api/repos/coop/ci/builds":
                 self._send(200, [])
 
@@ -235,8 +254,13 @@ def drone_server() -> Iterator[tuple[str, DroneState]]:
 def _drone_cfg(tmp_path: Path, url: str, timeout_s: float = 30) -> Config:
     def use_drone(raw: dict[str, Any]) -> None:
         raw["deploy"].update(driver="drone", stack="hello", tiers=["install", "upgrade"])
-        raw["deploy"]["drone"] = {"url": url, "repo": "coop/ci", "branch": "main",
-                                  "token_env": "PVCHECK_TEST_DRONE_TOKEN", "timeout_s": timeout_s}  # fmt: skip
+        raw["deploy"]["drone"] = {
+            "url": url,
+            "repo": "coop/ci",
+            "branch": "main",
+            "token_env": "PVCHECK_TEST_DRONE_TOKEN",
+            "timeout_s": timeout_s,
+        }
 
     return load_config(write_config(tmp_path, use_drone))
 
@@ -258,9 +282,14 @@ def _drone_cfg(tmp_path: Path, url: str, timeout_s: float = 30) -> Config:
     ids=["success", "failure"],
 )
 def test_drone_driver_runs_one_build_to_its_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-    drone_server: tuple[str, DroneState], final: str, steps: dict[str, str], expect: dict[str, str],
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    drone_server: tuple[str, DroneState],
+    final: str,
+    steps: dict[str, str],
+    expect: dict[str, str],
+) -> None:
     url, state = drone_server
     state.final, state.steps = final, steps
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)

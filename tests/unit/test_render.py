@@ -44,10 +44,16 @@ def facts(taken: str, used_tasks: int, drone_running: int) -> HostFacts:
 def sample_report(failing: bool) -> Report:
     checks = [
         Check("pre.pvfix-done", "M1", Status.PASS, "DONE", "## DONE present"),
-        Check("svc.lab-drone_app", "M1", Status.FAIL if failing else Status.PASS,
-              "running = desired", "lab-drone_app: 0/1 running" if failing else "1/1", "scaled to 0"),
+        Check(
+            "svc.lab-drone_app",
+            "M1",
+            Status.FAIL if failing else Status.PASS,
+            "running = desired",
+            "lab-drone_app: 0/1 running" if failing else "1/1",
+            "scaled to 0",
+        ),
         Check("route.dashboard", "M1", Status.PASS, "HTTP 200", "HTTP 200 | ok", duration_s=0.012),
-    ]  # fmt: skip
+    ]
     report = Report(
         run_id="pv-20261126120000-abc123",
         target="lab",
@@ -55,12 +61,20 @@ def sample_report(failing: bool) -> Report:
         started_at="2026-11-26T12:00:00Z",
         finished_at="2026-11-26T12:00:09Z",
         checks=checks,
-        stages={"preconditions": "fail" if failing else "pass", "traffic": "blocked" if failing else "allowed"},
+        stages={
+            "preconditions": "fail" if failing else "pass",
+            "traffic": "blocked" if failing else "allowed",
+        },
         facts_before=facts("2026-11-26T12:00:01Z", 5, 0 if failing else 1),
         facts_after=facts("2026-11-26T12:00:08Z", 5, 0 if failing else 1),
-        logs=LogScan("file /var/log/d.log", "2026-11-25T10:00:00Z", "2026-11-26T12:00:00Z",
-                     {"vip_exhausted": 0, "key_modified": 1}, ['time="x" msg="key modified"']),
-    )  # fmt: skip
+        logs=LogScan(
+            "file /var/log/d.log",
+            "2026-11-25T10:00:00Z",
+            "2026-11-26T12:00:00Z",
+            {"vip_exhausted": 0, "key_modified": 1},
+            ['time="x" msg="key modified"'],
+        ),
+    )
     return report
 
 

@@ -1,0 +1,243 @@
+"""The bounded allocator reproduction: throwaway published-port stacks on the overlay, deployed
+and removed concurrently (the pattern that leaked endpoints in production), with the network's
+endpoints measured at baseline, at peak and after the allocator settles.
+
+The I/O (`reproduce`) and the judging (`judge_allocator`, pure) are separate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pvcheck.config import AllocatorConfig, Config
+from pvcheck.facts import NetworkFacts, parse_network, settle_network
+from pvcheck.records import Check, Status
+from pvcheck.stacks import StackDeployer, parse_stack
+from pvcheck.swarm import LABEL_RUN, Swarm
+
+log = logging.getLogger(__name__)
+
+LABEL_ROLE = "pvcheck.role"  # what a run-labelled object is for: recipe, throwaway, canary
+KINDS = ("vips", "task_ips", "lb_endpoints", "containers")
+
+
+@dataclass(frozen=True)
+class RoundFigures:
+    round: int
+    stacks: int
+    baseline: dict[str, int]
+    peak: dict[str, int]
+    after: dict[str, int]
+    allocated: bool  # every throwaway task got its addresses (reached running)
+    settled: bool  # counts came back to baseline (not merely stopped changing)
+    seconds: float
+
+    @property
+    def leaked(self) -> dict[str, int]:
+        return {k: self.after[k] - self.baseline[k] for k in KINDS}
+
+    @property
+    def leaked_total(self) -> int:
+        return max(0, sum(self.leaked.values()))
+
+
+@dataclass
+class AllocatorResult:
+    network: str
+    capacity: int
+    used_before: int
+    used_after: int
+    started_at: datetime
+    finished_at: datetime
+    rounds: list[RoundFigures] = field(default_factory=list)
+
+    @property
+    def leaked_total(self) -> int:
+        return max(0, self.used_after - self.used_before)
+
+    @property
+    def leak_per_round(self) -> float:
+        return self.leaked_total / len(self.rounds) if self.rounds else 0.0
+
+    @property
+    def headroom_before_pct(self) -> float:
+        return 100.0 * (self.capacity - self.used_before) / self.capacity
+
+    @property
+    def headroom_after_pct(self) -> float:
+        return 100.0 * (self.capacity - self.used_after) / self.capacity
+
+    @property
+    def projected_rounds(self) -> int | None:
+        """Rounds like these before exhaustion at the measured leak rate; None: no leak."""
+        if self.leak_per_round <= 0:
+            return None
+        return int((self.capacity - self.used_after) / self.leak_per_round)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "capacity": self.capacity,
+            "used_before": self.used_before,
+            "used_after": self.used_after,
+            "leaked_total": self.leaked_total,
+            "leak_per_round": self.leak_per_round,
+            "headroom_before_pct": round(self.headroom_before_pct, 3),
+            "headroom_after_pct": round(self.headroom_after_pct, 3),
+            "projected_rounds": self.projected_rounds,
+            "started_at": self.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "finished_at": self.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "rounds": [asdict(r) | {"leaked": r.leaked} for r in self.rounds],
+        }
+
+
+def _counts(facts: NetworkFacts | None) -> dict[str, int]:
+    return {k: int(getattr(facts, k)) if facts else 0 for k in KINDS}
+
+
+def throwaway_stack(name: str, image: str, network: str) -> Any:
+    """One service, a port published in ingress mode (a swarm-chosen port), on the overlay."""
+    doc = {
+        "services": {
+            "app": {
+                "image": image,
+                "command": ["sleep", "3600"],
+                "networks": [network],
+                "ports": [{"target": 80, "mode": "ingress"}],
+                "stop_signal": "KILL",  # busybox sleep as PID 1 ignores SIGTERM
+                "stop_grace_period": "1s",
+            }
+        },
+        "networks": {network: {"external": True}},
+    }
+    return parse_stack(doc, f"<throwaway {name}>")
+
+
+def refusal(cfg: AllocatorConfig, before: NetworkFacts | None) -> str | None:
+    """Pure: why the reproduction must not start, or None."""
+    if before is None:
+        return "the overlay network is missing"
+    if before.headroom_pct < cfg.headroom_floor_pct:
+        return (
+            f"headroom {before.headroom_pct:.2f}% is below the floor "
+            f"{cfg.headroom_floor_pct:g}%: the reproduction would risk real exhaustion"
+        )
+    return None
+
+
+def reproduce(
+    swarm: Swarm,
+    cfg: Config,
+    run_id: str,
+    progress: Callable[[str], None] = log.info,
+) -> AllocatorResult:
+    """Run cfg.allocator.rounds rounds; everything created carries the run label."""
+    alloc, net = cfg.allocator, cfg.network.name
+    suffix = run_id.rsplit("-", 1)[-1]
+    deployer = StackDeployer(swarm, {LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
+    first = parse_network(swarm.network(net) or {})
+    result = AllocatorResult(
+        net, first.capacity, first.used, first.used, datetime.now(UTC), datetime.now(UTC)
+    )
+    for rnd in range(1, alloc.rounds + 1):
+        t0 = time.monotonic()
+        baseline = parse_network(swarm.network(net) or {})
+        names = [f"pvc-alloc-{suffix}-r{rnd}-{i}" for i in range(1, alloc.batch + 1)]
+        progress(
+            f"round {rnd}: deploying {len(names)} throwaway stacks on {net} "
+            f"({alloc.concurrency} at a time); baseline {baseline.used} endpoints"
+        )
+        with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
+            list(
+                pool.map(lambda n: deployer.deploy(n, throwaway_stack(n, alloc.image, net)), names)
+            )
+        allocated = _wait_allocated(swarm, run_id, len(names), alloc.settle_timeout_s)
+        peak = parse_network(swarm.network(net) or {})
+        progress(
+            f"round {rnd}: peak {peak.used} endpoints ({peak.vips} VIPs, "
+            f"{peak.task_ips} task IPs); all allocated: {allocated}"
+        )
+        services = swarm.services({LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
+        with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
+            list(pool.map(lambda s: swarm.remove_service(s["ID"]), services))
+        progress(
+            f"round {rnd}: removed {len(services)} services concurrently; waiting for the allocator"
+        )
+        after, settled = settle_network(
+            swarm, net, back_to(baseline.used), timeout_s=alloc.settle_timeout_s
+        )
+        figures = RoundFigures(
+            rnd,
+            len(names),
+            _counts(baseline),
+            _counts(peak),
+            _counts(after),
+            allocated,
+            settled,
+            round(time.monotonic() - t0, 2),
+        )
+        result.rounds.append(figures)
+        result.used_after = after.used if after else result.used_after
+        progress(f"round {rnd}: after {result.used_after} endpoints; leaked {figures.leaked}")
+    result.finished_at = datetime.now(UTC)
+    return result
+
+
+def back_to(limit: int) -> Callable[[NetworkFacts], bool]:
+    return lambda facts: facts.used <= limit
+
+
+def _wait_allocated(swarm: Swarm, run_id: str, expected: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        services = swarm.services({LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
+        running = sum(
+            1 for s in services if (s.get("ServiceStatus") or {}).get("RunningTasks", 0) >= 1
+        )
+        if running >= expected:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
+
+
+def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check]:
+    """Pure: the allocation, leak and headroom checks of the reproduction."""
+    rounds = result.rounds
+    stuck = [r.round for r in rounds if not r.allocated]
+    leaks = ", ".join(f"round {r.round}: {r.leaked}" for r in rounds)
+    tolerance = cfg.leak_tolerance * len(rounds)
+    projected = result.projected_rounds
+    return [
+        Check(
+            "alloc.allocated",
+            "M2",
+            Status.FAIL if stuck else Status.PASS,
+            "every throwaway task gets its addresses and runs",
+            "all allocated" if not stuck else f"tasks not allocated in rounds {stuck}",
+            "" if not stuck else "tasks stuck in New/Pending: the VIP exhaustion symptom",
+        ),
+        Check(
+            "alloc.leak",
+            "M2",
+            Status.PASS if result.leaked_total <= tolerance else Status.FAIL,
+            f"leaked <= {cfg.leak_tolerance} per round ({tolerance} over {len(rounds)} rounds)",
+            f"leaked {result.leaked_total} endpoints ({leaks})",
+            "projected rounds before exhaustion: "
+            + ("unbounded (no leak)" if projected is None else str(projected)),
+        ),
+        Check(
+            "alloc.headroom",
+            "M2",
+            Status.PASS if result.headroom_after_pct >= cfg.headroom_floor_pct else Status.FAIL,
+            f"headroom after >= {cfg.headroom_floor_pct:g}%",
+            f"{result.headroom_before_pct:.3f}% before, {result.headroom_after_pct:.3f}% after "
+            f"({result.used_after}/{result.capacity} used)",
+        ),
+    ]
