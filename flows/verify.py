@@ -1,15 +1,22 @@
-"""The verification flow: preconditions -> facts (before) -> routes -> [proofs] -> teardown
-(always) -> facts (after) -> evidence. Its final state matches the verdict.
+"""The verification flow: janitor -> preconditions -> facts (before) -> routes -> deploy proof
+-> allocator reproduction -> fresh logs -> upgrade guard -> teardown (always) -> facts (after)
+-> evidence. Its final state matches the verdict.
+
+Teardown is layered: a finally in the flow, a direct label sweep if the teardown task cannot
+run, Prefect cancellation/crash hooks, and the janitor at the start of the next run.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import State, flow, get_run_logger
+from prefect.client.schemas.objects import FlowRun
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
@@ -21,19 +28,23 @@ from pvcheck.config import (
     Config,
     load_config,
 )
-from pvcheck.errors import TargetUnreachable
+from pvcheck.errors import ConfigError, TargetUnreachable
 from pvcheck.evidence import render
 from pvcheck.records import Check, Status
 from pvcheck.report import Report
+from pvcheck.runs import HostLock, RunRegistry
+from pvcheck.stacks import remove_labelled
 from pvcheck.statefiles import append_journal
-from pvcheck.swarm import Swarm
+from pvcheck.swarm import LABEL_RUN, Swarm
 from tasks.deploy import deploy_proof
 from tasks.evidence import publish_verdict, write_evidence_files
 from tasks.host import capture_facts, connect_engine, read_precondition_phase, scan_docker_log
+from tasks.proofs import allocator_proof, guard_proof, reap_dead_runs
 from tasks.routes import check_routes
 from tasks.teardown import teardown
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml")
+log = logging.getLogger(__name__)
 
 
 class RunParameters(BaseModel):
@@ -43,6 +54,9 @@ class RunParameters(BaseModel):
     allocator_batch: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_BATCH)
     allocator_concurrency: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_CONCURRENCY)
     allocator_rounds: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_ROUNDS)
+    canary: bool = Field(
+        False, description="lab only: make the real allocator log the VIP signature"
+    )
 
     def overrides(self) -> dict[str, Any]:
         alloc = {
@@ -75,56 +89,59 @@ def _unreachable_journal(cfg: Config, run_id: str, exc: Exception) -> None:
     )
 
 
-def preconditions(cfg: Config, done: bool | None, facts_checks: list[Check]) -> list[Check]:
-    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
-    return [judge.precondition_phase(cfg.docs.precondition_phase, str(pvfix), done), *facts_checks]
-
-
-def run_deploy_stage(swarm: Swarm, cfg: Config, run_id: str, report: Report) -> list[Check]:
-    if cfg.deploy is None:
-        report.stages["deploy"] = "skipped: no [deploy] section in the config"
-        return [judge.skipped("deploy.stage", "M2", "deploy proof runs", report.stages["deploy"])]
-    checks: list[Check] = deploy_proof(swarm, cfg, run_id)
-    failed = [c.id for c in checks if c.status not in (Status.PASS, Status.SKIP)]
-    skipped = [c.detail for c in checks if c.status == Status.SKIP and not c.not_applicable]
-    report.stages["deploy"] = (
-        f"fail ({', '.join(failed)})" if failed else (skipped[0] if skipped else "pass")
-    )
-    return checks
-
-
-@flow(name="pvcheck-verify", log_prints=False)
-def verify(params: RunParameters | None = None) -> State:
-    """Verify the host named by the config; write evidence; end Failed when a gate fails."""
-    params = params or RunParameters()
-    log = get_run_logger()
-    cfg = load_config(params.config_path, params.overrides())
-    run_id = new_run_id()
-    report = Report(run_id, cfg.target.name, str(cfg.source), started_at=utc_now())
-    log.info("pvcheck run %s against %s (config %s)", run_id, cfg.target.name, cfg.source)
-    started = datetime.now(UTC)
+def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
+    """Cancellation/crash hook: remove what this run created, by its label only."""
+    params = (flow_run.parameters or {}).get("params") or {}
     try:
-        swarm = connect_engine(cfg)
-    except TargetUnreachable as exc:
-        _unreachable_journal(cfg, run_id, exc)
-        raise
+        cfg = load_config(params.get("config_path", DEFAULT_CONFIG))
+        swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+        left = remove_labelled(swarm, f"{LABEL_RUN}={flow_run.name}", timeout_s=120)
+        log.warning("run %s ended %s; swept its label, left: %s", flow_run.name, state.type, left)
+    except Exception as exc:  # the next run's janitor is the last layer
+        log.warning(
+            "run %s: sweep after %s failed (%s); the janitor will reap it",
+            flow_run.name,
+            state.type,
+            exc,
+        )
 
+
+def _teardown(swarm: Swarm, run_id: str) -> Check:
     try:
-        # Read-only stages run concurrently.
+        result: Check = teardown(swarm, run_id)
+        return result
+    except BaseException:
+        # The engine may be shutting down (SIGINT/SIGTERM): sweep directly, then re-check.
+        left = remove_labelled(swarm, f"{LABEL_RUN}={run_id}", timeout_s=120)
+        return judge.residue(left, f"{LABEL_RUN}={run_id}")
+
+
+class Verification:
+    """One run's state while the flow walks its stages."""
+
+    def __init__(self, cfg: Config, run_id: str, params: RunParameters) -> None:
+        self.cfg, self.run_id, self.params = cfg, run_id, params
+        self.report = Report(run_id, cfg.target.name, str(cfg.source), started_at=utc_now())
+        self.started = datetime.now(UTC)
+        self.log = get_run_logger()
+
+    def read_only_stage(self, swarm: Swarm) -> bool:
+        """Preconditions, facts, routes and the log window, concurrently; True when test
+        traffic may start."""
+        cfg, report = self.cfg, self.report
         done_f = read_precondition_phase.submit(cfg)
         before_f = capture_facts.submit(swarm, cfg, "before")
         routes_f = check_routes.submit(cfg)
-        logs_f = scan_docker_log.submit(
-            cfg, started - timedelta(hours=cfg.logs.window_h), datetime.now(UTC)
-        )
+        window_start = self.started - timedelta(hours=cfg.logs.window_h)
+        logs_f = scan_docker_log.submit(cfg, window_start, datetime.now(UTC))
         before = before_f.result()
         report.facts_before = before
-        pre = preconditions(
-            cfg,
-            done_f.result(),
-            [judge.network_matches(cfg.network, before.network)]
-            + [judge.service_healthy(s) for s in before.services],
-        )
+        pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+        pre = [
+            judge.precondition_phase(cfg.docs.precondition_phase, str(pvfix), done_f.result()),
+            judge.network_matches(cfg.network, before.network),
+            *(judge.service_healthy(s) for s in before.services),
+        ]
         routes = routes_f.result()
         report.checks += [
             *pre,
@@ -136,28 +153,112 @@ def verify(params: RunParameters | None = None) -> State:
             "pass" if all(c.status == Status.PASS for c in pre) else "fail"
         )
         report.stages["routes"] = "pass" if all(c.status == Status.PASS for c in routes) else "fail"
-        core_down = [
-            c.id
-            for c, r in zip(routes, cfg.routes, strict=True)
-            if r.core and c.status != Status.PASS
-        ]
-        blocked = [c.id for c in pre if c.status != Status.PASS] + core_down
-        if blocked:
-            reason = "no new test traffic: fix routing first (" + ", ".join(blocked) + ")"
-            report.stages["traffic"] = "blocked"
-            log.warning("%s", reason)
-            for stage in ("deploy", "allocator"):
-                report.stages[stage] = f"skipped: {reason}"
-                report.checks.append(judge.skipped(f"{stage}.stage", "M2", "stage runs", reason))
-        else:
+        core = {f"route.{r.name}" for r in cfg.routes if r.core}
+        blocked = [c.id for c in pre if c.status != Status.PASS]
+        blocked += [c.id for c in routes if c.id in core and c.status != Status.PASS]
+        if not blocked:
             report.stages["traffic"] = "allowed"
-            report.checks += run_deploy_stage(swarm, cfg, run_id, report)
+            return True
+        reason = "no new test traffic: fix routing first (" + ", ".join(blocked) + ")"
+        report.stages["traffic"] = "blocked"
+        self.log.warning("%s", reason)
+        for stage, check_id in (("deploy", "deploy.stage"), ("allocator", "alloc.stage")):
+            report.stages[stage] = f"skipped: {reason}"
+            report.checks.append(judge.skipped(check_id, "M2", "stage runs", reason))
+        return False
+
+    def deploy_stage(self, swarm: Swarm) -> None:
+        report = self.report
+        if self.cfg.deploy is None:
+            report.stages["deploy"] = "skipped: no [deploy] section in the config"
+            report.checks.append(
+                judge.skipped("deploy.stage", "M2", "deploy proof runs", report.stages["deploy"])
+            )
+            return
+        checks: list[Check] = deploy_proof(swarm, self.cfg, self.run_id)
+        report.checks += checks
+        report.stages["deploy"] = _stage_outcome(checks)
+
+    def allocator_stage(self, swarm: Swarm) -> None:
+        report = self.report
+        started = datetime.now(UTC)
+        checks, result = allocator_proof(swarm, self.cfg, self.run_id)
+        report.checks += checks
+        report.stages["allocator"] = _stage_outcome(checks)
+        if result is not None:
+            report.extra["allocator"] = result.as_dict()
+            scan = scan_docker_log(self.cfg, started, datetime.now(UTC))
+            report.checks.append(judge.fresh_logs("logs.fresh-allocator", scan, "the reproduction"))
+
+    def finish_logs_and_guard(self, swarm: Swarm) -> None:
+        scan = scan_docker_log(self.cfg, self.started, datetime.now(UTC))
+        self.report.checks.append(judge.fresh_logs("logs.fresh-run", scan, "this run"))
+        # The canary runs last, after the run's own log window has been judged.
+        guard = guard_proof(swarm, self.cfg, self.run_id, self.params.canary)
+        self.report.checks += guard
+        self.report.stages["guard"] = _stage_outcome(guard)
+
+
+def _stage_outcome(checks: list[Check]) -> str:
+    failed = [c.id for c in checks if c.status in (Status.FAIL, Status.ERROR)]
+    skipped = [c.detail for c in checks if c.status == Status.SKIP and not c.not_applicable]
+    if failed:
+        return f"fail ({', '.join(failed)})"
+    return skipped[0] if skipped else "pass"
+
+
+def _run_name() -> str:
+    return new_run_id()
+
+
+@flow(
+    name="pvcheck-verify",
+    flow_run_name=_run_name,
+    log_prints=False,
+    on_cancellation=[_sweep_after_abort],
+    on_crashed=[_sweep_after_abort],
+)
+def verify(params: RunParameters | None = None) -> State:
+    """Verify the host named by the config; write evidence; end Failed when a gate fails."""
+    params = params or RunParameters()
+    cfg = load_config(params.config_path, params.overrides())
+    if params.canary and cfg.lab is None:
+        raise ConfigError(
+            str(cfg.source), "canary", "the canary runs only against the built-in lab"
+        )
+    run_id = str(runtime_flow_run.name or new_run_id())
+    with HostLock(cfg.target.state_dir, cfg.target.name):
+        return _verify_locked(cfg, run_id, params)
+
+
+def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
+    run = Verification(cfg, run_id, params)
+    report, log = run.report, run.log
+    log.info("pvcheck run %s against %s (config %s)", run_id, cfg.target.name, cfg.source)
+    try:
+        swarm = connect_engine(cfg)
+    except TargetUnreachable as exc:
+        _unreachable_journal(cfg, run_id, exc)
+        raise
+    registry = RunRegistry(cfg.target.state_dir, cfg.target.name)
+    report.checks.append(reap_dead_runs(swarm, cfg))
+    registry.start(run_id)
+    try:
+        if run.read_only_stage(swarm):
+            run.deploy_stage(swarm)
+            run.allocator_stage(swarm)
+        run.finish_logs_and_guard(swarm)
     finally:
-        report.checks.append(teardown(swarm, run_id))
-        report.stages["teardown"] = "done"
+        residue = _teardown(swarm, run_id)
+        report.checks.append(residue)
+        report.stages["teardown"] = (
+            "clean" if residue.status == Status.PASS else f"left: {residue.found}"
+        )
+        if residue.status == Status.PASS:
+            registry.finish(run_id)
         after = capture_facts(swarm, cfg, "after")
         report.facts_after = after
-        report.checks += [c for c in (judge.service_healthy(s, "after") for s in after.services)]
+        report.checks += [judge.service_healthy(s, "after") for s in after.services]
         report.finished_at = utc_now()
         report.evidence = write_evidence_files(report, cfg)
         publish_verdict(report)

@@ -19,11 +19,10 @@ from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, parse_network, settle_network
 from pvcheck.records import Check, Status
 from pvcheck.stacks import StackDeployer, parse_stack
-from pvcheck.swarm import LABEL_RUN, Swarm
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
 
 log = logging.getLogger(__name__)
 
-LABEL_ROLE = "pvcheck.role"  # what a run-labelled object is for: recipe, throwaway, canary
 KINDS = ("vips", "task_ips", "lb_endpoints", "containers")
 
 

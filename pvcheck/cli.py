@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast (exit 2) before the Prefect engine starts
     from flows.verify import RunParameters, verify
 
-    state = verify(RunParameters(config_path=args.config), return_state=True)
+    params = RunParameters(config_path=args.config, canary=args.canary)
+    state = verify(params, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -117,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
     run.add_argument("--json", help="write the JSON report here")
     run.add_argument("--junit", help="write a JUnit XML report here")
+    run.add_argument(
+        "--canary",
+        action="store_true",
+        help="lab only: make the real allocator log the VIP signature and prove the guard sees it",
+    )
     run.set_defaults(func=cmd_run)
 
     labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")

@@ -98,6 +98,8 @@ class TargetConfig(Section):
     docker_host: str = "unix:///var/run/docker.sock"
     timeout_s: float = Field(10.0, gt=0, le=300)
     api_attempts: int = Field(3, ge=1, le=10)
+    # Where the host lock and the registry of started runs live (on the machine pvcheck runs on).
+    state_dir: ConfigPath = Path("/var/lib/pvcheck")
 
     @field_validator("docker_host")
     @classmethod

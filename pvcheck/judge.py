@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pvcheck.config import NetworkConfig, RouteConfig
 from pvcheck.facts import NetworkFacts, ServiceFacts
+from pvcheck.logscan import VIP_SIGNATURE, LogScan
 from pvcheck.records import Check, Status
 from pvcheck.routes import RouteObservation
 
@@ -133,4 +134,36 @@ def clean_teardown(
         f"no object of stack {stack} remains; endpoints back to {baseline}",
         found,
         detail.strip("; "),
+    )
+
+
+def fresh_logs(check_id: str, scan: LogScan, window: str) -> Check:
+    """The VIP line fails its gate; the rest of the family is reported as evidence."""
+    others = ", ".join(f"{k} {v}" for k, v in scan.counts.items() if k != "vip_exhausted")
+    return Check(
+        check_id,
+        "M2",
+        Status.FAIL if scan.vip_count else Status.PASS,
+        f"no '{VIP_SIGNATURE}' in the docker log during {window}",
+        f"{scan.vip_count} VIP lines ({scan.since} -> {scan.until}); {others}",
+        f"source {scan.source}"
+        + (f"; first: {scan.lines[0][:300]}" if scan.vip_count and scan.lines else ""),
+    )
+
+
+def janitor(reaped: dict[str, dict[str, list[str]]]) -> Check:
+    """Earlier runs that died and were reaped: anything left of them is a failure."""
+    left = {
+        run: [f"{k[:-1]} {n}" for k, items in kinds.items() for n in items]
+        for run, kinds in reaped.items()
+    }
+    dirty = {run: names for run, names in left.items() if names}
+    return Check(
+        "teardown.janitor",
+        "M2",
+        Status.FAIL if dirty else Status.PASS,
+        "nothing left of earlier pvcheck runs that died",
+        f"reaped {len(reaped)} dead run(s)"
+        + (f": {', '.join(sorted(reaped))}" if reaped else "")
+        + (f"; still left: {dirty}" if dirty else ""),
     )

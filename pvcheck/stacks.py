@@ -137,6 +137,15 @@ def _ports(spec: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def local_image_ref(swarm: Swarm, image: str) -> str:
+    """A local-only image (no registry digest) by its ID, so the engine never tries a pull."""
+    try:
+        found = swarm.call(swarm.api.inspect_image, image)
+    except docker.errors.ImageNotFound:
+        return image
+    return image if found.get("RepoDigests") else str(found["Id"])
+
+
 class StackDeployer:
     """Deploys and removes stacks; every object carries `labels` (the run or lab label)."""
 
@@ -257,14 +266,8 @@ class StackDeployer:
         }
 
     def _pinned(self, image: str) -> str:
-        """A local-only image (no registry digest) by its ID, so the engine never tries a pull."""
         if image not in self._pins:
-            try:
-                found = self.swarm.call(self.swarm.api.inspect_image, image)
-                local_only = not found.get("RepoDigests")
-                self._pins[image] = str(found["Id"]) if local_only else image
-            except docker.errors.ImageNotFound:
-                self._pins[image] = image
+            self._pins[image] = local_image_ref(self.swarm, image)
         return self._pins[image]
 
     # --- convergence and removal -----------------------------------------------------------

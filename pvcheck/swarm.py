@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LABEL_RUN = "pvcheck.run"
 LABEL_LAB = "pvcheck.lab"
 LABEL_STACK = "com.docker.stack.namespace"
+LABEL_ROLE = "pvcheck.role"  # what a run-labelled object is for: recipe, throwaway, canary
 
 T = TypeVar("T")
 

@@ -6,10 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from pvcheck import quiet_prefect
 from pvcheck.config import Config, load_config
 from pvcheck.errors import TargetUnreachable
 from pvcheck.swarm import Swarm
 from tests.helpers import LAB_CONFIG
+
+quiet_prefect()
 
 HOW_TO_RUN = (
     "no Docker Engine reachable: integration tests need the real lab. As root run "

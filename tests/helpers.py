@@ -38,6 +38,7 @@ def write_config(
     docs.mkdir(exist_ok=True)
     (docs / "STATUS-pvfix.md").write_text(PVFIX_DONE, encoding="utf-8")
     raw["docs"]["dir"] = str(docs)
+    raw["target"]["state_dir"] = str(tmp_path / "state")
     if mutate:
         mutate(raw)
     path = tmp_path / name

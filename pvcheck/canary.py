@@ -1,0 +1,86 @@
+"""Lab only: make the real allocator log the VIP-exhaustion signature on a throwaway tiny
+network, and show the upgrade guard's detection counts it in the real docker log.
+
+Never on a real host: its upgrade guard would see the line and restart docker.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import docker.types
+
+from pvcheck.logscan import VIP_SIGNATURE, LogSource
+from pvcheck.records import Check, Status
+from pvcheck.stacks import local_image_ref, remove_labelled
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
+
+log = logging.getLogger(__name__)
+
+CANARY_SUBNET = "10.254.254.0/29"  # 5 usable addresses: seven services cannot all get a VIP
+CANARY_SERVICES = 7
+
+
+def run_canary(
+    swarm: Swarm,
+    run_id: str,
+    image: str,
+    detect: list[str],
+    source: LogSource,
+    timeout_s: float = 60.0,
+) -> Check:
+    labels = {LABEL_RUN: run_id, LABEL_ROLE: "canary"}
+    suffix = run_id.rsplit("-", 1)[-1]
+    net = f"pvc-canary-{suffix}"
+    since = datetime.now(UTC) - timedelta(seconds=2)
+    expected = "the guard's detection counts > 0 in the real docker log after the canary"
+    try:
+        log.info("docker network create -d overlay --subnet %s %s", CANARY_SUBNET, net)
+        swarm.call(
+            swarm.api.create_network,
+            net,
+            driver="overlay",
+            labels=labels,
+            scope="swarm",
+            ipam=docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=CANARY_SUBNET)]
+            ),
+        )
+        for i in range(1, CANARY_SERVICES + 1):
+            swarm.call(
+                swarm.client.services.create,
+                local_image_ref(swarm, image),
+                command=["sleep", "3600"],
+                name=f"{net}-{i}",
+                labels=labels,
+                container_labels=labels,
+                networks=[net],
+                stop_signal="KILL",
+            )
+        deadline = time.monotonic() + timeout_s
+        count = 0
+        while time.monotonic() < deadline:
+            text = "".join(
+                line if line.endswith("\n") else line + "\n"
+                for line in source.lines(since, datetime.now(UTC))
+                if VIP_SIGNATURE in line
+            )
+            proc = subprocess.run(detect, input=text, capture_output=True, text=True, check=False)
+            count = int(proc.stdout.strip() or 0) if proc.stdout.strip().isdigit() else 0
+            if count > 0:
+                break
+            time.sleep(2)
+        return Check(
+            "guard.canary",
+            "M2",
+            Status.PASS if count > 0 else Status.FAIL,
+            expected,
+            f"detection counted {count} signature line(s) since {since:%H:%M:%SZ}",
+            f"canary network {net} ({CANARY_SUBNET}), {CANARY_SERVICES} services; removed after",
+        )
+    finally:
+        left = remove_labelled(swarm, f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}=canary", timeout_s=60)
+        log.info("canary removed; left: %s", {k: v for k, v in left.items() if v} or "nothing")
