@@ -7,68 +7,19 @@ function that touches machine-docs/, through statefiles (atomic, sections kept, 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jinja2
 
-from pvcheck.config import Config, RouteConfig
+from pvcheck.claims import m1_claim, m2_claim
+from pvcheck.config import Config
 from pvcheck.records import Check, Status
 from pvcheck.report import Report
 from pvcheck.statefiles import append_journal, read_state, section_body, update_sections
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
-
-@dataclass(frozen=True)
-class ColdCommand:
-    """A command a reviewer pastes, and what it must print."""
-
-    command: str
-    expected: str
-
-
-def curl_command(route: RouteConfig) -> str:
-    url = httpx.URL(route.url)
-    parts = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]
-    if route.connect_to:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        parts += ["--connect-to", f"{url.host}:{port}:{route.connect_to}"]
-    if not route.verify_tls:
-        parts.append("-k")
-    parts.append(route.url)
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def m1_commands(cfg: Config) -> list[ColdCommand]:
-    """Pure: the M1 HOW section, one command per claim."""
-    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
-    net = shlex.quote(cfg.network.name)
-    names = "|".join(re.escape(s) for s in cfg.services.control_plane)
-    out = [
-        ColdCommand(f"grep -x '## DONE' {shlex.quote(str(pvfix))}", "## DONE"),
-        ColdCommand(
-            f"docker network inspect {net} --format '{{{{.Driver}}}} "
-            f"{{{{(index .IPAM.Config 0).Subnet}}}}'",
-            f"{cfg.network.driver} {cfg.network.subnet}",
-        ),
-        ColdCommand(
-            f"docker network inspect --verbose {net} --format "
-            "'{{range $k, $v := .Services}}{{$k}} {{$v.VIP}} {{len $v.Tasks}}{{println}}{{end}}'",
-            "one line per service on the network: name, VIP, task count",
-        ),
-        ColdCommand(
-            "docker service ls --format '{{.Name}} {{.Replicas}}' | "
-            f"grep -E {shlex.quote(f'^({names}) ')}",
-            "every control-plane service with N/N replicas (N > 0)",
-        ),
-    ]
-    for route in cfg.routes:
-        out.append(ColdCommand(curl_command(route), "/".join(map(str, route.expect_status))))
-    return out
 
 
 def _env() -> jinja2.Environment:
@@ -94,7 +45,7 @@ def _context(report: Report, cfg: Config) -> dict[str, Any]:
         "cfg": cfg,
         "phase": cfg.docs.phase,
         "gates": {g.gate: g for g in report.gates},
-        "m1_commands": m1_commands(cfg),
+        "claims": {"M1": m1_claim(cfg), "M2": m2_claim(report, cfg)},
         "before": report.facts_before,
         "after": report.facts_after,
         "Status": Status,
@@ -105,7 +56,8 @@ def render_status_sections(report: Report, cfg: Config) -> dict[str, str]:
     ctx = _context(report, cfg)
     return {
         "summary": render("status_summary.md.j2", **ctx),
-        "gate-M1": render("status_gate_m1.md.j2", **ctx),
+        "gate-M1": render("status_gate.md.j2", gate="M1", **ctx),
+        "gate-M2": render("status_gate.md.j2", gate="M2", **ctx),
         "evidence": render("status_evidence.md.j2", **ctx),
     }
 

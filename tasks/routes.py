@@ -8,8 +8,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck import judge
+from pvcheck.claims import curl_command
 from pvcheck.config import Config
-from pvcheck.evidence import curl_command
 from pvcheck.records import Check
 from pvcheck.routes import probe_routes
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pvcheck.claims import curl_command
 from pvcheck.config import Config, load_config
 from pvcheck.evidence import (
-    curl_command,
     merge_backlog,
     parse_backlog,
     render,
@@ -54,6 +54,16 @@ def sample_report(failing: bool) -> Report:
         ),
         Check("route.dashboard", "M1", Status.PASS, "HTTP 200", "HTTP 200 | ok", duration_s=0.012),
     ]
+    checks += [
+        Check(cid, "M2", Status.PASS, "e", found)
+        for cid, found in [
+            ("deploy.tier.install", "pass"),
+            ("alloc.leak", "leaked 0 endpoints"),
+            ("logs.fresh-run", "0 VIP lines (2026-11-26T12:00:00Z -> 2026-11-26T12:00:07Z); failed_allocation 0"),
+            ("teardown.residue", "0 left"),
+            ("guard.detects", "1 on the signature sample, 0 on the clean sample"),
+        ]
+    ]
     report = Report(
         run_id="pv-20261126120000-abc123",
         target="lab",
@@ -74,13 +84,20 @@ def sample_report(failing: bool) -> Report:
             {"vip_exhausted": 0, "key_modified": 1},
             ['time="x" msg="key modified"'],
         ),
+        extra={"allocator": {
+            "capacity": 65533, "leaked_total": 0, "headroom_before_pct": 99.983, "headroom_after_pct": 99.983,
+            "projected_rounds": None, "rounds": [{"stacks": 5}],
+        }},
     )
     return report
 
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> Config:
-    return load_config(LAB_CONFIG, {"docs": {"dir": "/srv/docs"}})
+    # Fixed absolute paths: the golden files must not depend on where the checkout lives.
+    return load_config(
+        LAB_CONFIG, {"docs": {"dir": "/srv/docs"}, "guard": {"file": "/srv/ops/SKILL.md"}}
+    )
 
 
 def golden(name: str, text: str) -> None:

@@ -1,0 +1,160 @@
+"""Gate claims: WHAT is claimed and HOW a reviewer re-verifies it with cold commands.
+
+Pure functions of the config and the run report. Every value that comes from the config is
+shell-quoted, so a pasted command does what it says and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+import httpx
+
+from pvcheck.config import Config, RouteConfig
+from pvcheck.logscan import VIP_SIGNATURE
+from pvcheck.records import GATES
+from pvcheck.report import Report
+from pvcheck.swarm import LABEL_RUN
+
+q = shlex.quote
+
+
+@dataclass(frozen=True)
+class ColdCommand:
+    """A command a reviewer pastes, and what it must print."""
+
+    command: str
+    expected: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    gate: str
+    what: list[str]
+    commands: list[ColdCommand] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return GATES[self.gate]
+
+
+def curl_command(route: RouteConfig) -> str:
+    url = httpx.URL(route.url)
+    parts = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]
+    if route.connect_to:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        parts += ["--connect-to", f"{url.host}:{port}:{route.connect_to}"]
+    if not route.verify_tls:
+        parts.append("-k")
+    parts.append(route.url)
+    return " ".join(q(p) for p in parts)
+
+
+def m1_claim(cfg: Config) -> Claim:
+    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+    net = q(cfg.network.name)
+    names = "|".join(re.escape(s) for s in cfg.services.control_plane)
+    commands = [
+        ColdCommand(f"grep -x '## DONE' {q(str(pvfix))}", "## DONE"),
+        ColdCommand(
+            f"docker network inspect {net} --format '{{{{.Driver}}}} "
+            f"{{{{(index .IPAM.Config 0).Subnet}}}}'",
+            f"{cfg.network.driver} {cfg.network.subnet}",
+        ),
+        ColdCommand(
+            f"docker network inspect --verbose {net} --format "
+            "'{{range $k, $v := .Services}}{{$k}} {{$v.VIP}} {{len $v.Tasks}}{{println}}{{end}}'",
+            "one line per service on the network: name, VIP, task count",
+        ),
+        ColdCommand(
+            "docker service ls --format '{{.Name}} {{.Replicas}}' | "
+            f"grep -E {q(f'^({names}) ')}",
+            "every control-plane service with N/N replicas (N > 0)",
+        ),
+        *(ColdCommand(curl_command(r), "/".join(map(str, r.expect_status))) for r in cfg.routes),
+    ]
+    what = [
+        f"phase `{cfg.docs.precondition_phase}` is done (`## DONE` in its STATUS file)",
+        f"network `{cfg.network.name}` ({cfg.network.driver}) has subnet `{cfg.network.subnet}`",
+        f"all {len(cfg.services.control_plane)} control-plane services run their desired "
+        "replicas, before and after the run",
+        f"all {len(cfg.routes)} routes answer as expected through the reverse proxy",
+    ]
+    return Claim("M1", what, commands)
+
+
+def _log_window_command(cfg: Config, since: str, until: str) -> str:
+    grep = f"grep -F {q(VIP_SIGNATURE)}"
+    if cfg.logs.source == "journald":
+        since_arg = q(since.replace("T", " ").rstrip("Z") + " UTC")
+        until_arg = q(until.replace("T", " ").rstrip("Z") + " UTC")
+        unit = q(cfg.logs.unit)
+        return f"journalctl -u {unit} --since {since_arg} --until {until_arg} | {grep} | wc -l"
+    if cfg.logs.source == "file":
+        # logrus writes time="...": field 2 when split on quotes; compare as text, to the second.
+        window = f'$2 >= "{since.rstrip("Z")}" && $2 <= "{until.rstrip("Z")}~"'
+        return f"{grep} {q(str(cfg.logs.path))} | awk -F'\"' {q(window)} | wc -l"
+    return f"{' '.join(q(a) for a in cfg.logs.command or [])} | {grep} | wc -l"
+
+
+def m2_claim(report: Report, cfg: Config) -> Claim:
+    """The M2 claim carries this run's numbers; commands check what the run left behind."""
+    label = q(f"{LABEL_RUN}={report.run_id}")
+    net = q(cfg.network.name)
+    after = report.facts_after.network if report.facts_after else None
+    commands = [
+        ColdCommand("docker stack ls --format '{{.Name}}' | grep -c '^pvc-'", "0"),
+        *(
+            ColdCommand(f"docker {kind} ls -q --filter label={label} | wc -l", "0")
+            for kind in ("service", "network", "volume", "config", "secret")
+        ),
+        ColdCommand(f"docker ps -a -q --filter label={label} | wc -l", "0"),
+        ColdCommand(
+            f"docker network inspect --verbose {net} --format '{{{{range .Services}}}}"
+            "{{if .VIP}}vip{{println}}{{end}}{{range .Tasks}}task{{println}}{{end}}{{end}}' "
+            "| sort | uniq -c",
+            f"{after.task_ips} task, {after.vips} vip (as after the run)" if after else "n/a",
+        ),
+    ]
+    fresh = next((c for c in report.checks if c.id == "logs.fresh-run"), None)
+    if fresh is not None:
+        window = re.search(r"\((\S+) -> (\S+)\)", fresh.found)
+        if window:
+            commands.append(ColdCommand(_log_window_command(cfg, *window.groups()), "0"))
+    if cfg.guard is not None:
+        commands.append(
+            ColdCommand(
+                f"grep -n -e 'allocating VIP' -e 'restart docker' {q(str(cfg.guard.file))}",
+                f"the detection and the recovery lines of section {cfg.guard.section!r}",
+            )
+        )
+    alloc = report.extra.get("allocator")
+    deploy = cfg.deploy
+    what = []
+    if deploy is not None:
+        what.append(
+            f"recipe `{deploy.recipe}` deployed through `{cfg.network.name}` with the "
+            f"{deploy.driver} driver, passed tiers {', '.join(deploy.tiers)} (a tier declared "
+            "not applicable is shown skipped) and tore down cleanly"
+        )
+    if alloc:
+        projected = alloc["projected_rounds"]
+        what.append(
+            f"the bounded allocator reproduction ({len(alloc['rounds'])} round(s) of "
+            f"{alloc['rounds'][0]['stacks'] if alloc['rounds'] else 0} published-port stacks) "
+            f"leaked {alloc['leaked_total']} endpoint(s) of {alloc['capacity']}; headroom "
+            f"{alloc['headroom_before_pct']:.3f}% before, "
+            f"{alloc['headroom_after_pct']:.3f}% after; "
+            "projected rounds to exhaustion: "
+            + ("unbounded" if projected is None else str(projected))
+        )
+    what += [
+        "no `could not find an available IP while allocating VIP` line in the docker log "
+        "during the run",
+        "zero residue: nothing carrying this run's label remains",
+        "the upgrade procedure's Step-0 guard exists, detects the VIP signature and has a "
+        "recovery action (restart docker)",
+    ]
+    return Claim("M2", what, commands)
