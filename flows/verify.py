@@ -248,6 +248,15 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
             run.deploy_stage(swarm)
             run.allocator_stage(swarm)
         run.finish_logs_and_guard(swarm)
+    except BaseException as exc:
+        # An interrupted run proves nothing: it must not leave a claim behind.
+        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        for gate in ("M1", "M2"):
+            report.checks.append(
+                Check(f"run.aborted.{gate}", gate, Status.ERROR, "the run completes", why)
+            )
+        report.stages["aborted"] = why
+        raise
     finally:
         residue = _teardown(swarm, run_id)
         report.checks.append(residue)

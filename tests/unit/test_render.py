@@ -59,7 +59,10 @@ def sample_report(failing: bool) -> Report:
         for cid, found in [
             ("deploy.tier.install", "pass"),
             ("alloc.leak", "leaked 0 endpoints"),
-            ("logs.fresh-run", "0 VIP lines (2026-11-26T12:00:00Z -> 2026-11-26T12:00:07Z); failed_allocation 0"),
+            (
+                "logs.fresh-run",
+                "0 VIP lines (2026-11-26T12:00:00Z -> 2026-11-26T12:00:07Z); failed_allocation 0",
+            ),
             ("teardown.residue", "0 left"),
             ("guard.detects", "1 on the signature sample, 0 on the clean sample"),
         ]
@@ -84,10 +87,16 @@ def sample_report(failing: bool) -> Report:
             {"vip_exhausted": 0, "key_modified": 1},
             ['time="x" msg="key modified"'],
         ),
-        extra={"allocator": {
-            "capacity": 65533, "leaked_total": 0, "headroom_before_pct": 99.983, "headroom_after_pct": 99.983,
-            "projected_rounds": None, "rounds": [{"stacks": 5}],
-        }},
+        extra={
+            "allocator": {
+                "capacity": 65533,
+                "leaked_total": 0,
+                "headroom_before_pct": 99.983,
+                "headroom_after_pct": 99.983,
+                "projected_rounds": None,
+                "rounds": [{"stacks": 5}],
+            }
+        },
     )
     return report
 

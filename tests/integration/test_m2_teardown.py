@@ -1,0 +1,177 @@
+"""M2 on the real lab: the allocator proof, interrupts at the worst moment, SIGKILL and the
+janitor, decoys that must survive every cleanup path, and the lab canary."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from pvcheck.config import Config
+from pvcheck.stacks import list_residue, remove_labelled
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
+from tests.helpers import ROOT, write_config
+from tests.integration.test_flow_m1 import check, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+def test_default_run_passes_m2_with_real_allocator_figures(lab: Config, tmp_path: Path) -> None:
+    rc, report = run(write_config(tmp_path), tmp_path)
+    assert rc == 0 and report["gates"]["M2"]["status"] == "pass", report["stages"]
+    alloc = report["allocator"]
+    assert alloc["capacity"] == 65533 and len(alloc["rounds"]) == 1
+    peak, base = alloc["rounds"][0]["peak"], alloc["rounds"][0]["baseline"]
+    assert peak["vips"] >= base["vips"] + 5 and peak["task_ips"] >= base["task_ips"] + 5
+    assert alloc["leaked_total"] <= 2 and alloc["headroom_after_pct"] > 99
+    for check_id in (
+        "alloc.allocated",
+        "alloc.leak",
+        "alloc.headroom",
+        "logs.fresh-run",
+        "logs.fresh-allocator",
+        "guard.detects",
+        "guard.recovery",
+        "teardown.residue",
+    ):
+        assert check(report, check_id)["status"] == "pass", check_id
+    status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
+    assert "## Gate: M2 — CLAIMED, awaiting Adversary" in status
+    assert f"leaked {alloc['leaked_total']} endpoint(s) of 65533" in status
+
+
+def _spawn_run(config: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)  # its own embedded API, like an operator's shell
+    argv = [sys.executable, "-m", "pvcheck.cli", "run", "--config", str(config)]
+    # Output goes to a file: a pipe nobody reads would fill up and stall the run.
+    with open(tmp_path / "run.log", "w") as log:
+        return subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
+
+
+def _wait_for_throwaways(engine: Swarm, proc: subprocess.Popen[str], timeout_s: float = 180) -> str:
+    """Block until the run has throwaway stacks up; returns its run id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        services = engine.services({LABEL_ROLE: "throwaway"})
+        if services:
+            return str(services[0]["Spec"]["Labels"][LABEL_RUN])
+        assert proc.poll() is None, "the run ended before its reproduction"
+        time.sleep(0.2)
+    raise AssertionError("the run never reached the allocator reproduction")
+
+
+def _bigger_batch(raw: dict[str, Any]) -> None:
+    raw["allocator"]["batch"] = 10
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_mid_reproduction_leaves_zero_residue(
+    lab: Config, engine: Swarm, tmp_path: Path, sig: signal.Signals
+) -> None:
+    proc = _spawn_run(write_config(tmp_path, _bigger_batch), tmp_path)
+    run_id = _wait_for_throwaways(engine, proc)
+    proc.send_signal(sig)
+    proc.wait(timeout=180)
+    assert proc.returncode in (130, 143, 1, -signal.SIGTERM), (tmp_path / "run.log").read_text()[
+        -3000:
+    ]
+    assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())
+    status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
+    assert "## Gate: M2 — NOT CLAIMED" in status and "## Gate: M1 — NOT CLAIMED" in status
+
+
+def test_sigkill_then_next_run_reaps_everything(lab: Config, engine: Swarm, tmp_path: Path) -> None:
+    config = write_config(tmp_path, _bigger_batch)
+    proc = _spawn_run(config, tmp_path)
+    run_id = _wait_for_throwaways(engine, proc)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())  # the kill left things
+    rc, report = run(config, tmp_path)
+    janitor = check(report, "teardown.janitor")
+    assert janitor["status"] == "pass" and run_id in janitor["found"]
+    assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())
+    assert rc == 0, report["stages"]
+
+
+@pytest.fixture
+def decoys(engine: Swarm) -> Iterator[list[str]]:
+    """Services named like pvcheck's throwaways: one with no label, one with pvcheck's label
+    key but a run id pvcheck never started."""
+    client = docker.from_env()
+    image = client.images.get("local/busybox:1").id
+    made = [
+        client.services.create(
+            image,
+            ["sleep", "3600"],
+            name="pvc-alloc-decoy-r1-1_app",
+            networks=["proxy"],
+            stop_signal="KILL",
+        ),
+        client.services.create(
+            image,
+            ["sleep", "3600"],
+            name="pvc-alloc-decoy-r1-2_app",
+            labels={LABEL_RUN: "pv-19990101000000-dec0y1", LABEL_ROLE: "throwaway"},
+            container_labels={LABEL_RUN: "pv-19990101000000-dec0y1"},
+            networks=["proxy"],
+            stop_signal="KILL",
+        ),
+    ]
+    try:
+        yield [s.name for s in made]
+    finally:
+        for service in made:
+            service.remove()
+        remove_labelled(engine, f"{LABEL_RUN}=pv-19990101000000-dec0y1", timeout_s=60)
+
+
+def test_decoys_survive_run_teardown_and_janitor(
+    lab: Config, engine: Swarm, tmp_path: Path, decoys: list[str]
+) -> None:
+    state = tmp_path / "state" / "runs" / "lab"
+    state.mkdir(parents=True)
+    rc, report = run(write_config(tmp_path), tmp_path)
+    alive = {s["Spec"]["Name"] for s in engine.services()}
+    assert set(decoys) <= alive
+    assert check(report, "teardown.janitor")["found"] == "reaped 0 dead run(s)"
+    assert check(report, "teardown.residue")["status"] == "pass"
+
+
+def test_canary_shows_the_guard_detects_the_real_signature(
+    lab: Config, engine: Swarm, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.json"
+    from pvcheck.cli import main
+
+    rc = main(["run", "--config", str(write_config(tmp_path)), "--json", str(out), "--canary"])
+    report = json.loads(out.read_text())
+    canary = check(report, "guard.canary")
+    assert canary["status"] == "pass" and "detection counted" in canary["found"]
+    assert int(canary["found"].split("counted ")[1].split()[0]) > 0
+    assert check(report, "logs.fresh-run")["status"] == "pass"  # judged before the canary
+    assert not any(list_residue(engine, f"{LABEL_RUN}={report['run_id']}").values())
+    assert rc == 0
+
+
+def test_canary_is_refused_off_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pvcheck.cli import main
+
+    def not_lab(raw: dict[str, Any]) -> None:
+        del raw["lab"]
+
+    assert main(["run", "--config", str(write_config(tmp_path, not_lab)), "--canary"]) == 2
+    assert "canary runs only against the built-in lab" in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""Pure parts of M2: the guard parser, the allocator judgement, run bookkeeping."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pvcheck import judge
+from pvcheck.allocator import AllocatorResult, RoundFigures, judge_allocator, refusal
+from pvcheck.config import AllocatorConfig, GuardConfig
+from pvcheck.errors import HostBusy
+from pvcheck.facts import NetworkFacts
+from pvcheck.guard import check_guard, detection_pipeline, find_section, grep_argv
+from pvcheck.logscan import LogScan
+from pvcheck.records import Status
+from pvcheck.runs import HostLock, RunRegistry
+from tests.helpers import ROOT
+
+GUARD = ROOT / "lab" / "upgrade-all" / "SKILL.md"
+
+
+def _statuses(checks: list) -> dict[str, str]:  # type: ignore[type-arg]
+    return {c.id: str(c.status) for c in checks}
+
+
+def test_lab_guard_file_passes() -> None:
+    checks, argv = check_guard(GuardConfig(file=GUARD))
+    assert _statuses(checks) == {
+        "guard.section": "pass",
+        "guard.detects": "pass",
+        "guard.recovery": "pass",
+    }
+    assert argv == ["grep", "-c", "available IP while allocating VIP"]
+
+
+def _copy_without(tmp_path: Path, needle: str) -> Path:
+    path = tmp_path / "SKILL.md"
+    path.write_text("\n".join(x for x in GUARD.read_text().splitlines() if needle not in x) + "\n")
+    return path
+
+
+def test_guard_without_detection_fails(tmp_path: Path) -> None:
+    checks, _ = check_guard(GuardConfig(file=_copy_without(tmp_path, "allocating VIP")))
+    assert _statuses(checks)["guard.detects"] == "fail"
+
+
+def test_guard_without_recovery_fails(tmp_path: Path) -> None:
+    checks, _ = check_guard(GuardConfig(file=_copy_without(tmp_path, "restart docker")))
+    assert _statuses(checks)["guard.recovery"] == "fail"
+
+
+def test_guard_whose_grep_would_never_match_fails(tmp_path: Path) -> None:
+    path = tmp_path / "SKILL.md"
+    path.write_text(GUARD.read_text().replace('grep -c "available IP', 'grep -c "availabel IP'))
+    checks, _ = check_guard(GuardConfig(file=path))
+    assert _statuses(checks)["guard.detects"] == "fail"
+
+
+def test_guard_missing_file_or_section(tmp_path: Path) -> None:
+    assert _statuses(check_guard(GuardConfig(file=tmp_path / "none.md"))[0]) == {
+        "guard.section": "fail"
+    }
+    assert _statuses(check_guard(GuardConfig(file=GUARD, section="7"))[0]) == {
+        "guard.section": "fail"
+    }
+
+
+def test_configured_detect_command_is_used() -> None:
+    cmd = [sys.executable, "-c", "import sys; print(sum('allocating VIP' in l for l in sys.stdin))"]
+    checks, argv = check_guard(GuardConfig(file=GUARD, detect_command=cmd))
+    assert argv == cmd and _statuses(checks)["guard.detects"] == "pass"
+
+
+def test_section_parsing_and_grep_extraction() -> None:
+    text = '# T\n## Step 0 — guard\nx | grep -c "while allocating VIP"\n### sub\nrestart docker\n## 1. next\nrestart docker\n'
+    section = find_section(text, "0")
+    assert section is not None and section.heading == "Step 0 — guard" and section.line == 2
+    assert "### sub" in section.text and "## 1. next" not in section.text
+    assert detection_pipeline(section, "could not find an available IP while allocating VIP")
+    assert grep_argv("journalctl -u docker | grep -c 'x y'") == ["grep", "-c", "x y"]
+    assert grep_argv("journalctl | wc -l") is None
+
+
+def _round(baseline: int, peak: int, after: int, allocated: bool = True) -> RoundFigures:
+    counts = lambda n: {"vips": n, "task_ips": 0, "lb_endpoints": 0, "containers": 0}  # noqa: E731
+    return RoundFigures(
+        1, 5, counts(baseline), counts(peak), counts(after), allocated, after <= baseline, 3.0
+    )
+
+
+def _result(
+    before: int, after: int, rounds: list[RoundFigures], capacity: int = 65533
+) -> AllocatorResult:
+    now = datetime.now(UTC)
+    return AllocatorResult("proxy", capacity, before, after, now, now, rounds)
+
+
+def test_allocator_judgement_tolerance_and_projection() -> None:
+    cfg = AllocatorConfig(leak_tolerance=2, headroom_floor_pct=50)
+    clean = _statuses(judge_allocator(_result(11, 11, [_round(11, 21, 11)]), cfg))
+    assert clean == {"alloc.allocated": "pass", "alloc.leak": "pass", "alloc.headroom": "pass"}
+    leaky = _result(11, 14, [_round(11, 21, 14)])
+    checks = judge_allocator(leaky, cfg)
+    leak = next(c for c in checks if c.id == "alloc.leak")
+    assert leak.status == Status.FAIL and "leaked 3 endpoints" in leak.found
+    assert (
+        leaky.projected_rounds == (65533 - 14) // 3 and str(leaky.projected_rounds) in leak.detail
+    )
+    small = next(
+        c
+        for c in judge_allocator(_result(11, 12, [_round(11, 21, 12)]), cfg)
+        if c.id == "alloc.leak"
+    )
+    assert (
+        small.status == Status.PASS and "leaked 1 endpoints" in small.found
+    )  # reported though tolerated
+    stuck = _statuses(judge_allocator(_result(11, 11, [_round(11, 15, 11, allocated=False)]), cfg))
+    assert stuck["alloc.allocated"] == "fail"
+
+
+def test_refusal_below_headroom_floor() -> None:
+    cfg = AllocatorConfig(headroom_floor_pct=50)
+    tight = NetworkFacts("proxy", "10.0.1.0/24", "overlay", 253, 100, 100, 1, 0)
+    assert refusal(cfg, tight) is not None and "below the floor" in (refusal(cfg, tight) or "")
+    roomy = NetworkFacts("proxy", "10.10.0.0/16", "overlay", 65533, 100, 100, 1, 0)
+    assert refusal(cfg, roomy) is None and refusal(cfg, None) is not None
+
+
+def test_fresh_logs_fail_only_on_the_vip_line() -> None:
+    quiet = LogScan("f", "a", "b", {"vip_exhausted": 0, "key_modified": 3})
+    assert judge.fresh_logs("logs.fresh-run", quiet, "this run").status == Status.PASS
+    loud = LogScan("f", "a", "b", {"vip_exhausted": 1}, ["... could not find an available IP ..."])
+    check = judge.fresh_logs("logs.fresh-run", loud, "this run")
+    assert check.status == Status.FAIL and "first:" in check.detail
+
+
+def test_registry_tells_dead_runs_from_live_ones(tmp_path: Path) -> None:
+    registry = RunRegistry(tmp_path, "lab")
+    me = registry.start("pv-live")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = me.__class__("pv-dead", proc.pid, "1", me.host, me.started_at)
+    (registry.dir / "pv-dead.json").write_text(__import__("json").dumps(dead.__dict__))
+    (registry.dir / "pv-torn.json").write_text("{not json")
+    assert [r.run_id for r in registry.stale()] == ["pv-dead"]
+    registry.finish("pv-dead")
+    assert [r.run_id for r in registry.records()] == ["pv-live"]
+
+
+def test_host_lock_refuses_a_second_holder(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from pvcheck.runs import HostLock\n"
+        "with HostLock(Path(sys.argv[1]), 'lab'):\n    print('held', flush=True); time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(HostBusy, match=r"another pvcheck run holds .*lab\.lock \(pid \d+"),
+            HostLock(tmp_path, "lab"),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with HostLock(tmp_path, "lab"):  # the kernel released the dead holder's lock
+        pass
