@@ -149,6 +149,7 @@ def test_decoys_survive_run_teardown_and_janitor(
     assert set(decoys) <= alive
     assert check(report, "teardown.janitor")["found"] == "reaped 0 dead run(s)"
     assert check(report, "teardown.residue")["status"] == "pass"
+    assert rc == 0, report["stages"]
 
 
 def test_canary_shows_the_guard_detects_the_real_signature(
