@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pvcheck.config import AllocatorConfig, Config
-from pvcheck.facts import NetworkFacts, parse_network, settle_network
+from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
 from pvcheck.records import Check, Status
 from pvcheck.stacks import StackDeployer, parse_stack
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
@@ -34,16 +34,15 @@ class RoundFigures:
     peak: dict[str, int]
     after: dict[str, int]
     allocated: bool  # every throwaway task got its addresses (reached running)
-    settled: bool  # counts came back to baseline (not merely stopped changing)
+    settled: bool  # our addresses were all released (not merely stopped changing)
     seconds: float
+    leaked_total: int = 0  # addresses only the throwaways can explain (see facts.attribute)
+    others: int = 0  # change from unrelated services on the shared network (churn)
 
     @property
     def leaked(self) -> dict[str, int]:
+        """Raw change per kind between baseline and after (includes others' churn)."""
         return {k: self.after[k] - self.baseline[k] for k in KINDS}
-
-    @property
-    def leaked_total(self) -> int:
-        return max(0, sum(self.leaked.values()))
 
 
 @dataclass
@@ -58,7 +57,7 @@ class AllocatorResult:
 
     @property
     def leaked_total(self) -> int:
-        return max(0, self.used_after - self.used_before)
+        return sum(r.leaked_total for r in self.rounds)
 
     @property
     def leak_per_round(self) -> float:
@@ -168,9 +167,11 @@ def reproduce(
         progress(
             f"round {rnd}: removed {len(services)} services concurrently; waiting for the allocator"
         )
+        prefix = f"pvc-alloc-{suffix}-r{rnd}-"
         after, settled = settle_network(
-            swarm, net, back_to(baseline.used), timeout_s=alloc.settle_timeout_s
+            swarm, net, released(baseline, prefix), timeout_s=alloc.settle_timeout_s
         )
+        share = attribute(baseline, after, prefix) if after else None
         figures = RoundFigures(
             rnd,
             len(names),
@@ -180,16 +181,21 @@ def reproduce(
             allocated,
             settled,
             round(time.monotonic() - t0, 2),
+            share.leaked if share else 0,
+            share.others if share else 0,
         )
         result.rounds.append(figures)
         result.used_after = after.used if after else result.used_after
-        progress(f"round {rnd}: after {result.used_after} endpoints; leaked {figures.leaked}")
+        progress(
+            f"round {rnd}: after {result.used_after} endpoints; leaked {figures.leaked_total} "
+            f"(raw change {figures.leaked}, other services {figures.others:+d})"
+        )
     result.finished_at = datetime.now(UTC)
     return result
 
 
-def back_to(limit: int) -> Callable[[NetworkFacts], bool]:
-    return lambda facts: facts.used <= limit
+def released(baseline: NetworkFacts, prefix: str) -> Callable[[NetworkFacts], bool]:
+    return lambda facts: attribute(baseline, facts, prefix).leaked == 0
 
 
 def _wait_allocated(swarm: Swarm, run_id: str, expected: int, timeout_s: float) -> bool:
@@ -210,7 +216,7 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
     """Pure: the allocation, leak and headroom checks of the reproduction."""
     rounds = result.rounds
     stuck = [r.round for r in rounds if not r.allocated]
-    leaks = ", ".join(f"round {r.round}: {r.leaked}" for r in rounds)
+    leaks = ", ".join(f"round {r.round}: {r.leaked_total}" for r in rounds)
     tolerance = cfg.leak_tolerance * len(rounds)
     projected = result.projected_rounds
     return [

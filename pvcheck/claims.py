@@ -27,6 +27,7 @@ class ColdCommand:
 
     command: str
     expected: str
+    exact: bool = True  # False: `expected` describes the output for a person to judge
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,13 @@ def m1_claim(cfg: Config) -> Claim:
             f"docker network inspect --verbose {net} --format "
             "'{{range $k, $v := .Services}}{{$k}} {{$v.VIP}} {{len $v.Tasks}}{{println}}{{end}}'",
             "one line per service on the network: name, VIP, task count",
+            exact=False,
         ),
         ColdCommand(
             "docker service ls --format '{{.Name}} {{.Replicas}}' | "
             f"grep -E {q(f'^({names}) ')}",
             "every control-plane service with N/N replicas (N > 0)",
+            exact=False,
         ),
         *(ColdCommand(curl_command(r), "/".join(map(str, r.expect_status))) for r in cfg.routes),
     ]
@@ -99,23 +102,31 @@ def _log_window_command(cfg: Config, since: str, until: str) -> str:
     return f"{' '.join(q(a) for a in cfg.logs.command or [])} | {grep} | wc -l"
 
 
-def m2_claim(report: Report, cfg: Config) -> Claim:
-    """The M2 claim carries this run's numbers; commands check what the run left behind."""
-    label = q(f"{LABEL_RUN}={report.run_id}")
-    net = q(cfg.network.name)
-    after = report.facts_after.network if report.facts_after else None
-    commands = [
+def residue_commands(run_id: str) -> list[ColdCommand]:
+    """What a run must leave behind: nothing carrying its label, no throwaway stack."""
+    label = q(f"{LABEL_RUN}={run_id}")
+    return [
         ColdCommand("docker stack ls --format '{{.Name}}' | grep -c '^pvc-'", "0"),
         *(
             ColdCommand(f"docker {kind} ls -q --filter label={label} | wc -l", "0")
             for kind in ("service", "network", "volume", "config", "secret")
         ),
         ColdCommand(f"docker ps -a -q --filter label={label} | wc -l", "0"),
+    ]
+
+
+def m2_claim(report: Report, cfg: Config) -> Claim:
+    """The M2 claim carries this run's numbers; commands check what the run left behind."""
+    net = q(cfg.network.name)
+    after = report.facts_after.network if report.facts_after else None
+    commands = [
+        *residue_commands(report.run_id),
         ColdCommand(
             f"docker network inspect --verbose {net} --format '{{{{range .Services}}}}"
             "{{if .VIP}}vip{{println}}{{end}}{{range .Tasks}}task{{println}}{{end}}{{end}}' "
             "| sort | uniq -c",
             f"{after.task_ips} task, {after.vips} vip (as after the run)" if after else "n/a",
+            exact=False,
         ),
     ]
     fresh = next((c for c in report.checks if c.id == "logs.fresh-run"), None)
@@ -128,6 +139,7 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
             ColdCommand(
                 f"grep -n -e 'allocating VIP' -e 'restart docker' {q(str(cfg.guard.file))}",
                 f"the detection and the recovery lines of section {cfg.guard.section!r}",
+                exact=False,
             )
         )
     alloc = report.extra.get("allocator")

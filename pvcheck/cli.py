@@ -91,16 +91,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(result, Report):
         raise PvcheckError(f"the flow ended {state.type.value} without a report: {state.message}")
     report = result
-    for path, text, kind in (
-        (args.json, report.to_json, "json"),
-        (args.junit, report.to_junit, "junit"),
-    ):
+    for kind, path in (("json", args.json), ("junit", args.junit)):
         if path:
             report.evidence[kind] = path
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(Path(path), text())
+    _write_report(args.json, report.to_json())
+    _write_report(args.junit, report.to_junit())
     print_verdict(report)
     return EXIT_PASS if report.verdict == "pass" else EXIT_GATE_FAILED
+
+
+def _write_report(path: str | None, text: str) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), text)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    from flows.review import ReviewParameters, ReviewResult, review
+
+    state = review(ReviewParameters(config_path=args.config), return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, ReviewResult):
+        raise PvcheckError(f"the review ended {state.type.value} without a result: {state.message}")
+    _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")
+    print(f"pvcheck review {result.verdict.upper()}  {result.review_id}")
+    for gate, verdict in result.verdicts.items():
+        claim = result.claims[gate]
+        print(f"  gate {gate} {verdict:<4} (claim: {claim.state}, run {claim.run_id or '-'})")
+    for finding in result.findings:
+        print(f"    finding [{finding.gate}] {finding.title}")
+    for kind, path in result.evidence.items():
+        print(f"  evidence {kind}: {path}")
+    return EXIT_PASS if result.verdict == "pass" else EXIT_GATE_FAILED
+
+
+def cmd_done(args: argparse.Namespace) -> int:
+    from pvcheck.done import write_done
+
+    cfg = load_config(args.config)
+    decision = write_done(cfg)
+    if decision.ok:
+        print(f"## DONE written to {cfg.docs.dir / f'STATUS-{cfg.docs.phase}.md'}")
+        return EXIT_PASS
+    print("not done; nothing written:")
+    for problem in decision.problems:
+        print(f"  {problem}")
+    return EXIT_GATE_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="lab only: make the real allocator log the VIP signature and prove the guard sees it",
     )
     run.set_defaults(func=cmd_run)
+
+    rev = sub.add_parser("review", help="the independent review run (the Adversary)")
+    rev.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    rev.add_argument("--json", help="write the JSON review here")
+    rev.set_defaults(func=cmd_review)
+
+    done = sub.add_parser("done", help="write ## DONE when every gate has a fresh review PASS")
+    done.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    done.set_defaults(func=cmd_done)
 
     labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")
     labp.add_argument("action", choices=["up", "down", "status"])

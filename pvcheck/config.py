@@ -242,6 +242,8 @@ class DocsConfig(Section):
     dir: ConfigPath
     phase: Name = "pvcheck"
     precondition_phase: Name = "pvfix"
+    # `pvcheck done` accepts a review PASS at most this old (and newer than the claim).
+    freshness_h: float = Field(24.0, gt=0, le=24 * 30)
 
 
 class StandinConfig(Section):

@@ -17,7 +17,7 @@ from pvcheck.claims import m1_claim, m2_claim
 from pvcheck.config import Config
 from pvcheck.records import Check, Status
 from pvcheck.report import Report
-from pvcheck.statefiles import append_journal, read_state, section_body, update_sections
+from pvcheck.statefiles import append_journal, docs_lock, read_state, section_body, update_sections
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -127,19 +127,22 @@ def write_evidence(report: Report, cfg: Config) -> dict[str, str]:
     backlog = docs / f"BACKLOG-{phase}.md"
     journal = docs / f"JOURNAL-{phase}.md"
     ctx = _context(report, cfg)
-    update_sections(
-        status, render("status_header.md.j2", **ctx), render_status_sections(report, cfg)
-    )
-    existing = read_state(backlog)
-    items = merge_backlog(
-        parse_backlog(section_body(existing or "", "build-backlog", str(backlog))), report
-    )
-    update_sections(
-        backlog,
-        render("backlog_header.md.j2", **ctx),
-        {"build-backlog": render("backlog_build.md.j2", items=items)},
-    )
-    append_journal(
-        journal, render("journal_header.md.j2", **ctx), render_journal_entry(report, cfg)
-    )
+    with docs_lock(docs):
+        # Read everything first: a malformed file stops the run before anything is written.
+        existing = read_state(backlog)
+        items = merge_backlog(
+            parse_backlog(section_body(existing or "", "build-backlog", str(backlog))), report
+        )
+        read_state(journal)
+        update_sections(
+            status, render("status_header.md.j2", **ctx), render_status_sections(report, cfg)
+        )
+        update_sections(
+            backlog,
+            render("backlog_header.md.j2", **ctx),
+            {"build-backlog": render("backlog_build.md.j2", items=items)},
+        )
+        append_journal(
+            journal, render("journal_header.md.j2", **ctx), render_journal_entry(report, cfg)
+        )
     return {"status": str(status), "backlog": str(backlog), "journal": str(journal)}

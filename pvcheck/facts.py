@@ -37,6 +37,9 @@ class NetworkFacts:
     lb_endpoints: int
     containers: int  # attached containers that are not swarm tasks (docker run --network)
     services: list[str] = field(default_factory=list)
+    # Addresses (VIP + task IPs) per service name on the network, to tell which service an
+    # endpoint belongs to when the total moves.
+    per_service: dict[str, int] = field(default_factory=dict)
 
     @property
     def used(self) -> int:
@@ -59,6 +62,7 @@ class NetworkFacts:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["per_service"]
         out.update(used=self.used, headroom_pct=round(self.headroom_pct, 3))
         return out
 
@@ -93,6 +97,12 @@ def parse_network(inspect: dict[str, Any]) -> NetworkFacts:
         lb_endpoints=lb,
         containers=containers,
         services=sorted(k for k in services if k),
+        per_service={
+            k: (1 if v.get("VIP") else 0)
+            + sum(1 for t in v.get("Tasks") or [] if t.get("EndpointIP"))
+            for k, v in services.items()
+            if k
+        },
     )
 
 
@@ -208,6 +218,29 @@ def gather_facts(
         services=parse_services(control_plane, services, tasks, now, restart_window),
         stacks=parse_stacks(services),
     )
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Where a change in a network's endpoint count came from, between two readings."""
+
+    ours_left: int  # addresses still held by services whose names start with our prefix
+    others: int  # growth (or shrink) of other, named services: unrelated churn
+    unexplained: int  # what no named service accounts for: a leak inside the allocator
+
+    @property
+    def leaked(self) -> int:
+        return self.ours_left + max(0, self.unexplained)
+
+
+def attribute(baseline: NetworkFacts, after: NetworkFacts, prefix: str) -> Attribution:
+    """Pure: split after.used - baseline.used into our leftovers, others' churn and the rest."""
+    ours = sum(n for name, n in after.per_service.items() if name.startswith(prefix))
+    names = {
+        n for n in set(baseline.per_service) | set(after.per_service) if not n.startswith(prefix)
+    }
+    others = sum(after.per_service.get(n, 0) - baseline.per_service.get(n, 0) for n in names)
+    return Attribution(ours, others, after.used - baseline.used - ours - others)
 
 
 def _counts(facts: NetworkFacts | None) -> tuple[int, ...] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pvcheck.config import NetworkConfig, RouteConfig
-from pvcheck.facts import NetworkFacts, ServiceFacts
+from pvcheck.facts import Attribution, NetworkFacts, ServiceFacts
 from pvcheck.logscan import VIP_SIGNATURE, LogScan
 from pvcheck.records import Check, Status
 from pvcheck.routes import RouteObservation
@@ -114,24 +114,29 @@ def residue(left: dict[str, list[str]], label: str) -> Check:
 def clean_teardown(
     stack: str,
     left: dict[str, list[str]],
-    baseline: int | None,
-    after: int | None,
+    share: Attribution | None,
+    after_used: int | None,
     reported: bool | None,
 ) -> Check:
-    """Residue of the app's stack is zero and the network's endpoints are back to baseline."""
+    """Residue of the app's stack is zero and no endpoint is left that only it could explain
+    (other services' churn on a shared network is reported, not blamed on the app)."""
     names = [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]
-    back = baseline is None or (after is not None and after <= baseline)
-    ok = not names and back
+    leaked = share.leaked if share else 0
+    ok = not names and leaked == 0
     found = f"{len(names)} objects left" + (f" ({', '.join(names)})" if names else "")
-    found += f"; endpoints {after} vs {baseline} before"
-    detail = "" if reported is None else f"the harness reported clean_teardown={reported}"
-    if not back:
-        detail = f"network endpoints did not return to {baseline} (now {after}); " + detail
+    if share is not None:
+        found += (
+            f"; endpoints {after_used}: {share.ours_left} still the app's, {share.unexplained} "
+            f"unexplained, {share.others:+d} from other services"
+        )
+    detail = "" if reported is None else f"the driver reported clean_teardown={reported}"
+    if leaked:
+        detail = f"{leaked} endpoint(s) not released after the app was removed; " + detail
     return Check(
         "deploy.teardown",
         "M2",
         Status.PASS if ok else Status.FAIL,
-        f"no object of stack {stack} remains; endpoints back to {baseline}",
+        f"no object of stack {stack} remains; no endpoint left behind",
         found,
         detail.strip("; "),
     )

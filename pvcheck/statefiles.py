@@ -8,9 +8,12 @@ journal is only appended to, and a malformed file is reported with its line and 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pvcheck.errors import StateFileError
@@ -154,3 +157,32 @@ def append_journal(path: Path, header: str, entry: str) -> None:
             os.fsync(fh.fileno())
     except OSError as exc:
         raise StateFileError(str(path), f"cannot append: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def docs_lock(folder: Path, timeout_s: float = 120.0) -> Iterator[None]:
+    """Serialize pvcheck processes writing one machine-docs folder (run, review, done)."""
+    path = folder / ".pvcheck.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a")  # noqa: SIM115 - closed by the `with fh` below
+    except OSError as exc:
+        raise StateFileError(
+            str(path), f"cannot open the folder lock: {exc.strerror or exc}"
+        ) from None
+    deadline = time.monotonic() + timeout_s
+    with fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StateFileError(
+                        str(path), f"another pvcheck process held it for {timeout_s:g}s"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -11,7 +11,7 @@ from pvcheck.deploy import DeployOutcome, judge_outcome
 from pvcheck.deploy.active import wait_until_idle
 from pvcheck.deploy.command import CommandDriver
 from pvcheck.deploy.compose import ComposeDriver
-from pvcheck.facts import parse_network, settle_network
+from pvcheck.facts import attribute, parse_network, settle_network
 from pvcheck.records import Check
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_STACK, Swarm
@@ -42,12 +42,12 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
         log.warning("deploy proof %s", reason)
         return [judge.skipped("deploy.active", "M2", "no other recipe run in progress", reason)]
     baseline_inspect = swarm.network(cfg.network.name)
-    baseline = parse_network(baseline_inspect).used if baseline_inspect else None
+    baseline = parse_network(baseline_inspect) if baseline_inspect else None
     log.info(
         "deploy proof: driver %s, recipe %s, %s endpoints on %s before",
         deploy.driver,
         deploy.recipe,
-        baseline,
+        baseline.used if baseline else None,
         cfg.network.name,
     )
     outcome = _drive(swarm, cfg, run_id)
@@ -56,19 +56,17 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
     log.info("attachment: %s", outcome.attach_detail)
     checks = judge_outcome(outcome, list(deploy.tiers), cfg.network.name)
     # Clean teardown is checked here, whatever the driver said about it.
+    prefix = f"{outcome.stack}_"
     after, _ = settle_network(
         swarm,
         cfg.network.name,
-        lambda f: baseline is None or f.used <= baseline,
+        lambda f: baseline is None or attribute(baseline, f, prefix).leaked == 0,
         timeout_s=cfg.allocator.settle_timeout_s,
     )
     left = list_residue(swarm, f"{LABEL_STACK}={outcome.stack}")
+    share = attribute(baseline, after, prefix) if baseline and after else None
     teardown = judge.clean_teardown(
-        outcome.stack,
-        left,
-        baseline,
-        after.used if after else None,
-        outcome.clean_teardown_reported,
+        outcome.stack, left, share, after.used if after else None, outcome.clean_teardown_reported
     )
     log.info(
         "docker stack ps %s; docker network inspect -v %s -> %s",

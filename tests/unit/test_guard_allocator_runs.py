@@ -87,8 +87,9 @@ def test_section_parsing_and_grep_extraction() -> None:
 
 def _round(baseline: int, peak: int, after: int, allocated: bool = True) -> RoundFigures:
     counts = lambda n: {"vips": n, "task_ips": 0, "lb_endpoints": 0, "containers": 0}  # noqa: E731
+    leaked = max(0, after - baseline)
     return RoundFigures(
-        1, 5, counts(baseline), counts(peak), counts(after), allocated, after <= baseline, 3.0
+        1, 5, counts(baseline), counts(peak), counts(after), allocated, not leaked, 3.0, leaked
     )
 
 
@@ -171,3 +172,29 @@ def test_host_lock_refuses_a_second_holder(tmp_path: Path) -> None:
         holder.wait()
     with HostLock(tmp_path, "lab"):  # the kernel released the dead holder's lock
         pass
+
+
+def test_attribution_separates_our_leftovers_from_other_services_churn() -> None:
+    from pvcheck.facts import attribute
+
+    def net(per: dict[str, int], extra: int = 0) -> NetworkFacts:
+        return NetworkFacts(
+            "proxy",
+            "10.10.0.0/16",
+            "overlay",
+            65533,
+            0,
+            sum(per.values()) + extra,
+            1,
+            0,
+            sorted(per),
+            per,
+        )
+
+    base = net({"traefik_app": 2})
+    churn = attribute(base, net({"traefik_app": 2, "other_app": 2}), "pvc-alloc-x-r1-")
+    assert (churn.ours_left, churn.others, churn.unexplained, churn.leaked) == (0, 2, 0, 0)
+    stale = attribute(base, net({"traefik_app": 2, "pvc-alloc-x-r1-3_app": 1}), "pvc-alloc-x-r1-")
+    assert stale.ours_left == 1 and stale.leaked == 1
+    hidden = attribute(base, net({"traefik_app": 2}, extra=3), "pvc-alloc-x-r1-")
+    assert hidden.unexplained == 3 and hidden.leaked == 3  # invisible in Services: still counted

@@ -1,0 +1,32 @@
+"""`pvcheck done`: write `## DONE` only when every gate has a fresh review PASS."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pvcheck.config import Config
+from pvcheck.review import DoneDecision, done_rule, parse_claims, parse_verdicts
+from pvcheck.statefiles import docs_lock, read_state, update_sections
+
+
+def write_done(cfg: Config, now: datetime | None = None) -> DoneDecision:
+    docs, phase = cfg.docs.dir, cfg.docs.phase
+    status, review = docs / f"STATUS-{phase}.md", docs / f"REVIEW-{phase}.md"
+    with docs_lock(docs):
+        status_text = read_state(status)
+        review_text = read_state(review)
+        moment = now or datetime.now(UTC)
+        decision = done_rule(
+            parse_claims(status_text or "", str(status)),
+            parse_verdicts(review_text or ""),
+            moment,
+            timedelta(hours=cfg.docs.freshness_h),
+        )
+        if decision.ok and status_text is not None:
+            body = (
+                "## DONE\n\n"
+                f"Written @{moment:%Y-%m-%dT%H:%M:%SZ}: every gate has a review PASS newer than "
+                f"its claim and within {cfg.docs.freshness_h:g} h (see REVIEW-{phase}.md).\n"
+            )
+            update_sections(status, "", {"done": body})
+    return decision

@@ -1,0 +1,170 @@
+"""The review's pure parts: claims and verdicts parsed from the state files, evidence compared
+with live facts, findings filed once, and the DONE rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pvcheck.config import load_config
+from pvcheck.done import write_done
+from pvcheck.errors import StateFileError
+from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
+from pvcheck.review import (
+    Finding,
+    GateClaim,
+    compare_evidence,
+    done_rule,
+    mark_gate_passed,
+    merge_findings,
+    parse_claims,
+    parse_evidence,
+    parse_findings,
+    parse_verdicts,
+)
+from pvcheck.statefiles import has_done
+from tests.helpers import LAB_CONFIG
+from tests.unit.test_render import sample_report
+
+T0 = datetime(2026, 11, 26, 12, 0, 9, tzinfo=UTC)
+
+
+def status_text(tmp_path: Path) -> str:
+    from pvcheck.evidence import write_evidence
+
+    cfg = load_config(LAB_CONFIG, {"docs": {"dir": str(tmp_path)}})
+    write_evidence(sample_report(False), cfg)
+    return (tmp_path / "STATUS-pvcheck.md").read_text()
+
+
+def test_claims_and_evidence_round_trip(tmp_path: Path) -> None:
+    text = status_text(tmp_path)
+    claims = parse_claims(text, "S")
+    assert claims["M1"].state == "claimed" and claims["M1"].claimed_at == T0
+    assert claims["M1"].run_id == "pv-20261126120000-abc123"
+    assert claims["M1"].commands[0].startswith("grep -x '## DONE'")
+    assert claims["M2"].is_claim
+    evidence = parse_evidence(text, "S")
+    assert evidence["subnet"] == "10.20.0.0/16" and evidence["service VIPs"] == "5"
+    assert evidence["lab-drone_app"] == "1/1"
+
+
+def test_mark_gate_passed_changes_only_the_header(tmp_path: Path) -> None:
+    text = status_text(tmp_path)
+    marked = mark_gate_passed(text, "M1", "2026-11-26T13:00:00Z", "S")
+    assert "## Gate: M1 — PASS @2026-11-26T13:00:00Z" in marked
+    assert "## Gate: M2 — CLAIMED, awaiting Adversary" in marked
+    claims = parse_claims(marked, "S")
+    assert claims["M1"].state == "pass" and claims["M1"].claimed_at == T0
+    assert len(marked.splitlines()) == len(text.splitlines())
+
+
+def live(vips: int = 5, used_extra: int = 0, drone: str = "1/1") -> HostFacts:
+    running, desired = (int(x) for x in drone.split("/"))
+    return HostFacts(
+        "t",
+        NetworkFacts("proxy", "10.20.0.0/16", "overlay", 65533, vips, 5 + used_extra, 1, 0),
+        [ServiceFacts("lab-drone_app", True, running, desired)],
+        {},
+    )
+
+
+def test_compare_evidence_finds_edited_numbers_and_leaks() -> None:
+    recorded = {
+        "subnet": "10.20.0.0/16",
+        "service VIPs": "7",
+        "endpoints used": "11",
+        "lab-drone_app": "1/1",
+    }
+    keys = {f.key for f in compare_evidence(recorded, live())}
+    assert keys == {"status:service VIPs"}
+    keys = {
+        f.key
+        for f in compare_evidence(
+            {**recorded, "service VIPs": "5"}, live(used_extra=3, drone="0/1")
+        )
+    }
+    assert keys == {"leak:endpoints", "status:lab-drone_app"}
+
+
+def test_findings_are_kept_once_fixed_and_reopened() -> None:
+    a = Finding("residue:service x", "M2", "leftover x", "docker ps")
+    b = Finding("status:capacity", "M1", "capacity edited", "inspect")
+    first = merge_findings([], [a, b], "T1")
+    assert [(i.num, i.status) for i in first] == [("A1", "OPEN"), ("A2", "OPEN")]
+    body = "\n".join(
+        f"### {i.num} [adversary] {i.title}\n<!-- key: {i.key} -->\n**Status:** {i.status}{i.note}\nRepro: {i.repro}"
+        for i in first
+    )
+    again = merge_findings(parse_findings(body), [a], "T2")
+    assert [(i.num, i.status) for i in again] == [("A1", "OPEN"), ("A2", "FIXED")]
+    reopened = merge_findings(again, [a, b], "T3")
+    assert [(i.num, i.status) for i in reopened] == [("A1", "OPEN"), ("A2", "OPEN")]
+
+
+def claim(at: datetime | None) -> GateClaim:
+    return GateClaim("M1", "claimed", at, "pv-1")
+
+
+def test_done_rule() -> None:
+    now = T0 + timedelta(hours=1)
+    claims = {"M1": claim(T0), "M2": claim(T0)}
+    fresh = {"M1": ("PASS", T0 + timedelta(minutes=5)), "M2": ("PASS", T0 + timedelta(minutes=6))}
+    assert done_rule(claims, fresh, now, timedelta(hours=24)).ok
+    stale = done_rule(claims, fresh, now + timedelta(days=2), timedelta(hours=24))
+    assert not stale.ok and all("stale" in p for p in stale.problems)
+    older = done_rule(
+        {**claims, "M2": claim(T0 + timedelta(minutes=10))}, fresh, now, timedelta(hours=24)
+    )
+    assert older.problems == [
+        "M2: the PASS @2026-11-26T12:06:09Z is older than the claim @2026-11-26T12:10:09Z"
+    ]
+    missing = done_rule(claims, {"M1": fresh["M1"]}, now, timedelta(hours=24))
+    assert missing.problems == ["M2: no review verdict in REVIEW"]
+    failed = done_rule(claims, {**fresh, "M1": ("FAIL", now)}, now, timedelta(hours=24))
+    assert failed.problems == ["M1: the latest review is FAIL"]
+    unclaimed = done_rule(
+        {"M1": claim(T0), "M2": GateClaim("M2", "not claimed", None, None)},
+        fresh,
+        now,
+        timedelta(hours=24),
+    )
+    assert unclaimed.problems == ["M2: no claim in STATUS"]
+
+
+def test_verdicts_latest_wins() -> None:
+    text = (
+        "## M1 — Control plane and routing verified: **FAIL** @ 2026-11-26T10:00:00Z\n"
+        "## M1 — Control plane and routing verified: **PASS** @ 2026-11-26T11:00:00Z\n"
+        "## M2 — Real CI and allocator proof verified: **PASS** @2026-11-26T11:00:00Z\n"
+    )
+    verdicts = parse_verdicts(text)
+    assert verdicts["M1"][0] == "PASS" and verdicts["M2"] == (
+        "PASS",
+        datetime(2026, 11, 26, 11, tzinfo=UTC),
+    )
+
+
+def test_done_writes_only_with_fresh_passes(tmp_path: Path) -> None:
+    cfg = load_config(LAB_CONFIG, {"docs": {"dir": str(tmp_path)}})
+    text = status_text(tmp_path)
+    status = tmp_path / "STATUS-pvcheck.md"
+    assert not write_done(cfg, now=T0 + timedelta(hours=1)).ok
+    assert status.read_text() == text  # refused: nothing written
+    (tmp_path / "REVIEW-pvcheck.md").write_text(
+        "## M1 — x: **PASS** @ 2026-11-26T12:30:00Z\n## M2 — y: **PASS** @ 2026-11-26T12:31:00Z\n"
+    )
+    assert write_done(cfg, now=T0 + timedelta(hours=1)).ok
+    assert has_done(status.read_text()) and status.read_text().startswith(text)
+
+
+def test_corrupt_review_is_reported_and_untouched(tmp_path: Path) -> None:
+    cfg = load_config(LAB_CONFIG, {"docs": {"dir": str(tmp_path)}})
+    status_text(tmp_path)
+    review = tmp_path / "REVIEW-pvcheck.md"
+    review.write_bytes(b"\x00\x01binary")
+    with pytest.raises(StateFileError, match=r"REVIEW-pvcheck\.md: binary"):
+        write_done(cfg)
+    assert review.read_bytes() == b"\x00\x01binary"
