@@ -8,6 +8,7 @@ run, Prefect cancellation/crash hooks, and the janitor at the start of the next 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 from prefect import State, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, Field
 
 from pvcheck import judge
@@ -28,7 +29,7 @@ from pvcheck.config import (
     Config,
     load_config,
 )
-from pvcheck.errors import ConfigError, TargetUnreachable
+from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
 from pvcheck.evidence import render
 from pvcheck.records import Check, Status
 from pvcheck.report import Report
@@ -37,7 +38,7 @@ from pvcheck.stacks import remove_labelled
 from pvcheck.statefiles import append_journal
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tasks.deploy import deploy_proof
-from tasks.evidence import publish_verdict, write_evidence_files
+from tasks.evidence import publish_artifacts, write_evidence_files
 from tasks.host import capture_facts, connect_engine, read_precondition_phase, scan_docker_log
 from tasks.proofs import allocator_proof, guard_proof, reap_dead_runs
 from tasks.routes import check_routes
@@ -227,7 +228,13 @@ def verify(params: RunParameters | None = None) -> State:
             str(cfg.source), "canary", "the canary runs only against the built-in lab"
         )
     run_id = str(runtime_flow_run.name or new_run_id())
-    with HostLock(cfg.target.state_dir, cfg.target.name):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(HostLock(cfg.target.state_dir, cfg.target.name))
+        except HostBusy as exc:
+            # Another run (the UI's or the nightly one) works on this host: this one steps aside.
+            get_run_logger().warning("%s", exc)
+            return Cancelled(message=str(exc))
         return _verify_locked(cfg, run_id, params)
 
 
@@ -270,7 +277,7 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
         report.checks += [judge.service_healthy(s, "after") for s in after.services]
         report.finished_at = utc_now()
         report.evidence = write_evidence_files(report, cfg)
-        publish_verdict(report)
+        publish_artifacts(report)
 
     gates = ", ".join(f"{g.gate} {g.status}" for g in report.gates)
     log.info("verdict %s (%s)", report.verdict, gates)

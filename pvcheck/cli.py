@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pvcheck.config import Config, load_config
-from pvcheck.errors import EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
+from pvcheck.errors import EXIT_BUSY, EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
 from pvcheck.statefiles import atomic_write
@@ -85,6 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = RunParameters(config_path=args.config, canary=args.canary)
     state = verify(params, return_state=True)
+    if state.is_cancelled():
+        print(f"pvcheck: {state.message}", file=sys.stderr)
+        return EXIT_BUSY
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -142,6 +145,14 @@ def cmd_done(args: argparse.Namespace) -> int:
     return EXIT_GATE_FAILED
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    from flows.serving import serve_all
+
+    serve_all(args.config, args.cron, args.timezone)
+    return EXIT_PASS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pvcheck", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every docker call")
@@ -172,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     done = sub.add_parser("done", help="write ## DONE when every gate has a fresh review PASS")
     done.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
     done.set_defaults(func=cmd_done)
+
+    srv = sub.add_parser("serve", help="serve the Prefect deployments (starts a server if none)")
+    srv.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    srv.add_argument("--cron", default="17 3 * * *", help="nightly schedule (default 03:17)")
+    srv.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
+    srv.set_defaults(func=cmd_serve)
 
     labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")
     labp.add_argument("action", choices=["up", "down", "status"])

@@ -15,9 +15,18 @@ import jinja2
 
 from pvcheck.claims import m1_claim, m2_claim
 from pvcheck.config import Config
-from pvcheck.records import Check, Status
+from pvcheck.history import append_history, history_record, read_history, trend_svg
+from pvcheck.records import Check, Status, parse_ts
 from pvcheck.report import Report
-from pvcheck.statefiles import append_journal, docs_lock, read_state, section_body, update_sections
+from pvcheck.statefiles import (
+    append_journal,
+    atomic_write,
+    docs_lock,
+    read_state,
+    section_body,
+    sections,
+    update_sections,
+)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -121,28 +130,50 @@ def _item(num: str, check: Check, report: Report) -> BacklogItem:
 
 
 def write_evidence(report: Report, cfg: Config) -> dict[str, str]:
-    """Write STATUS and BACKLOG sections and append the JOURNAL entry; returns the paths."""
+    """Write STATUS and BACKLOG sections, append the JOURNAL entry and the history record, and
+    redraw the trend chart; returns the paths."""
     docs, phase = cfg.docs.dir, cfg.docs.phase
-    status = docs / f"STATUS-{phase}.md"
-    backlog = docs / f"BACKLOG-{phase}.md"
-    journal = docs / f"JOURNAL-{phase}.md"
+    paths = {
+        "status": docs / f"STATUS-{phase}.md",
+        "backlog": docs / f"BACKLOG-{phase}.md",
+        "journal": docs / f"JOURNAL-{phase}.md",
+        "history": docs / f"HISTORY-{phase}.jsonl",
+        "trend": docs / f"TREND-{phase}.svg",
+    }
     ctx = _context(report, cfg)
     with docs_lock(docs):
-        # Read everything first: a malformed file stops the run before anything is written.
-        existing = read_state(backlog)
+        # Read and check everything first: a malformed file stops before anything is written.
+        status_text = read_state(paths["status"])
+        if status_text is not None:
+            sections(status_text, str(paths["status"]))
+        backlog_text = read_state(paths["backlog"])
         items = merge_backlog(
-            parse_backlog(section_body(existing or "", "build-backlog", str(backlog))), report
+            parse_backlog(section_body(backlog_text or "", "build-backlog", str(paths["backlog"]))),
+            report,
         )
-        read_state(journal)
+        read_state(paths["journal"])
+        append_history(paths["history"], history_record(report, _seconds(report)))
+        records = read_history(paths["history"], limit=30)
+        atomic_write(paths["trend"], trend_svg(records))
+        trend = render("status_trend.md.j2", records=records[-10:], svg_name=paths["trend"].name)
         update_sections(
-            status, render("status_header.md.j2", **ctx), render_status_sections(report, cfg)
+            paths["status"],
+            render("status_header.md.j2", **ctx),
+            {**render_status_sections(report, cfg), "trend": trend},
         )
         update_sections(
-            backlog,
+            paths["backlog"],
             render("backlog_header.md.j2", **ctx),
             {"build-backlog": render("backlog_build.md.j2", items=items)},
         )
         append_journal(
-            journal, render("journal_header.md.j2", **ctx), render_journal_entry(report, cfg)
+            paths["journal"],
+            render("journal_header.md.j2", **ctx),
+            render_journal_entry(report, cfg),
         )
-    return {"status": str(status), "backlog": str(backlog), "journal": str(journal)}
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+def _seconds(report: Report) -> float | None:
+    start, end = parse_ts(report.started_at), parse_ts(report.finished_at)
+    return round((end - start).total_seconds(), 1) if start and end else None

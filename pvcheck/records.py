@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every timestamp pvcheck writes: UTC, to the second
+
+
+def parse_ts(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 class Status(StrEnum):

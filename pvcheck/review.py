@@ -7,26 +7,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from pvcheck.facts import HostFacts
-from pvcheck.records import GATES
+from pvcheck.records import GATES, parse_ts
 from pvcheck.statefiles import section_body
 
-TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _GATE_HEADER = re.compile(
     r"^## Gate: (M\d+) — (CLAIMED, awaiting Adversary|PASS @(\S+)|NOT CLAIMED.*)$"
 )
 _CLAIMED = re.compile(r"^Claimed @(\S+) by run `([^`]+)`")
 _REVIEW = re.compile(r"^## (M\d+) — .*: \*\*(PASS|FAIL)\*\* @ ?(\S+)\s*$")
 _ROW = re.compile(r"^\| (.+?) \| (.+?) \| (.+?) \|$")
-
-
-def parse_ts(text: str) -> datetime | None:
-    try:
-        return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""The janitor flow: reap what dead pvcheck runs left (runs this machine recorded as started
+and whose process is gone), and nothing else. The automation in deployments/ runs it after a
+crashed verification run; every verification run also starts with it."""
+
+from __future__ import annotations
+
+from prefect import State, flow
+from prefect.states import Completed, Failed
+from pydantic import BaseModel, Field
+
+from flows.verify import DEFAULT_CONFIG
+from pvcheck.config import load_config
+from pvcheck.records import Status
+from pvcheck.runs import HostLock
+from tasks.host import connect_engine
+from tasks.proofs import reap_dead_runs
+
+
+class JanitorParameters(BaseModel):
+    config_path: str = Field(DEFAULT_CONFIG, description="pvcheck TOML config on the worker")
+
+
+@flow(name="pvcheck-janitor", log_prints=False)
+def janitor(params: JanitorParameters | None = None) -> State:
+    params = params or JanitorParameters()
+    cfg = load_config(params.config_path)
+    with HostLock(cfg.target.state_dir, cfg.target.name):
+        check = reap_dead_runs(connect_engine(cfg), cfg)
+    if check.status != Status.PASS:
+        return Failed(message=f"janitor: {check.found}")
+    return Completed(message=f"janitor: {check.found}")

@@ -1,0 +1,113 @@
+"""The Prefect deployments of pvcheck and `pvcheck serve`.
+
+- `pvcheck-verify/manual`: the verification run, triggered from the UI (parameter form);
+- `pvcheck-verify/nightly`: the same on a cron schedule (a quiet hour, in a time zone);
+- `pvcheck-review/review`: the independent review run;
+- `pvcheck-janitor/janitor`: reaps dead runs (the crash automation runs it).
+Each has concurrency limit 1 with new runs cancelled on collision; runs of different
+deployments against one host are serialized by the host lock (a colliding run ends Cancelled).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.schedules import Cron
+
+from flows.janitor import JanitorParameters, janitor
+from flows.review import ReviewParameters, review
+from flows.verify import RunParameters, verify
+from pvcheck.errors import PvcheckError
+
+ONE_AT_A_TIME = ConcurrencyLimitConfig(
+    limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+)
+
+
+def build_deployments(
+    config_path: str, cron: str = "17 3 * * *", timezone: str = "UTC"
+) -> list[Any]:
+    config_path = str(Path(config_path).resolve())
+    common: dict[str, Any] = {"concurrency_limit": ONE_AT_A_TIME, "tags": ["pvcheck"]}
+    return [
+        verify.to_deployment(
+            name="manual",
+            parameters={"params": RunParameters(config_path=config_path).model_dump()},
+            description="Verify the host now (press Run; the form holds the caps-bounded knobs).",
+            **common,
+        ),
+        verify.to_deployment(
+            name="nightly",
+            parameters={"params": RunParameters(config_path=config_path).model_dump()},
+            schedule=Cron(cron, timezone=timezone),
+            description="Nightly re-check.",
+            **common,
+        ),
+        review.to_deployment(
+            name="review",
+            parameters={"params": ReviewParameters(config_path=config_path).model_dump()},
+            description="Independent review of the claimed gates.",
+            **common,
+        ),
+        janitor.to_deployment(
+            name="janitor",
+            parameters={"params": JanitorParameters(config_path=config_path).model_dump()},
+            description="Reap what dead pvcheck runs left.",
+            **common,
+        ),
+    ]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_server(host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 180) -> str:
+    """Attach to PREFECT_API_URL, or start `prefect server start` on host:port and use it."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        if not _healthy(url):
+            raise PvcheckError(f"PREFECT_API_URL={url} does not answer /health")
+        return url
+    url = f"http://{host}:{port}/api"
+    if not _healthy(url):
+        prefect = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                raise PvcheckError(
+                    f"{host}:{port} is taken by something that is not a Prefect server"
+                )
+        subprocess.Popen(
+            [prefect, "server", "start", "--host", host, "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(url):
+            if time.monotonic() > deadline:
+                raise PvcheckError(f"prefect server did not answer on {url} within {timeout_s:g}s")
+            time.sleep(1)
+    os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def serve_all(config_path: str, cron: str, timezone: str) -> None:
+    from prefect import serve
+
+    url = ensure_server()
+    print(f"serving pvcheck deployments on {url} (nightly cron {cron!r} {timezone})", flush=True)
+    # Schedules stay active when the server goes away or this process restarts.
+    serve(*build_deployments(config_path, cron, timezone), pause_on_shutdown=False)

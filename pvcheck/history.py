@@ -1,0 +1,109 @@
+"""Run history: one compact JSON line per run, and a small SVG trend chart of the recent runs
+(endpoints and leaked addresses over time) that renders without a display."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from pvcheck.errors import StateFileError
+from pvcheck.report import Report
+
+
+def history_record(report: Report, seconds: float | None = None) -> dict[str, Any]:
+    """Pure: what one run adds to the history."""
+    after = report.facts_after.network if report.facts_after else None
+    alloc = report.extra.get("allocator") or {}
+    return {
+        "at": report.finished_at,
+        "run_id": report.run_id,
+        "verdict": str(report.verdict),
+        "gates": {g.gate: str(g.status) for g in report.gates},
+        "subnet": after.subnet if after else None,
+        "endpoints": after.used if after else None,
+        "headroom_pct": round(after.headroom_pct, 3) if after else None,
+        "leaked": alloc.get("leaked_total"),
+        "seconds": seconds,
+        "stage_seconds": {c.id: round(c.duration_s, 2) for c in report.checks if c.duration_s >= 1},
+    }
+
+
+def append_history(path: Path, record: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise StateFileError(str(path), f"cannot append: {exc.strerror or exc}") from None
+
+
+def read_history(path: Path, limit: int = 30) -> list[dict[str, Any]]:
+    """The last `limit` records; torn or foreign lines are skipped, never fatal."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines[-limit * 2 :]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "run_id" in record:
+            out.append(record)
+    return out[-limit:]
+
+
+def trend_svg(records: list[dict[str, Any]], width: int = 640, height: int = 220) -> str:
+    """Pure: endpoints (left axis) and leaked addresses (right axis) per run, as SVG."""
+    pad_l, pad_r, pad_t, pad_b = 50, 50, 30, 40
+    plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
+    n = len(records)
+
+    def xs(i: int) -> float:
+        return pad_l + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
+
+    def series(key: str) -> tuple[list[tuple[float, float]], float]:
+        values = [float(r.get(key) or 0) for r in records]
+        top = max([*values, 1.0])
+        return [(xs(i), pad_t + plot_h * (1 - v / top)) for i, v in enumerate(values)], top
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{pad_l}" y="18" font-size="13">pvcheck trend: endpoints (blue) and '
+        f"leaked (red), last {n} run(s)</text>",
+        f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" '
+        f'y2="{pad_t + plot_h}" stroke="#888"/>',
+    ]
+    for key, colour, anchor, x_label in (
+        ("endpoints", "#1f5fbf", "end", pad_l - 6),
+        ("leaked", "#c0392b", "start", pad_l + plot_w + 6),
+    ):
+        points, top = series(key)
+        if points:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            parts.append(
+                f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>'
+            )
+            parts += [
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in points
+            ]
+        for y, text in ((pad_t + 4, f"{top:g}"), (pad_t + plot_h, "0")):
+            parts.append(
+                f'<text x="{x_label}" y="{y}" text-anchor="{anchor}" fill="{colour}">{text}</text>'
+            )
+    for i, record in enumerate(records):
+        label = escape(str(record.get("at", ""))[5:16].replace("T", " "))
+        if n <= 8 or i in (0, n - 1):
+            parts.append(
+                f'<text x="{xs(i):.1f}" y="{height - 20}" text-anchor="middle">{label}</text>'
+            )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

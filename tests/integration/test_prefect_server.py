@@ -1,0 +1,235 @@
+"""End to end with a real `prefect server`: deployments served by `pvcheck serve`, runs
+triggered through the REST API exactly as the UI's Run and Cancel buttons do."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pvcheck.config import Config
+from pvcheck.stacks import list_residue
+from pvcheck.swarm import LABEL_RUN, Swarm
+from tests.helpers import ROOT, write_config
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            home / "server.log"
+        ).read_text()[-3000:]
+        time.sleep(1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def served(
+    server: str, lab: Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    tmp = tmp_path_factory.mktemp("served")
+    config = write_config(tmp)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": server,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pvcheck.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--cron",
+            "17 3 * * *",
+            "--timezone",
+            "Europe/Berlin",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(_deployments(server)) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "serve.log").read_text()[
+            -3000:
+        ]
+        time.sleep(1)
+    yield server, tmp
+    proc.terminate()
+    proc.wait(timeout=60)
+    log.close()
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> Any:
+    resp = httpx.post(f"{url}{path}", json=body, timeout=30, trust_env=False)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def _deployments(url: str) -> dict[str, dict[str, Any]]:
+    try:
+        return {d["name"]: d for d in _post(url, "/deployments/filter", {})}
+    except httpx.HTTPError:
+        return {}
+
+
+def _trigger(url: str, deployment: str) -> str:
+    """What the UI's Run button does: create a flow run of the deployment."""
+    dep = _deployments(url)[deployment]
+    return str(_post(url, f"/deployments/{dep['id']}/create_flow_run", {})["id"])
+
+
+def _run(url: str, run_id: str) -> dict[str, Any]:
+    resp = httpx.get(f"{url}/flow_runs/{run_id}", timeout=30, trust_env=False)
+    resp.raise_for_status()
+    return dict(resp.json())
+
+
+def _wait(url: str, run_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = _run(url, run_id)
+        if run["state_type"] in TERMINAL or time.monotonic() > deadline:
+            return run
+        time.sleep(1)
+
+
+def _logs(url: str, run_id: str) -> str:
+    logs = _post(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    return "\n".join(entry["message"] for entry in logs)
+
+
+def test_deployments_and_nightly_schedule(served: tuple[str, Path]) -> None:
+    url, _ = served
+    deps = _deployments(url)
+    assert {"manual", "nightly", "review", "janitor"} <= set(deps)
+    for dep in deps.values():
+        assert (
+            dep["concurrency_limit"] == 1
+            or (dep.get("global_concurrency_limit") or {}).get("limit") == 1
+        )
+    schedules = deps["nightly"]["schedules"]
+    assert len(schedules) == 1 and schedules[0]["active"]
+    assert schedules[0]["schedule"]["cron"] == "17 3 * * *"
+    assert schedules[0]["schedule"]["timezone"] == "Europe/Berlin"
+
+
+def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
+    served: tuple[str, Path], engine: Swarm
+) -> None:
+    url, _ = served
+    first = _trigger(url, "manual")
+    time.sleep(0.5)
+    second = _trigger(url, "manual")
+    done = _wait(url, first)
+    assert done["state_type"] == "COMPLETED", done["state"]
+    assert "pvcheck verdict PASS" in done["state"]["message"]
+    assert _wait(url, second)["state_type"] == "CANCELLED"
+    logs = _logs(url, first)
+    for line in (
+        "docker network inspect --verbose proxy",
+        "proxy subnet 10.20.0.0/16",
+        "round 1: peak",
+        "guard.detects: pass",
+        "residue with label",
+    ):
+        assert line in logs, line
+    artifacts = _post(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [first]}}})
+    keys = {a["key"] for a in artifacts}
+    assert {
+        "pvcheck-verdict",
+        "pvcheck-network-facts",
+        "pvcheck-allocator",
+        "pvcheck-trend",
+    } <= keys
+    assert not any(list_residue(engine, f"{LABEL_RUN}={done['name']}").values())
+
+
+def test_cancel_from_the_server_during_the_allocator_leaves_zero_residue(
+    served: tuple[str, Path], engine: Swarm
+) -> None:
+    url, _ = served
+    run_id = _trigger(url, "manual")
+    deadline = time.monotonic() + 240
+    while "deploying 5 throwaway stacks" not in _logs(url, run_id):
+        assert time.monotonic() < deadline and _run(url, run_id)["state_type"] not in TERMINAL
+        time.sleep(0.5)
+    name = _run(url, run_id)["name"]
+    # The UI's Cancel button: move the run to CANCELLING.
+    _post(url, f"/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+    final = _wait(url, run_id)
+    assert final["state_type"] == "CANCELLED", final["state"]
+    deadline = time.monotonic() + 120
+    while any(list_residue(engine, f"{LABEL_RUN}={name}").values()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not any(list_residue(engine, f"{LABEL_RUN}={name}").values())
+
+
+def test_two_runs_append_two_history_records_and_the_chart_shows_both(
+    served: tuple[str, Path],
+) -> None:
+    url, tmp = served
+    history = tmp / "docs" / "HISTORY-pvcheck.jsonl"
+    before = len(history.read_text().splitlines()) if history.exists() else 0
+    for _ in range(2):
+        assert _wait(url, _trigger(url, "manual"))["state_type"] == "COMPLETED"
+    lines = history.read_text().splitlines()
+    assert len(lines) == before + 2
+    svg = (tmp / "docs" / "TREND-pvcheck.svg").read_text()
+    assert svg.startswith("<svg") and svg.count('fill="#1f5fbf"') >= 2
+    assert "## Trend (last" in (tmp / "docs" / "STATUS-pvcheck.md").read_text()

@@ -1,0 +1,55 @@
+"""History records, the SVG trend chart, and the shipped Prefect automations file."""
+
+from __future__ import annotations
+
+import string
+import uuid
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import yaml
+
+from pvcheck.history import append_history, read_history, trend_svg
+from tests.helpers import ROOT
+
+
+def test_history_appends_and_skips_torn_lines(tmp_path: Path) -> None:
+    path = tmp_path / "HISTORY.jsonl"
+    append_history(
+        path, {"run_id": "a", "endpoints": 11, "leaked": 0, "at": "2026-11-26T01:00:00Z"}
+    )
+    with open(path, "a") as fh:
+        fh.write('{"torn": \n')
+    append_history(
+        path, {"run_id": "b", "endpoints": 13, "leaked": 2, "at": "2026-11-27T01:00:00Z"}
+    )
+    assert [r["run_id"] for r in read_history(path)] == ["a", "b"]
+    assert read_history(tmp_path / "none.jsonl") == []
+
+
+def test_trend_svg_is_valid_and_plots_every_run() -> None:
+    records = [
+        {"run_id": str(i), "endpoints": 11 + i, "leaked": i % 2, "at": f"2026-11-2{i}T01:00:00Z"}
+        for i in range(3)
+    ]
+    svg = trend_svg(records)
+    root = ET.fromstring(svg)
+    circles = root.findall("{http://www.w3.org/2000/svg}circle")
+    assert len(circles) == 6  # 3 runs x 2 series
+    assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2
+    assert ET.fromstring(trend_svg([])) is not None  # no runs yet: still a valid picture
+
+
+def test_shipped_automations_are_valid_prefect_automations() -> None:
+    from prefect.events.schemas.automations import AutomationCore
+
+    text = (ROOT / "deployments" / "automations.yaml").read_text()
+    filled = string.Template(text).safe_substitute(
+        NOTIFY_BLOCK_ID=uuid.uuid4(), JANITOR_DEPLOYMENT_ID=uuid.uuid4()
+    )
+    autos = [AutomationCore.model_validate(a) for a in yaml.safe_load(filled)["automations"]]
+    kinds = {a.name: [type(x).__name__ for x in a.actions] for a in autos}
+    assert kinds == {
+        "pvcheck nightly run failed or crashed": ["SendNotification"],
+        "pvcheck janitor after a crashed run": ["RunDeployment"],
+    }
