@@ -116,7 +116,11 @@ def served(
 
 
 def _post(url: str, path: str, body: dict[str, Any]) -> Any:
-    resp = httpx.post(f"{url}{path}", json=body, timeout=30, trust_env=False)
+    for _ in range(10):  # SQLite behind a busy server answers 503 now and then
+        resp = httpx.post(f"{url}{path}", json=body, timeout=30, trust_env=False)
+        if resp.status_code != 503:
+            break
+        time.sleep(1)
     resp.raise_for_status()
     return resp.json()
 
@@ -150,8 +154,22 @@ def _wait(url: str, run_id: str, timeout_s: float = 300) -> dict[str, Any]:
 
 
 def _logs(url: str, run_id: str) -> str:
-    logs = _post(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    return "\n".join(entry["message"] for entry in logs)
+    """Every log line of a flow run (its tasks' too), page by page, oldest first."""
+    lines: list[str] = []
+    while True:
+        page = _post(
+            url,
+            "/logs/filter",
+            {
+                "logs": {"flow_run_id": {"any_": [run_id]}},
+                "limit": 200,
+                "offset": len(lines),
+                "sort": "TIMESTAMP_ASC",
+            },
+        )
+        lines += [entry["message"] for entry in page]
+        if len(page) < 200:
+            return "\n".join(lines)
 
 
 def test_deployments_and_nightly_schedule(served: tuple[str, Path]) -> None:
@@ -174,8 +192,10 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
 ) -> None:
     url, _ = served
     first = _trigger(url, "manual")
-    time.sleep(0.5)
-    second = _trigger(url, "manual")
+    deadline = time.monotonic() + 120
+    while _run(url, first)["state_type"] != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    second = _trigger(url, "manual")  # while the first runs
     done = _wait(url, first)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert "pvcheck verdict PASS" in done["state"]["message"]
