@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
+from pydantic import BaseModel
 
 from flows.janitor import JanitorParameters, janitor
 from flows.review import ReviewParameters, review
@@ -37,33 +38,29 @@ def build_deployments(
     config_path: str, cron: str = "17 3 * * *", timezone: str = "UTC"
 ) -> list[Any]:
     config_path = str(Path(config_path).resolve())
-    common: dict[str, Any] = {"concurrency_limit": ONE_AT_A_TIME, "tags": ["pvcheck"]}
+    nightly = {"schedule": Cron(cron, timezone=timezone)}
+    table: list[tuple[Any, str, type[BaseModel], dict[str, Any], str]] = [
+        (
+            verify,
+            "manual",
+            RunParameters,
+            {},
+            "Verify the host now (the form holds the capped knobs).",
+        ),
+        (verify, "nightly", RunParameters, nightly, "Nightly re-check."),
+        (review, "review", ReviewParameters, {}, "Independent review of the claimed gates."),
+        (janitor, "janitor", JanitorParameters, {}, "Reap what dead pvcheck runs left."),
+    ]
     return [
-        verify.to_deployment(
-            name="manual",
-            parameters={"params": RunParameters(config_path=config_path).model_dump()},
-            description="Verify the host now (press Run; the form holds the caps-bounded knobs).",
-            **common,
-        ),
-        verify.to_deployment(
-            name="nightly",
-            parameters={"params": RunParameters(config_path=config_path).model_dump()},
-            schedule=Cron(cron, timezone=timezone),
-            description="Nightly re-check.",
-            **common,
-        ),
-        review.to_deployment(
-            name="review",
-            parameters={"params": ReviewParameters(config_path=config_path).model_dump()},
-            description="Independent review of the claimed gates.",
-            **common,
-        ),
-        janitor.to_deployment(
-            name="janitor",
-            parameters={"params": JanitorParameters(config_path=config_path).model_dump()},
-            description="Reap what dead pvcheck runs left.",
-            **common,
-        ),
+        flow.to_deployment(
+            name=name,
+            parameters={"params": params(config_path=config_path).model_dump()},
+            description=description,
+            concurrency_limit=ONE_AT_A_TIME,
+            tags=["pvcheck"],
+            **extra,
+        )
+        for flow, name, params, extra, description in table
     ]
 
 

@@ -114,3 +114,32 @@ def test_journal_only_grows(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.startswith(first + "hand-written, no newline\n")
     assert text.count("# JOURNAL") == 1 and text.endswith("## two\n- b\n")
+
+
+def test_docs_lock_serializes_writers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pvcheck.statefiles import docs_lock
+
+    code = (
+        "import sys, time; from pathlib import Path; from pvcheck.statefiles import docs_lock\n"
+        "with docs_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(
+                StateFileError, match=r"\.pvcheck\.lock: another pvcheck process held it"
+            ),
+            docs_lock(tmp_path, timeout_s=0.5),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with docs_lock(tmp_path, timeout_s=5):  # released when its holder died
+        pass
