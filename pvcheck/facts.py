@@ -46,10 +46,6 @@ class NetworkFacts:
         return self.vips + self.task_ips + self.lb_endpoints + self.containers
 
     @property
-    def endpoints(self) -> int:
-        return self.used
-
-    @property
     def headroom_pct(self) -> float:
         return 100.0 * (self.capacity - self.used) / self.capacity if self.capacity > 0 else 0.0
 

@@ -163,19 +163,27 @@ def _add_busybox(tar: tarfile.TarFile) -> None:
         tar.addfile(info)
 
 
-def _import(swarm: Swarm, ref: str, build: Any, changes: list[str] | None = None) -> None:
-    """Import a rootfs tar as `ref` unless an image with the same content hash exists."""
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
+
+
+def _import(
+    swarm: Swarm, ref: str, build: Any, fingerprint: str, changes: list[str] | None = None
+) -> None:
+    """Import a rootfs tar as `ref` unless the image already carries this fingerprint.
+
+    The fingerprint is computed from the inputs (cheap), so an unchanged 180 MB Traefik
+    image is not re-tarred on every `lab up`."""
+    try:
+        current = swarm.call(swarm.api.inspect_image, ref)
+        if (current.get("Config", {}).get("Labels") or {}).get("pvcheck.content") == fingerprint:
+            return
+    except docker.errors.ImageNotFound:
+        pass
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         build(tar)
     data = buf.getvalue()
-    digest = hashlib.sha256(data + json.dumps(changes or []).encode()).hexdigest()[:16]
-    try:
-        current = swarm.call(swarm.api.inspect_image, ref)
-        if (current.get("Config", {}).get("Labels") or {}).get("pvcheck.content") == digest:
-            return
-    except docker.errors.ImageNotFound:
-        pass
     repo, tag = ref.rsplit(":", 1)
     log.info("docker import - %s (%d bytes)", ref, len(data))
     swarm.call(
@@ -183,7 +191,7 @@ def _import(swarm: Swarm, ref: str, build: Any, changes: list[str] | None = None
         data,
         repository=repo,
         tag=tag,
-        changes=[*(changes or []), f"LABEL pvcheck.content={digest} {LABEL_LAB}=1"],
+        changes=[*(changes or []), f"LABEL pvcheck.content={fingerprint} {LABEL_LAB}=1"],
     )
 
 
@@ -215,15 +223,20 @@ def _traefik_binary() -> Path:
 
 
 def ensure_images(swarm: Swarm) -> None:
-    _import(swarm, BUSYBOX_IMAGE, _add_busybox)
-    _import(swarm, WEB_IMAGE, _web_tree)
+    busybox = Path(shutil.which("busybox") or "/bin/busybox")
+    base = hashlib.sha256(busybox.read_bytes()).hexdigest()
+    _import(swarm, BUSYBOX_IMAGE, _add_busybox, _fingerprint(base, BUSYBOX_APPLETS))
+    _import(swarm, WEB_IMAGE, _web_tree, _fingerprint(base, BUSYBOX_APPLETS, SITES))
     traefik = _traefik_binary()
+    stat = traefik.stat()
 
     def traefik_tree(tar: tarfile.TarFile) -> None:
         _add_busybox(tar)
         tar.add(str(traefik), "traefik")
 
-    _import(swarm, TRAEFIK_IMAGE, traefik_tree, changes=['ENTRYPOINT ["/traefik"]'])
+    entrypoint = ['ENTRYPOINT ["/traefik"]']
+    fingerprint = _fingerprint(base, BUSYBOX_APPLETS, stat.st_size, stat.st_mtime_ns, entrypoint)
+    _import(swarm, TRAEFIK_IMAGE, traefik_tree, fingerprint, changes=entrypoint)
 
 
 # --- stacks ----------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ class RunRecord:
     def alive(self) -> bool:
         if self.host != socket.gethostname():
             return True  # another machine's run: never ours to judge
-        return _proc_start(self.pid) is not None and _proc_start(self.pid) == self.proc_start
+        started = _proc_start(self.pid)
+        return started is not None and started == self.proc_start
 
 
 class RunRegistry:
