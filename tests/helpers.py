@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +47,22 @@ def write_config(
     path = tmp_path / name
     path.write_bytes(tomli_w.dumps(raw).encode())
     return path
+
+
+@contextlib.contextmanager
+def held_in_another_process(import_line: str, lock_expr: str, folder: Path) -> Iterator[None]:
+    """Hold a pvcheck lock in a child process (as another pvcheck would) while the body runs;
+    the child is killed afterwards, so the kernel releases the lock."""
+    code = (
+        f"import sys, time; from pathlib import Path; {import_line}\n"
+        f"with {lock_expr}:\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

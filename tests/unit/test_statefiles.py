@@ -117,29 +117,14 @@ def test_journal_only_grows(tmp_path: Path) -> None:
 
 
 def test_docs_lock_serializes_writers(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     from pvcheck.statefiles import docs_lock
+    from tests.helpers import held_in_another_process
 
-    code = (
-        "import sys, time; from pathlib import Path; from pvcheck.statefiles import docs_lock\n"
-        "with docs_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(30)\n"
+    held = held_in_another_process(
+        "from pvcheck.statefiles import docs_lock", "docs_lock(Path(sys.argv[1]))", tmp_path
     )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with (
-            pytest.raises(
-                StateFileError, match=r"\.pvcheck\.lock: another pvcheck process held it"
-            ),
-            docs_lock(tmp_path, timeout_s=0.5),
-        ):
-            pass
-    finally:
-        holder.kill()
-        holder.wait()
+    busy = pytest.raises(StateFileError, match=r"\.pvcheck\.lock: another pvcheck process held it")
+    with held, busy, docs_lock(tmp_path, timeout_s=0.5):
+        pass
     with docs_lock(tmp_path, timeout_s=5):  # released when its holder died
         pass
