@@ -200,14 +200,19 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
     assert done["state_type"] == "COMPLETED", done["state"]
     assert "pvcheck verdict PASS" in done["state"]["message"]
     assert _wait(url, second)["state_type"] == "CANCELLED"
-    logs = _logs(url, first)
-    for line in (
+    wanted = [
         "docker network inspect --verbose proxy",
         "proxy subnet 10.20.0.0/16",
         "round 1: peak",
         "guard.detects: pass",
         "residue with label",
-    ):
+    ]
+    # A run's last log lines reach the server a moment after its final state: poll.
+    deadline = time.monotonic() + 60
+    while [w for w in wanted if w not in _logs(url, first)] and time.monotonic() < deadline:
+        time.sleep(1)
+    logs = _logs(url, first)
+    for line in wanted:
         assert line in logs, line
     artifacts = _post(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [first]}}})
     keys = {a["key"] for a in artifacts}
