@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import State, flow, get_run_logger
@@ -17,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from pvcheck import judge
 from pvcheck.claims import m1_claim, residue_commands
-from pvcheck.config import Config, load_config
+from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.evidence import render
 from pvcheck.facts import HostFacts
 from pvcheck.guard import check_guard
@@ -33,7 +32,7 @@ from pvcheck.review import (
     parse_evidence,
     parse_findings,
 )
-from pvcheck.stacks import list_residue
+from pvcheck.stacks import list_residue, residue_names
 from pvcheck.statefiles import (
     append_journal,
     atomic_write,
@@ -47,7 +46,7 @@ from tasks.host import capture_facts, connect_engine, read_precondition_phase, s
 from tasks.review import run_cold_commands
 from tasks.routes import check_routes
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml")
+DEFAULT_CONFIG = str(LAB_CONFIG)
 
 
 class ReviewParameters(BaseModel):
@@ -103,12 +102,10 @@ def _failing_findings(checks: list[Check]) -> list[Finding]:
     ]
 
 
-def live_m1(
-    cfg: Config, swarm: Swarm, facts: HostFacts, claim: GateClaim
-) -> tuple[list[Check], list[Finding]]:
+def live_m1(cfg: Config, facts: HostFacts, claim: GateClaim) -> tuple[list[Check], list[Finding]]:
     routes_f = check_routes.submit(cfg)
     done = read_precondition_phase(cfg)
-    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+    pvfix = cfg.docs.precondition_status
     checks = [
         judge.precondition_phase(cfg.docs.precondition_phase, str(pvfix), done),
         judge.network_matches(cfg.network, facts.network),
@@ -136,7 +133,7 @@ def live_m2(
     log = get_run_logger()
     findings = []
     left = list_residue(swarm, LABEL_RUN)  # any pvcheck run's label, not only the claim's
-    names = [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]
+    names = residue_names(left)
     checks = [judge.residue(left, f"{LABEL_RUN} (any run)")]
     log.info("docker ps/service/network ls --filter label=%s -> %s", LABEL_RUN, names or "nothing")
     for name in names:
@@ -179,7 +176,7 @@ def review(params: ReviewParameters | None = None) -> State:
     )
     swarm = connect_engine(cfg)
     facts = capture_facts(swarm, cfg, "review")
-    m1_checks, m1_findings = live_m1(cfg, swarm, facts, claims["M1"])
+    m1_checks, m1_findings = live_m1(cfg, facts, claims["M1"])
     since = claims["M2"].claimed_at or claims["M1"].claimed_at
     m2_checks, m2_findings = live_m2(cfg, swarm, claims["M2"], since)
     result.checks = m1_checks + m2_checks

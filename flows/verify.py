@@ -12,7 +12,6 @@ import contextlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from prefect import State, flow, get_run_logger
@@ -23,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from pvcheck import judge
 from pvcheck.config import (
+    LAB_CONFIG,
     MAX_ALLOCATOR_BATCH,
     MAX_ALLOCATOR_CONCURRENCY,
     MAX_ALLOCATOR_ROUNDS,
@@ -44,7 +44,7 @@ from tasks.proofs import allocator_proof, guard_proof, reap_dead_runs
 from tasks.routes import check_routes
 from tasks.teardown import teardown
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml")
+DEFAULT_CONFIG = str(LAB_CONFIG)
 log = logging.getLogger(__name__)
 
 
@@ -137,7 +137,7 @@ class Verification:
         logs_f = scan_docker_log.submit(cfg, window_start, datetime.now(UTC))
         before = before_f.result()
         report.facts_before = before
-        pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+        pvfix = cfg.docs.precondition_status
         pre = [
             judge.precondition_phase(cfg.docs.precondition_phase, str(pvfix), done_f.result()),
             judge.network_matches(cfg.network, before.network),

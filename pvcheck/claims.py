@@ -54,7 +54,7 @@ def curl_command(route: RouteConfig) -> str:
 
 
 def m1_claim(cfg: Config) -> Claim:
-    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+    pvfix = cfg.docs.precondition_status
     net = q(cfg.network.name)
     names = "|".join(re.escape(s) for s in cfg.services.control_plane)
     commands = [

@@ -8,14 +8,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pvcheck.config import Config, load_config
+from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.errors import EXIT_BUSY, EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
 from pvcheck.statefiles import atomic_write
 
-DEFAULT_LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
+DEFAULT_LAB_CONFIG = LAB_CONFIG
+T = TypeVar("T")
 
 
 def _route_lines(cfg: Config, probes: list[RouteObservation]) -> tuple[list[str], bool]:
@@ -88,12 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if state.is_cancelled():
         print(f"pvcheck: {state.message}", file=sys.stderr)
         return EXIT_BUSY
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        raise result
-    if not isinstance(result, Report):
-        raise PvcheckError(f"the flow ended {state.type.value} without a report: {state.message}")
-    report = result
+    report = _flow_result(state, Report)
     for kind, path in (("json", args.json), ("junit", args.junit)):
         if path:
             report.evidence[kind] = path
@@ -101,6 +98,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     _write_report(args.junit, report.to_junit())
     print_verdict(report)
     return EXIT_PASS if report.verdict == "pass" else EXIT_GATE_FAILED
+
+
+def _flow_result(state: Any, kind: type[T]) -> T:
+    """The flow's result; an exception it ended with is re-raised (mapped to an exit code)."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, kind):
+        raise PvcheckError(f"the flow ended {state.type.value} without a result: {state.message}")
+    return result
 
 
 def _write_report(path: str | None, text: str) -> None:
@@ -114,11 +121,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     from flows.review import ReviewParameters, ReviewResult, review
 
     state = review(ReviewParameters(config_path=args.config), return_state=True)
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        raise result
-    if not isinstance(result, ReviewResult):
-        raise PvcheckError(f"the review ended {state.type.value} without a result: {state.message}")
+    result = _flow_result(state, ReviewResult)
     _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")
     print(f"pvcheck review {result.verdict.upper()}  {result.review_id}")
     for gate, verdict in result.verdicts.items():

@@ -26,6 +26,9 @@ from pydantic import (
 
 from pvcheck.errors import ConfigError
 
+# The built-in lab's config: the default of every command and flow parameter.
+LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
+
 # Hard caps: no config value or UI parameter may raise the run past these.
 MAX_ALLOCATOR_BATCH = 20
 MAX_ALLOCATOR_CONCURRENCY = 10
@@ -244,6 +247,11 @@ class DocsConfig(Section):
     precondition_phase: Name = "pvfix"
     # `pvcheck done` accepts a review PASS at most this old (and newer than the claim).
     freshness_h: float = Field(24.0, gt=0, le=24 * 30)
+
+    @property
+    def precondition_status(self) -> Path:
+        """The precondition phase's STATUS file, which must contain `## DONE`."""
+        return self.dir / f"STATUS-{self.precondition_phase}.md"
 
 
 class StandinConfig(Section):

@@ -7,6 +7,7 @@ from pvcheck.facts import Attribution, NetworkFacts, ServiceFacts
 from pvcheck.logscan import VIP_SIGNATURE, LogScan
 from pvcheck.records import Check, Status
 from pvcheck.routes import RouteObservation
+from pvcheck.stacks import residue_names
 
 
 def precondition_phase(phase: str, path: str, done: bool | None) -> Check:
@@ -100,7 +101,7 @@ def skipped(check_id: str, gate: str, expected: str, reason: str) -> Check:
 
 
 def residue(left: dict[str, list[str]], label: str) -> Check:
-    names = [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]
+    names = residue_names(left)
     return Check(
         "teardown.residue",
         "M2",
@@ -120,7 +121,7 @@ def clean_teardown(
 ) -> Check:
     """Residue of the app's stack is zero and no endpoint is left that only it could explain
     (other services' churn on a shared network is reported, not blamed on the app)."""
-    names = [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]
+    names = residue_names(left)
     leaked = share.leaked if share else 0
     ok = not names and leaked == 0
     found = f"{len(names)} objects left" + (f" ({', '.join(names)})" if names else "")
@@ -158,10 +159,7 @@ def fresh_logs(check_id: str, scan: LogScan, window: str) -> Check:
 
 def janitor(reaped: dict[str, dict[str, list[str]]]) -> Check:
     """Earlier runs that died and were reaped: anything left of them is a failure."""
-    left = {
-        run: [f"{k[:-1]} {n}" for k, items in kinds.items() for n in items]
-        for run, kinds in reaped.items()
-    }
+    left = {run: residue_names(kinds) for run, kinds in reaped.items()}
     dirty = {run: names for run, names in left.items() if names}
     return Check(
         "teardown.janitor",

@@ -339,7 +339,7 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     for stack, spec in stacks:
         deployer.deploy(stack, spec)
     cfg.docs.dir.mkdir(parents=True, exist_ok=True)
-    pvfix = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+    pvfix = cfg.docs.precondition_status
     if not pvfix.exists():
         pvfix.write_text(PVFIX_STATUS, encoding="utf-8")
     return wait_routes(cfg, wait_s)

@@ -309,6 +309,11 @@ def list_residue(swarm: Swarm, *labels: str) -> dict[str, list[str]]:
     }
 
 
+def residue_names(left: dict[str, list[str]]) -> list[str]:
+    """`{"services": ["a"]}` -> `["service a"]`: what a residue listing names, flat."""
+    return [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]
+
+
 def _label_dict(labels: list[str]) -> dict[str, str]:
     return dict(label.partition("=")[::2] for label in labels)
 

@@ -63,7 +63,7 @@ def capture_facts(swarm: Swarm, cfg: Config, when: str) -> HostFacts:
 
 @task(name="read-precondition-phase", cache_policy=NO_CACHE)
 def read_precondition_phase(cfg: Config) -> bool | None:
-    path = cfg.docs.dir / f"STATUS-{cfg.docs.precondition_phase}.md"
+    path = cfg.docs.precondition_status
     text = read_state(path)
     done = None if text is None else has_done(text)
     get_run_logger().info(
