@@ -41,7 +41,7 @@ from tasks.deploy import deploy_proof
 from tasks.evidence import publish_artifacts, write_evidence_files
 from tasks.host import capture_facts, connect_engine, read_precondition_phase, scan_docker_log
 from tasks.proofs import allocator_proof, guard_proof, reap_dead_runs
-from tasks.routes import check_routes
+from tasks.routes import check_routes, recheck_core_routes
 from tasks.teardown import teardown
 
 DEFAULT_CONFIG = str(LAB_CONFIG)
@@ -95,7 +95,7 @@ def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
     params = (flow_run.parameters or {}).get("params") or {}
     try:
         cfg = load_config(params.get("config_path", DEFAULT_CONFIG))
-        swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+        swarm = Swarm.for_target(cfg.target)
         left = remove_labelled(swarm, f"{LABEL_RUN}={flow_run.name}", timeout_s=120)
         log.warning("run %s ended %s; swept its label, left: %s", flow_run.name, state.type, left)
     except Exception as exc:  # the next run's janitor is the last layer
@@ -182,6 +182,15 @@ class Verification:
 
     def allocator_stage(self, swarm: Swarm) -> None:
         report = self.report
+        routes = recheck_core_routes(self.cfg, "allocator")
+        report.checks.append(routes)
+        if routes.status != Status.PASS:
+            reason = f"skipped: no new test traffic, core routes are down ({routes.found})"
+            report.stages["allocator"] = reason
+            report.checks.append(
+                judge.skipped("alloc.stage", "M2", "the reproduction runs", reason)
+            )
+            return
         started = datetime.now(UTC)
         checks, result = allocator_proof(swarm, self.cfg, self.run_id)
         report.checks += checks

@@ -101,6 +101,8 @@ class TargetConfig(Section):
     docker_host: str = "unix:///var/run/docker.sock"
     timeout_s: float = Field(10.0, gt=0, le=300)
     api_attempts: int = Field(3, ge=1, le=10)
+    # How long docker calls ride out an engine that stopped answering mid-run (a restart).
+    reconnect_s: float = Field(60.0, ge=0, le=600)
     # Where the host lock and the registry of started runs live (on the machine pvcheck runs on).
     state_dir: ConfigPath = Path("/var/lib/pvcheck")
 

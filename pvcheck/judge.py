@@ -170,3 +170,17 @@ def janitor(reaped: dict[str, dict[str, list[str]]]) -> Check:
         + (f": {', '.join(sorted(reaped))}" if reaped else "")
         + (f"; still left: {dirty}" if dirty else ""),
     )
+
+
+def routes_still_up(before: str, checks: list[Check]) -> Check:
+    """The core routes re-probed just before a stage starts new test traffic."""
+    down = [f"{c.id}: {c.found}" for c in checks if c.status != Status.PASS]
+    return Check(
+        f"route.recheck-{before}",
+        "M1",
+        Status.FAIL if down else Status.PASS,
+        f"every core route still answers before the {before} stage",
+        "; ".join(down) if down else f"{len(checks)} core route(s) answer",
+        "a reverse-proxy outage during the run: no new test traffic was started" if down else "",
+        duration_s=max((c.duration_s for c in checks), default=0.0),
+    )

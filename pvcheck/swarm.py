@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
 import docker.errors
@@ -18,7 +18,6 @@ import requests.exceptions
 from tenacity import (
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential,
 )
 from tenacity import (
@@ -26,6 +25,9 @@ from tenacity import (
 )
 
 from pvcheck.errors import TargetUnreachable
+
+if TYPE_CHECKING:
+    from pvcheck.config import TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,11 @@ LABEL_ROLE = "pvcheck.role"  # what a run-labelled object is for: recipe, throwa
 T = TypeVar("T")
 
 
+_CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+    if isinstance(exc, _CONNECTION_ERRORS):
         return True
     if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
         return exc.status_code >= 500 and "not found" not in str(exc).lower()
@@ -53,10 +58,17 @@ class Swarm:
         self.client = client
         self.api = client.api
         self.attempts = attempts
+        # Once connected, how long calls keep retrying an engine that stopped answering (a
+        # dockerd restart) before the run fails; 0 = only `attempts` tries.
+        self.reconnect_s = 0.0
         self.requests = 0
 
     @classmethod
-    def connect(cls, base_url: str, timeout_s: float = 10.0, attempts: int = 3) -> Swarm:
+    def connect(
+        cls, base_url: str, timeout_s: float = 10.0, attempts: int = 3, reconnect_s: float = 0.0
+    ) -> Swarm:
+        """Connect and ping. An engine unreachable at start fails at once (exit 3); the
+        reconnect window only applies to an engine that answered before."""
         try:
             client = docker.DockerClient(base_url=base_url, timeout=int(max(1, timeout_s)))
             swarm = cls(client, attempts)
@@ -65,7 +77,14 @@ class Swarm:
             raise
         except Exception as exc:
             raise TargetUnreachable(f"docker engine at {base_url} is unreachable: {exc}") from None
+        swarm.reconnect_s = reconnect_s
         return swarm
+
+    @classmethod
+    def for_target(cls, target: TargetConfig) -> Swarm:
+        return cls.connect(
+            target.docker_host, target.timeout_s, target.api_attempts, target.reconnect_s
+        )
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call one docker API function, retrying transient failures a bounded number of times."""
@@ -77,8 +96,16 @@ class Swarm:
                     "retrying docker call %s (attempt %d)", fn.__name__, state.attempt_number
                 )
 
+        def stop(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            if self.reconnect_s > 0 and isinstance(exc, _CONNECTION_ERRORS):
+                return state.seconds_since_start is not None and (
+                    state.seconds_since_start >= self.reconnect_s
+                )
+            return bool(state.attempt_number >= self.attempts)
+
         retrying = _Retrying(
-            stop=stop_after_attempt(self.attempts),
+            stop=stop,
             wait=wait_exponential(multiplier=0.5, max=5),
             retry=retry_if_exception(_transient),
             before=before,
@@ -86,7 +113,7 @@ class Swarm:
         )
         try:
             return retrying(fn, *args, **kwargs)
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except _CONNECTION_ERRORS as exc:
             raise TargetUnreachable(f"docker engine stopped answering: {exc}") from None
 
     # --- reads -----------------------------------------------------------------------------

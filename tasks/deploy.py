@@ -12,17 +12,16 @@ from pvcheck.deploy.active import wait_until_idle
 from pvcheck.deploy.command import CommandDriver
 from pvcheck.deploy.compose import ComposeDriver
 from pvcheck.facts import attribute, parse_network, settle_network
-from pvcheck.records import Check
+from pvcheck.records import Check, Status
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_STACK, Swarm
+from tasks.routes import recheck_core_routes
 
 
 def _drive(swarm: Swarm, cfg: Config, run_id: str) -> DeployOutcome:
     assert cfg.deploy is not None
     if cfg.deploy.driver == "compose":
-        sampler = Swarm.connect(
-            cfg.target.docker_host, cfg.target.timeout_s, cfg.target.api_attempts
-        )
+        sampler = Swarm.for_target(cfg.target)
         return ComposeDriver(swarm, sampler, cfg, run_id).run()
     if cfg.deploy.driver == "command":
         return CommandDriver(swarm, cfg, run_id).run()
@@ -41,6 +40,10 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
         reason = "skipped: another run or sweep is active (" + "; ".join(active[:5]) + ")"
         log.warning("deploy proof %s", reason)
         return [judge.skipped("deploy.active", "M2", "no other recipe run in progress", reason)]
+    routes = recheck_core_routes(cfg, "deploy")
+    if routes.status != Status.PASS:
+        reason = f"skipped: no new test traffic, core routes are down ({routes.found})"
+        return [routes, judge.skipped("deploy.stage", "M2", "deploy proof runs", reason)]
     baseline_inspect = swarm.network(cfg.network.name)
     baseline = parse_network(baseline_inspect) if baseline_inspect else None
     log.info(

@@ -18,7 +18,7 @@ from pvcheck.swarm import Swarm
 def connect_engine(cfg: Config) -> Swarm:
     log = get_run_logger()
     log.info("docker -H %s version  (target %s)", cfg.target.docker_host, cfg.target.name)
-    swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s, cfg.target.api_attempts)
+    swarm = Swarm.for_target(cfg.target)
     info = swarm.info()
     log.info(
         "engine %s, swarm %s, node %s",

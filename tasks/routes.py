@@ -26,3 +26,19 @@ def check_routes(cfg: Config) -> list[Check]:
         log.info("%s -> %s (%s) [%s]", curl_command(route), check.found, check.detail, check.status)
     log.info("%d routes checked in %.2fs", len(checks), time.monotonic() - t0)
     return checks
+
+
+@task(name="recheck-core-routes", cache_policy=NO_CACHE)
+def recheck_core_routes(cfg: Config, before: str) -> Check:
+    """Re-probe the core routes right before a stage starts new test traffic, so an outage
+    of the reverse proxy seen mid-run stops the run from adding load to a broken host."""
+    core = [r for r in cfg.routes if r.core]
+    probes = probe_routes(core, cfg.http)
+    check = judge.routes_still_up(
+        before, [judge.route_answer(r, p) for r, p in zip(core, probes, strict=True)]
+    )
+    log = get_run_logger()
+    (log.info if check.status == "pass" else log.warning)(
+        "before %s: %s %s", before, check.found, check.detail
+    )
+    return check

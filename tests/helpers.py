@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_CONFIG = ROOT / "lab" / "pvcheck.toml"
@@ -66,3 +70,38 @@ def held_in_another_process(import_line: str, lock_expr: str, folder: Path) -> I
     finally:
         holder.kill()
         holder.wait()
+
+
+def spawn_run(config: Path, log_path: Path, *extra: str) -> subprocess.Popen[str]:
+    """`pvcheck run` in a child process with its own embedded API, as an operator's shell
+    starts it. Output goes to a file: a pipe nobody reads would fill up and stall the run."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    argv = [sys.executable, "-m", "pvcheck.cli", "run", "--config", str(config), *extra]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
+
+
+def wait_for_line(
+    log_path: Path, text: str, proc: subprocess.Popen[str], timeout_s: float = 180
+) -> None:
+    """Block until the child's log shows `text` (the child must still be running)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in log_path.read_text(errors="replace"):
+        assert proc.poll() is None, f"the run ended before {text!r}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout_s:g}s"
+        time.sleep(0.1)
+
+
+def wait_for_throwaways(engine: Swarm, proc: subprocess.Popen[str], timeout_s: float = 180) -> str:
+    """Block until the run has throwaway stacks up; returns its run id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        services = engine.services({LABEL_ROLE: "throwaway"})
+        if services:
+            return str(services[0]["Spec"]["Labels"][LABEL_RUN])
+        assert proc.poll() is None, "the run ended before its reproduction"
+        time.sleep(0.2)
+    raise AssertionError("the run never reached the allocator reproduction")

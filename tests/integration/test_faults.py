@@ -1,24 +1,29 @@
-"""Faults on the real lab (the start of issue 8's table): a second run on a busy host, a full
-disk under machine-docs, a malformed state file."""
+"""Faults on the real lab: a second run on a busy host, a full disk under machine-docs, a
+malformed state file, a reverse-proxy outage mid-run, dockerd restarted mid-reproduction."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from pvcheck.cli import main
 from pvcheck.config import Config
+from pvcheck.lab import _dockerd_pid, ensure_engine, wait_routes
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
-from tests.helpers import ROOT, write_config
+from tests.helpers import spawn_run, wait_for_line, wait_for_throwaways, write_config
+from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -27,16 +32,7 @@ def test_second_run_on_a_busy_host_refuses_and_the_first_is_unaffected(
     lab: Config, engine: Swarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(tmp_path)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "pvcheck.cli", "run", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
+    first = spawn_run(config, tmp_path / "first.log")
     deadline = time.monotonic() + 180
     while not engine.services({LABEL_ROLE: "throwaway"}):  # the first run is mid-way
         assert first.poll() is None and time.monotonic() < deadline
@@ -95,3 +91,96 @@ def test_malformed_status_is_reported_and_left_untouched(
     assert "STATUS-pvcheck.md:2: section 'summary' is not closed" in capsys.readouterr().err
     assert status.read_text() == broken
     assert not any(list_residue(engine, LABEL_RUN).values())  # teardown ran all the same
+
+
+@pytest.fixture
+def traefik_back(lab: Config) -> Iterator[str]:
+    """Whatever a test does to the lab's Traefik, it is back (and routing) afterwards."""
+    assert lab.lab is not None
+    yield lab.lab.traefik_service
+    docker.from_env().services.get(lab.lab.traefik_service).scale(1)
+    wait_routes(lab, 90)
+
+
+def _refused(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_traefik_outage_mid_run_starts_no_new_traffic(
+    lab: Config, engine: Swarm, tmp_path: Path, traefik_back: str
+) -> None:
+    # Another recipe run holds the deploy proof at its start, after the routes were checked;
+    # meanwhile Traefik goes away; then the other run ends.
+    active = tmp_path / "active"
+    active.mkdir()
+    (active / "recipe-other.running").write_text("another run\n")
+
+    def held_by_another_run(raw: dict[str, Any]) -> None:
+        raw["deploy"]["active_runs"].update(folder=str(active), wait_s=120)
+
+    log, out = tmp_path / "run.log", tmp_path / "report.json"
+    proc = spawn_run(write_config(tmp_path, held_by_another_run), log, "--json", str(out))
+    wait_for_line(log, "routes checked in", proc)
+    docker.from_env().services.get(traefik_back).scale(0)
+    deadline = time.monotonic() + 60
+    while not _refused(18080):
+        assert time.monotonic() < deadline, "Traefik kept answering after scale 0"
+        time.sleep(0.2)
+    (active / "recipe-other.running").unlink()
+    created: set[str] = set()
+    while proc.poll() is None:
+        created |= {s["Spec"]["Name"] for s in engine.services({LABEL_RUN: ""})}
+        time.sleep(0.2)
+    report = json.loads(out.read_text())
+    assert proc.returncode == 1, log.read_text()[-3000:]
+    assert not created, f"test traffic started after the outage: {created}"
+    for stage in ("deploy", "allocator"):
+        recheck = check(report, f"route.recheck-{stage}")
+        assert recheck["status"] == "fail" and "route.drone-ui" in recheck["found"]
+    assert check(report, "alloc.stage")["status"] == "skip"
+    assert "core routes are down" in report["stages"]["allocator"]
+    assert check(report, "teardown.residue")["status"] == "pass"
+
+
+def _restart_dockerd(lab: Config) -> float:
+    """Stop dockerd (SIGTERM, as `systemctl restart docker` does) and start it again; returns
+    the seconds the engine was away."""
+    assert lab.lab is not None
+    pid = _dockerd_pid()
+    assert pid is not None
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    while _dockerd_pid() == pid:
+        assert time.monotonic() - t0 < 90, "dockerd did not stop"
+        time.sleep(0.2)
+    ensure_engine(lab.lab)
+    return time.monotonic() - t0
+
+
+def test_dockerd_restart_mid_reproduction_ends_with_a_verdict_and_zero_residue(
+    lab: Config, engine: Swarm, tmp_path: Path
+) -> None:
+    def bigger_batch(raw: dict[str, Any]) -> None:
+        raw["allocator"]["batch"] = 10
+
+    config = write_config(tmp_path, bigger_batch)
+    log, out = tmp_path / "run.log", tmp_path / "report.json"
+    proc = spawn_run(config, log, "--json", str(out))
+    try:
+        run_id = wait_for_throwaways(engine, proc)
+        away = _restart_dockerd(lab)
+        rc = proc.wait(timeout=600)
+        # A verdict (pass, or fail with the reason), never a crash or a hang.
+        assert rc in (0, 1), log.read_text()[-3000:]
+        report = json.loads(out.read_text())
+        assert report["verdict"] in ("pass", "fail") and report["stages"]["teardown"] == "clean"
+        assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())
+        assert "retrying docker call" in log.read_text(), f"engine away {away:.1f}s"
+    finally:
+        wait_routes(lab, 180)
+    # The next run finds nothing of the first one left and passes on the recovered lab.
+    rc, report = run(config, tmp_path)
+    assert check(report, "teardown.janitor")["found"] == "reaped 0 dead run(s)"
+    assert rc == 0, report["stages"]

@@ -4,12 +4,11 @@ janitor, decoys that must survive every cleanup path, and the lab canary."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,10 @@ import docker
 import pytest
 
 from pvcheck.config import Config
+from pvcheck.runs import RunRegistry
 from pvcheck.stacks import list_residue, remove_labelled
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
-from tests.helpers import ROOT, write_config
+from tests.helpers import spawn_run, wait_for_line, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
@@ -49,29 +49,6 @@ def test_default_run_passes_m2_with_real_allocator_figures(lab: Config, tmp_path
     assert f"leaked {alloc['leaked_total']} endpoint(s) of 65533" in status
 
 
-def _spawn_run(config: Path, tmp_path: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)  # its own embedded API, like an operator's shell
-    argv = [sys.executable, "-m", "pvcheck.cli", "run", "--config", str(config)]
-    # Output goes to a file: a pipe nobody reads would fill up and stall the run.
-    with open(tmp_path / "run.log", "w") as log:
-        return subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
-        )
-
-
-def _wait_for_throwaways(engine: Swarm, proc: subprocess.Popen[str], timeout_s: float = 180) -> str:
-    """Block until the run has throwaway stacks up; returns its run id."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        services = engine.services({LABEL_ROLE: "throwaway"})
-        if services:
-            return str(services[0]["Spec"]["Labels"][LABEL_RUN])
-        assert proc.poll() is None, "the run ended before its reproduction"
-        time.sleep(0.2)
-    raise AssertionError("the run never reached the allocator reproduction")
-
-
 def _bigger_batch(raw: dict[str, Any]) -> None:
     raw["allocator"]["batch"] = 10
 
@@ -80,8 +57,8 @@ def _bigger_batch(raw: dict[str, Any]) -> None:
 def test_interrupt_mid_reproduction_leaves_zero_residue(
     lab: Config, engine: Swarm, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    proc = _spawn_run(write_config(tmp_path, _bigger_batch), tmp_path)
-    run_id = _wait_for_throwaways(engine, proc)
+    proc = spawn_run(write_config(tmp_path, _bigger_batch), tmp_path / "run.log")
+    run_id = wait_for_throwaways(engine, proc)
     proc.send_signal(sig)
     proc.wait(timeout=180)
     assert proc.returncode in (130, 143, 1, -signal.SIGTERM), (tmp_path / "run.log").read_text()[
@@ -92,18 +69,56 @@ def test_interrupt_mid_reproduction_leaves_zero_residue(
     assert "## Gate: M2 — NOT CLAIMED" in status and "## Gate: M1 — NOT CLAIMED" in status
 
 
-def test_sigkill_then_next_run_reaps_everything(lab: Config, engine: Swarm, tmp_path: Path) -> None:
+def _run_id(log: Path, proc: subprocess.Popen[str]) -> str:
+    wait_for_line(log, "pvcheck run pv-", proc)
+    found = re.search(r"pvcheck run (pv-[0-9]+-[0-9a-f]+) against", log.read_text())
+    assert found
+    return found.group(1)
+
+
+def _wait_for_services(engine: Swarm, run_id: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 180
+    while not engine.services({LABEL_RUN: run_id}):
+        assert proc.poll() is None and time.monotonic() < deadline, "no deploy proof seen"
+        time.sleep(0.1)
+
+
+def _wait_for_throwaways_of(engine: Swarm, proc: subprocess.Popen[str]) -> None:
+    wait_for_throwaways(engine, proc)
+
+
+def test_sigkill_at_each_stage_then_the_next_run_reaps_it(
+    lab: Config, engine: Swarm, tmp_path: Path
+) -> None:
+    """A chain: each run is killed at a later stage, and the next run's janitor reaps it; the
+    last run is left to finish and must pass with nothing of any killed run left."""
     config = write_config(tmp_path, _bigger_batch)
-    proc = _spawn_run(config, tmp_path)
-    run_id = _wait_for_throwaways(engine, proc)
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait(timeout=60)
-    assert any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())  # the kill left things
+    stages: dict[str, Callable[[Path, str, subprocess.Popen[str]], None]] = {
+        "routes": lambda log, rid, p: wait_for_line(log, "routes checked in", p),
+        "deploy": lambda log, rid, p: _wait_for_services(engine, rid, p),
+        "allocator": lambda log, rid, p: _wait_for_throwaways_of(engine, p),
+        "guard": lambda log, rid, p: wait_for_line(log, "guard.detects", p),
+    }
+    killed: list[str] = []
+    for stage, reached in stages.items():
+        log = tmp_path / f"run-{stage}.log"
+        proc = spawn_run(config, log)
+        run_id = _run_id(log, proc)
+        reached(log, run_id, proc)
+        proc.kill()
+        proc.wait(timeout=60)
+        if killed:  # this run's janitor reaped the one killed before it
+            assert f"janitor: run {killed[-1]} " in log.read_text(), stage
+        if stage in ("deploy", "allocator"):
+            assert any(list_residue(engine, f"{LABEL_RUN}={run_id}").values()), stage
+        killed.append(run_id)
     rc, report = run(config, tmp_path)
-    janitor = check(report, "teardown.janitor")
-    assert janitor["status"] == "pass" and run_id in janitor["found"]
-    assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())
+    # Killed at the guard, a run may already have torn down and signed off; if not, the
+    # janitor reaps it. Either way no record of a killed run is left, nor anything it made.
+    assert check(report, "teardown.janitor")["status"] == "pass"
+    assert not RunRegistry(tmp_path / "state", "lab").records()
+    for run_id in killed:
+        assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values()), run_id
     assert rc == 0, report["stages"]
 
 
