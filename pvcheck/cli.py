@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.errors import EXIT_BUSY, EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
+from pvcheck.masking import masked_output
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
 from pvcheck.statefiles import atomic_write
@@ -210,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    with masked_output():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except PvcheckError as exc:

@@ -10,6 +10,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from pvcheck.errors import StateFileError
+from pvcheck.masking import redact
 from pvcheck.report import Report
 
 
@@ -35,7 +36,7 @@ def append_history(path: Path, record: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.write(redact(json.dumps(record, sort_keys=True)) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:

@@ -9,6 +9,7 @@ from xml.etree import ElementTree as ET
 
 from pvcheck.facts import HostFacts
 from pvcheck.logscan import LogScan
+from pvcheck.masking import redact
 from pvcheck.records import GATES, Check, GateResult, Status, judge_gate, verdict
 
 
@@ -63,7 +64,7 @@ class Report:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.as_json(), indent=2, sort_keys=False) + "\n"
+        return redact(json.dumps(self.as_json(), indent=2, sort_keys=False)) + "\n"
 
     def to_junit(self) -> str:
         suites = ET.Element("testsuites", name=f"pvcheck {self.run_id}")
@@ -92,4 +93,4 @@ class Report:
                     ET.SubElement(case, "error", message=check.detail or check.found).text = text
                 elif check.status == Status.SKIP:
                     ET.SubElement(case, "skipped", message=check.detail)
-        return ET.tostring(suites, encoding="unicode") + "\n"
+        return redact(ET.tostring(suites, encoding="unicode")) + "\n"

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pvcheck.errors import StateFileError
+from pvcheck.masking import redact
 
 MAX_STATE_BYTES = 8 * 1024 * 1024
 _MARKER = re.compile(r"^<!-- pvcheck:(begin|end) ([A-Za-z0-9_.-]+) -->$")
@@ -135,7 +136,7 @@ def update_sections(path: Path, header: str, bodies: dict[str, str]) -> None:
     text = read_state(path)
     new = header if text is None else text
     for name, body in bodies.items():
-        new = replace_section(new, name, body, str(path))
+        new = replace_section(new, name, redact(body), str(path))
     if new != text:
         atomic_write(path, new)
 
@@ -148,7 +149,7 @@ def append_journal(path: Path, header: str, entry: str) -> None:
         chunk = header
     elif existing and not existing.endswith("\n"):
         chunk = "\n"
-    chunk += ("\n" if (existing or chunk) else "") + entry.rstrip("\n") + "\n"
+    chunk += ("\n" if (existing or chunk) else "") + redact(entry).rstrip("\n") + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from pvcheck.config import Config
 from pvcheck.evidence import render, write_evidence
 from pvcheck.history import read_history
+from pvcheck.masking import redact
 from pvcheck.report import Report
 
 ARTIFACT_KEYS = ("pvcheck-verdict", "pvcheck-network-facts", "pvcheck-allocator", "pvcheck-trend")
@@ -49,6 +50,6 @@ def publish_artifacts(report: Report) -> None:
     for key in ARTIFACT_KEYS:
         create_markdown_artifact(
             key=key,
-            markdown=bodies[key],
+            markdown=redact(bodies[key]),
             description=f"pvcheck {report.verdict} run {report.run_id}",
         )

@@ -10,6 +10,7 @@ The token comes from the environment or a Prefect Secret block and is never logg
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from pvcheck import masking
 from pvcheck.config import Config, DroneDriverConfig
 from pvcheck.deploy import TIER_FAIL, DeployOutcome, TierResult
 from pvcheck.deploy.attach import AttachmentSampler
@@ -25,6 +27,9 @@ from pvcheck.errors import ConfigError
 from pvcheck.swarm import Swarm
 
 log = logging.getLogger(__name__)
+
+# A Drone answer is a build record of a few KB; anything past this is refused, not parsed.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 FINISHED = {"success", "failure", "error", "killed", "skipped", "declined"}
 ACTIVE = {"pending", "running", "blocked", "waiting_on_dependencies"}
@@ -45,22 +50,24 @@ def drone_token(cfg: DroneDriverConfig, source: str) -> str:
     if cfg.token_block:
         from prefect.blocks.system import Secret
 
-        value = Secret.load(cfg.token_block).get()  # type: ignore[union-attr]
-        return str(value)
+        value = str(Secret.load(cfg.token_block).get())  # type: ignore[union-attr]
+        masking.register(value)
+        return value
     token = os.environ.get(cfg.token_env, "")
     if not token:
         raise ConfigError(
             source, "deploy.drone.token_env", f"environment variable {cfg.token_env} is not set"
         )
+    masking.register(token)
     return token
 
 
 def tiers_from_build(build: dict[str, Any]) -> list[TierResult]:
     """Pure: every step whose name names a tier becomes that tier's result."""
     out: dict[str, TierResult] = {}
-    for stage in build.get("stages") or []:
-        for step in (stage or {}).get("steps") or []:
-            name = str((step or {}).get("name", "")).lower()
+    for stage in _dicts(build.get("stages")):
+        for step in _dicts(stage.get("steps")):
+            name = str(step.get("name", "")).lower()
             tier = next((t for key, t in TIER_NAMES.items() if key in name), None)
             if tier is None:
                 continue
@@ -71,6 +78,11 @@ def tiers_from_build(build: dict[str, Any]) -> list[TierResult]:
                     tier, status, f"step {step.get('name')}: {step.get('status')}"
                 )
     return list(out.values())
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON list; anything else in an answer is ignored, not trusted."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 class DroneClient:
@@ -87,27 +99,36 @@ class DroneClient:
             trust_env=False,
         )
 
-    def _json(self, resp: httpx.Response) -> Any:
-        if resp.status_code == 401:
-            raise DroneError("Drone answered 401 Unauthorized: check the token")
-        if resp.status_code >= 400:
-            req = resp.request
-            raise DroneError(f"Drone answered {resp.status_code} to {req.method} {req.url.path}")
+    def _call(self, method: str, path: str, params: dict[str, str] | None = None) -> Any:
+        """One request; the answer is read up to MAX_ANSWER_BYTES and must be JSON."""
+        with self.http.stream(method, path, params=params) as resp:
+            if resp.status_code == 401:
+                raise DroneError("Drone answered 401 Unauthorized: check the token")
+            if resp.status_code >= 400:
+                raise DroneError(f"Drone answered {resp.status_code} to {method} {path}")
+            body = bytearray()
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise DroneError(
+                        f"Drone's answer to {method} {path} is larger than {MAX_ANSWER_BYTES} "
+                        "bytes; refused"
+                    )
         try:
-            return resp.json()
+            return json.loads(body)
         except ValueError:
-            raise DroneError(f"Drone answered non-JSON to {resp.request.url.path}") from None
+            raise DroneError(f"Drone answered non-JSON to {method} {path}") from None
 
     def create(self, recipe: str) -> dict[str, Any]:
         params = {"branch": self.cfg.branch, self.cfg.recipe_param: recipe}
-        build = self._json(self.http.post(self.base, params=params))
+        build = self._call("POST", self.base, params)
         if not isinstance(build, dict) or not isinstance(build.get("number"), int):
             raise DroneError("Drone's build answer has no build number")
         return build
 
     def get(self, number: int) -> dict[str, Any]:
-        build = self._json(self.http.get(f"{self.base}/{number}"))
-        if not isinstance(build, dict) or "status" not in build:
+        build = self._call("GET", f"{self.base}/{number}")
+        if not isinstance(build, dict) or not isinstance(build.get("status"), str):
             raise DroneError(f"Drone's answer for build {number} has no status")
         return build
 
@@ -115,11 +136,10 @@ class DroneClient:
         self.http.delete(f"{self.base}/{number}")
 
     def running(self) -> list[str]:
-        builds = self._json(self.http.get(self.base))
         return [
             f"Drone build {b.get('number')} {b.get('status')}"
-            for b in builds or []
-            if isinstance(b, dict) and b.get("status") in ACTIVE
+            for b in _dicts(self._call("GET", self.base))
+            if b.get("status") in ACTIVE
         ]
 
     def link(self, number: int) -> str:

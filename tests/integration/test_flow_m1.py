@@ -61,6 +61,7 @@ def reports_scaled_to_zero(lab: Config) -> Iterator[str]:
         wait_routes(lab, 60)
 
 
+@pytest.mark.faults
 def test_scaled_down_standin_fails_m1_and_blocks_traffic(
     lab: Config, tmp_path: Path, reports_scaled_to_zero: str
 ) -> None:
@@ -87,6 +88,7 @@ def test_scaled_down_standin_fails_m1_and_blocks_traffic(
     assert f"`svc.{reports_scaled_to_zero}`" in backlog
 
 
+@pytest.mark.faults
 def test_broken_route_fails_m1_naming_it(lab: Config, tmp_path: Path) -> None:
     def add_broken(raw: dict[str, Any]) -> None:
         raw["routes"].append(
@@ -120,6 +122,7 @@ def test_missing_pvfix_done_fails_the_precondition(lab: Config, tmp_path: Path) 
     assert rc == 1 and check(report, "pre.pvfix-done")["found"] == "no ## DONE line"
 
 
+@pytest.mark.faults
 def test_rerun_keeps_hand_written_text(lab: Config, tmp_path: Path) -> None:
     config = write_config(tmp_path)
     assert run(config, tmp_path)[0] == 0
@@ -133,6 +136,7 @@ def test_rerun_keeps_hand_written_text(lab: Config, tmp_path: Path) -> None:
     assert grown.startswith(journal) and grown.count("— run `pv-") == 2
 
 
+@pytest.mark.faults
 def test_unreachable_engine_exits_3_and_writes_only_a_journal_entry(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -54,6 +54,7 @@ def _bigger_batch(raw: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.faults
 def test_interrupt_mid_reproduction_leaves_zero_residue(
     lab: Config, engine: Swarm, tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -87,6 +88,7 @@ def _wait_for_throwaways_of(engine: Swarm, proc: subprocess.Popen[str]) -> None:
     wait_for_throwaways(engine, proc)
 
 
+@pytest.mark.faults
 def test_sigkill_at_each_stage_then_the_next_run_reaps_it(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
@@ -154,6 +156,7 @@ def decoys(engine: Swarm) -> Iterator[list[str]]:
         remove_labelled(engine, f"{LABEL_RUN}=pv-19990101000000-dec0y1", timeout_s=60)
 
 
+@pytest.mark.faults
 def test_decoys_survive_run_teardown_and_janitor(
     lab: Config, engine: Swarm, tmp_path: Path, decoys: list[str]
 ) -> None:
@@ -183,6 +186,7 @@ def test_canary_shows_the_guard_detects_the_real_signature(
     assert rc == 0
 
 
+@pytest.mark.faults
 def test_canary_is_refused_off_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pvcheck.cli import main
 

@@ -187,6 +187,7 @@ def test_deployments_and_nightly_schedule(served: tuple[str, Path]) -> None:
     assert schedules[0]["schedule"]["timezone"] == "Europe/Berlin"
 
 
+@pytest.mark.faults
 def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
     served: tuple[str, Path], engine: Swarm
 ) -> None:
@@ -225,6 +226,7 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
     assert not any(list_residue(engine, f"{LABEL_RUN}={done['name']}").values())
 
 
+@pytest.mark.faults
 def test_cancel_from_the_server_during_the_allocator_leaves_zero_residue(
     served: tuple[str, Path], engine: Swarm
 ) -> None:

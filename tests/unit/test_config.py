@@ -107,6 +107,7 @@ BAD_INPUTS = [
     [b[1:] for b in BAD_INPUTS],
     ids=[b[0] for b in BAD_INPUTS],
 )
+@pytest.mark.faults
 def test_bad_input_exits_2_naming_file_and_field(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -126,12 +127,14 @@ def test_bad_input_exits_2_naming_file_and_field(
     assert problem in err
 
 
+@pytest.mark.faults
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nope.toml"
     assert main(["config", "check", str(missing)]) == 2
     assert f"{missing}: file not found" in capsys.readouterr().err
 
 
+@pytest.mark.faults
 def test_malformed_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[network\nname = 'proxy'\n")
@@ -139,6 +142,7 @@ def test_malformed_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert f"{bad}: malformed TOML" in capsys.readouterr().err
 
 
+@pytest.mark.faults
 def test_secret_value_never_echoed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mutate = _set(
         "deploy", "drone", {"url": "http://127.0.0.1:1/", "repo": "a/b", "token": "TOPSECRET42"}
@@ -152,6 +156,7 @@ def test_secret_value_never_echoed(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "TOPSECRET42" not in captured.out + captured.err
 
 
+@pytest.mark.faults
 def test_overrides_cannot_pass_the_hard_caps(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     assert load_config(path, {"allocator": {"batch": 3}}).allocator.batch == 3

@@ -6,22 +6,28 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from pvcheck.config import Config, load_config
 from pvcheck.deploy import DeployOutcome, TierResult, judge_outcome
 from pvcheck.deploy.active import active_runs
-from pvcheck.deploy.command import CommandDriver, ResultsError, parse_results
+from pvcheck.deploy.command import (
+    MAX_RESULTS_BYTES,
+    CommandDriver,
+    ResultsError,
+    parse_results,
+    read_results,
+)
 from pvcheck.deploy.drone import DroneDriver, tiers_from_build
 from pvcheck.errors import ConfigError
 from pvcheck.records import Status, judge_gate
-from tests.fakes import FakeSwarm
+from tests.fakes import DroneState, FakeSwarm
+from tests.fakes import drone_server as serve_drone
 from tests.helpers import write_config
 
 TOKEN = "drone-token-5f1c9e-DO-NOT-LEAK"
@@ -59,6 +65,7 @@ def test_parse_results_maps_stage_names_to_tiers() -> None:
     ],
     ids=["not-object", "stages-not-list", "no-name", "bad-status"],
 )
+@pytest.mark.faults
 def test_parse_results_rejects_malformed(doc: Any) -> None:
     with pytest.raises(ResultsError):
         parse_results(doc)
@@ -121,6 +128,7 @@ def test_command_driver_with_a_real_script(
         assert outcome.error and "wrote no results file" in outcome.error
 
 
+@pytest.mark.faults
 def test_command_driver_kills_a_harness_past_its_timeout(tmp_path: Path) -> None:
     cfg = _command_cfg(tmp_path, "import time; time.sleep(60)", timeout_s=1)
     outcome = CommandDriver(FakeSwarm(), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
@@ -182,73 +190,10 @@ def test_active_runs_folder_and_stack_pattern(tmp_path: Path) -> None:
 
 
 # --- Drone -----------------------------------------------------------------------------------
-class DroneState:
-    def __init__(self, final: str, steps: dict[str, str], polls_to_finish: int = 2) -> None:
-        self.final, self.steps, self.polls_to_finish = final, steps, polls_to_finish
-        self.creates: list[str] = []
-        self.polls = 0
-        self.stopped: list[int] = []
-        self.auth: set[str] = set()
-
-
 @pytest.fixture
 def drone_server() -> Iterator[tuple[str, DroneState]]:
-    state = DroneState("success", {})
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _authorized(self) -> bool:
-            got = self.headers.get("Authorization", "")
-            state.auth.add(got)
-            if got != f"Bearer {TOKEN}":
-                self._send(401, {"message": "Unauthorized"})
-                return False
-            return True
-
-        def do_POST(self) -> None:
-            if self._authorized() and self.path.startswith("/api/repos/coop/ci/builds?"):
-                state.creates.append(self.path)
-                self._send(200, {"id": 1, "number": 42, "status": "pending"})
-
-        def do_GET(self) -> None:
-            if not self._authorized():
-                return
-            if self.path == "/api/repos/coop/ci/builds/42":
-                state.polls += 1
-                done = state.polls >= state.polls_to_finish
-                steps = [{"name": n, "status": s} for n, s in state.steps.items()]
-                self._send(
-                    200,
-                    {
-                        "number": 42,
-                        "status": state.final if done else "running",
-                        "stages": [{"name": "recipe", "steps": steps}],
-                    },
-                )
-            elif self.path == "/api/repos/coop/ci/builds":
-                self._send(200, [])
-
-        def do_DELETE(self) -> None:
-            if self._authorized():
-                state.stopped.append(42)
-                self._send(200, {})
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", state
-    server.shutdown()
-    server.server_close()
+    with serve_drone(TOKEN) as served:
+        yield served
 
 
 def _drone_cfg(tmp_path: Path, url: str, timeout_s: float = 30) -> Config:
@@ -308,6 +253,7 @@ def test_drone_driver_runs_one_build_to_its_end(
     assert TOKEN not in everything
 
 
+@pytest.mark.faults
 def test_drone_timeout_stops_the_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drone_server: tuple[str, DroneState]
 ) -> None:
@@ -320,6 +266,7 @@ def test_drone_timeout_stops_the_build(
     assert state.stopped == [42] and len(state.creates) == 1
 
 
+@pytest.mark.faults
 def test_drone_401_is_a_clear_error_without_the_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drone_server: tuple[str, DroneState]
 ) -> None:
@@ -330,6 +277,7 @@ def test_drone_401_is_a_clear_error_without_the_token(
     assert TOKEN not in repr(outcome) and state.creates == []
 
 
+@pytest.mark.faults
 def test_drone_token_must_be_in_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,3 +298,84 @@ def test_tiers_from_build_failing_step_wins() -> None:
         ]
     }
     assert [(t.tier, t.status) for t in tiers_from_build(build)] == [("install", "fail")]
+
+
+# --- hostile answers -------------------------------------------------------------------------
+def _drone_answering(tmp_path: Path, build_answer: httpx.Response) -> DeployOutcome:
+    """A Drone whose create answer is sane and whose build answer is `build_answer`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"number": 7, "status": "pending"})
+        return build_answer
+
+    cfg = _drone_cfg(tmp_path, "http://127.0.0.1:9/")
+    driver = DroneDriver(FakeSwarm(), cfg, "pv-1-abc", transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    return driver.run(poll_s=0.01)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (httpx.Response(200, content=b'{"status": "' + b"x" * (5 << 20) + b'"}'), "larger than"),
+        (httpx.Response(200, content=b"\x00\xff<html>not json"), "non-JSON"),
+        (httpx.Response(200, json={"number": 7}), "has no status"),
+        (httpx.Response(200, json={"number": 7, "status": ["success"]}), "has no status"),
+        (httpx.Response(200, json=["success"]), "has no status"),
+        (httpx.Response(502, text=f"bad gateway Bearer {TOKEN}"), "502"),
+    ],
+    ids=["huge", "binary", "no-status", "status-not-text", "not-object", "502-echoing-token"],
+)
+@pytest.mark.faults
+def test_hostile_drone_answers_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: httpx.Response, error: str
+) -> None:
+    monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
+    outcome = _drone_answering(tmp_path, answer)
+    assert outcome.error and error in outcome.error
+    assert TOKEN not in repr(outcome) and not outcome.tiers
+
+
+@pytest.mark.faults
+def test_drone_build_with_odd_shapes_yields_only_well_formed_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
+    build = {
+        "number": 7,
+        "status": "success",
+        "stages": [1, "x", {"steps": "abc"}, {"steps": [None, {"name": "install", "status": 3}]}],
+    }
+    outcome = _drone_answering(tmp_path, httpx.Response(200, json=build))
+    assert outcome.error is None
+    assert [(t.tier, t.status) for t in outcome.tiers] == [("install", "unver")]
+    assert tiers_from_build({"stages": "not a list"}) == []
+
+
+@pytest.mark.faults
+def test_drone_create_without_a_build_number_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"id": 1}))
+    cfg = _drone_cfg(tmp_path, "http://127.0.0.1:9/")
+    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1", transport=transport).run(poll_s=0.01)  # type: ignore[arg-type]
+    assert outcome.error and "no build number" in outcome.error
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"{" + b" " * (MAX_RESULTS_BYTES + 1) + b"}", "more than"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not valid JSON"),
+        (b'{"stages": [', "not valid JSON"),
+    ],
+    ids=["huge", "binary", "truncated"],
+)
+@pytest.mark.faults
+def test_hostile_results_files_are_refused(tmp_path: Path, content: bytes, error: str) -> None:
+    path = tmp_path / "results.json"
+    path.write_bytes(content)
+    with pytest.raises(ResultsError, match=error) as info:
+        read_results(path)
+    assert str(path) in str(info.value)

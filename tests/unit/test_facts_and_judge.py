@@ -110,6 +110,7 @@ def test_network_check_names_expected_and_found_subnet() -> None:
     assert ok.status == Status.PASS
 
 
+@pytest.mark.faults
 def test_route_judgement() -> None:
     route = RouteConfig(name="drone", url="https://d.test/", expect_status=[303], verify_tls=False)
     good = judge.route_answer(route, RouteObservation("drone", route.url, 303, None, 0.01, 1))

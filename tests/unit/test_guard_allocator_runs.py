@@ -123,6 +123,7 @@ def test_allocator_judgement_tolerance_and_projection() -> None:
     assert stuck["alloc.allocated"] == "fail"
 
 
+@pytest.mark.faults
 def test_refusal_below_headroom_floor() -> None:
     cfg = AllocatorConfig(headroom_floor_pct=50)
     tight = NetworkFacts("proxy", "10.0.1.0/24", "overlay", 253, 100, 100, 1, 0)
@@ -139,6 +140,7 @@ def test_fresh_logs_fail_only_on_the_vip_line() -> None:
     assert check.status == Status.FAIL and "first:" in check.detail
 
 
+@pytest.mark.faults
 def test_registry_tells_dead_runs_from_live_ones(tmp_path: Path) -> None:
     registry = RunRegistry(tmp_path, "lab")
     me = registry.start("pv-live")
@@ -152,6 +154,7 @@ def test_registry_tells_dead_runs_from_live_ones(tmp_path: Path) -> None:
     assert [r.run_id for r in registry.records()] == ["pv-live"]
 
 
+@pytest.mark.faults
 def test_host_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     held = held_in_another_process(
         "from pvcheck.runs import HostLock", "HostLock(Path(sys.argv[1]), 'lab')", tmp_path

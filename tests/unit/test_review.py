@@ -160,6 +160,7 @@ def test_done_writes_only_with_fresh_passes(tmp_path: Path) -> None:
     assert has_done(status.read_text()) and status.read_text().startswith(text)
 
 
+@pytest.mark.faults
 def test_corrupt_review_is_reported_and_untouched(tmp_path: Path) -> None:
     cfg = load_config(LAB_CONFIG, {"docs": {"dir": str(tmp_path)}})
     status_text(tmp_path)

@@ -45,6 +45,7 @@ def test_probe_retries_until_accepted_and_records_attempts() -> None:
     assert all(r.headers["host"] == "d.test" and r.url.port == 18080 for r in calls)
 
 
+@pytest.mark.faults
 def test_probe_gives_up_after_bounded_attempts() -> None:
     route = RouteConfig(name="d", url="http://d.test/")
     (obs,) = probe_routes(
@@ -101,6 +102,7 @@ def hanging_server() -> Iterator[tuple[int, int]]:
         s.close()
 
 
+@pytest.mark.faults
 def test_hanging_and_resetting_routes_are_bounded(hanging_server: tuple[int, int]) -> None:
     hang_port, reset_port = hanging_server
     routes = [

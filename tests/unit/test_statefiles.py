@@ -20,6 +20,8 @@ from pvcheck.statefiles import (
 
 HAND = "# STATUS\n\nMy notes — keep these.\r\nTrailing  spaces  \n"
 
+pytestmark = pytest.mark.faults
+
 
 def test_replace_section_keeps_outside_text_byte_for_byte() -> None:
     once = replace_section(HAND, "summary", "v1", "S.md")
