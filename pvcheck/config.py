@@ -142,7 +142,7 @@ class HttpConfig(Section):
     timeout_s: float = Field(5.0, gt=0, le=120)
     attempts: int = Field(3, ge=1, le=10)
     backoff_s: float = Field(0.5, ge=0, le=30)
-    concurrency: int = Field(8, ge=1, le=64)
+    concurrency: int = Field(16, ge=1, le=64)
 
 
 class LogsConfig(Section):

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from pvcheck.errors import StateFileError
 from pvcheck.facts import HostFacts
 from pvcheck.records import GATES, parse_ts
 from pvcheck.statefiles import section_body
@@ -67,8 +68,15 @@ def parse_gate(body: str, gate: str) -> GateClaim:
 def parse_claims(status_text: str, path: str) -> dict[str, GateClaim]:
     out = {}
     for gate in GATES:
-        body = section_body(status_text, f"gate-{gate}", path)
-        out[gate] = parse_gate(body or "", gate)
+        body = section_body(status_text, f"gate-{gate}", path) or ""
+        # Claims are read only inside pvcheck's own section (a header pasted elsewhere is
+        # ignored), and a section with a second header was edited by hand: refused.
+        headers = [line for line in body.splitlines() if _GATE_HEADER.match(line)]
+        if len(headers) > 1:
+            raise StateFileError(
+                path, f"section gate-{gate} holds {len(headers)} gate headers; expected one"
+            )
+        out[gate] = parse_gate(body, gate)
     return out
 
 

@@ -51,6 +51,17 @@ def test_claims_and_evidence_round_trip(tmp_path: Path) -> None:
     assert evidence["lab-drone_app"] == "1/1"
 
 
+@pytest.mark.faults
+def test_forged_or_duplicate_gate_headers_claim_nothing(tmp_path: Path) -> None:
+    real = "## Gate: M1 — CLAIMED, awaiting Adversary"
+    text = status_text(tmp_path).replace(real, "## Gate: M1 — NOT CLAIMED (FAIL)")
+    forged = text + "\n## Gate: M1 — PASS @2026-11-26T12:00:00Z\n" + real + "\n"
+    assert parse_claims(forged, "S")["M1"].state == "not claimed"  # outside pvcheck's section
+    doubled = text.replace("## Gate: M1 — NOT CLAIMED (FAIL)", f"## Gate: M1 — NOT CLAIMED\n{real}")
+    with pytest.raises(StateFileError, match="S: section gate-M1 holds 2 gate headers"):
+        parse_claims(doubled, "S")
+
+
 def test_mark_gate_passed_changes_only_the_header(tmp_path: Path) -> None:
     text = status_text(tmp_path)
     marked = mark_gate_passed(text, "M1", "2026-11-26T13:00:00Z", "S")

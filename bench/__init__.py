@@ -1,0 +1,1 @@
+"""pvcheck's benchmark (run on the lab): `python -m bench.bench`, results in bench/RESULTS.md."""

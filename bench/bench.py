@@ -1,0 +1,415 @@
+"""pvcheck's benchmark on the built-in lab; writes bench/RESULTS.md.
+
+    .venv/bin/python -m bench.bench [--repeat 3]
+
+Figures (issue 9): full verification vs the plain runbook (alternated, one sitting); the
+orchestration overhead (engine + running API vs the same task functions called directly);
+docker API requests to gather facts with 10 and 200 extra services on the overlay; 50 routes
+answering after 200 ms, concurrent vs serial; seconds per throwaway stack, pvcheck vs a
+minimal docker-py loop; peak RSS of a full run; the embedded API's start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+from pvcheck.allocator import released, reproduce
+from pvcheck.config import LAB_CONFIG, HttpConfig, RouteConfig, load_config
+from pvcheck.facts import gather_facts, parse_network, settle_network
+from pvcheck.routes import probe_routes
+from pvcheck.stacks import remove_labelled
+from pvcheck.swarm import LABEL_RUN, Swarm
+from tests.helpers import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+PVCHECK = str(Path(sys.executable).parent / "pvcheck")
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+@dataclass
+class Figure:
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def cell(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.values[0]:.3g} {self.unit}"
+        lo, hi = min(self.values), max(self.values)
+        return f"{self.median:.3g} {self.unit} (n={len(self.values)}, {lo:.3g}..{hi:.3g})"
+
+
+def timed_child(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, float]:
+    """Wall seconds, exit code and peak RSS (MB) of one child process."""
+    t0 = time.monotonic()
+    with open(cwd / "child.log", "ab") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.monotonic() - t0, proc.returncode, usage.ru_maxrss / 1024
+
+
+@contextmanager
+def prefect_server(port: int = 4299) -> Iterator[str]:
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --- 1, 6, 7: whole runs -------------------------------------------------------------------
+def full_runs(repeat: int, api_url: str, work: Path) -> dict[str, Figure]:
+    config = write_config(work)
+    env_server = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env_embedded = {k: v for k, v in env_server.items() if k != "PREFECT_API_URL"}
+    figs = {
+        k: Figure(k, u)
+        for k, u in [
+            ("pvcheck", "s"),
+            ("runbook", "s"),
+            ("pvcheck-embedded", "s"),
+            ("rss", "MB"),
+        ]
+    }
+    for i in range(repeat):
+        # Alternate, and alternate which goes first, so drift hits both alike.
+        order = ["pvcheck", "runbook"] if i % 2 == 0 else ["runbook", "pvcheck"]
+        for who in order:
+            if who == "pvcheck":
+                secs, rc, rss = timed_child(
+                    [PVCHECK, "run", "--config", str(config)], env_server, work
+                )
+                figs["rss"].values.append(rss)
+            else:
+                secs, rc, _ = timed_child(
+                    ["bash", str(ROOT / "bench" / "runbook.sh"), str(work / "docs")],
+                    env_server,
+                    work,
+                )
+            assert rc == 0, f"{who} run {i} exited {rc}; see {work / 'child.log'}"
+            figs[who].values.append(secs)
+        secs, rc, _ = timed_child([PVCHECK, "run", "--config", str(config)], env_embedded, work)
+        assert rc == 0, f"embedded run exited {rc}"
+        figs["pvcheck-embedded"].values.append(secs)
+    return figs
+
+
+# --- 2: orchestration overhead -------------------------------------------------------------
+def overhead(repeat: int, api_url: str, work: Path) -> dict[str, Figure]:
+    os.environ["PREFECT_API_URL"] = api_url
+    from bench.direct import run_direct
+    from flows.verify import RunParameters, verify
+
+    config = str(write_config(work))
+    engine, direct = Figure("engine", "s"), Figure("direct", "s")
+    for _ in range(repeat):
+        t0 = time.monotonic()
+        state = verify(RunParameters(config_path=config), return_state=True)
+        engine.values.append(time.monotonic() - t0)
+        assert state.is_completed(), state
+        t0 = time.monotonic()
+        report = run_direct(config)
+        direct.values.append(time.monotonic() - t0)
+        assert report.verdict == "pass", [c for c in report.failing]
+    return {"engine": engine, "direct": direct}
+
+
+# --- 3: facts cost as the swarm grows ------------------------------------------------------
+def facts_requests(swarm: Swarm, extra: int) -> int:
+    """Docker API requests to gather the facts with `extra` more services on the overlay."""
+    cfg = load_config(LAB_CONFIG)
+    label = f"{LABEL_RUN}=bench-facts"
+    image = swarm.client.images.get("local/busybox:1").id
+
+    def one(i: int) -> None:  # replicas 0: a VIP on the overlay, no container to start
+        swarm.client.services.create(  # type: ignore[no-untyped-call]
+            image,
+            ["sleep", "1"],
+            name=f"bench-facts-{i}",
+            networks=[cfg.network.name],
+            labels={LABEL_RUN: "bench-facts"},
+            mode=docker.types.ServiceMode("replicated", replicas=0),
+        )
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(extra)))
+        before = swarm.requests
+        facts = gather_facts(
+            swarm, cfg.network.name, cfg.services.control_plane, timedelta(hours=1)
+        )
+        assert facts.network is not None and facts.network.vips >= extra
+        return swarm.requests - before
+    finally:
+        remove_labelled(swarm, label, timeout_s=300)
+
+
+# --- 4: routes at scale --------------------------------------------------------------------
+@contextmanager
+def slow_server(delay_s: float) -> Iterator[int]:
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            time.sleep(delay_s)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    ThreadingHTTPServer.request_queue_size = 128
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def routes_at_scale(n: int = 50, delay_s: float = 0.2) -> dict[str, Figure]:
+    out = {}
+    with slow_server(delay_s) as port:
+        routes = [
+            RouteConfig(
+                name=f"r{i}", url=f"http://r{i}.bench.test/", connect_to=f"127.0.0.1:{port}"
+            )
+            for i in range(n)
+        ]
+        default = HttpConfig()
+        for name, http in [("concurrent", default), ("serial", HttpConfig(concurrency=1))]:
+            t0 = time.monotonic()
+            probes = probe_routes(routes, http)
+            out[name] = Figure(
+                f"{name} (concurrency {http.concurrency})", "s", [time.monotonic() - t0]
+            )
+            assert all(p.status == 200 for p in probes)
+    return out
+
+
+# --- 5: allocator vs the raw engine --------------------------------------------------------
+def raw_loop(swarm: Swarm, batch: int, concurrency: int, net: str) -> float:
+    """A minimal docker-py loop: create, converge, remove, addresses freed. Seconds/stack."""
+    client = swarm.client
+    image = client.images.get("local/busybox:1").id
+    baseline = parse_network(swarm.network(net) or {})
+    t0 = time.monotonic()
+
+    def create(i: int) -> Any:
+        return client.services.create(  # type: ignore[no-untyped-call]
+            image,
+            ["sleep", "3600"],
+            name=f"bench-raw-{i}_app",
+            networks=[net],
+            labels={LABEL_RUN: "bench-raw"},
+            endpoint_spec=docker.types.EndpointSpec(ports={None: 80}),  # type: ignore[dict-item]
+            stop_signal="KILL",
+        )
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        services = list(pool.map(create, range(batch)))
+    while (
+        sum(
+            1
+            for s in client.services.list(filters={"label": f"{LABEL_RUN}=bench-raw"}, status=True)
+            if (s.attrs.get("ServiceStatus") or {}).get("RunningTasks", 0) >= 1
+        )
+        < batch
+    ):
+        time.sleep(0.5)
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda s: s.remove(), services))
+    _, settled = settle_network(swarm, net, released(baseline, "bench-raw-"), timeout_s=120)
+    assert settled
+    return (time.monotonic() - t0) / batch
+
+
+def allocator_vs_raw(repeat: int, work: Path, batch: int = 10) -> dict[str, Figure]:
+    def sized(raw: dict[str, Any]) -> None:
+        raw["allocator"].update(batch=batch, concurrency=10)
+
+    cfg = load_config(write_config(work, sized))
+    swarm = Swarm.for_target(cfg.target)
+    ours, raw = Figure("pvcheck reproduce()", "s/stack"), Figure("docker-py loop", "s/stack")
+    for i in range(repeat):
+        result = reproduce(swarm, cfg, f"pv-bench-{i:06d}", progress=lambda _: None)
+        ours.values.append(result.rounds[0].seconds / batch)
+        raw.values.append(raw_loop(swarm, batch, 10, cfg.network.name))
+    remove_labelled(swarm, f"{LABEL_RUN}=bench-raw", timeout_s=120)
+    return {"ours": ours, "raw": raw}
+
+
+# --- the report ----------------------------------------------------------------------------
+def versions() -> str:
+    import prefect
+
+    swarm = Swarm.connect("unix:///var/run/docker.sock")
+    traefik = httpx.get(
+        "http://127.0.0.1:18080/api/version",
+        headers={"Host": "traefik.lab.test"},
+        timeout=5,
+        trust_env=False,
+    ).json()
+    return (
+        f"{platform.node()} · {os.cpu_count()} cores · {platform.platform()} · Python "
+        f"{platform.python_version()} · Docker Engine {swarm.info()['ServerVersion']} · "
+        f"Traefik {traefik.get('Version')} · Prefect {prefect.__version__}"
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    started = datetime.now(UTC)
+    swarm = Swarm.connect("unix:///var/run/docker.sock")
+    work = Path(tempfile.mkdtemp(prefix="pvcheck-bench-"))
+    try:
+        with prefect_server() as url:
+            t0 = time.monotonic()
+            full = full_runs(args.repeat, url, work / "full")
+            over = overhead(args.repeat, url, work / "overhead")
+        facts = {n: facts_requests(swarm, n) for n in (10, 200)}
+        routes = routes_at_scale()
+        alloc = allocator_vs_raw(args.repeat, work / "alloc")
+        elapsed = time.monotonic() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratio = full["pvcheck"].median / full["runbook"].median
+    extra = over["engine"].median - over["direct"].median
+    extra_pct = 100 * extra / over["engine"].median
+    alloc_ratio = alloc["ours"].median / alloc["raw"].median
+    startup = full["pvcheck-embedded"].median - full["pvcheck"].median
+    rows = [
+        (
+            "1",
+            "full verification: pvcheck (running API) vs the serial runbook",
+            f"{full['pvcheck'].cell()} vs {full['runbook'].cell()}; ratio {ratio:.2f}",
+            "ratio <= 1.0",
+            verdict(ratio <= 1.0),
+        ),
+        (
+            "2",
+            "orchestration overhead: engine + API vs task functions called directly",
+            f"{over['engine'].cell()} vs {over['direct'].cell()}; "
+            f"+{extra:.2f} s ({extra_pct:.1f} %)",
+            "<= 15 % or <= 5 s",
+            verdict(extra_pct <= 15 or extra <= 5),
+        ),
+        (
+            "3",
+            "docker API requests to gather facts, +10 / +200 services on the overlay",
+            f"{facts[10]} / {facts[200]}",
+            "equal",
+            verdict(facts[10] == facts[200]),
+        ),
+        (
+            "4",
+            "50 routes answering after 200 ms: concurrent vs serial",
+            f"{routes['concurrent'].cell()} vs {routes['serial'].cell()}",
+            "<= 1 s (serial >= 10 s)",
+            verdict(routes["concurrent"].median <= 1.0 and routes["serial"].median >= 10),
+        ),
+        (
+            "5",
+            "allocator: seconds per throwaway stack, pvcheck vs a minimal docker-py loop "
+            "(10 stacks, 10 at a time)",
+            f"{alloc['ours'].cell()} vs {alloc['raw'].cell()}; ratio {alloc_ratio:.2f}",
+            "ratio <= 1.2",
+            verdict(alloc_ratio <= 1.2),
+        ),
+        (
+            "6",
+            "peak RSS of a full `pvcheck run`",
+            full["rss"].cell(),
+            "<= 400 MB",
+            verdict(full["rss"].median <= 400),
+        ),
+        (
+            "7",
+            "embedded API start-up a first run pays (embedded minus running-server run)",
+            f"{startup:.1f} s (embedded run {full['pvcheck-embedded'].cell()})",
+            "avoid with a running server",
+            "measured",
+        ),
+    ]
+    lines = [
+        "# pvcheck benchmark results",
+        "",
+        f"Measured {started:%Y-%m-%d %H:%M} UTC in one sitting ({elapsed / 60:.1f} min) by "
+        f"`.venv/bin/python -m bench.bench --repeat {args.repeat}` on the built-in lab.",
+        "",
+        f"Machine: {versions()}",
+        "",
+        "Each figure is the median over the runs, with n and the range (min..max).",
+        "",
+        "| # | what | measured | target | |",
+        "|---|---|---|---|---|",
+        *[f"| {' | '.join(row)} |" for row in rows],
+        "",
+    ]
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The verification's task functions called directly, without the Prefect engine: the
+baseline for the orchestration overhead. Each task object is swapped for its plain function
+(and a thread-pool `submit`, so the read-only stage keeps its concurrency)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from prefect.logging.loggers import disable_run_logger
+
+import flows.verify as verify_flow
+import tasks.deploy as deploy_tasks
+from pvcheck.config import load_config
+from pvcheck.report import Report
+from pvcheck.runs import HostLock
+
+# The names each module binds to a Prefect task.
+TASK_NAMES = {
+    verify_flow: [
+        "deploy_proof",
+        "publish_artifacts",
+        "write_evidence_files",
+        "capture_facts",
+        "connect_engine",
+        "read_precondition_phase",
+        "scan_docker_log",
+        "allocator_proof",
+        "guard_proof",
+        "reap_dead_runs",
+        "check_routes",
+        "recheck_core_routes",
+        "teardown",
+    ],
+    deploy_tasks: ["recheck_core_routes"],
+}
+
+
+class _Plain:
+    def __init__(self, fn: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
+        self.fn, self.pool = fn, pool
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self.pool.submit(self.fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def plain_tasks() -> Iterator[None]:
+    saved = [(mod, name, getattr(mod, name)) for mod, names in TASK_NAMES.items() for name in names]
+    with ThreadPoolExecutor(max_workers=8) as pool, disable_run_logger():
+        for mod, name, task in saved:
+            setattr(mod, name, _Plain(task.fn, pool))
+        try:
+            yield
+        finally:
+            for mod, name, task in saved:
+                setattr(mod, name, task)
+
+
+def run_direct(config_path: str) -> Report:
+    """One full verification (every stage, evidence included) with no engine and no API."""
+    cfg = load_config(config_path)
+    params = verify_flow.RunParameters(config_path=config_path)
+    with plain_tasks(), HostLock(cfg.target.state_dir, cfg.target.name):
+        state = verify_flow._verify_locked(cfg, verify_flow.new_run_id(), params)
+    report = state.data
+    assert isinstance(report, Report)
+    return report
