@@ -31,6 +31,8 @@ endpoints() { docker network inspect -v "$NET" --format '{{range .Services}}{{le
 vips() { docker network inspect -v "$NET" --format '{{range $k, $v := .Services}}{{$k}} {{end}}' | wc -w; }
 curl_route() { # host path -> "status body"
   curl -s -m 5 -o /tmp/runbook.body -w '%{http_code}' --connect-to "$1:80:127.0.0.1:$PORT" "http://$1$2" || true; }
+deploy() { # stack: the compose file on stdin (the CLI's note about --detach is not news)
+  docker stack deploy --resolve-image never -c - "$1" 2> >(grep -v -e 'detach' >&2) > /dev/null; }
 wait_for() { # seconds command...: retry until the command succeeds
   local deadline=$((SECONDS + $1)); shift
   until "$@"; do [ $SECONDS -lt $deadline ] || return 1; sleep 1; done; }
@@ -60,9 +62,9 @@ web=$(docker image inspect -f '{{.Id}}' local/pvcheck-web:1)
 recipe() { sed "s|local/pvcheck-web:1|$web|" "$HERE/lab/recipes/hello/$1"; }
 hello_up() { [ "$(curl_route hello.lab.test /)" = 200 ] && grep -q "hello recipe" /tmp/runbook.body; }
 before=$(endpoints)
-recipe compose.yml | docker stack deploy --resolve-image never -c - rb-hello > /dev/null
+recipe compose.yml | deploy rb-hello
 wait_for 90 hello_up || fail "recipe route never answered"
-recipe compose.upgrade.yml | docker stack deploy --resolve-image never -c - rb-hello > /dev/null
+recipe compose.upgrade.yml | deploy rb-hello
 wait_for 90 hello_up || fail "recipe route after upgrade"
 docker stack rm rb-hello > /dev/null
 gone() { [ -z "$(docker service ls -q --filter label=com.docker.stack.namespace="$1")" ] && [ "$(endpoints)" -le "$before" ]; }
@@ -73,7 +75,7 @@ echo "deploy: install + upgrade answered, teardown clean"
 busybox=$(docker image inspect -f '{{.Id}}' local/busybox:1)
 base=$(endpoints)
 for i in $(seq 1 "$BATCH"); do
-  cat <<YAML | docker stack deploy --resolve-image never -c - "rb-alloc-$i" > /dev/null
+  cat <<YAML | deploy "rb-alloc-$i"
 services:
   app:
     image: $busybox
