@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     swarm = Swarm.connect("unix:///var/run/docker.sock")
     work = Path(tempfile.mkdtemp(prefix="pvcheck-bench-"))
+    for sub in ("full", "overhead", "alloc"):
+        (work / sub).mkdir()
     try:
         with prefect_server() as url:
             t0 = time.monotonic()
