@@ -170,27 +170,32 @@ def facts_requests(swarm: Swarm, extra: int) -> int:
     label = f"{LABEL_RUN}=bench-facts"
     image = swarm.client.images.get("local/busybox:1").id
 
-    def one(i: int) -> None:  # replicas 0: a VIP on the overlay, no container to start
+    def one(i: int) -> None:
         swarm.client.services.create(  # type: ignore[no-untyped-call]
             image,
-            ["sleep", "1"],
+            ["sleep", "3600"],
             name=f"bench-facts-{i}",
             networks=[cfg.network.name],
             labels={LABEL_RUN: "bench-facts"},
-            mode=docker.types.ServiceMode("replicated", replicas=0),
+            container_labels={LABEL_RUN: "bench-facts"},
+            stop_signal="KILL",
         )
 
     try:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(one, range(extra)))
+        deadline = time.monotonic() + 600
+        while parse_network(swarm.network(cfg.network.name) or {}).task_ips < extra:
+            assert time.monotonic() < deadline, f"{extra} services never ran"
+            time.sleep(2)
         before = swarm.requests
         facts = gather_facts(
             swarm, cfg.network.name, cfg.services.control_plane, timedelta(hours=1)
         )
-        assert facts.network is not None and facts.network.vips >= extra
+        assert facts.network is not None and facts.network.task_ips >= extra
         return swarm.requests - before
     finally:
-        remove_labelled(swarm, label, timeout_s=300)
+        remove_labelled(swarm, label, timeout_s=600)
 
 
 # --- 4: routes at scale --------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.evidence import render
 from pvcheck.facts import HostFacts
 from pvcheck.guard import check_guard
+from pvcheck.hosts import host_for
 from pvcheck.logscan import LogScan
 from pvcheck.records import GATES, Check, Status
 from pvcheck.review import (
@@ -151,9 +152,9 @@ def live_m2(
             judge.fresh_logs("logs.after-builder", scan, "the time since the builder's claim")
         )
     if cfg.guard is not None:
-        checks += check_guard(cfg.guard)[0]
+        checks += check_guard(cfg.guard, host_for(cfg.target))[0]
     if claim.run_id:
-        checks += run_cold_commands(residue_commands(claim.run_id), "M2")
+        checks += run_cold_commands(residue_commands(cfg, claim.run_id), "M2")
     return checks, findings
 
 

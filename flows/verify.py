@@ -31,6 +31,7 @@ from pvcheck.config import (
 )
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
 from pvcheck.evidence import render
+from pvcheck.hosts import host_for
 from pvcheck.records import Check, Status
 from pvcheck.report import Report
 from pvcheck.runs import HostLock, RunRegistry
@@ -58,6 +59,12 @@ class RunParameters(BaseModel):
     canary: bool = Field(
         False, description="lab only: make the real allocator log the VIP signature"
     )
+    docker_host: str | None = Field(
+        None,
+        description="verify this engine instead of the config's: unix://…, tcp://… or "
+        "ssh://user@host[:port] (validated like the config field)",
+        max_length=300,
+    )
 
     def overrides(self) -> dict[str, Any]:
         alloc = {
@@ -69,7 +76,10 @@ class RunParameters(BaseModel):
             }.items()
             if v is not None
         }
-        return {"allocator": alloc} if alloc else {}
+        out: dict[str, Any] = {"allocator": alloc} if alloc else {}
+        if self.docker_host:
+            out["target"] = {"docker_host": self.docker_host}
+        return out
 
 
 def new_run_id() -> str:
@@ -256,6 +266,7 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
     except TargetUnreachable as exc:
         _unreachable_journal(cfg, run_id, exc)
         raise
+    report.extra["target_via"] = host_for(cfg.target).describe()
     registry = RunRegistry(cfg.target.state_dir, cfg.target.name)
     report.checks.append(reap_dead_runs(swarm, cfg))
     registry.start(run_id)
@@ -274,16 +285,22 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
         report.stages["aborted"] = why
         raise
     finally:
-        residue = _teardown(swarm, run_id)
+        try:
+            residue = _teardown(swarm, run_id)
+        except TargetUnreachable as exc:
+            # The host is gone (ssh lost, engine down): the run is recorded as started and
+            # not finished, so the next run's janitor removes what it left.
+            residue = judge.unreachable_teardown(f"{LABEL_RUN}={run_id}", str(exc))
         report.checks.append(residue)
         report.stages["teardown"] = (
             "clean" if residue.status == Status.PASS else f"left: {residue.found}"
         )
         if residue.status == Status.PASS:
             registry.finish(run_id)
-        after = capture_facts(swarm, cfg, "after")
-        report.facts_after = after
-        report.checks += [judge.service_healthy(s, "after") for s in after.services]
+        if not swarm.lost:
+            after = capture_facts(swarm, cfg, "after")
+            report.facts_after = after
+            report.checks += [judge.service_healthy(s, "after") for s in after.services]
         report.finished_at = utc_now()
         report.evidence = write_evidence_files(report, cfg)
         publish_artifacts(report)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from pvcheck.config import Config, RouteConfig
+from pvcheck.hosts import host_for
 from pvcheck.logscan import VIP_SIGNATURE
 from pvcheck.records import GATES
 from pvcheck.report import Report
@@ -53,30 +54,46 @@ def curl_command(route: RouteConfig) -> str:
     return " ".join(q(p) for p in parts)
 
 
+def route_command(cfg: Config, route: RouteConfig) -> str:
+    """The route's curl, run from here or (check_from = "host") on the target host."""
+    curl = curl_command(route)
+    return host_for(cfg.target).how(curl) if route.check_from == "host" else curl
+
+
 def m1_claim(cfg: Config) -> Claim:
+    on_host = host_for(cfg.target).how
     pvfix = cfg.docs.precondition_status
     net = q(cfg.network.name)
     names = "|".join(re.escape(s) for s in cfg.services.control_plane)
     commands = [
         ColdCommand(f"grep -x '## DONE' {q(str(pvfix))}", "## DONE"),
         ColdCommand(
-            f"docker network inspect {net} --format '{{{{.Driver}}}} "
-            f"{{{{(index .IPAM.Config 0).Subnet}}}}'",
+            on_host(
+                f"docker network inspect {net} --format '{{{{.Driver}}}} "
+                f"{{{{(index .IPAM.Config 0).Subnet}}}}'"
+            ),
             f"{cfg.network.driver} {cfg.network.subnet}",
         ),
         ColdCommand(
-            f"docker network inspect --verbose {net} --format "
-            "'{{range $k, $v := .Services}}{{$k}} {{$v.VIP}} {{len $v.Tasks}}{{println}}{{end}}'",
+            on_host(
+                f"docker network inspect --verbose {net} --format '{{{{range $k, $v := "
+                ".Services}}{{$k}} {{$v.VIP}} {{len $v.Tasks}}{{println}}{{end}}'"
+            ),
             "one line per service on the network: name, VIP, task count",
             exact=False,
         ),
         ColdCommand(
-            "docker service ls --format '{{.Name}} {{.Replicas}}' | "
-            f"grep -E {q(f'^({names}) ')}",
+            on_host(
+                "docker service ls --format '{{.Name}} {{.Replicas}}' | "
+                f"grep -E {q(f'^({names}) ')}"
+            ),
             "every control-plane service with N/N replicas (N > 0)",
             exact=False,
         ),
-        *(ColdCommand(curl_command(r), "/".join(map(str, r.expect_status))) for r in cfg.routes),
+        *(
+            ColdCommand(route_command(cfg, r), "/".join(map(str, r.expect_status)))
+            for r in cfg.routes
+        ),
     ]
     what = [
         f"phase `{cfg.docs.precondition_phase}` is done (`## DONE` in its STATUS file)",
@@ -102,16 +119,17 @@ def _log_window_command(cfg: Config, since: str, until: str) -> str:
     return f"{' '.join(q(a) for a in cfg.logs.command or [])} | {grep} | wc -l"
 
 
-def residue_commands(run_id: str) -> list[ColdCommand]:
+def residue_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
     """What a run must leave behind: nothing carrying its label, no throwaway stack."""
+    on_host = host_for(cfg.target).how
     label = q(f"{LABEL_RUN}={run_id}")
     return [
-        ColdCommand("docker stack ls --format '{{.Name}}' | grep -c '^pvc-'", "0"),
+        ColdCommand(on_host("docker stack ls --format '{{.Name}}' | grep -c '^pvc-'"), "0"),
         *(
-            ColdCommand(f"docker {kind} ls -q --filter label={label} | wc -l", "0")
+            ColdCommand(on_host(f"docker {kind} ls -q --filter label={label} | wc -l"), "0")
             for kind in ("service", "network", "volume", "config", "secret")
         ),
-        ColdCommand(f"docker ps -a -q --filter label={label} | wc -l", "0"),
+        ColdCommand(on_host(f"docker ps -a -q --filter label={label} | wc -l"), "0"),
     ]
 
 
@@ -120,11 +138,13 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
     net = q(cfg.network.name)
     after = report.facts_after.network if report.facts_after else None
     commands = [
-        *residue_commands(report.run_id),
+        *residue_commands(cfg, report.run_id),
         ColdCommand(
-            f"docker network inspect --verbose {net} --format '{{{{range .Services}}}}"
-            "{{if .VIP}}vip{{println}}{{end}}{{range .Tasks}}task{{println}}{{end}}{{end}}' "
-            "| sort | uniq -c",
+            host_for(cfg.target).how(
+                f"docker network inspect --verbose {net} --format '{{{{range .Services}}}}"
+                "{{if .VIP}}vip{{println}}{{end}}{{range .Tasks}}task{{println}}{{end}}{{end}}'"
+                " | sort | uniq -c"
+            ),
             f"{after.task_ips} task, {after.vips} vip (as after the run)" if after else "n/a",
             exact=False,
         ),
@@ -133,7 +153,8 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
     if fresh is not None:
         window = re.search(r"\((\S+) -> (\S+)\)", fresh.found)
         if window:
-            commands.append(ColdCommand(_log_window_command(cfg, *window.groups()), "0"))
+            command = host_for(cfg.target).how(_log_window_command(cfg, *window.groups()))
+            commands.append(ColdCommand(command, "0"))
     if cfg.guard is not None:
         commands.append(
             ColdCommand(

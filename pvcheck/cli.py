@@ -83,10 +83,10 @@ def print_verdict(report: Report) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    load_config(args.config)  # fail fast (exit 2) before the Prefect engine starts
     from flows.verify import RunParameters, verify
 
-    params = RunParameters(config_path=args.config, canary=args.canary)
+    params = RunParameters(config_path=args.config, canary=args.canary, docker_host=args.target)
+    load_config(args.config, params.overrides())  # fail fast (exit 2) before the engine starts
     state = verify(params, return_state=True)
     if state.is_cancelled():
         print(f"pvcheck: {state.message}", file=sys.stderr)
@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--canary",
         action="store_true",
         help="lab only: make the real allocator log the VIP signature and prove the guard sees it",
+    )
+    run.add_argument(
+        "--target",
+        metavar="URL",
+        help="verify this engine instead of the config's target.docker_host "
+        "(e.g. ssh://root@cc-ci.example:22)",
     )
     run.set_defaults(func=cmd_run)
 

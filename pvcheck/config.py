@@ -81,6 +81,11 @@ def _host_port(value: str) -> str:
     return value
 
 
+# ssh://[user@]host[:port]; nothing that ssh could read as an option.
+SSH_URL = re.compile(
+    r"^ssh://(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*)(?::(?P<port>[0-9]{1,5}))?$"
+)
 Name = Annotated[str, AfterValidator(_docker_name)]
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 Subnet = Annotated[str, AfterValidator(_subnet)]
@@ -96,6 +101,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SshConfig(Section):
+    """How an ssh:// target is reached (the system ssh client; host keys always verified)."""
+
+    identity_file: ConfigPath | None = None
+    known_hosts: ConfigPath | None = None  # None: ssh's own ~/.ssh/known_hosts
+    connect_timeout_s: float = Field(10.0, gt=0, le=120)
+    docker_socket: str = Field("/var/run/docker.sock", pattern=r"^/[A-Za-z0-9._/-]+$")
+
+
 class TargetConfig(Section):
     name: Name = "local"
     docker_host: str = "unix:///var/run/docker.sock"
@@ -105,12 +119,15 @@ class TargetConfig(Section):
     reconnect_s: float = Field(60.0, ge=0, le=600)
     # Where the host lock and the registry of started runs live (on the machine pvcheck runs on).
     state_dir: ConfigPath = Path("/var/lib/pvcheck")
+    ssh: SshConfig = SshConfig()
 
     @field_validator("docker_host")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not re.match(r"^(unix|ssh|tcp)://\S+$", value):
             raise ValueError(f"{value!r} must start with unix://, ssh:// or tcp://")
+        if value.startswith("ssh://") and not SSH_URL.match(value):
+            raise ValueError(f"{value!r} must be ssh://[user@]host[:port]")
         return value
 
 
@@ -136,6 +153,8 @@ class RouteConfig(Section):
     body_contains: str | None = Field(None, max_length=1024)
     verify_tls: bool = True
     core: bool = True
+    # "here": from where pvcheck runs; "host": from the target host itself (ssh host curl).
+    check_from: Literal["here", "host"] = "here"
 
 
 class HttpConfig(Section):

@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass
 
 from pvcheck.config import GuardConfig
+from pvcheck.hosts import Host
 from pvcheck.records import Check, Status
 from pvcheck.statefiles import read_state
 
@@ -86,8 +87,9 @@ def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | Non
     return int(numbers[-1]) if numbers else None
 
 
-def check_guard(cfg: GuardConfig) -> tuple[list[Check], list[str] | None]:
-    """Checks of the guard file; also returns the detection argv (for the lab canary)."""
+def check_guard(cfg: GuardConfig, host: Host | None = None) -> tuple[list[Check], list[str] | None]:
+    """Checks of the guard file; also returns the detection argv (for the lab canary). The
+    detection runs where the procedure runs it: on the target host."""
     where = str(cfg.file)
     text = read_state(cfg.file)
     if text is None:
@@ -114,6 +116,8 @@ def check_guard(cfg: GuardConfig) -> tuple[list[Check], list[str] | None]:
     ]
     pipeline = detection_pipeline(section, cfg.signature)
     argv = cfg.detect_command or (grep_argv(pipeline) if pipeline else None)
+    if argv is not None and host is not None:
+        argv = host.argv(argv)
     if argv is None:
         checks.append(
             Check(

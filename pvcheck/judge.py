@@ -184,3 +184,15 @@ def routes_still_up(before: str, checks: list[Check]) -> Check:
         "a reverse-proxy outage during the run: no new test traffic was started" if down else "",
         duration_s=max((c.duration_s for c in checks), default=0.0),
     )
+
+
+def unreachable_teardown(label: str, why: str) -> Check:
+    """Teardown could not reach the host; what is left is the next run's janitor's."""
+    return Check(
+        "teardown.residue",
+        "M2",
+        Status.ERROR,
+        f"nothing left with label {label}",
+        f"not checked: {why}",
+        "the target became unreachable; the next run's janitor removes this run's objects",
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pvcheck.config import LogsConfig
+from pvcheck.hosts import Host
 
 VIP_SIGNATURE = "could not find an available IP while allocating VIP"
 
@@ -171,11 +172,20 @@ def journald_source(unit: str) -> CommandLogSource:
     return CommandLogSource(argv, label=f"journalctl -u {unit}")
 
 
-def make_log_source(cfg: LogsConfig) -> LogSource:
+def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
+    """The docker log: on this machine, or read over ssh on a remote target."""
+    remote = host is not None and host.remote
     if cfg.source == "file":
         assert cfg.path is not None  # validated by LogsConfig
-        return FileLogSource(cfg.path)
-    if cfg.source == "command":
+        if not remote:
+            return FileLogSource(cfg.path)
+        argv, label = ["cat", "--", str(cfg.path)], f"cat {cfg.path}"
+    elif cfg.source == "command":
         assert cfg.command is not None
-        return CommandLogSource(cfg.command)
-    return journald_source(cfg.unit)
+        argv, label = cfg.command, " ".join(cfg.command)
+    else:
+        journal = journald_source(cfg.unit)
+        argv, label = journal.argv, journal.describe()
+    if host is None or not remote:
+        return CommandLogSource(argv, label if cfg.source != "command" else None)
+    return CommandLogSource(host.argv(argv), host.how(label))

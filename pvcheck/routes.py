@@ -8,13 +8,16 @@ Redirects are not followed: a 303 is an answer to judge, not a hop to take.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
 from pvcheck.config import HttpConfig, RouteConfig
+from pvcheck.hosts import Host, run_on
 
 MAX_BODY = 64 * 1024  # enough to find a marker; never buffer a huge page
 
@@ -51,10 +54,65 @@ def request_target(route: RouteConfig) -> tuple[str, dict[str, str], dict[str, s
     return str(target), {"Host": host_header}, extensions
 
 
-async def _probe(
-    client: httpx.AsyncClient, route: RouteConfig, cfg: HttpConfig
-) -> RouteObservation:
-    url, headers, extensions = request_target(route)
+class _NoAnswer(Exception):
+    """The attempt got no HTTP answer; the message says why."""
+
+
+Fetch = Callable[[RouteConfig], Awaitable[tuple[int, bytes]]]
+
+
+def http_fetch(client: httpx.AsyncClient) -> Fetch:
+    """One GET from here (status, up to MAX_BODY of the body)."""
+
+    async def fetch(route: RouteConfig) -> tuple[int, bytes]:
+        url, headers, extensions = request_target(route)
+        try:
+            async with client.stream("GET", url, headers=headers, extensions=extensions) as resp:
+                body = b""
+                if route.body_contains is not None:
+                    async for chunk in resp.aiter_bytes():
+                        body += chunk
+                        if len(body) >= MAX_BODY:
+                            break
+                return resp.status_code, body
+        except httpx.HTTPError as exc:
+            raise _NoAnswer(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            ) from None
+
+    return fetch
+
+
+def host_fetch(host: Host, cfg: HttpConfig) -> Fetch:
+    """One GET made by curl on the target host (`ssh host curl --connect-to ...`)."""
+
+    async def fetch(route: RouteConfig) -> tuple[int, bytes]:
+        argv = curl_argv(route, cfg.timeout_s)
+        try:
+            rc, out, err = await asyncio.to_thread(run_on, host, argv, cfg.timeout_s + 15)
+        except subprocess.TimeoutExpired:
+            raise _NoAnswer(f"ssh curl gave no answer within {cfg.timeout_s + 15:g}s") from None
+        body, _, status = out.rpartition("\n")
+        if rc != 0 or not status.isdigit() or status == "000":
+            raise _NoAnswer(f"curl on the host exited {rc}: {err.strip()[-200:]}")
+        return int(status), body.encode()[:MAX_BODY]
+
+    return fetch
+
+
+def curl_argv(route: RouteConfig, timeout_s: float) -> list[str]:
+    """Pure: the curl a route's check runs on the host; the status is its last line."""
+    url = httpx.URL(route.url)
+    argv = ["curl", "-s", "-m", f"{timeout_s:g}", "-o", "-", "-w", "\n%{http_code}"]
+    if route.connect_to:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        argv += ["--connect-to", f"{url.host}:{port}:{route.connect_to}"]
+    if not route.verify_tls:
+        argv.append("-k")
+    return [*argv, "--", route.url]
+
+
+async def _probe(fetch: Fetch, route: RouteConfig, cfg: HttpConfig) -> RouteObservation:
     attempts = 0
     status: int | None = None
     body_ok: bool | None = None
@@ -68,21 +126,13 @@ async def _probe(
         t0 = time.monotonic()
         try:
             async with asyncio.timeout(cfg.timeout_s):
-                async with client.stream(
-                    "GET", url, headers=headers, extensions=extensions
-                ) as resp:
-                    status = resp.status_code
-                    if route.body_contains is not None:
-                        body = b""
-                        async for chunk in resp.aiter_bytes():
-                            body += chunk
-                            if len(body) >= MAX_BODY:
-                                break
-                        body_ok = route.body_contains.encode() in body
+                status, body = await fetch(route)
+            if route.body_contains is not None:
+                body_ok = route.body_contains.encode() in body
         except TimeoutError:
             error = f"no answer within {cfg.timeout_s:g}s"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except _NoAnswer as exc:
+            error = str(exc)
         finally:
             latency = time.monotonic() - t0
         if error or status not in route.expect_status or body_ok is False:
@@ -105,6 +155,7 @@ async def probe_routes_async(
     routes: list[RouteConfig],
     cfg: HttpConfig,
     transport: httpx.AsyncBaseTransport | None = None,
+    host: Host | None = None,
 ) -> list[RouteObservation]:
     sem = asyncio.Semaphore(cfg.concurrency)
     timeout = httpx.Timeout(cfg.timeout_s)
@@ -117,10 +168,14 @@ async def probe_routes_async(
             verify=False, timeout=timeout, transport=transport, limits=limits, trust_env=False
         ) as unverified,
     ):
+        from_host = host_fetch(host, cfg) if host is not None else None
 
         async def one(route: RouteConfig) -> RouteObservation:
             async with sem:
-                return await _probe(verified if route.verify_tls else unverified, route, cfg)
+                if route.check_from == "host" and from_host is not None:
+                    return await _probe(from_host, route, cfg)
+                client = verified if route.verify_tls else unverified
+                return await _probe(http_fetch(client), route, cfg)
 
         return list(await asyncio.gather(*(one(r) for r in routes)))
 
@@ -129,6 +184,8 @@ def probe_routes(
     routes: list[RouteConfig],
     cfg: HttpConfig,
     transport: httpx.AsyncBaseTransport | None = None,
+    host: Host | None = None,
 ) -> list[RouteObservation]:
-    """Probe every route concurrently (bounded by cfg.concurrency); order follows `routes`."""
-    return asyncio.run(probe_routes_async(routes, cfg, transport))
+    """Probe every route concurrently (bounded by cfg.concurrency); order follows `routes`.
+    A route with check_from = "host" is fetched by curl on `host` (over ssh)."""
+    return asyncio.run(probe_routes_async(routes, cfg, transport, host))

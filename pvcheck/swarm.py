@@ -61,6 +61,8 @@ class Swarm:
         # Once connected, how long calls keep retrying an engine that stopped answering (a
         # dockerd restart) before the run fails; 0 = only `attempts` tries.
         self.reconnect_s = 0.0
+        self.lost = False
+        self.where = "docker engine"  # how errors name the target
         self.requests = 0
 
     @classmethod
@@ -82,9 +84,16 @@ class Swarm:
 
     @classmethod
     def for_target(cls, target: TargetConfig) -> Swarm:
-        return cls.connect(
-            target.docker_host, target.timeout_s, target.api_attempts, target.reconnect_s
-        )
+        """The target's engine: its socket here, or over ssh through a forwarded socket."""
+        from pvcheck.hosts import host_for
+
+        url = host_for(target).docker_url()
+        try:
+            swarm = cls.connect(url, target.timeout_s, target.api_attempts, target.reconnect_s)
+        except TargetUnreachable as exc:
+            raise TargetUnreachable(f"{target.docker_host}: {exc}") from None
+        swarm.where = f"{target.docker_host}: docker engine"
+        return swarm
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call one docker API function, retrying transient failures a bounded number of times."""
@@ -98,7 +107,7 @@ class Swarm:
 
         def stop(state: RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
-            if self.reconnect_s > 0 and isinstance(exc, _CONNECTION_ERRORS):
+            if self.reconnect_s > 0 and not self.lost and isinstance(exc, _CONNECTION_ERRORS):
                 return state.seconds_since_start is not None and (
                     state.seconds_since_start >= self.reconnect_s
                 )
@@ -114,7 +123,8 @@ class Swarm:
         try:
             return retrying(fn, *args, **kwargs)
         except _CONNECTION_ERRORS as exc:
-            raise TargetUnreachable(f"docker engine stopped answering: {exc}") from None
+            self.lost = True  # rode out once already: later calls (teardown) fail fast
+            raise TargetUnreachable(f"{self.where} stopped answering: {exc}") from None
 
     # --- reads -----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pvcheck.deploy.active import wait_until_idle
 from pvcheck.deploy.command import CommandDriver
 from pvcheck.deploy.compose import ComposeDriver
 from pvcheck.facts import attribute, parse_network, settle_network
+from pvcheck.hosts import host_for
 from pvcheck.records import Check, Status
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_STACK, Swarm
@@ -35,7 +36,7 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
     log = get_run_logger()
     deploy = cfg.deploy
     assert deploy is not None
-    active = wait_until_idle(deploy.active_runs, swarm)
+    active = wait_until_idle(deploy.active_runs, swarm, host=host_for(cfg.target))
     if active:
         reason = "skipped: another run or sweep is active (" + "; ".join(active[:5]) + ")"
         log.warning("deploy proof %s", reason)

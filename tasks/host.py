@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pvcheck.config import Config
 from pvcheck.facts import HostFacts, gather_facts
+from pvcheck.hosts import host_for
 from pvcheck.logscan import LogScan, error_family, make_log_source, scan_lines
 from pvcheck.statefiles import has_done, read_state
 from pvcheck.swarm import Swarm
@@ -77,7 +78,7 @@ def read_precondition_phase(cfg: Config) -> bool | None:
 @task(name="scan-docker-log", cache_policy=NO_CACHE)
 def scan_docker_log(cfg: Config, since: datetime, until: datetime) -> LogScan:
     log = get_run_logger()
-    source = make_log_source(cfg.logs)
+    source = make_log_source(cfg.logs, host_for(cfg.target))
     patterns = error_family(cfg.network.name)
     scan = scan_lines(
         source.lines(since, until), patterns, since, until, cfg.logs.max_lines, source.describe()

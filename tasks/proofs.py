@@ -11,6 +11,7 @@ from pvcheck.canary import run_canary
 from pvcheck.config import Config
 from pvcheck.facts import parse_network
 from pvcheck.guard import check_guard
+from pvcheck.hosts import host_for
 from pvcheck.logscan import make_log_source
 from pvcheck.records import Check
 from pvcheck.runs import RunRegistry
@@ -80,7 +81,8 @@ def guard_proof(swarm: Swarm, cfg: Config, run_id: str, canary: bool) -> list[Ch
                 "guard.stage", "M2", "the guard check runs", "no [guard] section in the config"
             )
         ]
-    checks, detect = check_guard(cfg.guard)
+    host = host_for(cfg.target)
+    checks, detect = check_guard(cfg.guard, host)
     for check in checks:
         log.info("%s: %s — %s %s", check.id, check.status, check.found, check.detail)
     if canary:
@@ -93,7 +95,7 @@ def guard_proof(swarm: Swarm, cfg: Config, run_id: str, canary: bool) -> list[Ch
                 "lab canary: exhausting a throwaway /29 so the real allocator logs the signature"
             )
             check = run_canary(
-                swarm, run_id, cfg.allocator.image, detect, make_log_source(cfg.logs)
+                swarm, run_id, cfg.allocator.image, detect, make_log_source(cfg.logs, host)
             )
             log.info("%s: %s — %s", check.id, check.status, check.found)
             checks.append(check)

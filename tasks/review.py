@@ -17,6 +17,7 @@ def run_cold_command(cmd: ColdCommand, check_id: str, gate: str, timeout_s: floa
     try:
         out = subprocess.run(
             ["bash", "-c", cmd.command],
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=timeout_s,

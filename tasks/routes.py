@@ -8,8 +8,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck import judge
-from pvcheck.claims import curl_command
+from pvcheck.claims import route_command
 from pvcheck.config import Config
+from pvcheck.hosts import host_for
 from pvcheck.records import Check
 from pvcheck.routes import probe_routes
 
@@ -18,12 +19,14 @@ from pvcheck.routes import probe_routes
 def check_routes(cfg: Config) -> list[Check]:
     log = get_run_logger()
     t0 = time.monotonic()
-    probes = probe_routes(cfg.routes, cfg.http)
+    probes = probe_routes(cfg.routes, cfg.http, host=host_for(cfg.target))
     checks = []
     for route, probe in zip(cfg.routes, probes, strict=True):
         check = judge.route_answer(route, probe)
         checks.append(check)
-        log.info("%s -> %s (%s) [%s]", curl_command(route), check.found, check.detail, check.status)
+        log.info(
+            "%s -> %s (%s) [%s]", route_command(cfg, route), check.found, check.detail, check.status
+        )
     log.info("%d routes checked in %.2fs", len(checks), time.monotonic() - t0)
     return checks
 
@@ -33,7 +36,7 @@ def recheck_core_routes(cfg: Config, before: str) -> Check:
     """Re-probe the core routes right before a stage starts new test traffic, so an outage
     of the reverse proxy seen mid-run stops the run from adding load to a broken host."""
     core = [r for r in cfg.routes if r.core]
-    probes = probe_routes(core, cfg.http)
+    probes = probe_routes(core, cfg.http, host=host_for(cfg.target))
     check = judge.routes_still_up(
         before, [judge.route_answer(r, p) for r, p in zip(core, probes, strict=True)]
     )

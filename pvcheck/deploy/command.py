@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from pvcheck.config import Config
 from pvcheck.deploy import DeployOutcome, TierResult
 from pvcheck.deploy.attach import AttachmentSampler
+from pvcheck.hosts import Host, host_for, run_on
 from pvcheck.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,17 @@ def read_results(path: Path) -> Any:
         raise ResultsError(f"{path}: not valid JSON ({exc})") from None
 
 
+def fetch_results(host: Host, path: Path) -> Any:
+    """results.json from the host, read with the same size bound as a local one."""
+    rc, out, _ = run_on(host, ["head", "-c", str(MAX_RESULTS_BYTES + 1), "--", str(path)], 60)
+    if rc != 0:
+        raise ResultsError(f"{host.how(f'cat {path}')}: the harness wrote no results file")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / path.name
+        local.write_text(out, encoding="utf-8")
+        return read_results(local)
+
+
 def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
     """Run argv (no shell), streaming its output to the log; kill its group at the deadline."""
     proc = subprocess.Popen(
@@ -131,13 +144,20 @@ class CommandDriver:
     def run(self) -> DeployOutcome:
         outcome = DeployOutcome("command", self.deploy_cfg.recipe, self.stack)
         results = self.command.results
-        results.unlink(missing_ok=True)  # never judge a previous run's file
+        host = host_for(self.cfg.target)
         argv = [a.replace("{recipe}", self.deploy_cfg.recipe) for a in self.command.argv]
         env = {
             "PVCHECK_RUN_ID": self.run_id,
             "PVCHECK_RECIPE": self.deploy_cfg.recipe,
             "PVCHECK_RESULTS": str(results),
         }
+        if host.remote:
+            # The harness runs on the host, as the operator runs it there; results come back.
+            run_on(host, ["rm", "-f", "--", str(results)], timeout_s=30)
+            argv = host.argv(["env", *(f"{k}={v}" for k, v in env.items()), *argv])
+            env = {}
+        else:
+            results.unlink(missing_ok=True)  # never judge a previous run's file
         log.info("harness: %s (timeout %gs)", " ".join(argv), self.command.timeout_s)
         started = time.monotonic()
         with AttachmentSampler(self.swarm, self.cfg.network.name, self.stack) as sampler:
@@ -156,7 +176,8 @@ class CommandDriver:
             outcome.error = f"harness did not finish within {self.command.timeout_s:g}s; killed"
             return outcome
         try:
-            tiers, clean, info = parse_results(read_results(results))
+            doc = fetch_results(host, results) if host.remote else read_results(results)
+            tiers, clean, info = parse_results(doc)
         except ResultsError as exc:
             outcome.error = f"{exc} (harness exit code {rc})"
             return outcome

@@ -1,0 +1,206 @@
+"""Where the verified host is reached: on this machine, or over ssh as its operators do.
+
+A `Host` runs an argument list on the target host (logs, the upgrade guard's detection, a
+harness, a curl from the host), reads a file or a folder there, and says how an operator
+would paste a command. Over ssh, the docker API goes through an ssh-forwarded unix socket
+(`ssh -L local.sock:/var/run/docker.sock`), so every docker call keeps docker-py's timeouts
+and pvcheck's retries. Host keys are always verified (StrictHostKeyChecking=yes); a missing
+or changed key, a refused login or a lost connection raise TargetUnreachable (exit 3).
+Remote commands are argument lists quoted for the remote shell one by one: nothing from the
+config is ever interpreted by a shell.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvcheck.config import SSH_URL, TargetConfig
+from pvcheck.errors import TargetUnreachable
+
+MAX_READ_BYTES = 64 * 1024 * 1024
+
+
+class LocalHost:
+    """The target is this machine."""
+
+    remote = False
+
+    def __init__(self, target: TargetConfig) -> None:
+        self.target = target
+
+    def describe(self) -> str:
+        return f"{self.target.docker_host} on this machine"
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return list(argv)
+
+    def how(self, command: str) -> str:
+        return command
+
+    def docker_url(self) -> str:
+        return self.target.docker_host
+
+
+@dataclass
+class SshHost:
+    """The target is reached with the system ssh client."""
+
+    target: TargetConfig
+    user: str | None
+    host: str
+    port: int
+    remote = True
+    _tunnel: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _socket: Path | None = field(default=None, repr=False)
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def options(self) -> list[str]:
+        ssh = self.target.ssh
+        opts = [
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"ConnectTimeout={int(max(1, ssh.connect_timeout_s))}",
+            "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=2",
+            "-p", str(self.port),
+        ]  # fmt: skip
+        if ssh.known_hosts is not None:
+            opts += ["-o", f"UserKnownHostsFile={ssh.known_hosts}"]
+        if ssh.identity_file is not None:
+            opts += ["-o", "IdentitiesOnly=yes", "-i", str(ssh.identity_file)]
+        return opts
+
+    def describe(self) -> str:
+        kh = self.target.ssh.known_hosts or "~/.ssh/known_hosts"
+        return (
+            f"ssh {self.destination} port {self.port} (host key verified against {kh}); "
+            f"docker API through the forwarded socket {self.target.ssh.docker_socket}"
+        )
+
+    def argv(self, argv: list[str]) -> list[str]:
+        remote = " ".join(shlex.quote(a) for a in argv)
+        return ["ssh", *self.options(), "--", self.destination, remote]
+
+    def how(self, command: str) -> str:
+        """The command as an operator pastes it: `ssh [-p P] [-i KEY] host 'command'`."""
+        ssh = self.target.ssh
+        parts = ["ssh"]
+        if self.port != 22:
+            parts += ["-p", str(self.port)]
+        if ssh.identity_file is not None:
+            parts += ["-i", str(ssh.identity_file)]
+        if ssh.known_hosts is not None:
+            parts += ["-o", f"UserKnownHostsFile={ssh.known_hosts}"]
+        parts.append(self.destination)
+        return " ".join(shlex.quote(p) for p in parts) + " " + shlex.quote(command)
+
+    # --- the docker socket tunnel ------------------------------------------------------------
+    def docker_url(self) -> str:
+        with _TUNNELS_LOCK:
+            if self._tunnel is None or self._tunnel.poll() is not None:
+                self._open_tunnel()
+        return f"unix://{self._socket}"
+
+    def _open_tunnel(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="pvcheck-ssh-"))
+        sock = folder / "docker.sock"
+        argv = [
+            "ssh", *self.options(),
+            "-N", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+            "-L", f"{sock}:{self.target.ssh.docker_socket}",
+            "--", self.destination,
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + self.target.ssh.connect_timeout_s + 5
+        while not sock.exists():
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise TargetUnreachable(ssh_failure(self.destination, self.port, err))
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise TargetUnreachable(
+                    f"ssh {self.destination} port {self.port}: no forwarded docker socket "
+                    f"within {self.target.ssh.connect_timeout_s:g}s"
+                )
+            time.sleep(0.05)
+        self._tunnel, self._socket = proc, sock
+        atexit.register(_close, proc)
+
+    def close(self) -> None:
+        if self._tunnel is not None:
+            _close(self._tunnel)
+            self._tunnel = None
+
+
+def _close(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def ssh_failure(destination: str, port: int, stderr: str) -> str:
+    """Pure: ssh's complaint turned into what went wrong and what to do."""
+    where = f"ssh {destination} port {port}"
+    text = stderr.strip().splitlines()
+    last = text[-1] if text else "ssh exited without a message"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return f"{where}: the host key CHANGED (not the one in known_hosts); refusing to connect"
+    if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr:
+        return f"{where}: the host key is not in known_hosts (or does not match); refusing"
+    if "Permission denied" in stderr:
+        return f"{where}: login refused ({last})"
+    if "Connection refused" in stderr:
+        return f"{where}: connection refused (is sshd running?)"
+    return f"{where}: {last}"
+
+
+Host = LocalHost | SshHost
+_TUNNELS_LOCK = threading.Lock()
+_HOSTS: dict[tuple[str, str], SshHost] = {}
+
+
+def host_for(target: TargetConfig) -> Host:
+    """One Host per target and ssh settings in this process (its tunnel is shared)."""
+    found = SSH_URL.match(target.docker_host)
+    if not target.docker_host.startswith("ssh://"):
+        return LocalHost(target)
+    assert found is not None  # validated by TargetConfig
+    key = (target.docker_host, target.ssh.model_dump_json())
+    with _TUNNELS_LOCK:
+        if key not in _HOSTS:
+            _HOSTS[key] = SshHost(target, found["user"], found["host"], int(found["port"] or 22))
+        return _HOSTS[key]
+
+
+def run_on(
+    host: Host, argv: list[str], timeout_s: float, stdin: str | None = None
+) -> tuple[int, str, str]:
+    """Run argv on the host; (exit code, stdout, stderr). ssh's own failure (255) raises."""
+    proc = subprocess.run(
+        host.argv(argv),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout_s,
+        check=False,
+    )
+    if host.remote and proc.returncode == 255:
+        assert isinstance(host, SshHost)
+        raise TargetUnreachable(ssh_failure(host.destination, host.port, proc.stderr))
+    return proc.returncode, proc.stdout, proc.stderr

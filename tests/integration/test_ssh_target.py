@@ -1,0 +1,209 @@
+"""Remote targets: an sshd started here on 127.0.0.1 (its own port, a key made for the test,
+a known_hosts entry) fronts the lab host; pvcheck verifies it only through ssh."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvcheck.cli import main
+from pvcheck.config import Config
+from pvcheck.stacks import list_residue
+from pvcheck.swarm import LABEL_RUN, Swarm
+from tests.helpers import spawn_run, wait_for_throwaways, write_config
+from tests.integration.test_flow_m1 import check, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass
+class Sshd:
+    port: int
+    folder: Path
+    key: Path
+    known_hosts: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ssh://root@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        Path("/run/sshd").mkdir(exist_ok=True)  # its privilege-separation folder
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.folder / "sshd_config")],
+            stderr=open(self.folder / "sshd.log", "ab"),  # noqa: SIM115 (the child keeps it)
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while not _listening(self.port):
+            assert self.proc.poll() is None, (self.folder / "sshd.log").read_text()
+            assert time.monotonic() < deadline, "sshd did not listen"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop sshd and every session it serves (what a host going away looks like)."""
+        if self.proc is not None:
+            for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    if not Path(SSHD).exists():
+        pytest.skip("openssh-server is not installed (.ci/bootstrap installs it)")
+    folder = tmp_path_factory.mktemp("sshd")
+    port = _free_port()
+    host_pub = _keygen(folder / "host_ed25519")
+    client_pub = _keygen(folder / "id_ed25519")
+    (folder / "authorized_keys").write_text(client_pub + "\n")
+    known = folder / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_ed25519'}\n"
+        f"PidFile {folder / 'sshd.pid'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "AllowStreamLocalForwarding yes\nX11Forwarding no\n"
+    )
+    server = Sshd(port, folder, folder / "id_ed25519", known)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _over_ssh(sshd: Sshd, **ssh: Any) -> Any:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["target"].update(docker_host=sshd.url, reconnect_s=5)
+        raw["target"]["ssh"] = {
+            "identity_file": str(sshd.key),
+            "known_hosts": str(sshd.known_hosts),
+            "connect_timeout_s": 5,
+            **ssh,
+        }
+        # One route is checked from the host itself, as `ssh host curl --connect-to ...`.
+        raw["routes"][1]["check_from"] = "host"
+
+    return mutate
+
+
+def test_full_run_over_ssh_matches_a_local_run(
+    lab: Config, engine: Swarm, sshd: Sshd, tmp_path: Path
+) -> None:
+    local_dir, remote_dir = tmp_path / "local", tmp_path / "remote"
+    local_dir.mkdir()
+    remote_dir.mkdir()
+    rc_local, local = run(write_config(local_dir), local_dir)
+    rc, remote = run(write_config(remote_dir, _over_ssh(sshd)), remote_dir)
+    assert (rc, remote["verdict"]) == (rc_local, local["verdict"]) == (0, "pass"), remote["stages"]
+    net_local, net_remote = (r["facts"]["before"]["network"] for r in (local, remote))
+    for fact in ("subnet", "capacity", "vips", "task_ips", "lb_endpoints"):
+        assert net_remote[fact] == net_local[fact], fact
+    assert [s["name"] for s in remote["facts"]["after"]["services"]] == [
+        s["name"] for s in local["facts"]["after"]["services"]
+    ]
+    assert remote["target_via"].startswith(f"ssh root@127.0.0.1 port {sshd.port}")
+    assert check(remote, "route.drone-health")["status"] == "pass"
+    assert remote["logs"]["source"].startswith("ssh ")
+    status = (remote_dir / "docs" / "STATUS-pvcheck.md").read_text()
+    assert f"ssh -p {sshd.port} -i {sshd.key}" in status  # HOW, as an operator pastes it
+    assert "Reached: ssh root@127.0.0.1" in status
+    assert not any(list_residue(engine, f"{LABEL_RUN}={remote['run_id']}").values())
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("fault", ["wrong-host-key", "refused-login"])
+def test_bad_host_key_or_login_exits_3(
+    lab: Config,
+    sshd: Sshd,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fault: str,
+) -> None:
+    if fault == "wrong-host-key":
+        other = _keygen(tmp_path / "other_host")
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{sshd.port} {other}\n")
+        mutate, expect = _over_ssh(sshd, known_hosts=str(known)), "host key"
+    else:
+        _keygen(tmp_path / "stranger")
+        mutate, expect = _over_ssh(sshd, identity_file=str(tmp_path / "stranger")), "login refused"
+    config = write_config(tmp_path, mutate)
+    assert main(["run", "--config", str(config)]) == 3
+    err = capsys.readouterr().err
+    assert expect in err and sshd.url in err
+    journal = (tmp_path / "docs" / "JOURNAL-pvcheck.md").read_text()
+    assert "UNREACHABLE" in journal and not (tmp_path / "docs" / "STATUS-pvcheck.md").exists()
+
+
+@pytest.mark.faults
+def test_sshd_stopped_mid_run_exits_3_and_the_next_run_reaps(
+    lab: Config, engine: Swarm, sshd: Sshd, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, _over_ssh(sshd))
+    log, out = tmp_path / "run.log", tmp_path / "report.json"
+    proc = spawn_run(config, log, "--json", str(out))
+    try:
+        run_id = wait_for_throwaways(engine, proc)
+        sshd.stop()
+        assert proc.wait(timeout=180) == 3, log.read_text()[-3000:]
+    finally:
+        if sshd.proc is None:
+            sshd.start()
+    assert f"{sshd.url}: docker engine stopped answering" in log.read_text()
+    journal = (tmp_path / "docs" / "JOURNAL-pvcheck.md").read_text()
+    assert run_id in journal and "the next run's janitor removes this run's objects" in journal
+    rc, report = run(config, tmp_path)
+    janitor = check(report, "teardown.janitor")
+    assert janitor["status"] == "pass" and run_id in janitor["found"], janitor
+    assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())
+    assert rc == 0, report["stages"]

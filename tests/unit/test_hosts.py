@@ -1,0 +1,83 @@
+"""The ssh seam, pure parts: target URLs, quoting of remote commands, operator-form HOW
+commands, and ssh's failures turned into clear messages."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvcheck.config import RouteConfig, TargetConfig, load_config
+from pvcheck.errors import ConfigError
+from pvcheck.hosts import LocalHost, SshHost, host_for, ssh_failure
+from pvcheck.routes import curl_argv
+from tests.helpers import write_config
+
+
+def _target(url: str, **ssh: Any) -> TargetConfig:
+    return TargetConfig(name="t", docker_host=url, ssh=ssh)
+
+
+def test_local_target_runs_commands_as_they_are() -> None:
+    host = host_for(_target("unix:///var/run/docker.sock"))
+    assert isinstance(host, LocalHost) and host.argv(["docker", "ps"]) == ["docker", "ps"]
+
+
+def test_ssh_target_quotes_each_argument_for_the_remote_shell() -> None:
+    host = host_for(_target("ssh://ops@cc-ci.example:2200", known_hosts="/k", identity_file="/i"))
+    assert isinstance(host, SshHost) and (host.user, host.host, host.port) == (
+        "ops",
+        "cc-ci.example",
+        2200,
+    )
+    hostile = ["grep", "-c", "x; rm -rf / #", "$(reboot)", "a'b"]
+    argv = host.argv(hostile)
+    assert argv[0] == "ssh" and argv[-2:-1] == ["ops@cc-ci.example"]
+    assert "StrictHostKeyChecking=yes" in argv and "UserKnownHostsFile=/k" in argv
+    assert shlex.split(argv[-1]) == hostile  # the remote shell sees the same words
+
+
+def test_how_is_what_an_operator_pastes() -> None:
+    host = host_for(_target("ssh://root@cc-ci", known_hosts="/k", identity_file="/i"))
+    assert host.how("docker network inspect proxy") == (
+        "ssh -i /i -o UserKnownHostsFile=/k root@cc-ci 'docker network inspect proxy'"
+    )
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "url",
+    ["ssh://-oProxyCommand=touch%20x", "ssh://root@-p", "ssh://a b", "ssh://root@host:port"],
+)
+def test_ssh_urls_that_ssh_could_read_as_options_are_refused(tmp_path: Path, url: str) -> None:
+    def target(raw: dict[str, Any]) -> None:
+        raw["target"]["docker_host"] = url
+
+    with pytest.raises(ConfigError, match=r"target\.docker_host"):
+        load_config(write_config(tmp_path, target))
+
+
+@pytest.mark.parametrize(
+    ("stderr", "says"),
+    [
+        ("Host key verification failed.\r\n", "not in known_hosts"),
+        ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\n", "CHANGED"),
+        ("root@127.0.0.1: Permission denied (publickey).\n", "login refused"),
+        ("ssh: connect to host 127.0.0.1 port 2: Connection refused\n", "connection refused"),
+        ("", "ssh exited without a message"),
+    ],
+)
+def test_ssh_failures_are_named(stderr: str, says: str) -> None:
+    assert says in ssh_failure("root@h", 22, stderr)
+
+
+def test_curl_from_the_host_keeps_host_name_and_ends_with_the_status() -> None:
+    route = RouteConfig(
+        name="d", url="https://drone.example/healthz", connect_to="127.0.0.1:443", verify_tls=False
+    )
+    argv = curl_argv(route, 5)
+    assert argv[-2:] == ["--", "https://drone.example/healthz"]
+    assert "drone.example:443:127.0.0.1:443" in argv and "-k" in argv
+    assert argv[argv.index("-w") + 1] == "\n%{http_code}"
