@@ -33,6 +33,7 @@ from typing import Any
 import docker
 import httpx
 
+from flows.serving import api_healthy
 from pvcheck.allocator import released, reproduce
 from pvcheck.config import LAB_CONFIG, HttpConfig, RouteConfig, load_config
 from pvcheck.facts import gather_facts, parse_network, settle_network
@@ -88,12 +89,7 @@ def prefect_server(port: int = 4299) -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not api_healthy(url):
             assert time.monotonic() < deadline, "prefect server did not start"
             time.sleep(0.5)
         yield url

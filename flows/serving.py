@@ -64,7 +64,8 @@ def build_deployments(
     ]
 
 
-def _healthy(url: str) -> bool:
+def api_healthy(url: str) -> bool:
+    """The Prefect API at url answers /health."""
     try:
         return httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200
     except httpx.HTTPError:
@@ -75,11 +76,11 @@ def ensure_server(host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 
     """Attach to PREFECT_API_URL, or start `prefect server start` on host:port and use it."""
     url = os.environ.get("PREFECT_API_URL")
     if url:
-        if not _healthy(url):
+        if not api_healthy(url):
             raise PvcheckError(f"PREFECT_API_URL={url} does not answer /health")
         return url
     url = f"http://{host}:{port}/api"
-    if not _healthy(url):
+    if not api_healthy(url):
         prefect = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
         with socket.socket() as s:
             if s.connect_ex((host, port)) == 0:
@@ -93,7 +94,7 @@ def ensure_server(host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
-        while not _healthy(url):
+        while not api_healthy(url):
             if time.monotonic() > deadline:
                 raise PvcheckError(f"prefect server did not answer on {url} within {timeout_s:g}s")
             time.sleep(1)

@@ -73,6 +73,8 @@ def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:
     expected = f"HTTP {want}" + (
         f" with body containing {route.body_contains!r}" if route.body_contains else ""
     )
+    if not route.verify_tls:
+        expected += " (TLS verification OFF for this route)"  # shown in the STATUS table
     if obs.status is None:
         found = obs.error or "no answer"
     else:

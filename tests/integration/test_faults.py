@@ -45,7 +45,8 @@ def test_second_run_on_a_busy_host_refuses_and_the_first_is_unaffected(
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A machine-docs folder on a tiny tmpfs that is already full."""
+    """A machine-docs folder on a tiny tmpfs of its own (the test fills it or makes it
+    read-only)."""
     mount = tmp_path / "full"
     mount.mkdir()
     if subprocess.run(
@@ -58,8 +59,18 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_disk_full_keeps_old_files_and_names_the_file(
-    lab: Config, engine: Swarm, tmp_path: Path, full_disk: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("disk-full", "No space left on device"), ("read-only", "Read-only file system")],
+)
+def test_unwritable_docs_keep_old_files_and_name_the_file(
+    lab: Config,
+    engine: Swarm,
+    tmp_path: Path,
+    full_disk: Path,
+    capsys: pytest.CaptureFixture[str],
+    fault: str,
+    error: str,
 ) -> None:
     def docs_on_full_disk(raw: dict[str, Any]) -> None:
         raw["docs"]["dir"] = str(full_disk)
@@ -68,13 +79,16 @@ def test_disk_full_keeps_old_files_and_names_the_file(
     (full_disk / "STATUS-pvfix.md").write_text("# pvfix\n\n## DONE\n")
     status = full_disk / "STATUS-pvcheck.md"
     status.write_text("# STATUS\n\nold notes\n")
-    with contextlib.suppress(OSError), open(full_disk / "filler", "wb") as fh:  # fill the disk
-        while True:
-            fh.write(b"x" * 4096)
-            fh.flush()
+    if fault == "disk-full":
+        with contextlib.suppress(OSError), open(full_disk / "filler", "wb") as fh:
+            while True:
+                fh.write(b"x" * 4096)
+                fh.flush()
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(full_disk)], check=True)
     assert main(["run", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "No space left on device" in err and str(full_disk) in err
+    assert error in err and str(full_disk) in err
     assert status.read_text() == "# STATUS\n\nold notes\n"
     assert not [p.name for p in full_disk.iterdir() if p.name.endswith(".tmp")]
     assert not any(list_residue(engine, LABEL_RUN).values())

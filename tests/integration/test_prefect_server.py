@@ -4,7 +4,6 @@ triggered through the REST API exactly as the UI's Run and Cancel buttons do."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,26 +14,21 @@ from typing import Any
 import httpx
 import pytest
 
+from flows.serving import api_healthy
 from pvcheck.config import Config
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.helpers import ROOT, write_config
+from tests.helpers import ROOT, free_port, write_config
 
 pytestmark = pytest.mark.integration
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
@@ -55,12 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
+    while not api_healthy(url):
         assert proc.poll() is None and time.monotonic() < deadline, (
             home / "server.log"
         ).read_text()[-3000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -23,7 +22,7 @@ from pvcheck.cli import main
 from pvcheck.config import Config
 from pvcheck.masking import MASK
 from tests.fakes import drone_server
-from tests.helpers import write_config
+from tests.helpers import drone_settings, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
 
@@ -63,18 +62,7 @@ def test_a_known_token_appears_in_no_output(
         # A hostile (or careless) CI echoes the token back in what pvcheck reads and reports.
         state.steps = {"install": "success", f"upgrade with Bearer {TOKEN}": "failure"}
 
-        def use_drone(raw: dict[str, Any]) -> None:
-            raw["deploy"].update(driver="drone", stack="hello", tiers=["install", "upgrade"])
-            raw["deploy"]["drone"] = {
-                "url": url,
-                "repo": "coop/ci",
-                "branch": "main",
-                "token_env": "PVCHECK_TEST_DRONE_TOKEN",
-                "timeout_s": 30,
-                "poll_s": 0.2,
-            }
-
-        config = write_config(tmp_path, use_drone)
+        config = write_config(tmp_path, drone_settings(url, timeout_s=30, poll_s=0.2))
         out, junit = tmp_path / "report.json", tmp_path / "junit.xml"
         rc = main(["run", "--config", str(config), "--json", str(out), "--junit", str(junit)])
     assert state.auth == {f"Bearer {TOKEN}"}  # the token was really used

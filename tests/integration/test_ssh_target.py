@@ -20,7 +20,7 @@ from pvcheck.cli import main
 from pvcheck.config import Config
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.helpers import spawn_run, wait_for_throwaways, write_config
+from tests.helpers import free_port, spawn_run, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
@@ -84,12 +84,6 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _keygen(path: Path) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
     return path.with_suffix(".pub").read_text().strip()
@@ -100,7 +94,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     if not Path(SSHD).exists():
         pytest.skip("openssh-server is not installed (.ci/bootstrap installs it)")
     folder = tmp_path_factory.mktemp("sshd")
-    port = _free_port()
+    port = free_port()
     host_pub = _keygen(folder / "host_ed25519")
     client_pub = _keygen(folder / "id_ed25519")
     (folder / "authorized_keys").write_text(client_pub + "\n")

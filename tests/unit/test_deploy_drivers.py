@@ -28,7 +28,7 @@ from pvcheck.errors import ConfigError
 from pvcheck.records import Status, judge_gate
 from tests.fakes import DroneState, FakeSwarm
 from tests.fakes import drone_server as serve_drone
-from tests.helpers import write_config
+from tests.helpers import drone_settings, write_config
 
 TOKEN = "drone-token-5f1c9e-DO-NOT-LEAK"
 
@@ -197,17 +197,7 @@ def drone_server() -> Iterator[tuple[str, DroneState]]:
 
 
 def _drone_cfg(tmp_path: Path, url: str, timeout_s: float = 30) -> Config:
-    def use_drone(raw: dict[str, Any]) -> None:
-        raw["deploy"].update(driver="drone", stack="hello", tiers=["install", "upgrade"])
-        raw["deploy"]["drone"] = {
-            "url": url,
-            "repo": "coop/ci",
-            "branch": "main",
-            "token_env": "PVCHECK_TEST_DRONE_TOKEN",
-            "timeout_s": timeout_s,
-        }
-
-    return load_config(write_config(tmp_path, use_drone))
+    return load_config(write_config(tmp_path, drone_settings(url, timeout_s=timeout_s)))
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,7 @@ def test_route_judgement() -> None:
     route = RouteConfig(name="drone", url="https://d.test/", expect_status=[303], verify_tls=False)
     good = judge.route_answer(route, RouteObservation("drone", route.url, 303, None, 0.01, 1))
     assert good.status == Status.PASS and "TLS verification OFF" in good.detail
+    assert "TLS verification OFF" in good.expected
     bad = judge.route_answer(route, RouteObservation("drone", route.url, 502, None, 0.01, 3))
     assert bad.status == Status.FAIL and "route drone" in bad.detail and bad.found == "HTTP 502"
     down = judge.route_answer(
