@@ -65,6 +65,9 @@ before=$(endpoints)
 recipe compose.yml | deploy rb-hello
 wait_for 90 hello_up || fail "recipe route never answered"
 recipe compose.upgrade.yml | deploy rb-hello
+# The same convergence check as pvcheck's: swarm says the update completed, then the route.
+updated() { [ "$(docker service inspect rb-hello_app --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}')" = completed ]; }
+wait_for 90 updated || fail "the upgrade did not complete"
 wait_for 90 hello_up || fail "recipe route after upgrade"
 docker stack rm rb-hello > /dev/null
 gone() { [ -z "$(docker service ls -q --filter label=com.docker.stack.namespace="$1")" ] && [ "$(endpoints)" -le "$before" ]; }

@@ -19,7 +19,7 @@ from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
 from pvcheck.records import Check, Status
 from pvcheck.stacks import StackDeployer, parse_stack
-from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _wait_allocated(swarm: Swarm, run_id: str, expected: int, timeout_s: float) 
             return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(1.0)
+        time.sleep(POLL_S)
 
 
 def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check]:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pvcheck.swarm import LABEL_STACK, Swarm
+from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
 
 FAILED_TASK_STATES = {"failed", "rejected", "orphaned"}
 
@@ -252,25 +252,28 @@ def settle_network(
     network: str,
     done: Callable[[NetworkFacts], bool],
     timeout_s: float,
-    poll_s: float = 2.0,
-    stable_polls: int = 3,
+    poll_s: float = POLL_S,
+    stable_s: float = 6.0,
 ) -> tuple[NetworkFacts | None, bool]:
-    """Poll the network until `done(facts)`, or until its counts stop changing for
-    `stable_polls` polls, or the deadline. Returns the last facts and whether done() held.
+    """Poll the network until `done(facts)`, or until its counts have not changed for
+    `stable_s` seconds, or the deadline. Returns the last facts and whether done() held.
 
     The allocator frees addresses asynchronously (10-20 s in the lab), so a single read
-    right after a removal would report a leak that is not one.
+    right after a removal would report a leak that is not one; stability is judged over
+    time, not over a number of polls, so a faster poll never ends the wait sooner.
     """
     deadline = time.monotonic() + timeout_s
     last: NetworkFacts | None = None
-    same = 0
+    changed_at = time.monotonic()
     while True:
         inspect = swarm.network(network)
         facts = parse_network(inspect) if inspect else None
         if facts is not None and done(facts):
             return facts, True
-        same = same + 1 if last is not None and _counts(last) == _counts(facts) else 0
+        now = time.monotonic()
+        if last is None or _counts(last) != _counts(facts):
+            changed_at = now
         last = facts
-        if same >= stable_polls or time.monotonic() >= deadline:
+        if now - changed_at >= stable_s or now >= deadline:
             return facts, False
         time.sleep(poll_s)

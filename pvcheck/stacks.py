@@ -24,7 +24,7 @@ import docker.types
 import yaml
 
 from pvcheck.errors import ConfigError
-from pvcheck.swarm import LABEL_STACK, Swarm
+from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
 
@@ -271,28 +271,60 @@ class StackDeployer:
         return self._pins[image]
 
     # --- convergence and removal -----------------------------------------------------------
-    def wait_running(self, stack: str, timeout_s: float, poll_s: float = 1.0) -> dict[str, str]:
-        """Poll until every service of the stack has its replicas running; returns states."""
+    def wait_running(self, stack: str, timeout_s: float, poll_s: float = POLL_S) -> dict[str, str]:
+        """Poll until every service of the stack runs its current spec (an update included)
+        with all its replicas; returns the states."""
         deadline = time.monotonic() + timeout_s
         while True:
             states = stack_task_states(self.swarm, stack)
             if states and all(v == "running" for v in states.values()):
                 return states
+            if any(v in UPDATE_FAILED for v in states.values()):
+                return states  # swarm gave up on the update: waiting longer changes nothing
             if time.monotonic() >= deadline:
                 return states
             time.sleep(poll_s)
 
 
+# Update states in which a service has not (yet) settled on its current spec, and those of
+# them in which swarm gave up on the update.
+UPDATE_UNSETTLED = {
+    "updating",
+    "paused",
+    "rollback_started",
+    "rollback_paused",
+    "rollback_completed",
+}
+UPDATE_FAILED = {"update paused", "update rollback_paused", "update rollback_completed"}
+
+
 def stack_task_states(swarm: Swarm, stack: str) -> dict[str, str]:
-    """Per service of a stack: 'running' when running replicas match desired, else a summary."""
+    """Per service of a stack: 'running' when its desired replicas run the service's current
+    spec and no update is in flight, else a summary. Right after an update call the engine
+    may still show the old tasks running and the previous update status; counting only tasks
+    with the current container spec keeps that moment from passing as converged."""
     services = swarm.services({LABEL_STACK: stack})
+    tasks = swarm.tasks([s["ID"] for s in services]) if services else []
     out = {}
     for svc in services:
-        status = svc.get("ServiceStatus") or {}
-        running, desired = status.get("RunningTasks", 0), status.get("DesiredTasks", 0)
-        out[svc["Spec"]["Name"]] = (
-            "running" if desired and running >= desired else f"{running}/{desired} running"
+        current = svc["Spec"]["TaskTemplate"].get("ContainerSpec")
+        running = sum(
+            1
+            for t in tasks
+            if t.get("ServiceID") == svc["ID"]
+            and t.get("DesiredState") == "running"
+            and (t.get("Status") or {}).get("State") == "running"
+            and (t.get("Spec") or {}).get("ContainerSpec") == current
         )
+        desired = (svc.get("ServiceStatus") or {}).get("DesiredTasks", 0)
+        update = (svc.get("UpdateStatus") or {}).get("State")
+        name = svc["Spec"]["Name"]
+        if update in UPDATE_UNSETTLED:
+            out[name] = f"update {update}"
+        elif desired and running >= desired:
+            out[name] = "running"
+        else:
+            out[name] = f"{running}/{desired} running the current spec"
     return out
 
 
@@ -349,4 +381,4 @@ def remove_labelled(swarm: Swarm, *labels: str, timeout_s: float = 90.0) -> dict
         left = list_residue(swarm, *labels)
         if not any(left.values()) or time.monotonic() >= deadline:
             return left
-        time.sleep(1.0)
+        time.sleep(POLL_S)

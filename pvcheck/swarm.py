@@ -37,6 +37,10 @@ LABEL_LAB = "pvcheck.lab"
 LABEL_STACK = "com.docker.stack.namespace"
 LABEL_ROLE = "pvcheck.role"  # what a run-labelled object is for: recipe, throwaway, canary
 
+# How often a wait re-reads engine state (one cheap read each time): a converged or released
+# state is seen within a quarter second, so waits cost no more than the engine's own work.
+POLL_S = 0.25
+
 T = TypeVar("T")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,9 +10,17 @@ import pytest
 
 from pvcheck import judge
 from pvcheck.config import NetworkConfig, RouteConfig
-from pvcheck.facts import overlay_capacity, parse_network, parse_services, parse_stacks
+from pvcheck.facts import (
+    NetworkFacts,
+    overlay_capacity,
+    parse_network,
+    parse_services,
+    parse_stacks,
+    settle_network,
+)
 from pvcheck.records import Check, Status, judge_gate, verdict
 from pvcheck.routes import RouteObservation
+from pvcheck.stacks import stack_task_states
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -167,3 +176,83 @@ def test_verdict() -> None:
     assert verdict([passed, unproven]) == Status.PASS
     assert verdict([failed, unproven]) == Status.FAIL
     assert verdict([unproven]) == Status.FAIL
+
+
+class _FreeingLater:
+    """A network whose `b_app` is removed by the allocator `after_s` seconds from now."""
+
+    def __init__(self, after_s: float) -> None:
+        self.free_at = time.monotonic() + after_s
+
+    def network(self, name: str) -> dict[str, Any]:
+        doc = inspect_doc()
+        if time.monotonic() >= self.free_at:
+            del doc["Services"]["b_app"]
+        return doc
+
+
+def _b_gone(facts: NetworkFacts) -> bool:
+    return "b_app" not in facts.services
+
+
+def test_settle_waits_out_a_quiet_allocator_however_fast_it_polls() -> None:
+    # Nothing changes for 0.6 s (many polls), then the addresses are freed: still seen.
+    facts, done = settle_network(
+        _FreeingLater(0.6), "proxy", _b_gone, timeout_s=5, poll_s=0.01, stable_s=1.0
+    )  # type: ignore[arg-type]
+    assert done and facts is not None and facts.task_ips == 2
+
+
+def test_settle_gives_up_after_the_stable_time_not_before() -> None:
+    t0 = time.monotonic()
+    _, done = settle_network(
+        _FreeingLater(60), "proxy", _b_gone, timeout_s=5, poll_s=0.01, stable_s=0.5
+    )  # type: ignore[arg-type]
+    assert not done and 0.5 <= time.monotonic() - t0 < 2
+
+
+class _StackAfterUpdate:
+    """A stack right after `docker service update`: which tasks run which container spec."""
+
+    NEW, OLD = {"Image": "web@sha256:2"}, {"Image": "web@sha256:1"}
+
+    def __init__(self, running_specs: list[dict[str, str]], update: str | None) -> None:
+        self.running_specs, self.update = running_specs, update
+
+    def services(self, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        svc: dict[str, Any] = {
+            "ID": "s1",
+            "Spec": {"Name": "app_web", "TaskTemplate": {"ContainerSpec": self.NEW}},
+            "ServiceStatus": {"RunningTasks": len(self.running_specs), "DesiredTasks": 1},
+        }
+        if self.update:
+            svc["UpdateStatus"] = {"State": self.update}
+        return [svc]
+
+    def tasks(self, service_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        return [
+            {
+                "ServiceID": "s1",
+                "DesiredState": "running",
+                "Status": {"State": "running"},
+                "Spec": {"ContainerSpec": spec},
+            }
+            for spec in self.running_specs
+        ]
+
+
+@pytest.mark.parametrize(
+    ("specs", "update", "state"),
+    [
+        ([_StackAfterUpdate.OLD], None, "0/1 running the current spec"),  # not started yet
+        ([_StackAfterUpdate.NEW], "updating", "update updating"),  # monitor window
+        ([_StackAfterUpdate.OLD], "rollback_completed", "update rollback_completed"),
+        ([_StackAfterUpdate.NEW], "completed", "running"),
+        ([_StackAfterUpdate.NEW], None, "running"),  # a fresh deploy
+    ],
+    ids=["before-the-orchestrator", "monitoring", "rolled-back", "completed", "fresh"],
+)
+def test_an_update_converges_only_on_its_own_spec(
+    specs: list[dict[str, str]], update: str | None, state: str
+) -> None:
+    assert stack_task_states(_StackAfterUpdate(specs, update), "app") == {"app_web": state}  # type: ignore[arg-type]
