@@ -287,9 +287,9 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
     finally:
         try:
             residue = _teardown(swarm, run_id)
-        except TargetUnreachable as exc:
-            # The host is gone (ssh lost, engine down): the run is recorded as started and
-            # not finished, so the next run's janitor removes what it left.
+        except Exception as exc:
+            # The host is gone or broken (ssh lost, engine down): the run stays recorded as
+            # started and not finished, so the next run's janitor removes what it left.
             residue = judge.unreachable_teardown(f"{LABEL_RUN}={run_id}", str(exc))
         report.checks.append(residue)
         report.stages["teardown"] = (
@@ -297,8 +297,16 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
         )
         if residue.status == Status.PASS:
             registry.finish(run_id)
-        if not swarm.lost:
+        # Evidence is written whatever the host does; facts it could not give are an error.
+        try:
+            if swarm.lost:
+                raise TargetUnreachable(f"{cfg.target.docker_host} was lost during the run")
             after = capture_facts(swarm, cfg, "after")
+        except Exception as exc:
+            report.checks.append(
+                Check("facts.after", "M1", Status.ERROR, "host facts after the run", str(exc))
+            )
+        else:
             report.facts_after = after
             report.checks += [judge.service_healthy(s, "after") for s in after.services]
         report.finished_at = utc_now()

@@ -47,6 +47,14 @@ T = TypeVar("T")
 _CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
+def _engine_away(exc: BaseException | None) -> bool:
+    """The engine is down or restarting: no connection, or a node whose swarm manager is not
+    back yet (503 right after dockerd starts). Worth waiting for within reconnect_s."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    return isinstance(exc, docker.errors.APIError) and exc.status_code == 503
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, _CONNECTION_ERRORS):
         return True
@@ -111,7 +119,7 @@ class Swarm:
 
         def stop(state: RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
-            if self.reconnect_s > 0 and not self.lost and isinstance(exc, _CONNECTION_ERRORS):
+            if self.reconnect_s > 0 and not self.lost and _engine_away(exc):
                 return state.seconds_since_start is not None and (
                     state.seconds_since_start >= self.reconnect_s
                 )
@@ -126,8 +134,11 @@ class Swarm:
         )
         try:
             return retrying(fn, *args, **kwargs)
-        except _CONNECTION_ERRORS as exc:
-            self.lost = True  # rode out once already: later calls (teardown) fail fast
+        except (*_CONNECTION_ERRORS, docker.errors.APIError) as exc:
+            if not _engine_away(exc):
+                raise
+            if self.reconnect_s > 0:
+                self.lost = True  # rode out once already: later calls (teardown) fail fast
             raise TargetUnreachable(f"{self.where} stopped answering: {exc}") from None
 
     # --- reads -----------------------------------------------------------------------------
