@@ -26,6 +26,12 @@ traefik.lab.test /api/version 200 Version"
 VIP='could not find an available IP while allocating VIP'
 
 fail() { echo "runbook: FAIL: $*" >&2; exit 1; }
+cleanup() { # whatever way it ends, the stacks it made go
+  for stack in $(docker stack ls --format '{{.Name}}' | grep '^rb-'); do
+    docker stack rm "$stack" > /dev/null
+  done
+}
+trap cleanup EXIT
 endpoints() { docker network inspect -v "$NET" --format '{{range .Services}}{{len .Tasks}} {{end}}{{len .Containers}}' |
   awk '{n=0; for(i=1;i<=NF;i++) n+=$i; print n}'; }
 vips() { docker network inspect -v "$NET" --format '{{range $k, $v := .Services}}{{$k}} {{end}}' | wc -w; }

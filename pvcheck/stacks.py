@@ -42,7 +42,20 @@ _SERVICE_KEYS = {
     "labels",
     "hostname",
 }
-_DEPLOY_KEYS = {"labels", "replicas", "mode", "restart_policy", "placement", "resources"}
+_DEPLOY_KEYS = {
+    "labels",
+    "replicas",
+    "mode",
+    "restart_policy",
+    "placement",
+    "resources",
+    "update_config",
+}
+_UPDATE_KEYS = {"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"}
+_UPDATE_CHOICES = {
+    "failure_action": ("pause", "continue", "rollback"),
+    "order": ("start-first", "stop-first"),
+}
 LABEL_SPEC = "pvcheck.spec"  # hash of what was deployed, so a re-deploy of the same is a no-op
 RESIDUE_KINDS = ("services", "containers", "networks", "volumes", "configs", "secrets")
 
@@ -78,6 +91,20 @@ def parse_stack(doc: Any, source: str) -> StackSpec:
         if unknown:
             key = sorted(unknown)[0]
             raise ConfigError(source, f"services.{name}.deploy.{key}", "not supported")
+        update = (svc.get("deploy") or {}).get("update_config") or {}
+        unknown = set(update) - _UPDATE_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(
+                source, f"services.{name}.deploy.update_config.{key}", "not supported"
+            )
+        for key, choices in _UPDATE_CHOICES.items():
+            if key in update and update[key] not in choices:
+                raise ConfigError(
+                    source,
+                    f"services.{name}.deploy.update_config.{key}",
+                    f"must be one of {', '.join(choices)}",
+                )
     return StackSpec(
         source=source,
         services=doc["services"],
@@ -102,6 +129,22 @@ def _seconds_ns(value: Any) -> int:
         raise ValueError(f"bad duration {value!r}")
     scale = {"ms": 1e6, "s": 1e9, "m": 60e9, None: 1e9}[match.group(2)]
     return int(float(match.group(1)) * scale)
+
+
+def _update_config(value: Any) -> docker.types.UpdateConfig | None:
+    """compose's deploy.update_config (keys checked by parse_stack); swarm's own defaults
+    for what it leaves out, as `docker stack deploy` does."""
+    if not value:
+        return None
+    ratio = value.get("max_failure_ratio")
+    return docker.types.UpdateConfig(
+        parallelism=int(value.get("parallelism", 1)),
+        delay=_seconds_ns(value["delay"]) if "delay" in value else None,
+        failure_action=value.get("failure_action", "pause"),
+        monitor=_seconds_ns(value["monitor"]) if "monitor" in value else None,
+        max_failure_ratio=float(ratio) if ratio is not None else None,
+        order=value.get("order"),
+    )
 
 
 def _argv(value: Any) -> list[str] | None:
@@ -263,6 +306,7 @@ class StackDeployer:
                 replicas=None if global_mode else int(deploy.get("replicas", 1)),
             ),
             "endpoint_spec": docker.types.EndpointSpec(ports=_ports(svc.get("ports") or [])),
+            "update_config": _update_config(deploy.get("update_config")),
         }
 
     def _pinned(self, image: str) -> str:
