@@ -99,8 +99,8 @@ class Swarm:
         """The target's engine: its socket here, or over ssh through a forwarded socket."""
         from pvcheck.hosts import host_for
 
-        url = host_for(target).docker_url()
         try:
+            url = host_for(target).docker_url()
             swarm = cls.connect(url, target.timeout_s, target.api_attempts, target.reconnect_s)
         except TargetUnreachable as exc:
             raise TargetUnreachable(f"{target.docker_host}: {exc}") from None
