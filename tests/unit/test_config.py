@@ -162,3 +162,18 @@ def test_overrides_cannot_pass_the_hard_caps(tmp_path: Path) -> None:
     assert load_config(path, {"allocator": {"batch": 3}}).allocator.batch == 3
     with pytest.raises(ConfigError, match=r"allocator.batch"):
         load_config(path, {"allocator": {"batch": 500}})
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("allocator_batch", 21), ("allocator_concurrency", 11), ("allocator_rounds", 6)],
+)
+def test_the_ui_form_cannot_raise_the_caps(field: str, value: int) -> None:
+    from pydantic import ValidationError
+
+    from flows.verify import RunParameters
+
+    with pytest.raises(ValidationError, match=field):
+        RunParameters(**{field: value})
+    assert RunParameters(**{field: value - 1}).overrides()["allocator"]
