@@ -195,11 +195,9 @@ class Verification:
         routes = recheck_core_routes(self.cfg, "allocator")
         report.checks.append(routes)
         if routes.status != Status.PASS:
-            reason = f"skipped: no new test traffic, core routes are down ({routes.found})"
-            report.stages["allocator"] = reason
-            report.checks.append(
-                judge.skipped("alloc.stage", "M2", "the reproduction runs", reason)
-            )
+            stopped = judge.traffic_stopped("alloc.stage", "the reproduction runs", routes)
+            report.stages["allocator"] = stopped.detail
+            report.checks.append(stopped)
             return
         started = datetime.now(UTC)
         checks, result = allocator_proof(swarm, self.cfg, self.run_id)
@@ -217,6 +215,37 @@ class Verification:
         guard = guard_proof(swarm, self.cfg, self.run_id, self.params.canary)
         self.report.checks += guard
         self.report.stages["guard"] = _stage_outcome(guard)
+
+    def teardown_stage(self, swarm: Swarm) -> bool:
+        """Remove what this run made; True when nothing is left."""
+        label = f"{LABEL_RUN}={self.run_id}"
+        try:
+            residue = _teardown(swarm, self.run_id)
+        except Exception as exc:
+            # The host is gone or broken (ssh lost, engine down): the run stays recorded as
+            # started and not finished, so the next run's janitor removes what it left.
+            residue = judge.teardown_unchecked(label, str(exc))
+        self.report.checks.append(residue)
+        clean = residue.status == Status.PASS
+        self.report.stages["teardown"] = "clean" if clean else f"left: {residue.found}"
+        return clean
+
+    def after_facts(self, swarm: Swarm) -> None:
+        """Host facts after the run; facts the host could not give are an error check."""
+        if swarm.lost:
+            error = f"{self.cfg.target.docker_host} was lost during the run"
+        else:
+            try:
+                after = capture_facts(swarm, self.cfg, "after")
+            except Exception as exc:
+                error = str(exc)
+            else:
+                self.report.facts_after = after
+                self.report.checks += [judge.service_healthy(s, "after") for s in after.services]
+                return
+        self.report.checks.append(
+            Check("facts.after", "M1", Status.ERROR, "host facts after the run", error)
+        )
 
 
 def _stage_outcome(checks: list[Check]) -> str:
@@ -285,30 +314,10 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
         report.stages["aborted"] = why
         raise
     finally:
-        try:
-            residue = _teardown(swarm, run_id)
-        except Exception as exc:
-            # The host is gone or broken (ssh lost, engine down): the run stays recorded as
-            # started and not finished, so the next run's janitor removes what it left.
-            residue = judge.unreachable_teardown(f"{LABEL_RUN}={run_id}", str(exc))
-        report.checks.append(residue)
-        report.stages["teardown"] = (
-            "clean" if residue.status == Status.PASS else f"left: {residue.found}"
-        )
-        if residue.status == Status.PASS:
+        # Evidence is written whatever the host does from here on.
+        if run.teardown_stage(swarm):
             registry.finish(run_id)
-        # Evidence is written whatever the host does; facts it could not give are an error.
-        try:
-            if swarm.lost:
-                raise TargetUnreachable(f"{cfg.target.docker_host} was lost during the run")
-            after = capture_facts(swarm, cfg, "after")
-        except Exception as exc:
-            report.checks.append(
-                Check("facts.after", "M1", Status.ERROR, "host facts after the run", str(exc))
-            )
-        else:
-            report.facts_after = after
-            report.checks += [judge.service_healthy(s, "after") for s in after.services]
+        run.after_facts(swarm)
         report.finished_at = utc_now()
         report.evidence = write_evidence_files(report, cfg)
         publish_artifacts(report)

@@ -135,12 +135,13 @@ def residue_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
 
 def m2_claim(report: Report, cfg: Config) -> Claim:
     """The M2 claim carries this run's numbers; commands check what the run left behind."""
+    on_host = host_for(cfg.target).how
     net = q(cfg.network.name)
     after = report.facts_after.network if report.facts_after else None
     commands = [
         *residue_commands(cfg, report.run_id),
         ColdCommand(
-            host_for(cfg.target).how(
+            on_host(
                 f"docker network inspect --verbose {net} --format '{{{{range .Services}}}}"
                 "{{if .VIP}}vip{{println}}{{end}}{{range .Tasks}}task{{println}}{{end}}{{end}}'"
                 " | sort | uniq -c"
@@ -153,8 +154,7 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
     if fresh is not None:
         window = re.search(r"\((\S+) -> (\S+)\)", fresh.found)
         if window:
-            command = host_for(cfg.target).how(_log_window_command(cfg, *window.groups()))
-            commands.append(ColdCommand(command, "0"))
+            commands.append(ColdCommand(on_host(_log_window_command(cfg, *window.groups())), "0"))
     if cfg.guard is not None:
         commands.append(
             ColdCommand(

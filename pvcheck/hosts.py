@@ -138,11 +138,6 @@ class SshHost:
         self._tunnel, self._socket = proc, sock
         atexit.register(_close, proc)
 
-    def close(self) -> None:
-        if self._tunnel is not None:
-            _close(self._tunnel)
-            self._tunnel = None
-
 
 def _close(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
@@ -176,9 +171,9 @@ _HOSTS: dict[tuple[str, str], SshHost] = {}
 
 def host_for(target: TargetConfig) -> Host:
     """One Host per target and ssh settings in this process (its tunnel is shared)."""
-    found = SSH_URL.match(target.docker_host)
     if not target.docker_host.startswith("ssh://"):
         return LocalHost(target)
+    found = SSH_URL.match(target.docker_host)
     assert found is not None  # validated by TargetConfig
     key = (target.docker_host, target.ssh.model_dump_json())
     with _TUNNELS_LOCK:

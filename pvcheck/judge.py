@@ -102,6 +102,12 @@ def skipped(check_id: str, gate: str, expected: str, reason: str) -> Check:
     return Check(check_id, gate, Status.SKIP, expected, "not run", reason)
 
 
+def traffic_stopped(check_id: str, expected: str, recheck: Check) -> Check:
+    """A traffic stage not started because its route re-check (routes_still_up) failed."""
+    reason = f"skipped: no new test traffic, core routes are down ({recheck.found})"
+    return skipped(check_id, "M2", expected, reason)
+
+
 def residue(left: dict[str, list[str]], label: str) -> Check:
     names = residue_names(left)
     return Check(
@@ -188,7 +194,7 @@ def routes_still_up(before: str, checks: list[Check]) -> Check:
     )
 
 
-def unreachable_teardown(label: str, why: str) -> Check:
+def teardown_unchecked(label: str, why: str) -> Check:
     """Teardown could not reach the host; what is left is the next run's janitor's."""
     return Check(
         "teardown.residue",

@@ -179,13 +179,13 @@ def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
         assert cfg.path is not None  # validated by LogsConfig
         if not remote:
             return FileLogSource(cfg.path)
-        argv, label = ["cat", "--", str(cfg.path)], f"cat {cfg.path}"
+        source = CommandLogSource(["cat", "--", str(cfg.path)], f"cat {cfg.path}")
     elif cfg.source == "command":
         assert cfg.command is not None
-        argv, label = cfg.command, " ".join(cfg.command)
+        source = CommandLogSource(cfg.command)
     else:
-        journal = journald_source(cfg.unit)
-        argv, label = journal.argv, journal.describe()
+        source = journald_source(cfg.unit)
     if host is None or not remote:
-        return CommandLogSource(argv, label if cfg.source != "command" else None)
-    return CommandLogSource(host.argv(argv), host.how(label))
+        return source
+    shown = source.label or " ".join(source.argv)
+    return CommandLogSource(host.argv(source.argv), host.how(shown))

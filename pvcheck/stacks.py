@@ -339,7 +339,7 @@ UPDATE_UNSETTLED = {
     "rollback_paused",
     "rollback_completed",
 }
-UPDATE_FAILED = {"update paused", "update rollback_paused", "update rollback_completed"}
+UPDATE_FAILED = {f"update {s}" for s in ("paused", "rollback_paused", "rollback_completed")}
 
 
 def stack_task_states(swarm: Swarm, stack: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -24,10 +24,9 @@ from tenacity import (
     Retrying as _Retrying,
 )
 
+from pvcheck.config import TargetConfig
 from pvcheck.errors import TargetUnreachable
-
-if TYPE_CHECKING:
-    from pvcheck.config import TargetConfig
+from pvcheck.hosts import host_for
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +96,6 @@ class Swarm:
     @classmethod
     def for_target(cls, target: TargetConfig) -> Swarm:
         """The target's engine: its socket here, or over ssh through a forwarded socket."""
-        from pvcheck.hosts import host_for
-
         try:
             url = host_for(target).docker_url()
             swarm = cls.connect(url, target.timeout_s, target.api_attempts, target.reconnect_s)

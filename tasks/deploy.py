@@ -43,8 +43,7 @@ def deploy_proof(swarm: Swarm, cfg: Config, run_id: str) -> list[Check]:
         return [judge.skipped("deploy.active", "M2", "no other recipe run in progress", reason)]
     routes = recheck_core_routes(cfg, "deploy")
     if routes.status != Status.PASS:
-        reason = f"skipped: no new test traffic, core routes are down ({routes.found})"
-        return [routes, judge.skipped("deploy.stage", "M2", "deploy proof runs", reason)]
+        return [routes, judge.traffic_stopped("deploy.stage", "deploy proof runs", routes)]
     baseline_inspect = swarm.network(cfg.network.name)
     baseline = parse_network(baseline_inspect) if baseline_inspect else None
     log.info(

@@ -18,10 +18,14 @@ import pytest
 
 from pvcheck.cli import main
 from pvcheck.config import Config
+from pvcheck.deploy import judge_outcome
+from pvcheck.deploy.command import CommandDriver
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
+from tests.fakes import FakeSwarm
 from tests.helpers import free_port, spawn_run, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
+from tests.unit.test_deploy_drivers import HARNESS, command_cfg, results_doc
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
@@ -201,3 +205,21 @@ def test_sshd_stopped_mid_run_exits_3_and_the_next_run_reaps(
     assert janitor["status"] == "pass" and run_id in janitor["found"], janitor
     assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())
     assert rc == 0, report["stages"]
+
+
+def test_harness_runs_on_the_host_and_its_results_come_back(sshd: Sshd, tmp_path: Path) -> None:
+    """The command driver over ssh: the harness is started by `ssh host env ... harness`, and
+    its results.json is read back over ssh, with the same judging as a local one."""
+    # The harness reports, as its version, the SSH_CONNECTION sshd gave it.
+    doc = f"{{**{results_doc(install='pass', upgrade='fail')!r}, 'version': os.environ.get('SSH_CONNECTION', 'not over ssh')}}"
+    cfg = command_cfg(tmp_path, HARNESS.format(doc=doc, rc=1), 30, _over_ssh(sshd))
+    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    checks = {c.id: str(c.status) for c in judge_outcome(outcome, ["install", "upgrade"], "proxy")}
+    assert checks["deploy.tier.install"] == "pass" and checks["deploy.tier.upgrade"] == "fail"
+    assert outcome.info["exit_code"] == "1" and outcome.info["recipe"] == "hello"
+    assert outcome.info["version"].startswith("127.0.0.1 ")  # it ran in an ssh session
+    # Without a results file on the host, the error says how an operator would look for it.
+    (tmp_path / "harness.py").write_text("import sys; sys.exit(0)\n")
+    missing = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    assert missing.error and f"ssh -p {sshd.port}" in missing.error
+    assert "wrote no results file" in missing.error

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,13 @@ def test_parse_results_rejects_malformed(doc: Any) -> None:
         parse_results(doc)
 
 
-def _command_cfg(tmp_path: Path, script: str, timeout_s: float = 30) -> Config:
+def command_cfg(
+    tmp_path: Path,
+    script: str,
+    timeout_s: float = 30,
+    *more: Callable[[dict[str, Any]], None],
+) -> Config:
+    """A lab config whose deploy proof runs `script` as the harness (command driver)."""
     harness = tmp_path / "harness.py"
     harness.write_text(script)
     results = tmp_path / "results.json"
@@ -83,6 +89,8 @@ def _command_cfg(tmp_path: Path, script: str, timeout_s: float = 30) -> Config:
             "results": str(results),
             "timeout_s": timeout_s,
         }
+        for mutate in more:
+            mutate(raw)
 
     return load_config(write_config(tmp_path, use_command))
 
@@ -117,7 +125,7 @@ sys.exit({rc})
 def test_command_driver_with_a_real_script(
     tmp_path: Path, doc: Any, rc: int, expect: dict[str, str]
 ) -> None:
-    cfg = _command_cfg(tmp_path, HARNESS.format(doc=repr(doc), rc=rc))
+    cfg = command_cfg(tmp_path, HARNESS.format(doc=repr(doc), rc=rc))
     swarm = FakeSwarm(network_services=["hello_app"])
     outcome = CommandDriver(swarm, cfg, "pv-1-abc").run()  # type: ignore[arg-type]
     checks = {c.id: str(c.status) for c in judge_outcome(outcome, ["install", "upgrade"], "proxy")}
@@ -130,7 +138,7 @@ def test_command_driver_with_a_real_script(
 
 @pytest.mark.faults
 def test_command_driver_kills_a_harness_past_its_timeout(tmp_path: Path) -> None:
-    cfg = _command_cfg(tmp_path, "import time; time.sleep(60)", timeout_s=1)
+    cfg = command_cfg(tmp_path, "import time; time.sleep(60)", timeout_s=1)
     outcome = CommandDriver(FakeSwarm(), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
     assert outcome.error and "did not finish within 1s" in outcome.error
     assert outcome.info["exit_code"] == "timeout"
