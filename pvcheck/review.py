@@ -19,6 +19,7 @@ _GATE_HEADER = re.compile(
 )
 _CLAIMED = re.compile(r"^Claimed @(\S+) by run `([^`]+)`")
 _REVIEW = re.compile(r"^## (M\d+) — .*: \*\*(PASS|FAIL)\*\* @ ?(\S+)\s*$")
+_REVIEWED = re.compile(r"^Reviewed the claim of run `([^`]+)`")
 _ROW = re.compile(r"^\| (.+?) \| (.+?) \| (.+?) \|$")
 
 
@@ -91,16 +92,32 @@ def parse_evidence(status_text: str, path: str) -> dict[str, str]:
     return out
 
 
-def parse_verdicts(review_text: str) -> dict[str, tuple[str, datetime | None]]:
-    """Gate -> (PASS|FAIL, when) from REVIEW; the latest per gate wins."""
-    out: dict[str, tuple[str, datetime | None]] = {}
+@dataclass(frozen=True)
+class Verdict:
+    result: str  # PASS | FAIL
+    at: datetime | None
+    # The claim's run id as pvcheck's review records it; None for a verdict written by hand.
+    reviewed_run: str | None = None
+
+
+def parse_verdicts(review_text: str) -> dict[str, Verdict]:
+    """Gate -> its verdict in REVIEW; the latest per gate wins."""
+    out: dict[str, Verdict] = {}
+    current: str | None = None  # the gate whose verdict the following lines belong to
     for line in review_text.splitlines():
         match = _REVIEW.match(line)
         if match:
-            gate, verdict, when = match.groups()
-            at = parse_ts(when)
-            if gate not in out or (at and (out[gate][1] is None or at > (out[gate][1] or at))):
-                out[gate] = (verdict, at)
+            gate, result, when = match.groups()
+            at, current = parse_ts(when), None
+            latest = out.get(gate)
+            if latest is None or (at and (latest.at is None or at > latest.at)):
+                out[gate], current = Verdict(result, at), gate
+            continue
+        reviewed = _REVIEWED.match(line)
+        if reviewed and current:
+            out[current] = Verdict(out[current].result, out[current].at, reviewed.group(1))
+        elif line.startswith("## "):
+            current = None
     return out
 
 
@@ -172,11 +189,16 @@ class DoneDecision:
 
 def done_rule(
     claims: dict[str, GateClaim],
-    verdicts: dict[str, tuple[str, datetime | None]],
+    verdicts: dict[str, Verdict],
     now: datetime,
     freshness: timedelta,
 ) -> DoneDecision:
-    """Pure: every gate needs a PASS newer than its latest claim and within the window."""
+    """Pure: every gate needs a PASS of its latest claim, within the freshness window.
+
+    A verdict from `pvcheck review` names the claim's run it verified, which settles "newer
+    than the claim" even when both fall in the same second. A verdict without that line (one
+    written by hand) must carry a timestamp strictly after the claim's.
+    """
     problems = []
     for gate in GATES:
         claim = claims.get(gate)
@@ -187,12 +209,17 @@ def done_rule(
         if verdict is None:
             problems.append(f"{gate}: no review verdict in REVIEW")
             continue
-        result, at = verdict
-        if result != "PASS" or at is None:
-            problems.append(f"{gate}: the latest review is {result}")
-        elif claim.claimed_at and at <= claim.claimed_at:
+        at = verdict.at
+        if verdict.result != "PASS" or at is None:
+            problems.append(f"{gate}: the latest review is {verdict.result}")
+        elif verdict.reviewed_run is not None and verdict.reviewed_run != claim.run_id:
             problems.append(
-                f"{gate}: the PASS @{at:%Y-%m-%dT%H:%M:%SZ} is older than the claim "
+                f"{gate}: the PASS reviewed run {verdict.reviewed_run}, "
+                f"not the current claim of run {claim.run_id}"
+            )
+        elif verdict.reviewed_run is None and claim.claimed_at and at <= claim.claimed_at:
+            problems.append(
+                f"{gate}: the PASS @{at:%Y-%m-%dT%H:%M:%SZ} is not newer than the claim "
                 f"@{claim.claimed_at:%Y-%m-%dT%H:%M:%SZ}"
             )
         elif now - at > freshness:

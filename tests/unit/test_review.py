@@ -11,10 +11,12 @@ import pytest
 from pvcheck.config import load_config
 from pvcheck.done import write_done
 from pvcheck.errors import StateFileError
+from pvcheck.evidence import render
 from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
 from pvcheck.review import (
     Finding,
     GateClaim,
+    Verdict,
     compare_evidence,
     done_rule,
     mark_gate_passed,
@@ -122,7 +124,10 @@ def claim(at: datetime | None) -> GateClaim:
 def test_done_rule() -> None:
     now = T0 + timedelta(hours=1)
     claims = {"M1": claim(T0), "M2": claim(T0)}
-    fresh = {"M1": ("PASS", T0 + timedelta(minutes=5)), "M2": ("PASS", T0 + timedelta(minutes=6))}
+    fresh = {
+        "M1": Verdict("PASS", T0 + timedelta(minutes=5)),
+        "M2": Verdict("PASS", T0 + timedelta(minutes=6)),
+    }
     assert done_rule(claims, fresh, now, timedelta(hours=24)).ok
     stale = done_rule(claims, fresh, now + timedelta(days=2), timedelta(hours=24))
     assert not stale.ok and all("stale" in p for p in stale.problems)
@@ -130,11 +135,11 @@ def test_done_rule() -> None:
         {**claims, "M2": claim(T0 + timedelta(minutes=10))}, fresh, now, timedelta(hours=24)
     )
     assert older.problems == [
-        "M2: the PASS @2026-11-26T12:06:09Z is older than the claim @2026-11-26T12:10:09Z"
+        "M2: the PASS @2026-11-26T12:06:09Z is not newer than the claim @2026-11-26T12:10:09Z"
     ]
     missing = done_rule(claims, {"M1": fresh["M1"]}, now, timedelta(hours=24))
     assert missing.problems == ["M2: no review verdict in REVIEW"]
-    failed = done_rule(claims, {**fresh, "M1": ("FAIL", now)}, now, timedelta(hours=24))
+    failed = done_rule(claims, {**fresh, "M1": Verdict("FAIL", now)}, now, timedelta(hours=24))
     assert failed.problems == ["M1: the latest review is FAIL"]
     unclaimed = done_rule(
         {"M1": claim(T0), "M2": GateClaim("M2", "not claimed", None, None)},
@@ -145,6 +150,24 @@ def test_done_rule() -> None:
     assert unclaimed.problems == ["M2: no claim in STATUS"]
 
 
+def test_done_rule_same_second_review_counts_only_for_the_claim_it_reviewed() -> None:
+    # A fast lab run and its review can fall in one second: the review's own record of which
+    # claim it verified decides; a hand-written verdict needs a strictly later timestamp.
+    claims = {"M1": claim(T0), "M2": claim(T0)}
+    reviewed = {g: Verdict("PASS", T0, "pv-1") for g in claims}
+    assert done_rule(claims, reviewed, T0, timedelta(hours=24)).ok
+    by_hand = done_rule(claims, {g: Verdict("PASS", T0) for g in claims}, T0, timedelta(hours=24))
+    assert by_hand.problems == [
+        f"{g}: the PASS @2026-11-26T12:00:09Z is not newer than the claim @2026-11-26T12:00:09Z"
+        for g in ("M1", "M2")
+    ]
+    # A later PASS of an earlier claim does not pass a claim made since.
+    other = {**reviewed, "M2": Verdict("PASS", T0 + timedelta(minutes=1), "pv-0")}
+    assert done_rule(claims, other, T0, timedelta(hours=24)).problems == [
+        "M2: the PASS reviewed run pv-0, not the current claim of run pv-1"
+    ]
+
+
 def test_verdicts_latest_wins() -> None:
     text = (
         "## M1 — Control plane and routing verified: **FAIL** @ 2026-11-26T10:00:00Z\n"
@@ -152,10 +175,32 @@ def test_verdicts_latest_wins() -> None:
         "## M2 — Real CI and allocator proof verified: **PASS** @2026-11-26T11:00:00Z\n"
     )
     verdicts = parse_verdicts(text)
-    assert verdicts["M1"][0] == "PASS" and verdicts["M2"] == (
-        "PASS",
-        datetime(2026, 11, 26, 11, tzinfo=UTC),
+    assert verdicts["M1"].result == "PASS" and verdicts["M2"] == Verdict(
+        "PASS", datetime(2026, 11, 26, 11, tzinfo=UTC)
     )
+
+
+def test_verdicts_read_the_reviewed_run_from_the_rendered_review() -> None:
+    # The template and the parser must agree on the line naming the claim that was verified.
+    sections = [
+        render(
+            "review_gate.md.j2",
+            gate=gate,
+            title="t",
+            verdict="PASS",
+            at="2026-11-26T12:00:09Z",
+            claim=GateClaim(gate, "claimed", T0, run),
+            review_id="rv-1",
+            checks=[],
+            findings=[],
+            repro=[],
+        )
+        for gate, run in (("M1", "pv-a"), ("M2", "pv-b"))
+    ]
+    verdicts = parse_verdicts(
+        "\n".join(sections) + "## Notes by hand\n\nReviewed the claim of run `x`\n"
+    )
+    assert verdicts == {"M1": Verdict("PASS", T0, "pv-a"), "M2": Verdict("PASS", T0, "pv-b")}
 
 
 def test_done_writes_only_with_fresh_passes(tmp_path: Path) -> None:
