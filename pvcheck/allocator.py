@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pvcheck.composefile import parse_stack
 from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
 from pvcheck.records import Check, Status
-from pvcheck.stacks import StackDeployer, parse_stack
+from pvcheck.stacks import StackDeployer
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S, Swarm
 
 log = logging.getLogger(__name__)

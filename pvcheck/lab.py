@@ -25,10 +25,11 @@ from typing import Any
 import docker
 import docker.errors
 
+from pvcheck.composefile import StackSpec, parse_stack
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, TargetUnreachable
 from pvcheck.routes import RouteObservation, probe_routes
-from pvcheck.stacks import StackDeployer, StackSpec, list_residue, parse_stack, remove_labelled
+from pvcheck.stacks import StackDeployer, list_residue, remove_labelled
 from pvcheck.swarm import LABEL_LAB, Swarm
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+from pvcheck.composefile import load_stack
 from pvcheck.config import Config, RouteConfig
 from pvcheck.deploy import (
     TIER_FAIL,
@@ -18,7 +19,7 @@ from pvcheck.deploy import (
 )
 from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.routes import RouteObservation, probe_routes
-from pvcheck.stacks import StackDeployer, load_stack, remove_labelled
+from pvcheck.stacks import StackDeployer, converged, remove_labelled
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ class ComposeDriver:
         timeout = self.deploy_cfg.converge_timeout_s
         deadline = time.monotonic() + timeout
         states = self.deployer.wait_running(self.stack, timeout)
-        if not states or any(v != "running" for v in states.values()):
-            return TierResult(tier, TIER_FAIL, f"did not converge in {timeout:g}s: {states}")
+        if not converged(states):
+            shown = {name: str(state) for name, state in states.items()}
+            return TierResult(tier, TIER_FAIL, f"did not converge in {timeout:g}s: {shown}")
         ok, obs = self._route_answers(deadline)
         answer = obs.status if obs.status is not None else obs.error
         detail = f"{', '.join(states)} running; {self.compose.route.url} -> {answer}"

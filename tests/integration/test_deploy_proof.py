@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from pvcheck.composefile import load_stack
 from pvcheck.config import Config
-from pvcheck.stacks import list_residue
+from pvcheck.stacks import StackDeployer, converged, list_residue, remove_labelled
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import write_config
 from tests.integration.test_flow_m1 import check, run
@@ -67,3 +68,24 @@ def test_active_run_makes_the_proof_wait_then_skip(lab: Config, tmp_path: Path) 
     status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
     assert "deploy: skipped: another run or sweep is active" in status
     assert rc == 0  # M1 passed; M2 is not claimed, never passed
+
+
+def test_the_recipes_deploy_settings_reach_the_engine(lab: Config, engine: Swarm) -> None:
+    # What the compose file sets under deploy: is what swarm runs, not silently dropped.
+    recipe = Path(__file__).parents[2] / "lab" / "recipes" / "hello" / "compose.yml"
+    label = f"{LABEL_RUN}=test-deploy-settings"
+    deployer = StackDeployer(engine, dict([label.split("=")]))
+    try:
+        (name,) = deployer.deploy("pvc-settings", load_stack(recipe))
+        states = deployer.wait_running("pvc-settings", 60)
+        assert converged(states) and list(states) == [name]
+        (svc,) = engine.services({LABEL_RUN: "test-deploy-settings"})
+        task = svc["Spec"]["TaskTemplate"]
+        assert task["RestartPolicy"]["Condition"] == "on-failure"
+        assert task["RestartPolicy"]["MaxAttempts"] == 3
+        assert task["Resources"]["Limits"]["MemoryBytes"] == 64 << 20
+        assert task["Placement"]["Constraints"] == ["node.role == manager"]
+        assert svc["Spec"]["UpdateConfig"]["Order"] == "start-first"
+    finally:
+        left = remove_labelled(engine, label)
+    assert not any(left.values())

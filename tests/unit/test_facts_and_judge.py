@@ -10,7 +10,6 @@ import pytest
 
 from pvcheck import judge
 from pvcheck.config import NetworkConfig, RouteConfig
-from pvcheck.errors import ConfigError
 from pvcheck.facts import (
     NetworkFacts,
     overlay_capacity,
@@ -21,7 +20,7 @@ from pvcheck.facts import (
 )
 from pvcheck.records import Check, Status, judge_gate, verdict
 from pvcheck.routes import RouteObservation
-from pvcheck.stacks import parse_stack, stack_task_states
+from pvcheck.stacks import converged, stack_task_states
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -256,17 +255,7 @@ class _StackAfterUpdate:
 def test_an_update_converges_only_on_its_own_spec(
     specs: list[dict[str, str]], update: str | None, state: str
 ) -> None:
-    assert stack_task_states(_StackAfterUpdate(specs, update), "app") == {"app_web": state}  # type: ignore[arg-type]
-
-
-def test_update_config_is_passed_to_swarm_and_checked() -> None:
-    from pvcheck.stacks import _update_config
-
-    doc = {"services": {"app": {"image": "x", "deploy": {"update_config": {"monitor": "2s"}}}}}
-    spec = parse_stack(doc, "c.yml")
-    update = _update_config(spec.services["app"]["deploy"]["update_config"])
-    assert update is not None and update["Monitor"] == 2_000_000_000
-    assert update["FailureAction"] == "pause"  # swarm's default, as `docker stack deploy`
-    doc["services"]["app"]["deploy"]["update_config"] = {"failure_action": "explode"}
-    with pytest.raises(ConfigError, match=r"update_config\.failure_action: must be one of"):
-        parse_stack(doc, "c.yml")
+    states = stack_task_states(_StackAfterUpdate(specs, update), "app")  # type: ignore[arg-type]
+    assert {name: str(s) for name, s in states.items()} == {"app_web": state}
+    assert converged(states) == (state == "running")
+    assert states["app_web"].gave_up == (update == "rollback_completed")
