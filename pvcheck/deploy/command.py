@@ -35,6 +35,11 @@ TIER_NAMES = {
     "functional": "functional",
 }
 STATUSES = {"pass", "fail", "skip", "unver"}
+# On a remote host the harness runs under coreutils `timeout`: it exits 124 when it sent TERM
+# at the deadline, 137 when the KILL after REMOTE_KILL_AFTER_S was needed.
+REMOTE_KILL_AFTER_S = 5.0
+REMOTE_GRACE_S = 10.0
+TIMEOUT_EXIT_CODES = (124, 137)
 
 
 class ResultsError(ValueError):
@@ -151,29 +156,39 @@ class CommandDriver:
             "PVCHECK_RECIPE": self.deploy_cfg.recipe,
             "PVCHECK_RESULTS": str(results),
         }
+        timeout_s = self.command.timeout_s
+        local_timeout_s = timeout_s
         if host.remote:
             # The harness runs on the host, as the operator runs it there; results come back.
+            # Killing the local ssh client would not stop it there, so the host's own
+            # `timeout` bounds it (TERM, then KILL to its process group); the local deadline
+            # is only a backstop for a connection that hangs.
             run_on(host, ["rm", "-f", "--", str(results)], timeout_s=30)
-            argv = host.argv(["env", *(f"{k}={v}" for k, v in env.items()), *argv])
+            remote = ["timeout", "-k", f"{REMOTE_KILL_AFTER_S:g}", f"{timeout_s:g}"]
+            argv = host.argv([*remote, "env", *(f"{k}={v}" for k, v in env.items()), *argv])
             env = {}
+            local_timeout_s = timeout_s + REMOTE_KILL_AFTER_S + REMOTE_GRACE_S
         else:
             results.unlink(missing_ok=True)  # never judge a previous run's file
-        log.info("harness: %s (timeout %gs)", " ".join(argv), self.command.timeout_s)
+        log.info("harness: %s (timeout %gs)", " ".join(argv), timeout_s)
         started = time.monotonic()
         with AttachmentSampler(self.swarm, self.cfg.network.name, self.stack) as sampler:
             try:
-                rc, tail = run_harness(argv, env, self.command.timeout_s)
+                rc, tail = run_harness(argv, env, local_timeout_s)
             except OSError as exc:
                 rc, tail = -1, ""
                 outcome.error = f"cannot start the harness: {exc}"
+        elapsed = time.monotonic() - started
+        if host.remote and rc in TIMEOUT_EXIT_CODES and elapsed >= timeout_s:
+            rc = None  # the host's `timeout` ended it
         outcome.info["exit_code"] = "timeout" if rc is None else str(rc)
-        outcome.info["seconds"] = f"{time.monotonic() - started:.1f}"
+        outcome.info["seconds"] = f"{elapsed:.1f}"
         outcome.attached = bool(sampler.seen)
         outcome.attach_detail = sampler.describe()
         if outcome.error:
             return outcome
         if rc is None:
-            outcome.error = f"harness did not finish within {self.command.timeout_s:g}s; killed"
+            outcome.error = f"harness did not finish within {timeout_s:g}s; killed"
             return outcome
         try:
             doc = fetch_results(host, results) if host.remote else read_results(results)

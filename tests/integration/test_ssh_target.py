@@ -223,3 +223,23 @@ def test_harness_runs_on_the_host_and_its_results_come_back(sshd: Sshd, tmp_path
     missing = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
     assert missing.error and f"ssh -p {sshd.port}" in missing.error
     assert "wrote no results file" in missing.error
+
+
+def test_a_harness_past_its_timeout_is_stopped_on_the_host(sshd: Sshd, tmp_path: Path) -> None:
+    """Killing the local ssh client would leave the harness running on the host: the host's
+    own `timeout` must end it, and the run reports a timeout."""
+    script = (
+        "import os, time\n"
+        "open(os.environ['PVCHECK_RESULTS'] + '.pid', 'w').write(str(os.getpid()))\n"
+        "time.sleep(300)\n"
+    )
+    cfg = command_cfg(tmp_path, script, 2, _over_ssh(sshd))
+    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    assert outcome.info["exit_code"] == "timeout"
+    assert outcome.error == "harness did not finish within 2s; killed"
+    assert float(outcome.info["seconds"]) < 2 + 5 + 3  # the host's TERM, not the backstop
+    pid = int((tmp_path / "results.json.pid").read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"the harness (pid {pid}) still runs on the host"
+        time.sleep(0.2)
