@@ -12,12 +12,23 @@ from pvcheck.hosts import Host, run_on
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK, Swarm
 
 
-def _folder_entries(folder: Path, host: Host | None) -> list[str]:
-    """Names in the folder on the target host ([] when it does not exist)."""
+def _folder_entries(folder: Path, host: Host | None) -> tuple[list[str], str | None]:
+    """Names in the folder on the target host ([] when it does not exist), and why it could
+    not be listed when it exists but cannot be read."""
     if host is None or not host.remote:
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    rc, out, _ = run_on(host, ["ls", "-A", "--", str(folder)], timeout_s=30)
-    return sorted(out.split("\n")) if rc == 0 else []
+        try:
+            return sorted(p.name for p in folder.iterdir()), None
+        except FileNotFoundError:
+            return [], None
+        except OSError as exc:
+            return [], exc.strerror or str(exc)
+    # The trailing slash makes ls refuse a file instead of listing its name.
+    rc, out, err = run_on(host, ["ls", "-A", "--", f"{folder}/"], timeout_s=30)
+    if rc == 0:
+        return sorted(out.split("\n")), None
+    if "No such file or directory" in err:
+        return [], None
+    return [], err.strip()[-200:] or f"ls exited {rc}"
 
 
 def active_runs(
@@ -29,11 +40,11 @@ def active_runs(
     """Human-readable descriptions of every active run found (empty when none)."""
     found = []
     if cfg.folder is not None:
-        found += [
-            f"{cfg.folder}/{name}"
-            for name in _folder_entries(cfg.folder, host)
-            if name and not name.startswith(".")
-        ]
+        names, problem = _folder_entries(cfg.folder, host)
+        found += [f"{cfg.folder}/{n}" for n in names if n and not n.startswith(".")]
+        if problem:
+            # pvcheck cannot tell that no run is active, so it must not start one.
+            found.append(f"{cfg.folder} cannot be listed ({problem}); a run may be active")
     if cfg.stack_pattern:
         pattern = re.compile(cfg.stack_pattern)
         stacks = set()

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from pvcheck.cli import main
-from pvcheck.config import Config
+from pvcheck.config import ActiveRunsConfig, Config, load_config
 from pvcheck.deploy import judge_outcome
+from pvcheck.deploy.active import active_runs
 from pvcheck.deploy.command import CommandDriver
+from pvcheck.hosts import host_for
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.fakes import FakeSwarm
@@ -243,3 +245,23 @@ def test_a_harness_past_its_timeout_is_stopped_on_the_host(sshd: Sshd, tmp_path:
     while Path(f"/proc/{pid}").exists():
         assert time.monotonic() < deadline, f"the harness (pid {pid}) still runs on the host"
         time.sleep(0.2)
+
+
+def test_the_active_runs_folder_is_read_on_the_host(sshd: Sshd, tmp_path: Path) -> None:
+    """Recipe runs register in a folder on the host: over ssh it is listed there."""
+    cfg = load_config(write_config(tmp_path, _over_ssh(sshd)))
+    host = host_for(cfg.target)
+    folder = tmp_path / "cc-ci-active"
+
+    def found(path: Path) -> list[str]:
+        return active_runs(ActiveRunsConfig(folder=path), FakeSwarm(), host=host)  # type: ignore[arg-type]
+
+    assert found(folder) == []  # no folder on the host: no run has registered
+    folder.mkdir()
+    (folder / "custom-html.lab.test").write_text("")
+    (folder / ".keep").write_text("")
+    assert found(folder) == [f"{folder}/custom-html.lab.test"]
+    (tmp_path / "a-file").write_text("")
+    (problem,) = found(tmp_path / "a-file")
+    assert problem.startswith(f"{tmp_path}/a-file cannot be listed (")
+    assert "Not a directory" in problem and problem.endswith("; a run may be active")

@@ -197,6 +197,19 @@ def test_active_runs_folder_and_stack_pattern(tmp_path: Path) -> None:
     assert found == [f"{folder}/recipe.example.test", "stack recipe-x"]
 
 
+def test_an_active_runs_folder_that_cannot_be_listed_counts_as_busy(tmp_path: Path) -> None:
+    from pvcheck.config import ActiveRunsConfig
+
+    def found(folder: Path) -> list[str]:
+        return active_runs(ActiveRunsConfig(folder=folder), FakeSwarm())  # type: ignore[arg-type]
+
+    assert found(tmp_path / "absent") == []  # no folder: no run has registered
+    (tmp_path / "a-file").write_text("")
+    assert found(tmp_path / "a-file") == [
+        f"{tmp_path}/a-file cannot be listed (Not a directory); a run may be active"
+    ]
+
+
 # --- Drone -----------------------------------------------------------------------------------
 @pytest.fixture
 def drone_server() -> Iterator[tuple[str, DroneState]]:
