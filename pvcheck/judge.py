@@ -152,13 +152,24 @@ def clean_teardown(
 
 
 def fresh_logs(check_id: str, scan: LogScan, window: str) -> Check:
-    """The VIP line fails its gate; the rest of the family is reported as evidence."""
+    """The VIP line fails its gate; the rest of the family is reported as evidence. A log
+    that could not be read is an error: it proves nothing either way."""
+    expected = f"no '{VIP_SIGNATURE}' in the docker log during {window}"
+    if scan.error:
+        return Check(
+            check_id,
+            "M2",
+            Status.ERROR,
+            expected,
+            f"docker log not read ({scan.since} -> {scan.until})",
+            f"source {scan.source}: {scan.error}",
+        )
     others = ", ".join(f"{k} {v}" for k, v in scan.counts.items() if k != "vip_exhausted")
     return Check(
         check_id,
         "M2",
         Status.FAIL if scan.vip_count else Status.PASS,
-        f"no '{VIP_SIGNATURE}' in the docker log during {window}",
+        expected,
         f"{scan.vip_count} VIP lines ({scan.since} -> {scan.until}); {others}",
         f"source {scan.source}"
         + (f"; first: {scan.lines[0][:300]}" if scan.vip_count and scan.lines else ""),

@@ -53,9 +53,14 @@ def line_time(line: str) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+class LogUnreadable(Exception):
+    """The docker log could not be read: a scan of it would prove nothing."""
+
+
 @dataclass(frozen=True)
 class LogScan:
-    """Counts per pattern id within [since, until], and the matching lines (bounded)."""
+    """Counts per pattern id within [since, until], and the matching lines (bounded).
+    `error` says why the log could not be read; the counts are then meaningless."""
 
     source: str
     since: str
@@ -63,6 +68,7 @@ class LogScan:
     counts: dict[str, int]
     lines: list[str] = field(default_factory=list)
     truncated: bool = False
+    error: str | None = None
 
     @property
     def vip_count(self) -> int:
@@ -96,12 +102,23 @@ def scan_lines(
             truncated = True
     return LogScan(
         source=source,
-        since=since.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        until=until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        since=_ts(since),
+        until=_ts(until),
         counts=counts,
         lines=kept,
         truncated=truncated,
     )
+
+
+def unread_scan(
+    source: str, patterns: dict[str, str], since: datetime, until: datetime, error: str
+) -> LogScan:
+    """The scan of a log that could not be read: no counts to trust, and why."""
+    return LogScan(source, _ts(since), _ts(until), dict.fromkeys(patterns, 0), error=error)
+
+
+def _ts(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class LogSource(Protocol):
@@ -123,17 +140,28 @@ class FileLogSource:
         try:
             with open(self.path, encoding="utf-8", errors="replace") as fh:
                 yield from fh
-        except FileNotFoundError:
-            return
+        except OSError as exc:
+            raise LogUnreadable(f"{self.path}: {exc.strerror or exc}") from None
 
 
 class CommandLogSource:
-    """Runs an argument list (never a shell); {since}/{until} in arguments become UTC times."""
+    """Runs an argument list (never a shell); {since}/{until} in arguments become UTC times.
 
-    def __init__(self, argv: list[str], label: str | None = None, timeout_s: float = 120) -> None:
+    A non-zero exit, a timeout, or a line of `unreadable` on stderr means the log was not
+    read (an empty answer would otherwise pass as "no errors").
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        label: str | None = None,
+        timeout_s: float = 120,
+        unreadable: tuple[str, ...] = (),
+    ) -> None:
         self.argv = argv
         self.label = label
         self.timeout_s = timeout_s
+        self.unreadable = unreadable
 
     def describe(self) -> str:
         return self.label or "command " + " ".join(self.argv)
@@ -144,14 +172,24 @@ class CommandLogSource:
             a.replace("{since}", since.strftime(fmt)).replace("{until}", until.strftime(fmt))
             for a in self.argv
         ]
-        out = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=self.timeout_s,
-            check=False,
-        )
+        try:
+            out = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=self.timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LogUnreadable(f"{self.describe()}: {exc}") from None
+        said = out.stderr.strip().splitlines()
+        if out.returncode != 0:
+            reason = said[-1] if said else "no message"
+            raise LogUnreadable(f"{self.describe()} exited {out.returncode}: {reason}")
+        for marker in self.unreadable:
+            if marker in out.stderr:
+                raise LogUnreadable(f"{self.describe()}: {marker}")
         yield from out.stdout.splitlines()
 
 
@@ -167,9 +205,12 @@ def journald_source(unit: str) -> CommandLogSource:
         "-o",
         "short-iso",
         "--no-pager",
-        "-q",
     ]
-    return CommandLogSource(argv, label=f"journalctl -u {unit}")
+    # Not -q: without it, journalctl says so on stderr when the host keeps no journal at all
+    # (and still exits 0 with nothing to show).
+    return CommandLogSource(
+        argv, label=f"journalctl -u {unit}", unreadable=("No journal files were found",)
+    )
 
 
 def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
@@ -188,4 +229,6 @@ def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
     if host is None or not remote:
         return source
     shown = source.label or " ".join(source.argv)
-    return CommandLogSource(host.argv(source.argv), host.how(shown))
+    return CommandLogSource(
+        host.argv(source.argv), host.how(shown), source.timeout_s, source.unreadable
+    )

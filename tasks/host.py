@@ -10,7 +10,14 @@ from prefect.cache_policies import NO_CACHE
 from pvcheck.config import Config
 from pvcheck.facts import HostFacts, gather_facts
 from pvcheck.hosts import host_for
-from pvcheck.logscan import LogScan, error_family, make_log_source, scan_lines
+from pvcheck.logscan import (
+    LogScan,
+    LogUnreadable,
+    error_family,
+    make_log_source,
+    scan_lines,
+    unread_scan,
+)
 from pvcheck.statefiles import has_done, read_state
 from pvcheck.swarm import Swarm
 
@@ -80,9 +87,18 @@ def scan_docker_log(cfg: Config, since: datetime, until: datetime) -> LogScan:
     log = get_run_logger()
     source = make_log_source(cfg.logs, host_for(cfg.target))
     patterns = error_family(cfg.network.name)
-    scan = scan_lines(
-        source.lines(since, until), patterns, since, until, cfg.logs.max_lines, source.describe()
-    )
+    try:
+        scan = scan_lines(
+            source.lines(since, until),
+            patterns,
+            since,
+            until,
+            cfg.logs.max_lines,
+            source.describe(),
+        )
+    except LogUnreadable as exc:
+        log.warning("docker log unreadable: %s", exc)
+        return unread_scan(source.describe(), patterns, since, until, str(exc))
     log.info(
         "%s | grep -c -e %s  (window %s -> %s)",
         source.describe(),

@@ -107,6 +107,25 @@ def test_malformed_status_is_reported_and_left_untouched(
     assert not any(list_residue(engine, LABEL_RUN).values())  # teardown ran all the same
 
 
+def test_an_unreadable_docker_log_is_an_error_not_a_clean_log(
+    lab: Config, engine: Swarm, tmp_path: Path
+) -> None:
+    """A log that is not there proves nothing: the log checks are errors, the run is not a
+    PASS, and STATUS says the log was not read instead of showing zero counts."""
+    missing = tmp_path / "rotated-away.log"
+
+    def log_elsewhere(raw: dict[str, Any]) -> None:
+        raw["logs"]["path"] = str(missing)
+
+    rc, report = run(write_config(tmp_path, log_elsewhere), tmp_path)
+    assert rc == 1 and report["verdict"] != "pass"
+    fresh = check(report, "logs.fresh-run")
+    assert fresh["status"] == "error" and f"{missing}: No such file or directory" in fresh["detail"]
+    status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
+    assert f"**not read**: {missing}: No such file or directory" in status
+    assert not any(list_residue(engine, f"{LABEL_RUN}={report['run_id']}").values())
+
+
 @pytest.fixture
 def traefik_back(lab: Config) -> Iterator[str]:
     """Whatever a test does to the lab's Traefik, it is back (and routing) afterwards."""

@@ -11,17 +11,19 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pvcheck.cli import main
-from pvcheck.config import ActiveRunsConfig, Config, load_config
+from pvcheck.config import ActiveRunsConfig, Config, LogsConfig, load_config
 from pvcheck.deploy import judge_outcome
 from pvcheck.deploy.active import active_runs
 from pvcheck.deploy.command import CommandDriver
 from pvcheck.hosts import host_for
+from pvcheck.logscan import LogUnreadable, make_log_source
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.fakes import FakeSwarm
@@ -265,3 +267,19 @@ def test_the_active_runs_folder_is_read_on_the_host(sshd: Sshd, tmp_path: Path) 
     (problem,) = found(tmp_path / "a-file")
     assert problem.startswith(f"{tmp_path}/a-file cannot be listed (")
     assert "Not a directory" in problem and problem.endswith("; a run may be active")
+
+
+def test_journald_is_read_on_the_host_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
+    """`logs.source = "journald"` runs journalctl on the host. This host has journalctl but
+    keeps no journal (no systemd): that must be reported as an unread log, never as a clean
+    one. The message also shows the window arguments reached journalctl intact (a mangled
+    `--since` would fail with "Failed to parse timestamp" instead)."""
+    if not Path("/usr/bin/journalctl").exists():
+        pytest.skip("journalctl is not installed on this host")
+    cfg = load_config(write_config(tmp_path, _over_ssh(sshd)))
+    source = make_log_source(LogsConfig(source="journald", unit="docker"), host_for(cfg.target))
+    assert source.describe().startswith(f"ssh -p {sshd.port} ")
+    assert source.describe().endswith("'journalctl -u docker'")
+    now = datetime.now(UTC)
+    with pytest.raises(LogUnreadable, match="No journal files were found"):
+        list(source.lines(now - timedelta(hours=1), now))

@@ -5,15 +5,22 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from pvcheck.judge import fresh_logs
 from pvcheck.logscan import (
     VIP_SIGNATURE,
     CommandLogSource,
     FileLogSource,
+    LogUnreadable,
     error_family,
     line_time,
     scan_lines,
+    unread_scan,
 )
+from pvcheck.records import Status
 
 SINCE = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
 UNTIL = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)
@@ -59,8 +66,38 @@ def test_family_names_the_configured_network() -> None:
     assert error_family("edge")["network_remove_failed"] == "network edge remove failed"
 
 
-def test_file_source_missing_file_yields_nothing(tmp_path: Path) -> None:
-    assert list(FileLogSource(tmp_path / "none.log").lines(SINCE, UNTIL)) == []
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (FileLogSource(Path("/nonexistent/dockerd.log")), "No such file or directory"),
+        (CommandLogSource([sys.executable, "-c", "raise SystemExit('gone')"]), "exited 1: gone"),
+        (CommandLogSource(["/nonexistent/journalctl"]), "No such file"),
+        (
+            CommandLogSource([sys.executable, "-c", "import time; time.sleep(5)"], None, 0.2),
+            "timed out",
+        ),
+        # journalctl on a host without a journal: exit 0, nothing on stdout, a line on stderr.
+        (
+            CommandLogSource(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; print('No journal files were found.', file=sys.stderr)",
+                ],
+                unreadable=("No journal files were found",),
+            ),
+            "No journal files were found",
+        ),
+    ],
+    ids=["missing-file", "command-fails", "command-missing", "command-hangs", "no-journal"],
+)
+def test_an_unreadable_log_is_an_error_not_a_clean_log(source: Any, reason: str) -> None:
+    with pytest.raises(LogUnreadable, match=reason):
+        list(source.lines(SINCE, UNTIL))
+    patterns = error_family("proxy")
+    scan = unread_scan(source.describe(), patterns, SINCE, UNTIL, "it is gone")
+    check = fresh_logs("logs.fresh-run", scan, "this run")
+    assert check.status == Status.ERROR and check.detail.endswith(": it is gone")
 
 
 def test_command_source_runs_an_argument_list_with_window(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def sample_report(failing: bool) -> Report:
             "2026-11-26T12:00:00Z",
             {"vip_exhausted": 0, "key_modified": 1},
             ['time="x" msg="key modified"'],
+            # A failing run whose docker log could not be read says so instead of counts.
+            error="/var/log/d.log: Permission denied" if failing else None,
         ),
         extra={
             "allocator": {
