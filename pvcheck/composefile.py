@@ -157,10 +157,12 @@ def parse_stack(doc: Any, source: str) -> StackSpec:
     services = {}
     for name, svc in doc["services"].items():
         at = _At(source, f"services.{name}")
+        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+            at.fail("a service name is letters, digits and . _ + - (at most 128)")
         if not isinstance(svc, dict) or not isinstance(svc.get("image"), str) or not svc["image"]:
             (at / "image").fail("every service needs an image (a name)")
         _known(svc, _SERVICE_KEYS, at)
-        services[str(name)] = _service(svc, at)
+        services[name] = _service(svc, at)
     return StackSpec(source, services, networks, volumes)
 
 
@@ -172,6 +174,8 @@ def _network(decl: Any, at: _At) -> Network:
     name = fields.get("name")
     if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name)):
         (at / "name").fail("must be a network name")
+    if name is not None and not external:
+        (at / "name").fail("is supported only for an external network")
     return Network(external, name)
 
 
@@ -209,7 +213,7 @@ def _service(svc: dict[str, Any], at: _At) -> Service:
 
 # --- value converters: each names the key it was given when the value is wrong -----------
 def _known(value: Mapping[str, Any], keys: set[str], at: _At) -> None:
-    unknown = set(value) - keys
+    unknown = {str(key) for key in value} - keys
     if unknown:
         (at / sorted(unknown)[0]).fail("not supported")
 

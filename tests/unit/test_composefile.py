@@ -136,6 +136,9 @@ def test_a_bad_service_value_names_the_key(settings: dict[str, Any], key: str) -
         ({"networks": {"proxy": {"external": "yes"}}}, "networks.proxy.external"),
         ({"networks": ["proxy"]}, "networks"),
         ({"volumes": {"data": {"driver": "nfs"}}}, "volumes.data.driver"),
+        ({"networks": {"backend": {"name": "other"}}}, "networks.backend.name"),
+        ({"services": {"../app": {"image": "web"}}}, "services.../app"),
+        ({"services": {"app": {"image": "web", 5: "x"}}}, "services.app.5"),
     ],
 )
 def test_a_bad_top_level_value_names_the_key(doc: dict[str, Any], key: str) -> None:
