@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from pvcheck.composefile import load_stack
 from pvcheck.errors import ConfigError
 
 # The built-in lab's config: the default of every command and flow parameter.
@@ -188,6 +189,15 @@ class ComposeDriverConfig(Section):
     backup_restore: str | None = Field(
         None, description="why backup/restore does not apply; None means not declared"
     )
+
+    @model_validator(mode="after")
+    def _files_are_the_supported_subset(self) -> ComposeDriverConfig:
+        # Read now, so that a bad compose file stops the run before anything is deployed;
+        # its ConfigError names the compose file and key (not this config's field).
+        for path in (self.file, self.upgrade_file):
+            if path is not None:
+                load_stack(path)
+        return self
 
 
 class CommandDriverConfig(Section):

@@ -5,14 +5,18 @@ deployed."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pvcheck.cli import main
 from pvcheck.composefile import parse_stack, service_kwargs
+from pvcheck.config import load_config
 from pvcheck.errors import ConfigError
+from tests.helpers import write_config
 
 
 def one_service(**settings: Any) -> dict[str, Any]:
@@ -248,3 +252,22 @@ def test_any_one_deploy_value_is_converted_or_refused_by_name(key: str, value: A
 @given(st.dictionaries(service_keys, compose_values, max_size=4))
 def test_any_service_is_converted_or_refused_by_name(settings: dict[str, Any]) -> None:
     convert_or_refuse_by_name(one_service(**settings))
+
+
+def test_a_bad_compose_file_stops_the_config_with_its_own_name(tmp_path: Path) -> None:
+    """The recipe's compose files are read with the config, so `pvcheck run` refuses (exit 2)
+    before anything is deployed, naming the compose file and key."""
+    upgrade = tmp_path / "compose.upgrade.yml"
+    upgrade.write_text(
+        "services:\n  app:\n    image: web\n    deploy:\n      restart_policy: {condition: always}\n"
+    )
+
+    def bad_upgrade(raw: dict[str, Any]) -> None:
+        raw["deploy"]["compose"]["upgrade_file"] = str(upgrade)
+
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(tmp_path, bad_upgrade))
+    assert str(err.value).startswith(
+        f"{upgrade}: services.app.deploy.restart_policy.condition: must be one of"
+    )
+    assert main(["config", "check", str(tmp_path / "pvcheck.toml")]) == 2
