@@ -1,9 +1,9 @@
-"""Stacks from compose files, deployed with docker-py, and label-scoped removal.
+"""Stacks deployed with docker-py, their convergence, and label-scoped removal.
 
 pvcheck deploys stacks itself (instead of shelling out to `docker stack deploy`) so that
-every object it creates carries its label and the same code works over ssh. It supports the
-compose subset recipes and the lab use; anything else is refused with the file and key named.
-Objects get com.docker.stack.namespace, so `docker stack ls/ps/rm` see them as usual.
+every object it creates carries its label and the same code works over ssh. What a compose
+file may say, and how it is checked, is in pvcheck.composefile. Objects get
+com.docker.stack.namespace, so `docker stack ls/ps/rm` see them as usual.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 import docker.errors
-import docker.types
 
 from pvcheck.composefile import Network, StackSpec, service_kwargs
 from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
