@@ -246,7 +246,12 @@ def write_review(result: ReviewResult, cfg: Config) -> dict[str, str]:
             current = parse_claims(status_text, str(paths["status"]))
             new = status_text
             for gate, verdict in result.verdicts.items():
-                if verdict == "PASS" and current[gate].claimed_at == result.claims[gate].claimed_at:
+                reviewed = result.claims[gate]
+                same_claim = (current[gate].run_id, current[gate].claimed_at) == (
+                    reviewed.run_id,
+                    reviewed.claimed_at,
+                )
+                if verdict == "PASS" and same_claim:
                     new = mark_gate_passed(new, gate, result.at, str(paths["status"]))
             if new != status_text:
                 atomic_write(paths["status"], new)
