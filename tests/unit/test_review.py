@@ -225,3 +225,24 @@ def test_corrupt_review_is_reported_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(StateFileError, match=r"REVIEW-pvcheck\.md: binary"):
         write_done(cfg)
     assert review.read_bytes() == b"\x00\x01binary"
+
+
+def test_a_review_passes_only_the_claim_it_verified(tmp_path: Path) -> None:
+    """A run may claim again while a review is running: the review's PASS must not land on
+    the newer claim it never saw, even when both claims carry the same second."""
+    from flows.review import ReviewResult, write_review
+
+    cfg = load_config(LAB_CONFIG, {"docs": {"dir": str(tmp_path)}})
+    text = status_text(tmp_path)
+    status = tmp_path / "STATUS-pvcheck.md"
+    seen = parse_claims(text, "S")
+    # The claim in STATUS now is another run's, made in the same second.
+    status.write_text(text.replace("pv-20261126120000-abc123", "pv-20261126120000-def456"))
+    result = ReviewResult(
+        "rv-1", "2026-11-26T12:00:09Z", seen, verdicts={"M1": "PASS", "M2": "FAIL"}
+    )
+    write_review(result, cfg)
+    assert "## Gate: M1 — PASS @" not in status.read_text()
+    status.write_text(text)  # the claim it verified
+    write_review(result, cfg)
+    assert "## Gate: M1 — PASS @2026-11-26T12:00:09Z" in status.read_text()
