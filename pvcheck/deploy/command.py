@@ -194,7 +194,8 @@ class CommandDriver:
             doc = fetch_results(host, results) if host.remote else read_results(results)
             tiers, clean, info = parse_results(doc)
         except ResultsError as exc:
-            outcome.error = f"{exc} (harness exit code {rc})"
+            last = tail.splitlines()[-1:] or ["(no output)"]
+            outcome.error = f"{exc} (harness exit code {rc}; its last line: {last[0][:300]})"
             return outcome
         outcome.tiers, outcome.clean_teardown_reported = tiers, clean
         outcome.info.update(info)

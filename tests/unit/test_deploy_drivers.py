@@ -134,6 +134,8 @@ def test_command_driver_with_a_real_script(
     assert checks["deploy.attached"] == "pass" and outcome.info["exit_code"] == str(rc)
     if doc is None:
         assert outcome.error and "wrote no results file" in outcome.error
+        # The harness's last line helps the operator see why (HARNESS prints "deploying").
+        assert outcome.error.endswith("(harness exit code 0; its last line: deploying hello)")
 
 
 @pytest.mark.faults
