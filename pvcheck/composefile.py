@@ -381,13 +381,16 @@ def _ports(spec: Any, at: _At) -> list[dict[str, Any]]:
             if port.get("published") is not None:
                 entry["PublishedPort"] = _port_number(port["published"], where / "published")
         else:
-            published, _, target = str(port).partition(":")
+            # "published:target[/protocol]", or "target[/protocol]" for a swarm-chosen port.
+            ports, _, protocol = str(port).partition("/")
+            published, colon, target = ports.rpartition(":")
             entry = {
-                "Protocol": "tcp",
-                "TargetPort": _port_number(target or published, where),
-                "PublishedPort": _port_number(published, where),
+                "Protocol": _choice(protocol or "tcp", where, _PROTOCOLS),
+                "TargetPort": _port_number(target, where),
                 "PublishMode": "ingress",
             }
+            if colon:
+                entry["PublishedPort"] = _port_number(published, where)
         out.append(entry)
     return out
 

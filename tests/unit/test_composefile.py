@@ -64,6 +64,23 @@ def test_a_recipes_deploy_settings_reach_the_service_spec() -> None:
     assert kwargs["update_config"]["FailureAction"] == "pause"  # swarm's default
 
 
+@pytest.mark.parametrize(
+    ("port", "config"),
+    [
+        ("8080:80", {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080}),
+        ("53:53/udp", {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 53}),
+        ("80", {"Protocol": "tcp", "TargetPort": 80}),  # the swarm picks the published port
+        (
+            {"target": 80, "published": 18080, "mode": "host"},
+            {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 18080, "PublishMode": "host"},
+        ),
+    ],
+)
+def test_ports_read_as_compose_reads_them(port: Any, config: dict[str, Any]) -> None:
+    (entry,) = task_and_service(one_service(ports=[port]))["endpoint_spec"]["Ports"]
+    assert entry == {"PublishMode": "ingress", **config}
+
+
 def test_nothing_set_sends_nothing() -> None:
     task = task_and_service(one_service())["task_template"]
     assert not {"RestartPolicy", "Placement", "Resources"} & set(task)
@@ -107,6 +124,7 @@ def test_a_bad_deploy_value_names_the_file_and_key(
     ("settings", "key"),
     [
         ({"ports": ["127.0.0.1:80:80"]}, "services.app.ports[0]"),
+        ({"ports": ["80/sctp"]}, "services.app.ports[0]"),
         ({"ports": [{"target": 0}]}, "services.app.ports[0].target"),
         ({"ports": [{"target": 80, "mode": "bridge"}]}, "services.app.ports[0].mode"),
         ({"ports": "80:80"}, "services.app.ports"),
