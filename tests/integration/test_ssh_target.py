@@ -229,6 +229,7 @@ def test_harness_runs_on_the_host_and_its_results_come_back(sshd: Sshd, tmp_path
     assert "wrote no results file" in missing.error
 
 
+@pytest.mark.faults
 def test_a_harness_past_its_timeout_is_stopped_on_the_host(sshd: Sshd, tmp_path: Path) -> None:
     """Killing the local ssh client would leave the harness running on the host: the host's
     own `timeout` must end it, and the run reports a timeout."""
@@ -249,6 +250,7 @@ def test_a_harness_past_its_timeout_is_stopped_on_the_host(sshd: Sshd, tmp_path:
         time.sleep(0.2)
 
 
+@pytest.mark.faults
 def test_the_active_runs_folder_is_read_on_the_host(sshd: Sshd, tmp_path: Path) -> None:
     """Recipe runs register in a folder on the host: over ssh it is listed there."""
     cfg = load_config(write_config(tmp_path, _over_ssh(sshd)))
@@ -269,6 +271,7 @@ def test_the_active_runs_folder_is_read_on_the_host(sshd: Sshd, tmp_path: Path) 
     assert "Not a directory" in problem and problem.endswith("; a run may be active")
 
 
+@pytest.mark.faults
 def test_journald_is_read_on_the_host_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
     """`logs.source = "journald"` runs journalctl on the host. This host has journalctl but
     keeps no journal (no systemd): that must be reported as an unread log, never as a clean

@@ -86,6 +86,7 @@ def test_nothing_set_sends_nothing() -> None:
     assert not {"RestartPolicy", "Placement", "Resources"} & set(task)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("deploy", "key", "message"),
     [
@@ -120,6 +121,7 @@ def test_a_bad_deploy_value_names_the_file_and_key(
     assert key in str(err.value)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("settings", "key"),
     [
@@ -149,6 +151,7 @@ def test_a_bad_service_value_names_the_key(settings: dict[str, Any], key: str) -
         parse_stack(one_service(**settings), "c.yml")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("doc", "key"),
     [
@@ -272,6 +275,7 @@ def test_any_service_is_converted_or_refused_by_name(settings: dict[str, Any]) -
     convert_or_refuse_by_name(one_service(**settings))
 
 
+@pytest.mark.faults
 def test_a_bad_compose_file_stops_the_config_with_its_own_name(tmp_path: Path) -> None:
     """The recipe's compose files are read with the config, so `pvcheck run` refuses (exit 2)
     before anything is deployed, naming the compose file and key."""

@@ -199,6 +199,7 @@ def test_active_runs_folder_and_stack_pattern(tmp_path: Path) -> None:
     assert found == [f"{folder}/recipe.example.test", "stack recipe-x"]
 
 
+@pytest.mark.faults
 def test_an_active_runs_folder_that_cannot_be_listed_counts_as_busy(tmp_path: Path) -> None:
     from pvcheck.config import ActiveRunsConfig
 

@@ -66,6 +66,7 @@ def test_family_names_the_configured_network() -> None:
     assert error_family("edge")["network_remove_failed"] == "network edge remove failed"
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("source", "reason"),
     [
