@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pvcheck.api import ensure_prefect_api
 from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.errors import EXIT_BUSY, EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
 from pvcheck.masking import masked_output
@@ -87,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = RunParameters(config_path=args.config, canary=args.canary, docker_host=args.target)
     load_config(args.config, params.overrides())  # fail fast (exit 2) before the engine starts
+    ensure_prefect_api()
     state = verify(params, return_state=True)
     if state.is_cancelled():
         print(f"pvcheck: {state.message}", file=sys.stderr)
@@ -121,6 +123,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     load_config(args.config)
     from flows.review import ReviewParameters, ReviewResult, review
 
+    ensure_prefect_api()
     state = review(ReviewParameters(config_path=args.config), return_state=True)
     result = _flow_result(state, ReviewResult)
     _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")

@@ -43,6 +43,46 @@ def test_second_run_on_a_busy_host_refuses_and_the_first_is_unaffected(
     assert not any(list_residue(engine, LABEL_RUN).values())
 
 
+def _is_prefect_server(pid: int) -> bool:
+    try:
+        return b"prefect.server.api.server:create_app" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _prefect_servers_of(pid: int) -> list[int]:
+    """Prefect API server processes whose parent is `pid`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"prefect.server.api.server:create_app" not in cmdline.read_bytes():
+                continue
+            stat = (cmdline.parent / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_a_killed_run_leaves_no_prefect_server_behind(lab: Config, tmp_path: Path) -> None:
+    """Without a configured API a run starts a temporary one; SIGKILL skips every exit
+    handler, so the kernel must stop it (it used to live on, about 200 MB each)."""
+    log = tmp_path / "run.log"
+    proc = spawn_run(write_config(tmp_path), log)
+    wait_for_line(log, "temporary Prefect API on http://127.0.0.1:", proc, timeout_s=120)
+    (server,) = _prefect_servers_of(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _is_prefect_server(server):  # whoever its parent is now
+        assert time.monotonic() < deadline, f"the temporary Prefect API (pid {server}) lives on"
+        time.sleep(0.2)
+    # Killed before any test stack existed; the run's registry record is all it left, and
+    # the next run's janitor reaps it.
+    assert main(["run", "--config", str(tmp_path / "pvcheck.toml")]) == 0
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A machine-docs folder on a tiny tmpfs of its own (the test fills it or makes it
