@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from pvcheck import quiet_prefect
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -47,6 +49,7 @@ def _start(port: int) -> subprocess.Popen[bytes]:
     import prefect
     from prefect.settings import get_current_settings
 
+    quiet_prefect()
     parent = os.getpid()
     return subprocess.Popen(
         [
