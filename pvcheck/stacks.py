@@ -145,14 +145,15 @@ class ServiceState:
     running: int  # tasks running the service's current container spec
     desired: int
     update: str | None = None  # swarm's UpdateStatus.State
+    # A replicated service deliberately scaled to 0 is settled with nothing running; any
+    # other service desiring no task (a global one no node may run) is not.
+    scaled_to_zero: bool = False
 
     @property
     def running_current(self) -> bool:
-        return (
-            self.update not in UPDATE_UNSETTLED
-            and self.desired > 0
-            and (self.running >= self.desired)
-        )
+        if self.update in UPDATE_UNSETTLED:
+            return False
+        return self.running >= self.desired > 0 or (self.scaled_to_zero and self.running == 0)
 
     @property
     def gave_up(self) -> bool:
@@ -188,10 +189,12 @@ def stack_task_states(swarm: Swarm, stack: str) -> dict[str, ServiceState]:
             and (t.get("Status") or {}).get("State") == "running"
             and (t.get("Spec") or {}).get("ContainerSpec") == current
         )
+        replicated = (svc["Spec"].get("Mode") or {}).get("Replicated")
         out[svc["Spec"]["Name"]] = ServiceState(
             running,
             (svc.get("ServiceStatus") or {}).get("DesiredTasks", 0),
             (svc.get("UpdateStatus") or {}).get("State"),
+            scaled_to_zero=replicated is not None and replicated.get("Replicas") == 0,
         )
     return out
 

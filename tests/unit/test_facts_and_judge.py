@@ -20,7 +20,7 @@ from pvcheck.facts import (
 )
 from pvcheck.records import Check, Status, judge_gate, verdict
 from pvcheck.routes import RouteObservation
-from pvcheck.stacks import converged, stack_task_states
+from pvcheck.stacks import ServiceState, converged, stack_task_states
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -259,3 +259,11 @@ def test_an_update_converges_only_on_its_own_spec(
     assert {name: str(s) for name, s in states.items()} == {"app_web": state}
     assert converged(states) == (state == "running")
     assert states["app_web"].gave_up == (update == "rollback_completed")
+
+
+def test_a_service_scaled_to_zero_is_settled_once_its_tasks_are_gone() -> None:
+    assert converged({"app_web": ServiceState(0, 0, scaled_to_zero=True)})
+    assert not converged({"app_web": ServiceState(1, 0, scaled_to_zero=True)})  # stopping
+    # A global service no node may run also desires no task: that is not a success.
+    assert not converged({"app_web": ServiceState(0, 0)})
+    assert not converged({})  # no services at all: nothing was deployed
