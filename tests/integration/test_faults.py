@@ -22,7 +22,7 @@ from pvcheck.config import Config
 from pvcheck.lab import _dockerd_pid, ensure_engine, wait_routes
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
-from tests.helpers import spawn_run, wait_for_line, wait_for_throwaways, write_config
+from tests.helpers import process_table, spawn_run, wait_for_line, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
@@ -43,26 +43,7 @@ def test_second_run_on_a_busy_host_refuses_and_the_first_is_unaffected(
     assert not any(list_residue(engine, LABEL_RUN).values())
 
 
-def _is_prefect_server(pid: int) -> bool:
-    try:
-        return b"prefect.server.api.server:create_app" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def _prefect_servers_of(pid: int) -> list[int]:
-    """Prefect API server processes whose parent is `pid`."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"prefect.server.api.server:create_app" not in cmdline.read_bytes():
-                continue
-            stat = (cmdline.parent / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(cmdline.parent.name))
-    return found
+PREFECT_SERVER = b"prefect.server.api.server:create_app"
 
 
 def test_a_killed_run_leaves_no_prefect_server_behind(lab: Config, tmp_path: Path) -> None:
@@ -71,11 +52,15 @@ def test_a_killed_run_leaves_no_prefect_server_behind(lab: Config, tmp_path: Pat
     log = tmp_path / "run.log"
     proc = spawn_run(write_config(tmp_path), log)
     wait_for_line(log, "temporary Prefect API on http://127.0.0.1:", proc, timeout_s=120)
-    (server,) = _prefect_servers_of(proc.pid)
+    (server,) = [
+        pid
+        for pid, (ppid, cmd) in process_table().items()
+        if ppid == proc.pid and PREFECT_SERVER in cmd
+    ]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 15
-    while _is_prefect_server(server):  # whoever its parent is now
+    while PREFECT_SERVER in process_table().get(server, (0, b""))[1]:  # whoever its parent is
         assert time.monotonic() < deadline, f"the temporary Prefect API (pid {server}) lives on"
         time.sleep(0.2)
     # Killed before any test stack existed; the run's registry record is all it left, and

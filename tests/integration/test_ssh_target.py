@@ -27,7 +27,7 @@ from pvcheck.logscan import LogUnreadable, make_log_source
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.fakes import FakeSwarm
-from tests.helpers import free_port, spawn_run, wait_for_throwaways, write_config
+from tests.helpers import descendants, free_port, spawn_run, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 from tests.unit.test_deploy_drivers import HARNESS, command_cfg, results_doc
 
@@ -64,7 +64,7 @@ class Sshd:
     def stop(self) -> None:
         """Stop sshd and every session it serves (what a host going away looks like)."""
         if self.proc is not None:
-            for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+            for pid in [*descendants(self.proc.pid), self.proc.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
@@ -74,22 +74,6 @@ class Sshd:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _keygen(path: Path) -> str:
