@@ -33,8 +33,8 @@ from typing import Any
 import docker
 import httpx
 
-from flows.serving import api_healthy
 from pvcheck.allocator import released, reproduce
+from pvcheck.api import wait_healthy
 from pvcheck.config import LAB_CONFIG, HttpConfig, RouteConfig, load_config
 from pvcheck.facts import gather_facts, parse_network, settle_network
 from pvcheck.routes import probe_routes
@@ -88,10 +88,7 @@ def prefect_server(port: int = 4299) -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while not api_healthy(url):
-            assert time.monotonic() < deadline, "prefect server did not start"
-            time.sleep(0.5)
+        assert wait_healthy(url, 180), "prefect server did not start"
         yield url
     finally:
         proc.terminate()

@@ -22,7 +22,7 @@ from pvcheck.facts import HostFacts
 from pvcheck.guard import check_guard
 from pvcheck.hosts import host_for
 from pvcheck.logscan import LogScan
-from pvcheck.records import GATES, Check, Status
+from pvcheck.records import GATES, Check, Status, format_ts
 from pvcheck.review import (
     Finding,
     GateClaim,
@@ -183,7 +183,7 @@ def review(params: ReviewParameters | None = None) -> State:
     result.checks = m1_checks + m2_checks
     result.findings = compare_evidence(recorded, facts) + m1_findings + m2_findings
     result.findings += _failing_findings(result.checks)
-    result.at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result.at = format_ts(datetime.now(UTC))
     for gate in GATES:
         ok = (
             claims[gate].is_claim

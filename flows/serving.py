@@ -15,11 +15,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 from pydantic import BaseModel
@@ -27,6 +25,7 @@ from pydantic import BaseModel
 from flows.janitor import JanitorParameters, janitor
 from flows.review import ReviewParameters, review
 from flows.verify import RunParameters, verify
+from pvcheck.api import api_healthy, wait_healthy
 from pvcheck.errors import PvcheckError
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(
@@ -64,14 +63,6 @@ def build_deployments(
     ]
 
 
-def api_healthy(url: str) -> bool:
-    """The Prefect API at url answers /health."""
-    try:
-        return httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def ensure_server(host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 180) -> str:
     """Attach to PREFECT_API_URL, or start `prefect server start` on host:port and use it."""
     url = os.environ.get("PREFECT_API_URL")
@@ -93,11 +84,8 @@ def ensure_server(host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
-        while not api_healthy(url):
-            if time.monotonic() > deadline:
-                raise PvcheckError(f"prefect server did not answer on {url} within {timeout_s:g}s")
-            time.sleep(1)
+        if not wait_healthy(url, timeout_s):
+            raise PvcheckError(f"prefect server did not answer on {url} within {timeout_s:g}s")
     os.environ["PREFECT_API_URL"] = url
     return url
 

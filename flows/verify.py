@@ -32,7 +32,7 @@ from pvcheck.config import (
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
 from pvcheck.evidence import render
 from pvcheck.hosts import host_for
-from pvcheck.records import Check, Status
+from pvcheck.records import Check, Status, format_ts
 from pvcheck.report import Report
 from pvcheck.runs import HostLock, RunRegistry
 from pvcheck.stacks import remove_labelled
@@ -87,7 +87,7 @@ def new_run_id() -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_ts(datetime.now(UTC))
 
 
 def _unreachable_journal(cfg: Config, run_id: str, exc: Exception) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from pvcheck.composefile import parse_stack
 from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
-from pvcheck.records import Check, Status
+from pvcheck.records import Check, Status, format_ts
 from pvcheck.stacks import StackDeployer
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S, Swarm
 
@@ -90,8 +90,8 @@ class AllocatorResult:
             "headroom_before_pct": round(self.headroom_before_pct, 3),
             "headroom_after_pct": round(self.headroom_after_pct, 3),
             "projected_rounds": self.projected_rounds,
-            "started_at": self.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "finished_at": self.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started_at": format_ts(self.started_at),
+            "finished_at": format_ts(self.finished_at),
             "rounds": [asdict(r) | {"leaked": r.leaked} for r in self.rounds],
         }
 

@@ -39,7 +39,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -74,17 +75,23 @@ def _start(port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def _healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+def api_healthy(url: str) -> bool:
+    """The Prefect API at url answers /health (never through a proxy)."""
+    try:
+        return httpx.get(f"{url}/health", timeout=2.0, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Poll until the API at url is healthy (True), or the deadline, or `proc` (the server
+    being waited for) exits (False)."""
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=2) as client:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if client.get(f"{url}/health").status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-    return False
+    while not api_healthy(url):
+        if time.monotonic() >= deadline or (proc is not None and proc.poll() is not None):
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -109,10 +116,10 @@ def ensure_prefect_api() -> str | None:
     if get_current_settings().api.url or threading.current_thread() is not threading.main_thread():
         return None  # configured; or not the main thread (see _start), so Prefect's own
     for _ in range(3):  # a port taken between choosing and binding: choose again
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}/api"
         proc = _start(port)
-        if _healthy(url, proc, START_TIMEOUT_S):
+        if wait_healthy(url, START_TIMEOUT_S, proc):
             break
         _stop(proc)
     else:

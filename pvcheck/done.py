@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pvcheck.config import Config
+from pvcheck.records import format_ts
 from pvcheck.review import DoneDecision, done_rule, parse_claims, parse_verdicts
 from pvcheck.statefiles import docs_lock, read_state, update_sections
 
@@ -25,7 +26,7 @@ def write_done(cfg: Config, now: datetime | None = None) -> DoneDecision:
         if decision.ok and status_text is not None:
             body = (
                 "## DONE\n\n"
-                f"Written @{moment:%Y-%m-%dT%H:%M:%SZ}: every gate has a review PASS newer than "
+                f"Written @{format_ts(moment)}: every gate has a review PASS newer than "
                 f"its claim and within {cfg.docs.freshness_h:g} h (see REVIEW-{phase}.md).\n"
             )
             update_sections(status, "", {"done": body})

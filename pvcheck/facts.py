@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pvcheck.records import format_ts
 from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
 
 FAILED_TASK_STATES = {"failed", "rejected", "orphaned"}
@@ -209,7 +210,7 @@ def gather_facts(
     wanted_ids = [s["ID"] for s in services if s["Spec"]["Name"] in set(control_plane)]
     tasks = swarm.tasks(wanted_ids) if wanted_ids else []
     return HostFacts(
-        taken_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        taken_at=format_ts(now),
         network=parse_network(inspect) if inspect else None,
         services=parse_services(control_plane, services, tasks, now, restart_window),
         stacks=parse_stacks(services),

@@ -1,11 +1,12 @@
 """Where the verified host is reached: on this machine, or over ssh as its operators do.
 
-A `Host` runs an argument list on the target host (logs, the upgrade guard's detection, a
-harness, a curl from the host), reads a file or a folder there, and says how an operator
-would paste a command. Over ssh, the docker API goes through an ssh-forwarded unix socket
-(`ssh -L local.sock:/var/run/docker.sock`), so every docker call keeps docker-py's timeouts
-and pvcheck's retries. Host keys are always verified (StrictHostKeyChecking=yes); a missing
-or changed key, a refused login or a lost connection raise TargetUnreachable (exit 3).
+A `Host` turns an argument list into one that runs on the target host (the docker log, the
+upgrade guard's detection, a harness, a curl from the host, a listing of the active-run
+folder) and says how an operator would paste a command. Over ssh, the docker API goes
+through an ssh-forwarded unix socket (`ssh -L local.sock:/var/run/docker.sock`), so every
+docker call keeps docker-py's timeouts and pvcheck's retries. Host keys are always verified
+(StrictHostKeyChecking=yes); a missing or changed key, a refused login or a lost connection
+raise TargetUnreachable (exit 3).
 Remote commands are argument lists quoted for the remote shell one by one: nothing from the
 config is ever interpreted by a shell.
 """
@@ -23,8 +24,6 @@ from pathlib import Path
 
 from pvcheck.config import SSH_URL, TargetConfig
 from pvcheck.errors import TargetUnreachable
-
-MAX_READ_BYTES = 64 * 1024 * 1024
 
 
 class LocalHost:

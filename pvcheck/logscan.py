@@ -17,6 +17,7 @@ from typing import Protocol
 
 from pvcheck.config import LogsConfig
 from pvcheck.hosts import Host
+from pvcheck.records import format_ts
 
 VIP_SIGNATURE = "could not find an available IP while allocating VIP"
 
@@ -102,8 +103,8 @@ def scan_lines(
             truncated = True
     return LogScan(
         source=source,
-        since=_ts(since),
-        until=_ts(until),
+        since=format_ts(since),
+        until=format_ts(until),
         counts=counts,
         lines=kept,
         truncated=truncated,
@@ -114,11 +115,9 @@ def unread_scan(
     source: str, patterns: dict[str, str], since: datetime, until: datetime, error: str
 ) -> LogScan:
     """The scan of a log that could not be read: no counts to trust, and why."""
-    return LogScan(source, _ts(since), _ts(until), dict.fromkeys(patterns, 0), error=error)
-
-
-def _ts(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return LogScan(
+        source, format_ts(since), format_ts(until), dict.fromkeys(patterns, 0), error=error
+    )
 
 
 class LogSource(Protocol):

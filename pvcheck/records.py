@@ -10,6 +10,10 @@ from typing import Any
 TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every timestamp pvcheck writes: UTC, to the second
 
 
+def format_ts(when: datetime) -> str:
+    return when.strftime(TS_FORMAT)
+
+
 def parse_ts(text: str) -> datetime | None:
     try:
         return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC)

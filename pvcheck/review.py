@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from pvcheck.errors import StateFileError
 from pvcheck.facts import HostFacts
-from pvcheck.records import GATES, parse_ts
+from pvcheck.records import GATES, format_ts, parse_ts
 from pvcheck.statefiles import section_body
 
 _GATE_HEADER = re.compile(
@@ -219,13 +219,11 @@ def done_rule(
             )
         elif verdict.reviewed_run is None and claim.claimed_at and at <= claim.claimed_at:
             problems.append(
-                f"{gate}: the PASS @{at:%Y-%m-%dT%H:%M:%SZ} is not newer than the claim "
-                f"@{claim.claimed_at:%Y-%m-%dT%H:%M:%SZ}"
+                f"{gate}: the PASS @{format_ts(at)} is not newer than the claim "
+                f"@{format_ts(claim.claimed_at)}"
             )
         elif now - at > freshness:
-            problems.append(
-                f"{gate}: the PASS @{at:%Y-%m-%dT%H:%M:%SZ} is stale (older than {freshness})"
-            )
+            problems.append(f"{gate}: the PASS @{format_ts(at)} is stale (older than {freshness})")
     return DoneDecision(not problems, problems)
 
 

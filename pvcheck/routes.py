@@ -88,10 +88,11 @@ def host_fetch(host: Host, cfg: HttpConfig) -> Fetch:
 
     async def fetch(route: RouteConfig) -> tuple[int, bytes]:
         argv = curl_argv(route, cfg.timeout_s)
+        ssh_timeout_s = cfg.timeout_s + 15  # curl's own deadline plus the ssh connection
         try:
-            rc, out, err = await asyncio.to_thread(run_on, host, argv, cfg.timeout_s + 15)
+            rc, out, err = await asyncio.to_thread(run_on, host, argv, ssh_timeout_s)
         except subprocess.TimeoutExpired:
-            raise _NoAnswer(f"ssh curl gave no answer within {cfg.timeout_s + 15:g}s") from None
+            raise _NoAnswer(f"ssh curl gave no answer within {ssh_timeout_s:g}s") from None
         body, _, status = out.rpartition("\n")
         if rc != 0 or not status.isdigit() or status == "000":
             raise _NoAnswer(f"curl on the host exited {rc}: {err.strip()[-200:]}")

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from pvcheck.errors import HostBusy, StateFileError
+from pvcheck.records import format_ts
 from pvcheck.statefiles import atomic_write
 
 
@@ -56,7 +57,7 @@ class RunRegistry:
             os.getpid(),
             _proc_start(os.getpid()),
             socket.gethostname(),
-            datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            format_ts(datetime.now(UTC)),
         )
         atomic_write(self.dir / f"{run_id}.json", json.dumps(record.__dict__) + "\n")
         return record

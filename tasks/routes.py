@@ -11,7 +11,7 @@ from pvcheck import judge
 from pvcheck.claims import route_command
 from pvcheck.config import Config
 from pvcheck.hosts import host_for
-from pvcheck.records import Check
+from pvcheck.records import Check, Status
 from pvcheck.routes import probe_routes
 
 
@@ -41,7 +41,7 @@ def recheck_core_routes(cfg: Config, before: str) -> Check:
         before, [judge.route_answer(r, p) for r, p in zip(core, probes, strict=True)]
     )
     log = get_run_logger()
-    (log.info if check.status == "pass" else log.warning)(
+    (log.info if check.status == Status.PASS else log.warning)(
         "before %s: %s %s", before, check.found, check.detail
     )
     return check

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -106,13 +105,6 @@ def wait_for_throwaways(engine: Swarm, proc: subprocess.Popen[str], timeout_s: f
         assert proc.poll() is None, "the run ended before its reproduction"
         time.sleep(0.2)
     raise AssertionError("the run never reached the allocator reproduction")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def drone_settings(url: str, **extra: Any) -> Callable[[dict[str, Any]], None]:

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -82,28 +81,33 @@ def parse_results(doc: Any) -> tuple[list[TierResult], bool | None, dict[str, st
     return tiers, clean if isinstance(clean, bool) else None, info
 
 
+def decode_results(data: bytes, where: str) -> Any:
+    """Pure: the JSON document in a results file's bytes, refused past MAX_RESULTS_BYTES."""
+    if len(data) > MAX_RESULTS_BYTES:
+        raise ResultsError(f"{where}: more than {MAX_RESULTS_BYTES} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{where}: not valid JSON ({exc})") from None
+
+
 def read_results(path: Path) -> Any:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ResultsError(f"{path}: the harness wrote no results file") from None
-    if size > MAX_RESULTS_BYTES:
+    if size > MAX_RESULTS_BYTES:  # refused before reading it
         raise ResultsError(f"{path}: {size} bytes, more than {MAX_RESULTS_BYTES}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{path}: not valid JSON ({exc})") from None
+    return decode_results(path.read_bytes(), str(path))
 
 
 def fetch_results(host: Host, path: Path) -> Any:
     """results.json from the host, read with the same size bound as a local one."""
     rc, out, _ = run_on(host, ["head", "-c", str(MAX_RESULTS_BYTES + 1), "--", str(path)], 60)
+    where = host.how(f"cat {path}")
     if rc != 0:
-        raise ResultsError(f"{host.how(f'cat {path}')}: the harness wrote no results file")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / path.name
-        local.write_text(out, encoding="utf-8")
-        return read_results(local)
+        raise ResultsError(f"{where}: the harness wrote no results file")
+    return decode_results(out.encode(), where)
 
 
 def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:

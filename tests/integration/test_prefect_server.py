@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.serving import api_healthy
+from pvcheck.api import free_port, wait_healthy
 from pvcheck.config import Config
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.helpers import ROOT, free_port, write_config
+from tests.helpers import ROOT, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 300
-    while not api_healthy(url):
-        assert proc.poll() is None and time.monotonic() < deadline, (
-            home / "server.log"
-        ).read_text()[-3000:]
-        time.sleep(1)
+    assert wait_healthy(url, 300, proc), (home / "server.log").read_text()[-3000:]
     yield url
     proc.terminate()
     proc.wait(timeout=60)

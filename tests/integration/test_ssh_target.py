@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pvcheck.api import free_port
 from pvcheck.cli import main
 from pvcheck.config import ActiveRunsConfig, Config, LogsConfig, load_config
 from pvcheck.deploy import judge_outcome
@@ -27,7 +28,7 @@ from pvcheck.logscan import LogUnreadable, make_log_source
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.fakes import FakeSwarm
-from tests.helpers import descendants, free_port, spawn_run, wait_for_throwaways, write_config
+from tests.helpers import descendants, spawn_run, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 from tests.unit.test_deploy_drivers import HARNESS, command_cfg, results_doc
 
@@ -211,6 +212,13 @@ def test_harness_runs_on_the_host_and_its_results_come_back(sshd: Sshd, tmp_path
     missing = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
     assert missing.error and f"ssh -p {sshd.port}" in missing.error
     assert "wrote no results file" in missing.error
+    # A broken file on the host is named by where it is there, not by a local copy.
+    (tmp_path / "harness.py").write_text(
+        "import os; open(os.environ['PVCHECK_RESULTS'], 'w').write('{\"stages\": [')\n"
+    )
+    broken = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    assert broken.error and broken.error.startswith(f"ssh -p {sshd.port} ")
+    assert f"cat {tmp_path / 'results.json'}': not valid JSON" in broken.error
 
 
 @pytest.mark.faults
