@@ -32,7 +32,7 @@ from pvcheck.config import (
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
 from pvcheck.evidence import render
 from pvcheck.hosts import host_for
-from pvcheck.records import Check, Status, format_ts
+from pvcheck.records import Check, Status, Verdict, format_ts
 from pvcheck.report import Report
 from pvcheck.runs import HostLock, RunRegistry
 from pvcheck.stacks import remove_labelled
@@ -323,7 +323,20 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
         publish_artifacts(report)
 
     gates = ", ".join(f"{g.gate} {g.status}" for g in report.gates)
-    log.info("verdict %s (%s)", report.verdict, gates)
-    if report.verdict == Status.FAIL:
+    log.info("verdict %s (%s) %s", report.verdict, gates, report.incomplete_reason)
+    return final_state(report)
+
+
+def final_state(report: Report) -> State:
+    """The flow run's state follows the verdict; INCOMPLETE is a failed-type state of its own
+    name, so the nightly "failed or crashed" automation reports it."""
+    gates = ", ".join(f"{g.gate} {g.status}" for g in report.gates)
+    if report.verdict == Verdict.FAIL:
         return Failed(message=f"pvcheck verdict FAIL: {gates}", data=report)
+    if report.verdict == Verdict.INCOMPLETE:
+        return Failed(
+            name="Incomplete",
+            message=f"pvcheck verdict INCOMPLETE: {report.incomplete_reason}",
+            data=report,
+        )
     return Completed(message=f"pvcheck verdict PASS: {gates}", data=report)

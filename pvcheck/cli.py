@@ -12,13 +12,26 @@ from typing import Any, TypeVar
 
 from pvcheck.api import ensure_prefect_api
 from pvcheck.config import LAB_CONFIG, Config, load_config
-from pvcheck.errors import EXIT_BUSY, EXIT_GATE_FAILED, EXIT_PASS, EXIT_USAGE, PvcheckError
+from pvcheck.errors import (
+    EXIT_BUSY,
+    EXIT_GATE_FAILED,
+    EXIT_INCOMPLETE,
+    EXIT_PASS,
+    EXIT_USAGE,
+    PvcheckError,
+)
 from pvcheck.masking import masked_output
+from pvcheck.records import Verdict
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
 from pvcheck.statefiles import atomic_write
 
 DEFAULT_LAB_CONFIG = LAB_CONFIG
+VERDICT_EXIT = {
+    Verdict.PASS: EXIT_PASS,
+    Verdict.FAIL: EXIT_GATE_FAILED,
+    Verdict.INCOMPLETE: EXIT_INCOMPLETE,
+}
 T = TypeVar("T")
 
 
@@ -69,6 +82,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def print_verdict(report: Report) -> None:
     print(f"pvcheck {report.verdict.upper()}  run {report.run_id}  target {report.target}")
+    if report.incomplete_reason:
+        print(f"  incomplete: {report.incomplete_reason}")
     for gate in report.gates:
         print(f"  gate {gate.gate} {gate.status.upper():<5} {gate.title}")
     for check in report.checks:
@@ -100,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _write_report(args.json, report.to_json())
     _write_report(args.junit, report.to_junit())
     print_verdict(report)
-    return EXIT_PASS if report.verdict == "pass" else EXIT_GATE_FAILED
+    return VERDICT_EXIT[report.verdict]
 
 
 def _flow_result(state: Any, kind: type[T]) -> T:

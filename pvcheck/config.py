@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import httpx
 from pydantic import (
@@ -153,6 +154,8 @@ class RouteConfig(Section):
     )
     body_contains: str | None = Field(None, max_length=1024)
     verify_tls: bool = True
+    # A CA bundle (PEM) to verify this route's certificate with, instead of the system's.
+    ca_bundle: ConfigPath | None = None
     core: bool = True
     # "here": from where pvcheck runs; "host": from the target host itself (ssh host curl).
     check_from: Literal["here", "host"] = "here"
@@ -163,6 +166,10 @@ class HttpConfig(Section):
     attempts: int = Field(3, ge=1, le=10)
     backoff_s: float = Field(0.5, ge=0, le=30)
     concurrency: int = Field(16, ge=1, le=64)
+    # Defaults for every route that does not set its own: where to connect (the host's own
+    # Traefik) and which CA to trust. An overlay config moves all routes by changing these.
+    connect_to: HostPort | None = None
+    ca_bundle: ConfigPath | None = None
 
 
 class LogsConfig(Section):
@@ -217,29 +224,38 @@ class DroneDriverConfig(Section):
     poll_s: float = Field(10.0, gt=0, le=300)
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, Field(max_length=500), AfterValidator(_regex)]
+
+
 class ActiveRunsConfig(Section):
     folder: ConfigPath | None = None
-    stack_pattern: str | None = None
+    # Stacks of another harness run; stacks holding a control-plane service never count.
+    # Unset: deploy.stack_pattern.
+    stack_pattern: Regex | None = None
+    # Files whose existence means a sweep (e.g. the weekly upgrade run) is in progress.
+    markers: list[ConfigPath] = Field(default_factory=list, max_length=20)
+    # Ask the Drone API (deploy.drone) for running builds too.
+    drone_builds: bool = True
     wait_s: float = Field(300.0, ge=0, le=6 * 3600)
-
-    @field_validator("stack_pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
 
 
 class DeployConfig(Section):
     driver: Literal["compose", "command", "drone"]
     recipe: Name
     tiers: list[Tier] = Field(default_factory=lambda: list(DEFAULT_TIERS), min_length=1)
-    # The swarm stack an external harness deploys the recipe as (command/drone drivers):
-    # attachment sampling and the clean-teardown check look for it. Compose names its own.
+    # The stack an external harness deploys the recipe as (command/drone drivers), when it is
+    # fixed; harnesses that generate names (cc-ci: `<4>-<6 hex>_ci_commoninternet_net`) are
+    # matched by stack_pattern. Attachment sampling and the teardown check watch that stack.
     stack: Name | None = None
+    stack_pattern: Regex | None = None
     converge_timeout_s: float = Field(120.0, gt=0, le=3600)
     compose: ComposeDriverConfig | None = None
     command: CommandDriverConfig | None = None
@@ -313,6 +329,25 @@ class Config(Section):
     lab: LabConfig | None = None
     source: Path = Field(Path("<memory>"), exclude=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _routes_inherit_http_defaults(cls, raw: Any) -> Any:
+        http = raw.get("http") if isinstance(raw, dict) else None
+        if not isinstance(http, dict):
+            return raw
+        defaults = {k: http[k] for k in ("connect_to", "ca_bundle") if http.get(k) is not None}
+        if not defaults:
+            return raw
+        routes = raw.get("routes")
+        if isinstance(routes, list):
+            raw = {**raw, "routes": [_with_defaults(r, defaults) for r in routes]}
+        deploy = raw.get("deploy")
+        compose = deploy.get("compose") if isinstance(deploy, dict) else None
+        if isinstance(compose, dict) and isinstance(compose.get("route"), dict):
+            compose = {**compose, "route": _with_defaults(compose["route"], defaults)}
+            raw = {**raw, "deploy": {**deploy, "compose": compose}}  # type: ignore[dict-item]
+        return raw
+
     @model_validator(mode="after")
     def _route_names_unique(self) -> Config:
         names = [r.name for r in self.routes]
@@ -320,6 +355,12 @@ class Config(Section):
         if dupes:
             raise ValueError(f"route names must be unique; repeated: {', '.join(dupes)}")
         return self
+
+
+def _with_defaults(route: Any, defaults: dict[str, Any]) -> Any:
+    if not isinstance(route, dict):
+        return route
+    return {**{k: v for k, v in defaults.items() if route.get(k) is None}, **route}
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -345,8 +386,13 @@ def _find_secret(raw: Any, loc: tuple[int | str, ...] = ()) -> str | None:
     return None
 
 
-def parse_config(raw: dict[str, Any], source: Path) -> Config:
-    """Validate an already-parsed TOML document; raises ConfigError naming the first bad field."""
+Origins = dict[tuple[int | str, ...], Path]
+MAX_BASE_DEPTH = 8
+
+
+def parse_config(raw: dict[str, Any], source: Path, origins: Origins | None = None) -> Config:
+    """Validate an already-parsed TOML document; raises ConfigError naming the first bad field
+    and the file that wrote it (`origins`: key path -> file, for configs built on a base)."""
     secret_at = _find_secret(raw)
     if secret_at:
         raise ConfigError(
@@ -364,12 +410,18 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        raise ConfigError(str(source), _field_path(err["loc"]), msg) from None
+        where = _origin(origins or {}, tuple(err["loc"])) or source
+        raise ConfigError(str(where), _field_path(err["loc"]), msg) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read, merge overrides ({"allocator": {"batch": 3}}) into, and validate a config file."""
-    source = Path(path)
+def _origin(origins: Origins, loc: tuple[int | str, ...]) -> Path | None:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origins:
+            return origins[loc[:n]]
+    return None
+
+
+def _read_toml(source: Path) -> dict[str, Any]:
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -377,10 +429,82 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(source), "", f"cannot read: {exc}") from None
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(source), "", f"malformed TOML: {exc}") from None
-    return parse_config(_merge(raw, overrides or {}), source)
+
+
+def _load_layers(source: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Origins]:
+    """The merged document of a config and the bases it names, with each value's file.
+
+    Paths are made absolute against the file that wrote them before merging, so a base's
+    relative paths keep meaning what they meant there."""
+    raw = _read_toml(source)
+    secret_at = _find_secret(raw)
+    if secret_at:
+        parse_config(raw, source)  # raises, naming this file
+    base_value = raw.pop("base", None)
+    merged: dict[str, Any] = {}
+    origins: Origins = {}
+    if base_value is not None:
+        if not isinstance(base_value, str) or not base_value or "\0" in base_value:
+            raise ConfigError(str(source), "base", "must be the path of another config file")
+        base = (source.parent / base_value).resolve()
+        if base in chain or base == source.resolve():
+            raise ConfigError(str(source), "base", f"{base} is already in the chain (a cycle)")
+        if len(chain) >= MAX_BASE_DEPTH:
+            raise ConfigError(str(source), "base", f"more than {MAX_BASE_DEPTH} nested bases")
+        merged, origins = _load_layers(base, (*chain, source.resolve()))
+    raw = _absolutize(raw, Config, source.parent.resolve())
+    for key_path in _leaves(raw):
+        origins = {k: v for k, v in origins.items() if k[: len(key_path)] != key_path}
+        origins[key_path] = source
+    return _merge(merged, raw), origins
+
+
+def _leaves(raw: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Key paths of every value that is not a table (arrays are values: they replace)."""
+    out: list[tuple[str, ...]] = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out += _leaves(value, (*prefix, key)) or [(*prefix, key)]
+        else:
+            out.append((*prefix, key))
+    return out
+
+
+def _is_config_path(metadata: Any) -> bool:
+    return any(isinstance(m, AfterValidator) and m.func is _resolve_path for m in metadata)
+
+
+def _absolutize(value: Any, tp: Any, base: Path, metadata: Any = ()) -> Any:
+    """Pure: the raw value with every relative ConfigPath made absolute against `base`."""
+    if _is_config_path(metadata) and isinstance(value, str) and value:
+        return value if Path(value).is_absolute() else str((base / value).resolve())
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _absolutize(value, args[0], base, args[1:])
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            value = _absolutize(value, arg, base)
+        return value
+    if origin is list and isinstance(value, list):
+        return [_absolutize(v, args[0], base) for v in value]
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(value, dict):
+        fields = tp.model_fields
+        return {
+            k: _absolutize(v, fields[k].annotation, base, fields[k].metadata) if k in fields else v
+            for k, v in value.items()
+        }
+    return value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a config file (and the bases it names), merge overrides ({"allocator":
+    {"batch": 3}}) into it, and validate it."""
+    source = Path(path)
+    raw, origins = _load_layers(source)
+    return parse_config(_merge(raw, overrides or {}), source, origins)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ EXIT_PASS = 0
 EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-EXIT_LAB = 4
+EXIT_INCOMPLETE = 4  # nothing failed, but a gate was not proven (verdict INCOMPLETE)
 EXIT_BUSY = 5
+EXIT_LAB = 6
 
 
 class PvcheckError(Exception):

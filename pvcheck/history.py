@@ -22,6 +22,7 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
         "at": report.finished_at,
         "run_id": report.run_id,
         "verdict": str(report.verdict),
+        "incomplete_reason": report.incomplete_reason or None,
         "gates": {g.gate: str(g.status) for g in report.gates},
         "subnet": after.subnet if after else None,
         "endpoints": after.used if after else None,

@@ -28,6 +28,14 @@ class Status(StrEnum):
     ERROR = "error"
 
 
+class Verdict(StrEnum):
+    """A run's verdict. INCOMPLETE: nothing failed, but a gate was not proven."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCOMPLETE = "incomplete"
+
+
 @dataclass(frozen=True)
 class Check:
     """One judged check: what was expected, what was found, and how long finding it took."""
@@ -78,6 +86,21 @@ class GateResult:
     def failing(self) -> list[Check]:
         return [c for c in self.checks if c.status in (Status.FAIL, Status.ERROR)]
 
+    @property
+    def unproven_reason(self) -> str:
+        """Why a gate that did not fail is not a pass: its first skip, or what never ran."""
+        if self.status != Status.SKIP:
+            return ""
+        skipped = [c for c in self.checks if c.status == Status.SKIP and not c.not_applicable]
+        if skipped:
+            return f"{skipped[0].id}: {skipped[0].detail or skipped[0].found}"
+        missing = [
+            p.rstrip(".")
+            for p in GATE_REQUIRES.get(self.gate, ())
+            if not any(c.id.startswith(p) for c in self.checks)
+        ]
+        return "no " + ", ".join(missing) + " checks ran" if missing else "no checks ran"
+
 
 def judge_gate(gate: str, checks: list[Check]) -> GateResult:
     """Pure: a gate passes only when it has checks and every one of them passed.
@@ -96,8 +119,18 @@ def judge_gate(gate: str, checks: list[Check]) -> GateResult:
     return GateResult(gate, status, mine)
 
 
-def verdict(gates: list[GateResult]) -> Status:
-    """PASS when no gate failed and at least one gate passed."""
+def verdict(gates: list[GateResult]) -> Verdict:
+    """FAIL when a gate failed; PASS only when every gate passed; otherwise INCOMPLETE (a
+    gate was not proven: a required check skipped or a required family missing)."""
     if any(g.status == Status.FAIL for g in gates):
-        return Status.FAIL
-    return Status.PASS if any(g.status == Status.PASS for g in gates) else Status.FAIL
+        return Verdict.FAIL
+    if gates and all(g.status == Status.PASS for g in gates):
+        return Verdict.PASS
+    return Verdict.INCOMPLETE
+
+
+def unproven(gates: list[GateResult]) -> str:
+    """Pure: 'M2 not proven — <reason>' for each gate that neither passed nor failed."""
+    return "; ".join(
+        f"{g.gate} not proven — {g.unproven_reason}" for g in gates if g.status == Status.SKIP
+    )

@@ -10,7 +10,16 @@ from xml.etree import ElementTree as ET
 from pvcheck.facts import HostFacts
 from pvcheck.logscan import LogScan
 from pvcheck.masking import redact
-from pvcheck.records import GATES, Check, GateResult, Status, judge_gate, verdict
+from pvcheck.records import (
+    GATES,
+    Check,
+    GateResult,
+    Status,
+    Verdict,
+    judge_gate,
+    unproven,
+    verdict,
+)
 
 
 @dataclass
@@ -33,8 +42,13 @@ class Report:
         return [judge_gate(g, self.checks) for g in GATES]
 
     @property
-    def verdict(self) -> Status:
+    def verdict(self) -> Verdict:
         return verdict(self.gates)
+
+    @property
+    def incomplete_reason(self) -> str:
+        """Why the verdict is INCOMPLETE (empty otherwise)."""
+        return unproven(self.gates) if self.verdict == Verdict.INCOMPLETE else ""
 
     @property
     def failing(self) -> list[Check]:
@@ -43,6 +57,7 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         return {
             "verdict": str(self.verdict),
+            "incomplete_reason": self.incomplete_reason,
             "run_id": self.run_id,
             "target": self.target,
             "config": self.config_path,
@@ -67,17 +82,24 @@ class Report:
         return redact(json.dumps(self.as_json(), indent=2, sort_keys=False)) + "\n"
 
     def to_junit(self) -> str:
-        suites = ET.Element("testsuites", name=f"pvcheck {self.run_id}")
+        suites = ET.Element("testsuites", name=f"pvcheck {self.run_id} {self.verdict.upper()}")
         for gate in self.gates:
+            unproven_case = int(gate.status == Status.SKIP)
             suite = ET.SubElement(
                 suites,
                 "testsuite",
                 name=f"{gate.gate} {gate.title}",
-                tests=str(len(gate.checks)),
+                tests=str(len(gate.checks) + unproven_case),
                 failures=str(sum(c.status == Status.FAIL for c in gate.checks)),
-                errors=str(sum(c.status == Status.ERROR for c in gate.checks)),
+                errors=str(sum(c.status == Status.ERROR for c in gate.checks) + unproven_case),
                 skipped=str(sum(c.status == Status.SKIP for c in gate.checks)),
             )
+            if unproven_case:
+                # An unproven gate is not green: a JUnit reader sees it as an error case.
+                case = ET.SubElement(suite, "testcase", classname=gate.gate, name="gate.proven")
+                ET.SubElement(
+                    case, "error", type="incomplete", message=f"{gate.gate} not proven"
+                ).text = gate.unproven_reason
             for check in gate.checks:
                 case = ET.SubElement(
                     suite,

@@ -18,7 +18,8 @@ from pvcheck.facts import (
     parse_stacks,
     settle_network,
 )
-from pvcheck.records import Check, Status, judge_gate, verdict
+from pvcheck.records import Check, Status, Verdict, judge_gate, verdict
+from pvcheck.records import unproven as unproven_text
 from pvcheck.routes import RouteObservation
 from pvcheck.stacks import ServiceState, converged, stack_task_states
 
@@ -173,9 +174,27 @@ def test_verdict() -> None:
     )
     failed = judge_gate("M1", [_c("pre.x", "M1", Status.FAIL)])
     unproven = judge_gate("M2", [])
-    assert verdict([passed, unproven]) == Status.PASS
-    assert verdict([failed, unproven]) == Status.FAIL
-    assert verdict([unproven]) == Status.FAIL
+    skipped = judge_gate(
+        "M2",
+        [
+            _c(p + "x", "M2", Status.SKIP if p == "deploy." else Status.PASS)
+            for p in ("deploy.", "alloc.", "logs.", "teardown.", "guard.")
+        ],
+    )
+    passed_m2 = judge_gate(
+        "M2", [_c(p + "x", "M2", Status.PASS) for p in ("deploy.", "alloc.", "logs.", "teardown.", "guard.")]
+    )
+    # One gate passed and none failed is not a pass: the other gate was never proven.
+    assert verdict([passed, unproven]) == Verdict.INCOMPLETE
+    assert unproven_text([passed, unproven]) == (
+        "M2 not proven — no deploy, alloc, logs, teardown, guard checks ran"
+    )
+    assert verdict([passed, skipped]) == Verdict.INCOMPLETE
+    assert unproven_text([passed, skipped]) == "M2 not proven — deploy.x: f"
+    assert verdict([failed, unproven]) == Verdict.FAIL
+    assert verdict([unproven]) == Verdict.INCOMPLETE
+    assert verdict([passed, passed_m2]) == Verdict.PASS
+    assert verdict([]) == Verdict.INCOMPLETE
 
 
 class _FreeingLater:
