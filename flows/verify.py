@@ -38,7 +38,7 @@ from pvcheck.runs import HostLock, RunRegistry
 from pvcheck.stacks import remove_labelled
 from pvcheck.statefiles import append_journal
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tasks.deploy import deploy_proof
+from tasks.deploy import deploy_proof, wait_for_quiet_host
 from tasks.evidence import publish_artifacts, write_evidence_files
 from tasks.host import capture_facts, connect_engine, read_precondition_phase, scan_docker_log
 from tasks.proofs import allocator_proof, guard_proof, reap_dead_runs
@@ -173,9 +173,25 @@ class Verification:
         reason = "no new test traffic: fix routing first (" + ", ".join(blocked) + ")"
         report.stages["traffic"] = "blocked"
         self.log.warning("%s", reason)
+        self._skip_traffic_stages(reason)
+        return False
+
+    def _skip_traffic_stages(self, reason: str) -> None:
         for stage, check_id in (("deploy", "deploy.stage"), ("allocator", "alloc.stage")):
-            report.stages[stage] = f"skipped: {reason}"
-            report.checks.append(judge.skipped(check_id, "M2", "stage runs", reason))
+            self.report.stages[stage] = f"skipped: {reason}"
+            self.report.checks.append(judge.skipped(check_id, "M2", "stage runs", reason))
+
+    def quiet_host_stage(self, swarm: Swarm) -> bool:
+        """True when no other recipe run, Drone build or sweep is active (waiting within
+        bounds); otherwise nothing is created and the run ends INCOMPLETE."""
+        if self.cfg.deploy is None:
+            return True
+        quiet = wait_for_quiet_host(swarm, self.cfg)
+        self.report.checks.append(quiet)
+        if quiet.status == Status.PASS:
+            return True
+        self.report.stages["traffic"] = "held: another run or sweep is active"
+        self._skip_traffic_stages(f"no new test traffic: {quiet.detail}")
         return False
 
     def deploy_stage(self, swarm: Swarm) -> None:
@@ -208,11 +224,12 @@ class Verification:
             scan = scan_docker_log(self.cfg, started, datetime.now(UTC))
             report.checks.append(judge.fresh_logs("logs.fresh-allocator", scan, "the reproduction"))
 
-    def finish_logs_and_guard(self, swarm: Swarm) -> None:
+    def finish_logs_and_guard(self, swarm: Swarm, canary: bool) -> None:
         scan = scan_docker_log(self.cfg, self.started, datetime.now(UTC))
         self.report.checks.append(judge.fresh_logs("logs.fresh-run", scan, "this run"))
-        # The canary runs last, after the run's own log window has been judged.
-        guard = guard_proof(swarm, self.cfg, self.run_id, self.params.canary)
+        # The canary runs last, after the run's own log window has been judged, and never
+        # when test traffic was held back.
+        guard = guard_proof(swarm, self.cfg, self.run_id, canary)
         self.report.checks += guard
         self.report.stages["guard"] = _stage_outcome(guard)
 
@@ -300,10 +317,11 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
     report.checks.append(reap_dead_runs(swarm, cfg))
     registry.start(run_id)
     try:
-        if run.read_only_stage(swarm):
+        traffic = run.read_only_stage(swarm) and run.quiet_host_stage(swarm)
+        if traffic:
             run.deploy_stage(swarm)
             run.allocator_stage(swarm)
-        run.finish_logs_and_guard(swarm)
+        run.finish_logs_and_guard(swarm, canary=params.canary and traffic)
     except BaseException as exc:
         # An interrupted run proves nothing: it must not leave a claim behind.
         why = f"{type(exc).__name__}: {exc}".rstrip(": ")

@@ -230,7 +230,9 @@ class Attribution:
         return self.ours_left + max(0, self.unexplained)
 
 
-def attribute(baseline: NetworkFacts, after: NetworkFacts, prefix: str) -> Attribution:
+def attribute(
+    baseline: NetworkFacts, after: NetworkFacts, prefix: str | tuple[str, ...]
+) -> Attribution:
     """Pure: split after.used - baseline.used into our leftovers, others' churn and the rest."""
     ours = sum(n for name, n in after.per_service.items() if name.startswith(prefix))
     names = {

@@ -16,9 +16,7 @@ from pvcheck.records import Check, Status
 from pvcheck.statefiles import read_state
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
-_RECOVERY = re.compile(
-    r"(systemctl\s+restart\s+docker|service\s+docker\s+restart|restart docker)", re.I
-)
+_FENCE = re.compile(r"^\s*(```|~~~)")
 
 SIGNATURE_SAMPLE = (
     'time="2026-06-10T03:12:44.512305123Z" level=error msg="Failed allocation for service '
@@ -30,6 +28,16 @@ CLEAN_SAMPLE = (
     'time="2026-06-10T03:12:45.000000000Z" level=warning msg="Error getting v2 registry"\n'
 )
 
+# Shell words that start or join commands without being one.
+_LEADING = {"if", "then", "else", "elif", "do", "while", "until", "!", "time", "{", "sudo"}
+_CLOSING = {"fi", "done", "}", "esac"}
+_SEPARATORS = {";", "&&", "||", "&", "(", ")", ";;", "\n"}
+_REDIRECTS = re.compile(r"^[0-9]*[<>]")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_PRINTERS = {"echo", "printf", ":", "true", "cat"}
+_SSH_OPTS_WITH_VALUE = set("BbcDEeFIiJLlmOopQRSWw")
+MAX_NESTING = 3
+
 
 @dataclass(frozen=True)
 class GuardSection:
@@ -38,17 +46,31 @@ class GuardSection:
     text: str
 
 
+def _markdown_lines(text: str) -> list[tuple[str, bool]]:
+    """Pure: each line with whether it lies inside a fenced code block (fences excluded)."""
+    out, fence = [], None
+    for line in text.splitlines():
+        match = _FENCE.match(line)
+        if match and (fence is None or match.group(1) == fence):
+            fence = match.group(1) if fence is None else None
+            out.append((line, False))
+            continue
+        out.append((line, fence is not None))
+    return out
+
+
 def find_section(text: str, marker: str) -> GuardSection | None:
-    """Pure: the section whose heading starts with the marker ("0", "0.", "Step 0", "Step-0")."""
-    lines = text.splitlines()
+    """Pure: the section whose Markdown heading starts with the marker ("0", "0.", "Step 0",
+    "Step-0"). A `# 1. reap` comment inside fenced code is not a heading."""
+    lines = _markdown_lines(text)
     want = re.compile(rf"^(step[\s-]*)?{re.escape(marker)}\b", re.I)
-    for i, line in enumerate(lines):
-        match = _HEADING.match(line)
+    for i, (line, in_code) in enumerate(lines):
+        match = None if in_code else _HEADING.match(line)
         if match and want.match(match.group(2).strip()):
             level = len(match.group(1))
             body = []
-            for nxt in lines[i + 1 :]:
-                h = _HEADING.match(nxt)
+            for nxt, nxt_in_code in lines[i + 1 :]:
+                h = None if nxt_in_code else _HEADING.match(nxt)
                 if h and len(h.group(1)) <= level:
                     break
                 body.append(nxt)
@@ -56,33 +78,156 @@ def find_section(text: str, marker: str) -> GuardSection | None:
     return None
 
 
-def detection_pipeline(section: GuardSection, signature: str) -> str | None:
-    """Pure: the section's command line that greps the docker journal for (part of) the
-    signature, e.g. `journalctl -u docker --since "26 hours ago" | grep -c "..."`."""
-    for line in section.text.splitlines():
-        if "grep" not in line or "|" not in line:
+def code_lines(section: GuardSection) -> list[str]:
+    """Pure: the section's shell lines: inside fenced code, continuations joined. Prose is
+    not a command, however it reads."""
+    out: list[str] = []
+    pending = ""
+    for line, in_code in _markdown_lines(section.text):
+        if not in_code:
             continue
-        grep = grep_argv(line)
-        if grep and grep[-1] in signature:
-            return line.strip()
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        out.append(pending + line)
+        pending = ""
+    if pending:
+        out.append(pending)
+    return out
+
+
+def _tokens(line: str) -> list[str] | None:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    try:
+        return list(lexer)
+    except ValueError:  # unbalanced quotes: not a line pvcheck can read as a command
+        return None
+
+
+def _remote_command(argv: list[str]) -> str | None:
+    """Pure: the command an `ssh [options] HOST COMMAND...` line runs on the host."""
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        opt = argv[i]
+        takes_value = len(opt) == 2 and opt[1] in _SSH_OPTS_WITH_VALUE
+        i += 2 if takes_value else 1
+    rest = argv[i + 1 :]  # argv[i] is the host
+    return " ".join(rest) if rest else None
+
+
+def pipelines(line: str, depth: int = 0) -> list[list[list[str]]]:
+    """Pure: the pipelines (lists of stages, each an argv) a shell line runs, including those
+    nested in `$( … )` and in `ssh HOST '…'`. Echoed or printed text is not run."""
+    tokens = _tokens(line)
+    if tokens is None:
+        return []
+    out: list[list[list[str]]] = []
+    stages: list[list[str]] = []
+    stage: list[str] = []
+
+    def end_stage() -> None:
+        argv = _command_words(stage)
+        if argv:
+            stages.append(argv)
+        stage.clear()
+
+    def end_pipeline() -> None:
+        end_stage()
+        if stages:
+            out.append(list(stages))
+        stages.clear()
+
+    for token in [*tokens, ";"]:
+        if token == "|":
+            end_stage()
+        elif token in _SEPARATORS:
+            end_pipeline()
+        else:
+            stage.append(token)
+    nested = []
+    for pipeline in out:
+        for argv in pipeline:
+            if argv[0] == "ssh" and depth < MAX_NESTING:
+                remote = _remote_command(argv)
+                if remote:
+                    nested += pipelines(remote, depth + 1)
+    return out + nested
+
+
+def _command_words(tokens: list[str]) -> list[str]:
+    """Pure: a stage's argv without leading keywords, assignments and redirections."""
+    words = list(tokens)
+    while words and (words[0] in _LEADING or _ASSIGNMENT.match(words[0])):
+        assignment = _ASSIGNMENT.match(words[0])
+        if assignment and words[0] != assignment.group(0):
+            break  # `vip=value`: a plain assignment is not a command
+        words.pop(0)
+    argv: list[str] = []
+    skip_next = False
+    for word in words:
+        if skip_next:
+            skip_next = False
+        elif _REDIRECTS.match(word) or word in (">&", "<&", ">>"):
+            skip_next = word.rstrip("0123456789&") in (">", "<", ">>", ">&", "<&")
+        elif word not in _CLOSING:
+            argv.append(word)
+    return argv
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The guard's detection: the whole pipeline as written, and its grep stage."""
+
+    pipeline: str
+    grep: list[str]
+
+
+def _grep_pattern(argv: list[str]) -> str | None:
+    if argv[0] not in ("grep", "egrep", "fgrep") or len(argv) < 2:
+        return None
+    if "-e" in argv[:-1]:
+        return argv[argv.index("-e") + 1]
+    return argv[-1]
+
+
+def find_detection(section: GuardSection, signature: str) -> Detection | None:
+    """Pure: the first pipeline whose grep stage looks for (part of) the signature."""
+    for line in code_lines(section):
+        for pipeline in pipelines(line):
+            for argv in pipeline:
+                pattern = _grep_pattern(argv)
+                if pattern and pattern in signature:
+                    shown = " | ".join(shlex.join(a) for a in pipeline)
+                    return Detection(shown, argv)
     return None
 
 
-def grep_argv(pipeline: str) -> list[str] | None:
-    """Pure: the grep stage of a pipeline as an argument list (never run through a shell)."""
-    stage = pipeline.rsplit("|", 1)[-1].strip()
-    try:
-        argv = shlex.split(stage)
-    except ValueError:
-        return None
-    return argv if argv and argv[0] == "grep" and len(argv) >= 2 else None
+def _restarts_docker(argv: list[str]) -> bool:
+    units = {"docker", "docker.service"}
+    if argv[0] == "systemctl":
+        return "restart" in argv and bool(units & set(argv))
+    return argv[0] == "service" and argv[1:3] == ["docker", "restart"]
+
+
+def find_recovery(section: GuardSection) -> str | None:
+    """Pure: the executable line that restarts docker (directly or over ssh), if any."""
+    for line in code_lines(section):
+        for pipeline in pipelines(line):
+            if any(argv[0] not in _PRINTERS and _restarts_docker(argv) for argv in pipeline):
+                return line.strip()
+    return None
 
 
 def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | None:
     """Run a detection command with the sample log on stdin; the count it prints, or None."""
-    out = subprocess.run(
-        argv, input=sample, capture_output=True, text=True, timeout=timeout_s, check=False
-    )
+    try:
+        out = subprocess.run(
+            argv, input=sample, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
     numbers = re.findall(r"\d+", out.stdout)
     return int(numbers[-1]) if numbers else None
 
@@ -114,8 +259,8 @@ def check_guard(cfg: GuardConfig, host: Host | None = None) -> tuple[list[Check]
             f"line {section.line}: {section.heading}",
         )
     ]
-    pipeline = detection_pipeline(section, cfg.signature)
-    argv = cfg.detect_command or (grep_argv(pipeline) if pipeline else None)
+    detection = find_detection(section, cfg.signature)
+    argv = cfg.detect_command or (detection.grep if detection else None)
     if argv is not None and host is not None:
         argv = host.argv(argv)
     if argv is None:
@@ -126,6 +271,7 @@ def check_guard(cfg: GuardConfig, host: Host | None = None) -> tuple[list[Check]
                 Status.FAIL,
                 "a journal grep for the VIP signature",
                 "no detection command in the section",
+                f"no grep in the section's code looks for part of {cfg.signature!r}",
             )
         )
     else:
@@ -138,17 +284,17 @@ def check_guard(cfg: GuardConfig, host: Host | None = None) -> tuple[list[Check]
                 Status.PASS if ok else Status.FAIL,
                 "count > 0 on a log with the signature, 0 on a clean log",
                 f"{hit} on the signature sample, {clean} on the clean sample",
-                f"detection: {pipeline or ' '.join(argv)}",
+                f"detection: {detection.pipeline if detection else ' '.join(argv)}",
             )
         )
-    recovery = _RECOVERY.search(section.text)
+    recovery = find_recovery(section)
     checks.append(
         Check(
             "guard.recovery",
             "M2",
             Status.PASS if recovery else Status.FAIL,
-            "a recovery action (restart docker) when the count is non-zero",
-            recovery.group(0) if recovery else "no recovery action in the section",
+            "an executable line that restarts docker when the count is non-zero",
+            recovery or "no command in the section restarts docker",
         )
     )
     return checks, argv

@@ -121,14 +121,26 @@ def residue(left: dict[str, list[str]], label: str) -> Check:
 
 
 def clean_teardown(
-    stack: str,
+    stacks: list[str],
     left: dict[str, list[str]],
     share: Attribution | None,
     after_used: int | None,
     reported: bool | None,
+    described: str = "",
 ) -> Check:
-    """Residue of the app's stack is zero and no endpoint is left that only it could explain
-    (other services' churn on a shared network is reported, not blamed on the app)."""
+    """Residue of the app's stacks is zero and no endpoint is left that only they could
+    explain (other services' churn on a shared network is reported, not blamed on the app).
+    No stack to watch is an error: a teardown check that watched nothing proves nothing."""
+    if not stacks:
+        return Check(
+            "deploy.teardown",
+            "M2",
+            Status.ERROR,
+            f"no object of {described or 'the app'} remains; no endpoint left behind",
+            "no stack to watch",
+            f"{described or 'the app'} was never seen on the network during the run",
+        )
+    stack = ", ".join(stacks)
     names = residue_names(left)
     leaked = share.leaked if share else 0
     ok = not names and leaked == 0

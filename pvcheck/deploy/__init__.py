@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pvcheck.deploy.attach import AttachmentSampler
+
 from pvcheck.records import Check, Status
 
 TIER_PASS, TIER_FAIL, TIER_SKIP, TIER_UNVERIFIED = "pass", "fail", "skip", "unver"
@@ -25,8 +27,11 @@ class DeployOutcome:
 
     driver: str
     recipe: str
-    stack: str
+    stack: str  # what the checks call the app's stack: its name, or the harness pattern
     tiers: list[TierResult] = field(default_factory=list)
+    # The stacks the app was deployed as, named by the harness or seen on the network: the
+    # teardown check watches these. Empty: nothing to watch, which is an error, not a pass.
+    stacks: list[str] = field(default_factory=list)
     attached: bool = False
     attach_detail: str = ""
     clean_teardown_reported: bool | None = None  # what the harness itself said, if anything
@@ -82,3 +87,18 @@ def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: st
             )
         )
     return checks
+
+
+def watched_stacks(named: str | None, sampler: AttachmentSampler) -> list[str]:
+    """The stacks to check the teardown of: the one named (by the config or the harness's
+    results), else every harness-named stack seen. A stack never seen on the network during
+    the run is not watched: a teardown check of it would pass having watched nothing."""
+    if named:
+        return [named] if named in sampler.stacks else []
+    return sorted(sampler.stacks)
+
+
+def fixed_stack(stack: str | None, pattern: str | None, recipe: str) -> str | None:
+    """The stack name a harness is configured to use; the recipe's name when neither a name
+    nor a pattern is configured (harnesses that name the stack after the recipe)."""
+    return stack or (None if pattern else recipe)

@@ -1,4 +1,10 @@
-"""Detect other recipe runs or sweeps in progress, so the deploy proof never duplicates one."""
+"""Detect other recipe runs or sweeps in progress, so pvcheck never deploys beside one.
+
+Four signals, any of which means "busy": an entry in the harness's active-run folder, a
+sweep's marker file, a stack that matches the harness naming (never a control-plane stack:
+on cc-ci both end in `_ci_commoninternet_net`), and a running Drone build. A signal that
+cannot be read counts as busy too: pvcheck cannot tell that nothing runs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pvcheck.config import ActiveRunsConfig
 from pvcheck.hosts import Host, run_on
@@ -31,13 +38,52 @@ def _folder_entries(folder: Path, host: Host | None) -> tuple[list[str], str | N
     return [], err.strip()[-200:] or f"ls exited {rc}"
 
 
+def _present_markers(markers: list[Path], host: Host | None) -> list[str]:
+    """The marker files that exist on the target host."""
+    if not markers:
+        return []
+    if host is None or not host.remote:
+        return [str(m) for m in markers if m.exists() or m.is_symlink()]
+    # `ls -d` prints the ones that exist and complains about the rest.
+    rc, out, err = run_on(host, ["ls", "-d", "--", *map(str, markers)], timeout_s=30)
+    present = [line for line in out.split("\n") if line]
+    if rc not in (0, 2) or (rc == 2 and "No such file" not in err):
+        present.append(f"{markers[0].parent} cannot be read ({err.strip()[-200:]})")
+    return present
+
+
+def harness_stacks(
+    services: list[dict[str, Any]], pattern: str, control_plane: list[str]
+) -> list[str]:
+    """Pure: stacks whose name matches the harness pattern, except pvcheck's own and any
+    stack that holds a control-plane service."""
+    regex = re.compile(pattern)
+    control_stacks = set()
+    candidates = set()
+    for svc in services:
+        labels = svc["Spec"].get("Labels") or {}
+        stack = labels.get(LABEL_STACK)
+        if not stack:
+            continue
+        if svc["Spec"].get("Name") in control_plane:
+            control_stacks.add(stack)
+        elif LABEL_RUN not in labels and regex.search(stack):
+            candidates.add(stack)
+    return sorted(candidates - control_stacks)
+
+
 def active_runs(
     cfg: ActiveRunsConfig,
     swarm: Swarm,
     extra: Callable[[], list[str]] | None = None,
     host: Host | None = None,
+    stack_pattern: str | None = None,
+    control_plane: list[str] | None = None,
 ) -> list[str]:
-    """Human-readable descriptions of every active run found (empty when none)."""
+    """Human-readable descriptions of every active run found (empty when none).
+
+    `stack_pattern` is the deploy section's harness pattern, used when the active-runs
+    section names none; `extra` asks other sources (the Drone API)."""
     found = []
     if cfg.folder is not None:
         names, problem = _folder_entries(cfg.folder, host)
@@ -45,16 +91,11 @@ def active_runs(
         if problem:
             # pvcheck cannot tell that no run is active, so it must not start one.
             found.append(f"{cfg.folder} cannot be listed ({problem}); a run may be active")
-    if cfg.stack_pattern:
-        pattern = re.compile(cfg.stack_pattern)
-        stacks = set()
-        for svc in swarm.services():
-            labels = svc["Spec"].get("Labels") or {}
-            stack = labels.get(LABEL_STACK)
-            # Our own run's stacks are not "another run".
-            if stack and LABEL_RUN not in labels and pattern.search(stack):
-                stacks.add(stack)
-        found += [f"stack {s}" for s in sorted(stacks)]
+    found += [f"sweep marker {m}" for m in _present_markers(cfg.markers, host)]
+    pattern = cfg.stack_pattern or stack_pattern
+    if pattern:
+        stacks = harness_stacks(swarm.services(), pattern, control_plane or [])
+        found += [f"stack {s}" for s in stacks]
     if extra is not None:
         found += extra()
     return found
@@ -66,11 +107,16 @@ def wait_until_idle(
     extra: Callable[[], list[str]] | None = None,
     poll_s: float = 5.0,
     host: Host | None = None,
+    stack_pattern: str | None = None,
+    control_plane: list[str] | None = None,
+    on_wait: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
     """Wait at most cfg.wait_s for other runs to end; returns those still active (or [])."""
     deadline = time.monotonic() + cfg.wait_s
     while True:
-        found = active_runs(cfg, swarm, extra, host)
+        found = active_runs(cfg, swarm, extra, host, stack_pattern, control_plane)
         if not found or time.monotonic() >= deadline:
             return found
+        if on_wait is not None:
+            on_wait(found)
         time.sleep(min(poll_s, max(0.1, deadline - time.monotonic())))

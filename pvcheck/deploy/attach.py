@@ -1,31 +1,65 @@
-"""Sample the overlay's services while a deploy runs, to see the app really joined it."""
+"""Sample the overlay's services while a deploy runs, to see the app really joined it, and
+to find the stack a harness deployed under a name it generated."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from types import TracebackType
 
 from pvcheck.swarm import Swarm
 
 
-class AttachmentSampler:
-    """Polls `docker network inspect --verbose NET` in a thread; records the stack's services."""
+def stack_of(service: str, stack: str | None, pattern: str | None) -> str | None:
+    """Pure: the stack a service name belongs to: the fixed `stack`, or the longest
+    `STACK_` prefix matching `pattern` (stack names may hold '_': `ab12-3f4e5d_ci_x_net`)."""
+    if stack is not None:
+        return stack if service.startswith(f"{stack}_") else None
+    if pattern is None:
+        return None
+    regex = re.compile(pattern)
+    parts = service.split("_")
+    for n in range(len(parts) - 1, 0, -1):
+        candidate = "_".join(parts[:n])
+        if regex.search(candidate):
+            return candidate
+    return None
 
-    def __init__(self, swarm: Swarm, network: str, stack: str, interval_s: float = 1.0) -> None:
-        self.swarm, self.network, self.prefix = swarm, network, f"{stack}_"
+
+class AttachmentSampler:
+    """Polls `docker network inspect --verbose NET` in a thread; records the services of the
+    watched stack (fixed name, or any new stack matching the harness pattern)."""
+
+    def __init__(
+        self,
+        swarm: Swarm,
+        network: str,
+        stack: str | None,
+        pattern: str | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.swarm, self.network, self.stack, self.pattern = swarm, network, stack, pattern
         self.interval_s = interval_s
         self.seen: set[str] = set()
+        self.stacks: set[str] = set()
         self.samples = 0
+        self._present: set[str] | None = None  # services already there when sampling began
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="attach-sampler", daemon=True)
 
     def sample(self) -> None:
         inspect = self.swarm.network(self.network) or {}
+        names = set(inspect.get("Services") or {})
         self.samples += 1
-        self.seen |= {
-            name for name in inspect.get("Services") or {} if name.startswith(self.prefix)
-        }
+        if self._present is None:
+            # A harness stack that was there before the run is not the one it deploys.
+            self._present = names if self.stack is None else set()
+        for name in names - self._present:
+            stack = stack_of(name, self.stack, self.pattern)
+            if stack is not None:
+                self.seen.add(name)
+                self.stacks.add(stack)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -48,8 +82,7 @@ class AttachmentSampler:
         self._thread.join(timeout=30)
 
     def describe(self) -> str:
+        watched = self.stack or f"a stack matching {self.pattern}"
         if not self.seen:
-            return (
-                f"no service of {self.prefix[:-1]} seen on {self.network} in {self.samples} samples"
-            )
+            return f"no service of {watched} seen on {self.network} in {self.samples} samples"
         return f"{', '.join(sorted(self.seen))} seen on {self.network} ({self.samples} samples)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pvcheck.config import Config
-from pvcheck.deploy import DeployOutcome, TierResult
+from pvcheck.deploy import DeployOutcome, TierResult, fixed_stack, watched_stacks
 from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.hosts import Host, host_for, run_on
 from pvcheck.swarm import Swarm
@@ -78,7 +79,23 @@ def parse_results(doc: Any) -> tuple[list[TierResult], bool | None, dict[str, st
     flags = doc.get("flags")
     clean = flags.get("clean_teardown") if isinstance(flags, dict) else None
     info = {k: str(doc[k])[:200] for k in ("recipe", "version", "run_id") if k in doc}
+    stack = results_stack(doc)
+    if stack:
+        info["stack"] = stack
     return tiers, clean if isinstance(clean, bool) else None, info
+
+
+_STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def results_stack(doc: dict[str, Any]) -> str | None:
+    """Pure: the stack results.json names: `stack`, or the app `domain` turned into a stack
+    name the way abra does (dots become underscores). Anything not a docker name is ignored."""
+    stack = doc.get("stack")
+    if not isinstance(stack, str):
+        domain = doc.get("domain")
+        stack = domain.replace(".", "_") if isinstance(domain, str) else None
+    return stack if stack and _STACK_NAME.match(stack) else None
 
 
 def decode_results(data: bytes, where: str) -> Any:
@@ -148,10 +165,12 @@ class CommandDriver:
         assert cfg.deploy is not None and cfg.deploy.command is not None
         self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
         self.deploy_cfg, self.command = cfg.deploy, cfg.deploy.command
-        self.stack = cfg.deploy.stack or cfg.deploy.recipe
 
     def run(self) -> DeployOutcome:
-        outcome = DeployOutcome("command", self.deploy_cfg.recipe, self.stack)
+        deploy = self.deploy_cfg
+        fixed = fixed_stack(deploy.stack, deploy.stack_pattern, deploy.recipe)
+        watched = fixed or f"a stack matching {deploy.stack_pattern}"
+        outcome = DeployOutcome("command", deploy.recipe, watched)
         results = self.command.results
         host = host_for(self.cfg.target)
         argv = [a.replace("{recipe}", self.deploy_cfg.recipe) for a in self.command.argv]
@@ -176,7 +195,9 @@ class CommandDriver:
             results.unlink(missing_ok=True)  # never judge a previous run's file
         log.info("harness: %s (timeout %gs)", " ".join(argv), timeout_s)
         started = time.monotonic()
-        with AttachmentSampler(self.swarm, self.cfg.network.name, self.stack) as sampler:
+        with AttachmentSampler(
+            self.swarm, self.cfg.network.name, fixed, deploy.stack_pattern
+        ) as sampler:
             try:
                 rc, tail = run_harness(argv, env, local_timeout_s)
             except OSError as exc:
@@ -189,6 +210,7 @@ class CommandDriver:
         outcome.info["seconds"] = f"{elapsed:.1f}"
         outcome.attached = bool(sampler.seen)
         outcome.attach_detail = sampler.describe()
+        outcome.stacks = watched_stacks(fixed, sampler)
         if outcome.error:
             return outcome
         if rc is None:
@@ -203,6 +225,8 @@ class CommandDriver:
             return outcome
         outcome.tiers, outcome.clean_teardown_reported = tiers, clean
         outcome.info.update(info)
+        if "stack" in info:
+            outcome.stacks = watched_stacks(info["stack"], sampler)
         if rc != 0 and all(t.status != "fail" for t in tiers):
             outcome.error = f"harness exited {rc} but reported no failing tier: {tail[-300:]}"
         return outcome

@@ -94,6 +94,7 @@ class ComposeDriver:
                     timeout_s=self.deploy_cfg.converge_timeout_s,
                 )
                 outcome.clean_teardown_reported = not any(left.values())
+        outcome.stacks = [self.stack]
         outcome.attached = bool(sampler.seen)
         outcome.attach_detail = sampler.describe()
         return outcome

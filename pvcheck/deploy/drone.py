@@ -20,7 +20,7 @@ import httpx
 
 from pvcheck import masking
 from pvcheck.config import Config, DroneDriverConfig
-from pvcheck.deploy import TIER_FAIL, DeployOutcome, TierResult
+from pvcheck.deploy import TIER_FAIL, DeployOutcome, TierResult, fixed_stack, watched_stacks
 from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.deploy.command import TIER_NAMES
 from pvcheck.errors import ConfigError
@@ -153,19 +153,24 @@ class DroneDriver:
         assert cfg.deploy is not None and cfg.deploy.drone is not None
         self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
         self.deploy_cfg, self.drone = cfg.deploy, cfg.deploy.drone
-        self.stack = cfg.deploy.stack or cfg.deploy.recipe
         self.client = DroneClient(self.drone, drone_token(self.drone, str(cfg.source)), transport)
 
     def run(self, poll_s: float | None = None) -> DeployOutcome:
-        outcome = DeployOutcome("drone", self.deploy_cfg.recipe, self.stack)
+        deploy = self.deploy_cfg
+        fixed = fixed_stack(deploy.stack, deploy.stack_pattern, deploy.recipe)
+        watched = fixed or f"a stack matching {deploy.stack_pattern}"
+        outcome = DeployOutcome("drone", deploy.recipe, watched)
         poll = self.drone.poll_s if poll_s is None else poll_s
-        with AttachmentSampler(self.swarm, self.cfg.network.name, self.stack) as sampler:
+        with AttachmentSampler(
+            self.swarm, self.cfg.network.name, fixed, deploy.stack_pattern
+        ) as sampler:
             try:
                 self._run(outcome, poll)
             except (DroneError, httpx.HTTPError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
         outcome.attached = bool(sampler.seen)
         outcome.attach_detail = sampler.describe()
+        outcome.stacks = watched_stacks(fixed, sampler)
         return outcome
 
     def _run(self, outcome: DeployOutcome, poll: float) -> None:

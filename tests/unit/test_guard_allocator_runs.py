@@ -14,13 +14,17 @@ from pvcheck.allocator import AllocatorResult, RoundFigures, judge_allocator, re
 from pvcheck.config import AllocatorConfig, GuardConfig
 from pvcheck.errors import HostBusy
 from pvcheck.facts import NetworkFacts
-from pvcheck.guard import check_guard, detection_pipeline, find_section, grep_argv
+from pvcheck.guard import check_guard, find_detection, find_section, pipelines
 from pvcheck.logscan import LogScan
 from pvcheck.records import Status
 from pvcheck.runs import HostLock, RunRegistry
 from tests.helpers import ROOT, held_in_another_process
 
 GUARD = ROOT / "lab" / "upgrade-all" / "SKILL.md"
+# The real /upgrade-all layout: one fenced bash block, numbered comment steps, the detection
+# nested in `vip=$(ssh cc-ci '…')` and the restart inside an `if` on that count.
+REAL_GUARD = ROOT / "lab" / "cc-ci-twin" / "upgrade-all" / "SKILL.md"
+SIGNATURE = "could not find an available IP while allocating VIP"
 
 
 def _statuses(checks: list) -> dict[str, str]:  # type: ignore[type-arg]
@@ -76,13 +80,93 @@ def test_configured_detect_command_is_used() -> None:
 
 
 def test_section_parsing_and_grep_extraction() -> None:
-    text = '# T\n## Step 0 — guard\nx | grep -c "while allocating VIP"\n### sub\nrestart docker\n## 1. next\nrestart docker\n'
+    text = (
+        "# T\n## Step 0 — guard\n```sh\nx | grep -c \"while allocating VIP\"\n```\n### sub\n"
+        "restart docker\n## 1. next\nrestart docker\n"
+    )
     section = find_section(text, "0")
     assert section is not None and section.heading == "Step 0 — guard" and section.line == 2
     assert "### sub" in section.text and "## 1. next" not in section.text
-    assert detection_pipeline(section, "could not find an available IP while allocating VIP")
-    assert grep_argv("journalctl -u docker | grep -c 'x y'") == ["grep", "-c", "x y"]
-    assert grep_argv("journalctl | wc -l") is None
+    detection = find_detection(section, SIGNATURE)
+    assert detection is not None and detection.grep == ["grep", "-c", "while allocating VIP"]
+    assert pipelines("journalctl -u docker | grep -c 'x y'") == [
+        [["journalctl", "-u", "docker"], ["grep", "-c", "x y"]]
+    ]
+
+
+def _real_variant(tmp_path: Path, old: str, new: str) -> Path:
+    text = REAL_GUARD.read_text()
+    assert old in text
+    path = tmp_path / "SKILL.md"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_guard_on_the_real_step0_layout_passes() -> None:
+    checks, argv = check_guard(GuardConfig(file=REAL_GUARD))
+    assert _statuses(checks) == {
+        "guard.section": "pass",
+        "guard.detects": "pass",
+        "guard.recovery": "pass",
+    }
+    by_id = {c.id: c for c in checks}
+    assert by_id["guard.section"].found == "line 11: Step 0 — allocator guard"
+    assert argv == ["grep", "-c", "available IP while allocating VIP"]
+    assert by_id["guard.detects"].detail == (
+        "detection: journalctl -u docker --since '26 hours ago' | "
+        "grep -c 'available IP while allocating VIP'"
+    )
+    assert by_id["guard.recovery"].found == "ssh cc-ci 'systemctl restart docker'"
+
+
+def test_numbered_comments_in_the_code_are_not_headings() -> None:
+    text = REAL_GUARD.read_text()
+    section = find_section(text, "1")
+    assert section is not None and section.heading == "Step 1 — upgrade the recipes"
+    step0 = find_section(text, "0")
+    assert step0 is not None and "# 3. check the allocator" in step0.text
+
+
+def test_real_layout_with_a_typo_in_the_grep_pattern_fails(tmp_path: Path) -> None:
+    path = _real_variant(tmp_path, 'grep -c "available IP while', 'grep -c "available IP whilst')
+    checks, argv = check_guard(GuardConfig(file=path))
+    assert _statuses(checks)["guard.detects"] == "fail" and argv is None
+
+
+@pytest.mark.parametrize(
+    "restart",
+    [
+        "# ssh cc-ci 'systemctl restart docker'",
+        'echo "now run: systemctl restart docker"',
+        "printf 'ssh cc-ci systemctl restart docker\\n'",
+        "echo ssh cc-ci 'systemctl restart docker'",
+    ],
+)
+def test_real_layout_whose_restart_is_not_executable_fails(tmp_path: Path, restart: str) -> None:
+    path = _real_variant(tmp_path, "  ssh cc-ci 'systemctl restart docker'", f"  {restart}")
+    checks, _ = check_guard(GuardConfig(file=path))
+    statuses = _statuses(checks)
+    assert statuses["guard.recovery"] == "fail", restart
+    assert statuses["guard.detects"] == "pass"
+
+
+def test_restart_in_prose_does_not_count(tmp_path: Path) -> None:
+    text = "## 0. guard\n\nIf the count is high, restart docker (systemctl restart docker).\n"
+    path = tmp_path / "SKILL.md"
+    path.write_text(text)
+    assert _statuses(check_guard(GuardConfig(file=path))[0])["guard.recovery"] == "fail"
+
+
+def test_restart_forms_that_count() -> None:
+    from pvcheck.guard import GuardSection, find_recovery
+
+    for line in (
+        "sudo systemctl restart docker.service",
+        "ssh -p 2222 -o BatchMode=yes root@cc-ci 'sudo systemctl restart docker'",
+        "[ $n -gt 0 ] && service docker restart",
+    ):
+        section = GuardSection("0", 1, f"```\n{line}\n```")
+        assert find_recovery(section) == line, line
 
 
 def _round(baseline: int, peak: int, after: int, allocated: bool = True) -> RoundFigures:
