@@ -10,13 +10,13 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-import httpx
 
 from pvcheck.config import Config, RouteConfig
 from pvcheck.hosts import host_for
 from pvcheck.logscan import VIP_SIGNATURE
 from pvcheck.records import GATES
 from pvcheck.report import Report
+from pvcheck.routes import curl_route_options
 from pvcheck.swarm import LABEL_RUN
 
 q = shlex.quote
@@ -43,14 +43,8 @@ class Claim:
 
 
 def curl_command(route: RouteConfig) -> str:
-    url = httpx.URL(route.url)
     parts = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]
-    if route.connect_to:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        parts += ["--connect-to", f"{url.host}:{port}:{route.connect_to}"]
-    if not route.verify_tls:
-        parts.append("-k")
-    parts.append(route.url)
+    parts += [*curl_route_options(route), route.url]
     return " ".join(q(p) for p in parts)
 
 

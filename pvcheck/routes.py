@@ -8,6 +8,8 @@ Redirects are not followed: a 303 is an answer to judge, not a hop to take.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -101,16 +103,36 @@ def host_fetch(host: Host, cfg: HttpConfig) -> Fetch:
     return fetch
 
 
-def curl_argv(route: RouteConfig, timeout_s: float) -> list[str]:
-    """Pure: the curl a route's check runs on the host; the status is its last line."""
+def curl_route_options(route: RouteConfig) -> list[str]:
+    """Pure: curl's options that reach a route as pvcheck does: where to connect, and how
+    the certificate is verified (the route's CA bundle, or not at all when turned off)."""
     url = httpx.URL(route.url)
-    argv = ["curl", "-s", "-m", f"{timeout_s:g}", "-o", "-", "-w", "\n%{http_code}"]
+    argv = []
     if route.connect_to:
         port = url.port or (443 if url.scheme == "https" else 80)
         argv += ["--connect-to", f"{url.host}:{port}:{route.connect_to}"]
     if not route.verify_tls:
         argv.append("-k")
-    return [*argv, "--", route.url]
+    elif route.ca_bundle is not None and url.scheme == "https":
+        argv += ["--cacert", str(route.ca_bundle)]
+    return argv
+
+
+def curl_argv(route: RouteConfig, timeout_s: float) -> list[str]:
+    """Pure: the curl a route's check runs on the host; the status is its last line."""
+    argv = ["curl", "-s", "-m", f"{timeout_s:g}", "-o", "-", "-w", "\n%{http_code}"]
+    return [*argv, *curl_route_options(route), "--", route.url]
+
+
+def _verify(route: RouteConfig) -> ssl.SSLContext | bool:
+    if not route.verify_tls:
+        return False
+    if route.ca_bundle is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(route.ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        raise _NoAnswer(f"CA bundle {route.ca_bundle} cannot be read: {exc}") from None
 
 
 async def _probe(fetch: Fetch, route: RouteConfig, cfg: HttpConfig) -> RouteObservation:
@@ -161,21 +183,32 @@ async def probe_routes_async(
     sem = asyncio.Semaphore(cfg.concurrency)
     timeout = httpx.Timeout(cfg.timeout_s)
     limits = httpx.Limits(max_connections=cfg.concurrency)
-    async with (
-        httpx.AsyncClient(
-            verify=True, timeout=timeout, transport=transport, limits=limits, trust_env=False
-        ) as verified,
-        httpx.AsyncClient(
-            verify=False, timeout=timeout, transport=transport, limits=limits, trust_env=False
-        ) as unverified,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        # One client per way of verifying TLS (system CAs, a route's bundle, none).
+        clients: dict[tuple[bool, str | None], httpx.AsyncClient] = {}
         from_host = host_fetch(host, cfg) if host is not None else None
+
+        def client_for(route: RouteConfig) -> httpx.AsyncClient:
+            key = (route.verify_tls, str(route.ca_bundle) if route.ca_bundle else None)
+            if key not in clients:
+                clients[key] = httpx.AsyncClient(
+                    verify=_verify(route),
+                    timeout=timeout,
+                    transport=transport,
+                    limits=limits,
+                    trust_env=False,
+                )
+                stack.push_async_callback(clients[key].aclose)
+            return clients[key]
 
         async def one(route: RouteConfig) -> RouteObservation:
             async with sem:
                 if route.check_from == "host" and from_host is not None:
                     return await _probe(from_host, route, cfg)
-                client = verified if route.verify_tls else unverified
+                try:
+                    client = client_for(route)
+                except _NoAnswer as exc:
+                    return RouteObservation(route.name, route.url, None, None, 0.0, 0, str(exc))
                 return await _probe(http_fetch(client), route, cfg)
 
         return list(await asyncio.gather(*(one(r) for r in routes)))
