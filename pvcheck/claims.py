@@ -10,7 +10,6 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-
 from pvcheck.config import Config, RouteConfig
 from pvcheck.hosts import host_for
 from pvcheck.logscan import VIP_SIGNATURE

@@ -27,6 +27,9 @@ from pvcheck.routes import RouteObservation
 from pvcheck.statefiles import atomic_write
 
 DEFAULT_LAB_CONFIG = LAB_CONFIG
+# `pvcheck lab up --profile NAME`: which lab to build. cc-ci: a twin of the real host, whose
+# config is the shipped deployments/cc-ci.toml with only locations changed.
+LAB_PROFILES = {"default": LAB_CONFIG, "cc-ci": LAB_CONFIG.parent / "cc-ci-twin.toml"}
 VERDICT_EXIT = {
     Verdict.PASS: EXIT_PASS,
     Verdict.FAIL: EXIT_GATE_FAILED,
@@ -50,7 +53,9 @@ def _route_lines(cfg: Config, probes: list[RouteObservation]) -> tuple[list[str]
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
-    print(f"{args.file}: valid")
+    if not args.json:
+        print(f"{args.file}: valid")
+    # The effective config: bases merged, defaults filled in, paths absolute.
     print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     return EXIT_PASS
 
@@ -58,7 +63,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_lab(args: argparse.Namespace) -> int:
     from pvcheck import lab
 
-    cfg = load_config(args.config)
+    if args.profile and args.config:
+        raise PvcheckError("lab: give --profile or --config, not both")
+    cfg = load_config(args.config or LAB_PROFILES[args.profile or "default"])
     if args.action == "up":
         probes = lab.lab_up(cfg)
         lines, ok = _route_lines(cfg, probes)
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="action", required=True)
     check = config_sub.add_parser("check", help="validate FILE and print what was understood")
     check.add_argument("file")
+    check.add_argument(
+        "--json", action="store_true", help="print only the effective (merged) config as JSON"
+    )
     check.set_defaults(func=cmd_config_check)
 
     run = sub.add_parser("run", help="run the verification flow and print the verdict")
@@ -220,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")
     labp.add_argument("action", choices=["up", "down", "status"])
-    labp.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    labp.add_argument("--config", help="a lab config (default: the profile's)")
+    labp.add_argument(
+        "--profile",
+        choices=sorted(LAB_PROFILES),
+        help="default: the built-in lab; cc-ci: a twin of cc-ci (lab/cc-ci-twin.toml)",
+    )
     labp.set_defaults(func=cmd_lab)
     return parser
 

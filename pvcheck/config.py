@@ -301,18 +301,42 @@ class DocsConfig(Section):
         return self.dir / f"STATUS-{self.precondition_phase}.md"
 
 
+_HOST_RE = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+LabHost = Annotated[str, Field(pattern=_HOST_RE)]
+
+
 class StandinConfig(Section):
     service: Name
-    role: Literal["drone", "dashboard", "bridge", "report"]
-    hosts: list[str] = Field(min_length=1)
+    role: Literal["drone", "dashboard", "bridge", "report", "backups", "socket-proxy"]
+    hosts: list[LabHost] = Field(default_factory=list)  # none: a service without a route
 
 
 class LabConfig(Section):
     http_port: int = Field(18080, ge=1024, le=65535)
+    # A TLS entrypoint (certificates from the lab's own CA under state_dir) on this port.
+    tls_port: int | None = Field(None, ge=1024, le=65535)
+    tls_domains: list[LabHost] = Field(default_factory=list)
+    state_dir: ConfigPath = Path("/var/lib/pvcheck-lab/default")
     dockerd_log: ConfigPath = Path("/var/log/pvcheck-lab/dockerd.log")
     traefik_service: Name = "lab-traefik_app"
-    traefik_hosts: list[str] = Field(default_factory=lambda: ["traefik.lab.test"])
+    traefik_hosts: list[LabHost] = Field(default_factory=lambda: ["traefik.lab.test"])
     standins: list[StandinConfig] = Field(default_factory=list)
+    # Local tags the target's config names (`busybox:1.36`) for the lab's own images.
+    image_aliases: dict[str, Annotated[str, Field(pattern=r"^[a-z0-9/._-]+:[A-Za-z0-9._-]+$")]] = (
+        Field(default_factory=dict, max_length=10)
+    )
+    # The recipe harness on this host, and whether to serve the Drone API stand-in at
+    # deploy.drone.url (it runs that harness for each build).
+    harness: ConfigPath | None = None
+    drone_api: bool = False
+
+    @field_validator("image_aliases")
+    @classmethod
+    def _alias_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias in value:
+            if not re.match(r"^[a-z0-9/._-]+:[A-Za-z0-9._-]+$", alias):
+                raise ValueError(f"{alias!r} is not an image name:tag")
+        return value
 
 
 class Config(Section):

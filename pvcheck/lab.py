@@ -25,6 +25,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from pvcheck import twin
 from pvcheck.composefile import StackSpec, parse_stack
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, TargetUnreachable
@@ -56,6 +57,8 @@ SITES: dict[str, dict[str, str]] = {
     "dashboard": {"index.html": "<h1>cc-ci dashboard (lab)</h1>\n"},
     "bridge": {"health": "ok\n", "index.html": "<h1>comment bridge (lab)</h1>\n"},
     "report": {"index.html": "<h1>reports (lab)</h1>\n"},
+    "backups": {"index.html": "<h1>backup-bot (lab)</h1>\n"},
+    "socket-proxy": {"index.html": "docker socket proxy (lab)\n"},
     "recipe": {"index.html": "<h1>hello recipe v1</h1>\n"},
     "recipe-v2": {"index.html": "<h1>hello recipe v2</h1>\n"},
 }
@@ -122,6 +125,15 @@ def ensure_swarm(swarm: Swarm) -> None:
 
 def ensure_network(swarm: Swarm, cfg: Config) -> None:
     net = swarm.network(cfg.network.name)
+    if net is not None:
+        subnets = [c.get("Subnet") for c in (net.get("IPAM") or {}).get("Config") or []]
+        if cfg.network.subnet not in subnets and (net.get("Labels") or {}).get(LABEL_LAB):
+            # An older lab's network: recreating it would cut every lab service off.
+            raise LabError(
+                f"the lab's {cfg.network.name} network has subnet {', '.join(map(str, subnets))}"
+                f", not {cfg.network.subnet}: run `pvcheck lab down` first"
+            )
+        return
     if net is None:
         log.info(
             "docker network create -d %s --attachable --subnet %s %s",
@@ -253,30 +265,52 @@ def _host_rule(hosts: list[str]) -> str:
     return " || ".join(f"Host(`{h}`)" for h in hosts)
 
 
+def _router_labels(router: str, hosts: list[str], lab: LabConfig) -> dict[str, str]:
+    """Traefik router labels for `hosts`; on the TLS entrypoint when the lab has one."""
+    labels = {f"traefik.http.routers.{router}.rule": _host_rule(hosts)}
+    if lab.tls_port is not None:
+        labels[f"traefik.http.routers.{router}.entrypoints"] = "web-secure"
+        labels[f"traefik.http.routers.{router}.tls"] = "true"
+    return labels
+
+
+TLS_MOUNT = "/etc/traefik/tls"
+
+
 def traefik_stack(cfg: Config, lab: LabConfig) -> StackSpec:
     _, name = split_service(lab.traefik_service)
-    router = "pvcheck-lab-api"
+    router = f"{split_service(lab.traefik_service)[0].replace('_', '-')}-api"
+    command = [
+        "--providers.swarm=true",
+        "--providers.swarm.exposedByDefault=false",
+        f"--providers.swarm.network={cfg.network.name}",
+        "--providers.swarm.refreshSeconds=2",
+        "--entrypoints.web.address=:80",
+        "--api=true",
+        "--ping=true",
+    ]
+    volumes = ["/var/run/docker.sock:/var/run/docker.sock:ro"]
+    ports: list[dict[str, Any]] = [{"target": 80, "published": lab.http_port, "mode": "host"}]
+    if lab.tls_port is not None:
+        command += [
+            "--entrypoints.web-secure.address=:443",
+            f"--providers.file.filename={TLS_MOUNT}/dynamic.yml",
+        ]
+        volumes.append(f"{lab.state_dir / 'tls'}:{TLS_MOUNT}:ro")
+        ports.append({"target": 443, "published": lab.tls_port, "mode": "host"})
     doc = {
         "services": {
             name: {
                 "image": TRAEFIK_IMAGE,
-                "command": [
-                    "--providers.swarm=true",
-                    "--providers.swarm.exposedByDefault=false",
-                    f"--providers.swarm.network={cfg.network.name}",
-                    "--providers.swarm.refreshSeconds=2",
-                    "--entrypoints.web.address=:80",
-                    "--api=true",
-                    "--ping=true",
-                ],
-                "volumes": ["/var/run/docker.sock:/var/run/docker.sock:ro"],
+                "command": command,
+                "volumes": volumes,
                 "networks": [cfg.network.name],
-                "ports": [{"target": 80, "published": lab.http_port, "mode": "host"}],
+                "ports": ports,
                 "stop_grace_period": "2s",
                 "deploy": {
                     "labels": {
                         "traefik.enable": "true",
-                        f"traefik.http.routers.{router}.rule": _host_rule(lab.traefik_hosts),
+                        **_router_labels(router, lab.traefik_hosts, lab),
                         f"traefik.http.routers.{router}.service": "api@internal",
                         # The swarm provider wants a port even for an internal service.
                         f"traefik.http.services.{router}.loadbalancer.server.port": "8080",
@@ -290,8 +324,16 @@ def traefik_stack(cfg: Config, lab: LabConfig) -> StackSpec:
 
 
 def standin_stack(cfg: Config, standin: StandinConfig) -> StackSpec:
+    assert cfg.lab is not None
     stack, name = split_service(standin.service)
-    router = stack.replace(".", "-")
+    router = stack.replace(".", "-").replace("_", "-")
+    labels = {}
+    if standin.hosts:
+        labels = {
+            "traefik.enable": "true",
+            **_router_labels(router, standin.hosts, cfg.lab),
+            f"traefik.http.services.{router}.loadbalancer.server.port": "80",
+        }
     doc = {
         "services": {
             name: {
@@ -299,13 +341,7 @@ def standin_stack(cfg: Config, standin: StandinConfig) -> StackSpec:
                 "command": ["httpd", "-f", "-p", "80", "-h", f"/www/{standin.role}"],
                 "networks": [cfg.network.name],
                 "stop_signal": "KILL",  # busybox httpd as PID 1 ignores SIGTERM
-                "deploy": {
-                    "labels": {
-                        "traefik.enable": "true",
-                        f"traefik.http.routers.{router}.rule": _host_rule(standin.hosts),
-                        f"traefik.http.services.{router}.loadbalancer.server.port": "80",
-                    }
-                },
+                "deploy": {"labels": labels},
             }
         },
         "networks": {cfg.network.name: {"external": True}},
@@ -334,6 +370,12 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     ensure_swarm(swarm)
     ensure_network(swarm, cfg)
     ensure_images(swarm)
+    for alias, image in lab.image_aliases.items():
+        repo, tag = alias.rsplit(":", 1)
+        log.info("docker tag %s %s", image, alias)
+        swarm.call(swarm.api.tag, image, repo, tag)
+    if lab.tls_port is not None:
+        twin.ensure_tls(lab)
     deployer = StackDeployer(swarm, LAB_LABELS)
     stacks = [(split_service(lab.traefik_service)[0], traefik_stack(cfg, lab))]
     stacks += [(split_service(s.service)[0], standin_stack(cfg, s)) for s in lab.standins]
@@ -343,6 +385,7 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     pvfix = cfg.docs.precondition_status
     if not pvfix.exists():
         pvfix.write_text(PVFIX_STATUS, encoding="utf-8")
+    twin.ensure_drone_api(cfg)
     return wait_routes(cfg, wait_s)
 
 
@@ -374,7 +417,7 @@ def lab_status(cfg: Config) -> tuple[list[tuple[str, str]], list[RouteObservatio
 
 def lab_down(cfg: Config, timeout_s: float = 120.0) -> dict[str, list[str]]:
     """Remove everything labelled pvcheck.lab; returns what is left (empty lists when clean)."""
-    _lab(cfg)
+    twin.stop_drone_api(_lab(cfg))
     swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
     remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s=timeout_s)
     return list_residue(swarm, f"{LABEL_LAB}=1")

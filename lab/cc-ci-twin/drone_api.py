@@ -140,15 +140,35 @@ class Builds:
             results = self.workdir / f"build-{number}.json"
             results.unlink(missing_ok=True)
             log = self.workdir / f"build-{number}.log"
-            argv = [a.replace("{recipe}", recipe).replace("{results}", str(results))
-                    for a in self.args.harness]
-            self._set(number, status="running", started=int(time.time()),
-                      steps=[{"id": 1, "step_id": number, "number": 1, "name": "harness",
-                              "status": "running", "exit_code": 0,
-                              "started": int(time.time()), "stopped": 0}])
+            argv = [
+                a.replace("{recipe}", recipe).replace("{results}", str(results))
+                for a in self.args.harness
+            ]
+            self._set(
+                number,
+                status="running",
+                started=int(time.time()),
+                steps=[
+                    {
+                        "id": 1,
+                        "step_id": number,
+                        "number": 1,
+                        "name": "harness",
+                        "status": "running",
+                        "exit_code": 0,
+                        "started": int(time.time()),
+                        "stopped": 0,
+                    }
+                ],
+            )
             with open(log, "wb") as out:
-                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
                 with self.lock:
                     self.procs[number] = proc
                 rc = proc.wait()
@@ -156,8 +176,7 @@ class Builds:
             with self.lock:
                 killed = self.builds[number]["status"] == "killed"
             status = "killed" if killed else ("success" if rc == 0 else "failure")
-            self._set(number, status=status, finished=int(time.time()), exit_code=rc,
-                      steps=steps)
+            self._set(number, status=status, finished=int(time.time()), exit_code=rc, steps=steps)
 
     def _steps(self, number: int, results: Path, rc: int) -> list[dict[str, Any]]:
         """One step per tier the harness reported, named like the tier, as cc-ci's pipeline."""
@@ -167,14 +186,31 @@ class Builds:
             stages = [s for s in doc.get("stages", []) if isinstance(s, dict)]
         except (OSError, ValueError):
             stages = []
-        steps = [{"id": 1, "step_id": number, "number": 1, "name": "harness",
-                  "status": "success" if rc == 0 else "failure", "exit_code": rc,
-                  "started": now, "stopped": now}]
+        steps = [
+            {
+                "id": 1,
+                "step_id": number,
+                "number": 1,
+                "name": "harness",
+                "status": "success" if rc == 0 else "failure",
+                "exit_code": rc,
+                "started": now,
+                "stopped": now,
+            }
+        ]
         for i, stage in enumerate(stages, start=2):
-            steps.append({"id": i, "step_id": number, "number": i, "name": str(stage.get("name")),
-                          "status": STEP_STATUS.get(str(stage.get("status")), "failure"),
-                          "exit_code": 0 if stage.get("status") == "pass" else 1,
-                          "started": now, "stopped": now})
+            steps.append(
+                {
+                    "id": i,
+                    "step_id": number,
+                    "number": i,
+                    "name": str(stage.get("name")),
+                    "status": STEP_STATUS.get(str(stage.get("status")), "failure"),
+                    "exit_code": 0 if stage.get("status") == "pass" else 1,
+                    "started": now,
+                    "stopped": now,
+                }
+            )
         return steps
 
 
@@ -202,7 +238,7 @@ def handler(builds: Builds, token: str, repo: str) -> type[BaseHTTPRequestHandle
             self._send(401, {"message": "Unauthorized"})
             return False
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if self.path in ("/healthz", "/"):
                 self._send(200, {"status": "ok"})
                 return
@@ -217,7 +253,7 @@ def handler(builds: Builds, token: str, repo: str) -> type[BaseHTTPRequestHandle
                 else:
                     self._send(404, {"message": "Not Found"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             match, query = self._route()
             if match is None or match.group(1) is not None:
                 self._send(404, {"message": "Not Found"})
@@ -225,7 +261,7 @@ def handler(builds: Builds, token: str, repo: str) -> type[BaseHTTPRequestHandle
                 branch = query.pop("branch", "main")
                 self._send(200, builds.create(query, branch))
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             match, _ = self._route()
             if match is None or match.group(1) is None:
                 self._send(404, {"message": "Not Found"})

@@ -82,20 +82,39 @@ class App:
 
     def deploy(self, version: str) -> None:
         run(
-            ["docker", "stack", "deploy", "--resolve-image", "never", "-c", str(self.compose),
-             self.stack],
+            [
+                "docker",
+                "stack",
+                "deploy",
+                "--resolve-image",
+                "never",
+                "-c",
+                str(self.compose),
+                self.stack,
+            ],
             env=self.env(version),
         )
-        self.wait(f"/version.txt", version)
+        self.wait("/version.txt", version)
 
     def get(self, path: str) -> tuple[int, str]:
         host, port = self.args.https.rsplit(":", 1)
-        argv = ["curl", "-sS", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}",
-                "--connect-to", f"{self.domain}:443:{host}:{port}"]
+        argv = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--connect-to",
+            f"{self.domain}:443:{host}:{port}",
+        ]
         if self.args.cacert:
             argv += ["--cacert", self.args.cacert]
-        proc = subprocess.run([*argv, f"https://{self.domain}{path}"], capture_output=True,
-                              timeout=15, check=False)
+        proc = subprocess.run(
+            [*argv, f"https://{self.domain}{path}"], capture_output=True, timeout=15, check=False
+        )
         body, _, code = proc.stdout.decode(errors="replace").rpartition("\n")
         return (int(code) if code.isdigit() else 0), body
 
@@ -112,8 +131,15 @@ class App:
         raise TierFailed(f"https://{self.domain}{path} -> {status} {body.strip()[:80]!r}")
 
     def container(self) -> str:
-        out = run(["docker", "ps", "-q", "--filter",
-                   f"label=com.docker.swarm.service.name={self.stack}_app"])
+        out = run(
+            [
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                f"label=com.docker.swarm.service.name={self.stack}_app",
+            ]
+        )
         if not out.split():
             raise TierFailed(f"no running container of {self.stack}_app")
         return out.split()[0]
@@ -128,21 +154,37 @@ class App:
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             left = [
-                subprocess.run(["docker", kind, "ls", "-q", "--filter", label],
-                               capture_output=True, text=True, check=False).stdout.split()
+                subprocess.run(
+                    ["docker", kind, "ls", "-q", "--filter", label],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout.split()
                 for kind in ("service", "network")
             ]
-            containers = subprocess.run(["docker", "ps", "-aq", "--filter", label],
-                                        capture_output=True, text=True, check=False).stdout.split()
+            containers = subprocess.run(
+                ["docker", "ps", "-aq", "--filter", label],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
             if not any(left) and not containers:
                 break
             time.sleep(0.5)
-        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", label],
-                              capture_output=True, text=True, check=False).stdout.split()
+        vols = subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", label],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         for vol in vols:
             subprocess.run(["docker", "volume", "rm", vol], capture_output=True, check=False)
-        gone = not subprocess.run(["docker", "volume", "ls", "-q", "--filter", label],
-                                  capture_output=True, text=True, check=False).stdout.split()
+        gone = not subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", label],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         return gone and time.monotonic() < deadline
 
 
@@ -160,16 +202,46 @@ def tier_upgrade(app: App) -> list[str]:
 def tier_backup_restore(app: App) -> list[str]:
     marker = secrets.token_hex(8)
     run(["docker", "exec", app.container(), "sh", "-c", f"echo {marker} > /srv/site/marker.txt"])
-    backup = run(["docker", "run", "--rm", "-v", f"{app.volume()}:/data:ro", HELPER_IMAGE,
-                  "sh", "-c", "cd /data && busybox tar -cf - . | busybox base64"])
+    backup = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "-v",
+            f"{app.volume()}:/data:ro",
+            HELPER_IMAGE,
+            "sh",
+            "-c",
+            "cd /data && busybox tar -cf - . | busybox base64",
+        ]
+    )
     if not app.remove():
         raise TierFailed(f"{app.stack} could not be removed before the restore")
     app.deploy("1.1.0")
-    run(["docker", "run", "--rm", "-i", "-v", f"{app.volume()}:/data", HELPER_IMAGE,
-         "sh", "-c", "busybox base64 -d | busybox tar -C /data -xf -"], stdin=backup.encode())
-    app.wait("/marker.txt", marker)
-    return ["marker written", "volume backed up", "app and volume removed", "redeployed",
-            "restored", "marker read back through the route"]
+    run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "-i",
+            "-v",
+            f"{app.volume()}:/data",
+            HELPER_IMAGE,
+            "sh",
+            "-c",
+            "busybox base64 -d | busybox tar -C /data -xf -",
+        ],
+        stdin=backup.encode(),
+    )
+    app.wait("/site/marker.txt", marker)
+    return [
+        "marker written",
+        "volume backed up",
+        "app and volume removed",
+        "redeployed",
+        "restored",
+        "marker read back through the route",
+    ]
 
 
 def tier_functional(app: App) -> list[str]:
@@ -215,20 +287,32 @@ def main() -> int:
         failed = False
         for name, tier in TIERS:
             if failed:
-                stages.append({"name": name, "status": "skip", "tests": [],
-                               "reason": "an earlier tier failed"})
+                stages.append(
+                    {
+                        "name": name,
+                        "status": "skip",
+                        "tests": [],
+                        "reason": "an earlier tier failed",
+                    }
+                )
                 continue
             t0 = time.monotonic()
             try:
                 tests = tier(app)
-                stages.append({"name": name, "status": "pass",
-                               "tests": [{"name": t, "status": "pass"} for t in tests],
-                               "seconds": round(time.monotonic() - t0, 1)})
+                stages.append(
+                    {
+                        "name": name,
+                        "status": "pass",
+                        "tests": [{"name": t, "status": "pass"} for t in tests],
+                        "seconds": round(time.monotonic() - t0, 1),
+                    }
+                )
                 say(f"tier {name}: pass")
             except (TierFailed, subprocess.TimeoutExpired) as exc:
                 failed = True
-                stages.append({"name": name, "status": "fail", "tests": [],
-                               "reason": str(exc)[:300]})
+                stages.append(
+                    {"name": name, "status": "fail", "tests": [], "reason": str(exc)[:300]}
+                )
                 say(f"tier {name}: FAIL {exc}")
     finally:
         if args.leave_stack:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pvcheck.deploy.attach import AttachmentSampler
-
 from pvcheck.records import Check, Status
 
 TIER_PASS, TIER_FAIL, TIER_SKIP, TIER_UNVERIFIED = "pass", "fail", "skip", "unver"

@@ -111,8 +111,8 @@ def test_other_subnet_fails_the_precondition(lab: Config, tmp_path: Path) -> Non
     assert rc == 1
     net = check(report, "pre.network")
     assert net["status"] == "fail"
-    assert "10.30.0.0/16" in net["expected"] and "10.20.0.0/16" in net["found"]
-    assert net["detail"] == "expected subnet 10.30.0.0/16, found 10.20.0.0/16"
+    assert "10.30.0.0/16" in net["expected"] and "10.10.0.0/16" in net["found"]
+    assert net["detail"] == "expected subnet 10.30.0.0/16, found 10.10.0.0/16"
 
 
 def test_missing_pvfix_done_fails_the_precondition(lab: Config, tmp_path: Path) -> None:

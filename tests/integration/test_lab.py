@@ -26,7 +26,7 @@ def test_proxy_has_the_configured_16_subnet(lab: Config) -> None:
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == lab.network.subnet == "10.20.0.0/16"
+    assert out.stdout.strip() == lab.network.subnet == "10.10.0.0/16"
 
 
 def test_lab_up_twice_changes_nothing(lab: Config, engine: Swarm) -> None:

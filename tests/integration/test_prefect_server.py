@@ -187,7 +187,7 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
     assert _wait(url, second)["state_type"] == "CANCELLED"
     wanted = [
         "docker network inspect --verbose proxy",
-        "proxy subnet 10.20.0.0/16",
+        "proxy subnet 10.10.0.0/16",
         "round 1: peak",
         "guard.detects: pass",
         "residue with label",

@@ -182,7 +182,11 @@ def test_verdict() -> None:
         ],
     )
     passed_m2 = judge_gate(
-        "M2", [_c(p + "x", "M2", Status.PASS) for p in ("deploy.", "alloc.", "logs.", "teardown.", "guard.")]
+        "M2",
+        [
+            _c(p + "x", "M2", Status.PASS)
+            for p in ("deploy.", "alloc.", "logs.", "teardown.", "guard.")
+        ],
     )
     # One gate passed and none failed is not a pass: the other gate was never proven.
     assert verdict([passed, unproven]) == Verdict.INCOMPLETE

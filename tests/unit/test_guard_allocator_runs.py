@@ -81,7 +81,7 @@ def test_configured_detect_command_is_used() -> None:
 
 def test_section_parsing_and_grep_extraction() -> None:
     text = (
-        "# T\n## Step 0 — guard\n```sh\nx | grep -c \"while allocating VIP\"\n```\n### sub\n"
+        '# T\n## Step 0 — guard\n```sh\nx | grep -c "while allocating VIP"\n```\n### sub\n'
         "restart docker\n## 1. next\nrestart docker\n"
     )
     section = find_section(text, "0")
