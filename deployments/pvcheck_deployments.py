@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from flows.serving import serve_all
+from flows.serving import NIGHTLY_CRON, serve_all
 
 if __name__ == "__main__":
-    serve_all(sys.argv[1] if len(sys.argv) > 1 else "lab/pvcheck.toml", "17 3 * * *", "UTC")
+    serve_all(sys.argv[1] if len(sys.argv) > 1 else "lab/pvcheck.toml", NIGHTLY_CRON, "UTC")

@@ -28,13 +28,20 @@ from flows.verify import RunParameters, verify
 from pvcheck.api import api_healthy, wait_healthy
 from pvcheck.errors import PvcheckError
 
+# The nightly re-check, in UTC: 01:17 every day, clear of cc-ci's weekly /upgrade-all sweep
+# (Saturdays from 03:00 UTC), whose Step 0 may restart docker under a running check. A run
+# that still meets a sweep (its marker) waits within deploy.active_runs.wait_s, then ends
+# INCOMPLETE.
+NIGHTLY_CRON = "17 1 * * *"
+SWEEP_WINDOW_UTC = (5, 3, 9)  # Saturday (Monday = 0), 03:00 to 09:00: no default run there
+
 ONE_AT_A_TIME = ConcurrencyLimitConfig(
     limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
 )
 
 
 def build_deployments(
-    config_path: str, cron: str = "17 3 * * *", timezone: str = "UTC"
+    config_path: str, cron: str = NIGHTLY_CRON, timezone: str = "UTC"
 ) -> list[Any]:
     config_path = str(Path(config_path).resolve())
     nightly = {"schedule": Cron(cron, timezone=timezone)}

@@ -224,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="serve the Prefect deployments (starts a server if none)")
     srv.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
-    srv.add_argument("--cron", default="17 3 * * *", help="nightly schedule (default 03:17)")
+    srv.add_argument(
+        "--cron",
+        default="17 1 * * *",
+        help="nightly schedule (default 01:17, clear of the Saturday 03:00 UTC upgrade sweep)",
+    )
     srv.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
     srv.set_defaults(func=cmd_serve)
 

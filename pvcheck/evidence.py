@@ -41,6 +41,8 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    # A name from the host shown as code: backticks and line breaks cannot end the span.
+    env.filters["code"] = lambda v: "`" + str(v).replace("`", "'").replace("\n", " ") + "`"
     return env
 
 

@@ -64,10 +64,13 @@ def test_active_run_makes_the_proof_wait_then_skip(lab: Config, tmp_path: Path) 
     skipped = check(report, "deploy.active")
     assert skipped["status"] == "skip" and "another run or sweep is active" in skipped["detail"]
     assert "custom-html.lab.test" in skipped["detail"]
-    assert report["gates"]["M2"]["status"] != "pass"
+    assert report["gates"]["M2"]["status"] == "skip"
     status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
-    assert "deploy: skipped: another run or sweep is active" in status
-    assert rc == 0  # M1 passed; M2 is not claimed, never passed
+    assert "deploy: skipped: no new test traffic: another run or sweep is active" in status
+    assert "Verdict: **INCOMPLETE** — M2 not proven — deploy.active: another run" in status
+    # M1 passed and nothing failed, but M2 was not proven: never a pass, never exit 0.
+    assert rc == 4 and report["verdict"] == "incomplete"
+    assert check(report, "alloc.stage")["status"] == "skip"  # no throwaway either
 
 
 def test_the_recipes_deploy_settings_reach_the_engine(lab: Config, engine: Swarm) -> None:

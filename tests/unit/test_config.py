@@ -177,3 +177,149 @@ def test_the_ui_form_cannot_raise_the_caps(field: str, value: int) -> None:
     with pytest.raises(ValidationError, match=field):
         RunParameters(**{field: value})
     assert RunParameters(**{field: value - 1}).overrides()["allocator"]
+
+
+# --- configs built on a base (the cc-ci twin overlays the shipped cc-ci config) ----------
+TWIN_CONFIG = LAB_CONFIG.parent / "cc-ci-twin.toml"
+
+
+def _toml_keys(doc: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out |= _toml_keys(value, (*prefix, key))
+        else:
+            out.add((*prefix, key))
+    return out
+
+
+def test_the_twin_overlay_changes_only_where_things_are() -> None:
+    import tomllib
+
+    overlay = tomllib.loads(TWIN_CONFIG.read_text())
+    locations = {
+        ("base",),
+        ("target", "name"),
+        ("http", "connect_to"),
+        ("http", "ca_bundle"),
+        ("logs", "source"),
+        ("logs", "path"),
+        ("deploy", "drone", "url"),
+        ("deploy", "drone", "token_env"),
+        ("deploy", "active_runs", "folder"),
+        ("deploy", "active_runs", "markers"),
+        ("guard", "file"),
+        ("docs", "dir"),
+    }
+    changed = {k for k in _toml_keys(overlay) if k[0] != "lab"}
+    assert changed == locations
+    shipped, twin = load_config(CCCI_CONFIG), load_config(TWIN_CONFIG)
+    # What the run checks is the shipped config's, value for value.
+    assert twin.services == shipped.services and twin.network == shipped.network
+    assert [(r.name, r.url, r.expect_status, r.core) for r in twin.routes] == [
+        (r.name, r.url, r.expect_status, r.core) for r in shipped.routes
+    ]
+    assert twin.allocator == shipped.allocator
+    assert twin.deploy is not None and shipped.deploy is not None
+    assert twin.deploy.stack_pattern == shipped.deploy.stack_pattern
+    assert (twin.deploy.recipe, twin.deploy.tiers) == (shipped.deploy.recipe, shipped.deploy.tiers)
+    assert twin.deploy.active_runs.wait_s == shipped.deploy.active_runs.wait_s
+    # Every route now reaches the twin's Traefik and trusts the lab CA, not `verify_tls = false`.
+    assert all(r.connect_to == "127.0.0.1:18443" and r.verify_tls for r in twin.routes)
+    assert {str(r.ca_bundle) for r in twin.routes} == {"/var/lib/pvcheck-lab/cc-ci-twin/ca.pem"}
+
+
+def _layers(tmp_path: Path, base: str, overlay: str) -> Path:
+    (tmp_path / "base").mkdir(exist_ok=True)
+    (tmp_path / "base" / "base.toml").write_text(base)
+    (tmp_path / "site").mkdir(exist_ok=True)
+    path = tmp_path / "site" / "over.toml"
+    path.write_text(overlay)
+    return path
+
+
+BASE = """
+[network]
+subnet = "10.10.0.0/16"
+[services]
+control_plane = ["a_app"]
+[[routes]]
+name = "r"
+url = "http://a.test/"
+[http]
+timeout_s = 7
+attempts = 2
+[logs]
+source = "file"
+path = "logs/docker.log"
+[docs]
+dir = "docs"
+"""
+
+
+def test_tables_merge_values_and_arrays_replace_paths_stay_with_their_file(
+    tmp_path: Path,
+) -> None:
+    path = _layers(
+        tmp_path,
+        BASE,
+        'base = "../base/base.toml"\n[http]\nattempts = 5\n[services]\ncontrol_plane = ["b_app"]\n'
+        '[docs]\ndir = "mydocs"\n',
+    )
+    cfg = load_config(path)
+    assert (cfg.http.timeout_s, cfg.http.attempts) == (7, 5)  # merged key by key
+    assert cfg.services.control_plane == ["b_app"]  # an array replaces
+    assert cfg.logs.path == tmp_path / "base" / "logs" / "docker.log"  # the base's folder
+    assert cfg.docs.dir == tmp_path / "site" / "mydocs"  # the overlay's folder
+    assert cfg.source == path
+
+
+def test_a_bad_value_names_the_file_that_wrote_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad_base = BASE.replace("timeout_s = 7", "timeout_s = -1")
+    path = _layers(tmp_path, bad_base, 'base = "../base/base.toml"\n[http]\nattempts = 5\n')
+    assert main(["config", "check", str(path)]) == 2
+    assert f"{tmp_path / 'base' / 'base.toml'}: http.timeout_s:" in capsys.readouterr().err
+    path = _layers(tmp_path, BASE, 'base = "../base/base.toml"\n[http]\nattempts = 0\n')
+    assert main(["config", "check", str(path)]) == 2
+    assert f"{path}: http.attempts:" in capsys.readouterr().err
+    # A route array replaced by the overlay: its errors are the overlay's.
+    path = _layers(
+        tmp_path, BASE, 'base = "../base/base.toml"\n[[routes]]\nname = "x"\nurl = "ftp://a"\n'
+    )
+    assert main(["config", "check", str(path)]) == 2
+    assert f"{path}: routes[0].url:" in capsys.readouterr().err
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("overlay", "problem"),
+    [
+        ('base = "../base/missing.toml"\n', "missing.toml: file not found"),
+        ('base = "over.toml"\n', "base: "),
+        ("base = 5\n", "base: must be the path of another config file"),
+        ('base = "../base/base.toml"\n[deploy.drone]\ntoken = "s3cret"\n', "a secret is written"),
+    ],
+    ids=["missing", "cycle", "not-a-path", "secret-in-overlay"],
+)
+def test_bad_bases_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overlay: str, problem: str
+) -> None:
+    path = _layers(tmp_path, BASE, overlay)
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "s3cret" not in err
+
+
+def test_config_check_json_prints_the_effective_config(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    assert main(["config", "check", "--json", str(TWIN_CONFIG)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["target"]["name"] == "cc-ci-twin"
+    assert doc["services"]["control_plane"][0] == "traefik_ci_commoninternet_net_app"
+    assert doc["routes"][0]["connect_to"] == "127.0.0.1:18443"
+    assert doc["deploy"]["drone"]["repo"] == "coop-cloud/cc-ci"  # from the base

@@ -393,3 +393,114 @@ def test_hostile_results_files_are_refused(tmp_path: Path, content: bytes, error
     with pytest.raises(ResultsError, match=error) as info:
         read_results(path)
     assert str(path) in str(info.value)
+
+
+# --- cc-ci's real shapes: generated harness stacks beside same-suffix control-plane stacks --
+CCCI_PATTERN = "^[a-z0-9]{4}-[0-9a-f]{6}_ci_commoninternet_net$"
+CONTROL_PLANE = ["traefik_ci_commoninternet_net_app", "traefik_ci_commoninternet_net_socket-proxy"]
+
+
+def _svc(name: str, stack: str, **labels: str) -> dict[str, Any]:
+    return {"Spec": {"Name": name, "Labels": {"com.docker.stack.namespace": stack, **labels}}}
+
+
+def test_control_plane_stacks_are_never_another_run() -> None:
+    from pvcheck.deploy.active import harness_stacks
+
+    services = [
+        _svc("traefik_ci_commoninternet_net_app", "traefik_ci_commoninternet_net"),
+        _svc("traefik_ci_commoninternet_net_socket-proxy", "traefik_ci_commoninternet_net"),
+        _svc("drone_ci_commoninternet_net_app", "drone_ci_commoninternet_net"),
+        _svc("cust-1a2b3c_ci_commoninternet_net_app", "cust-1a2b3c_ci_commoninternet_net"),
+        _svc("pvc-x_app", "bonf-0f0f0f_ci_commoninternet_net", **{"pvcheck.run": "pv-1"}),
+    ]
+    found = harness_stacks(services, CCCI_PATTERN, CONTROL_PLANE)
+    assert found == ["cust-1a2b3c_ci_commoninternet_net"]
+    # The old suffix pattern would match the whole control plane; the control-plane rule
+    # still keeps the stacks that hold a control-plane service out.
+    loose = harness_stacks(services, "_ci_commoninternet_net$", CONTROL_PLANE)
+    assert "traefik_ci_commoninternet_net" not in loose
+
+
+def test_sweep_markers_and_running_builds_count_as_active(tmp_path: Path) -> None:
+    from pvcheck.config import ActiveRunsConfig
+
+    lock = tmp_path / "upgrade-all.lock"
+    cfg = ActiveRunsConfig(markers=[lock])
+    assert active_runs(cfg, FakeSwarm()) == []  # type: ignore[arg-type]
+    lock.write_text("")
+    assert active_runs(cfg, FakeSwarm()) == [f"sweep marker {lock}"]  # type: ignore[arg-type]
+    builds = active_runs(
+        ActiveRunsConfig(),
+        FakeSwarm(),  # type: ignore[arg-type]
+        extra=lambda: ["Drone build 7 running"],
+    )
+    assert builds == ["Drone build 7 running"]
+
+
+def test_drone_client_lists_running_builds_only() -> None:
+    from pvcheck.config import DroneDriverConfig
+    from pvcheck.deploy.drone import DroneClient
+
+    listing = [{"number": 9, "status": "running"}, {"number": 8, "status": "pending"},
+               {"number": 7, "status": "success"}, "junk"]  # fmt: skip
+    transport = httpx.MockTransport(lambda req: httpx.Response(200, json=listing))
+    cfg = DroneDriverConfig(url="http://127.0.0.1:1/", repo="coop-cloud/cc-ci")
+    client = DroneClient(cfg, "t", transport)
+    assert client.running() == ["Drone build 9 running", "Drone build 8 pending"]
+
+
+@pytest.mark.parametrize(
+    ("service", "stack", "pattern", "expected"),
+    [
+        ("cust-1a2b3c_ci_commoninternet_net_app", None, CCCI_PATTERN,
+         "cust-1a2b3c_ci_commoninternet_net"),
+        ("traefik_ci_commoninternet_net_app", None, CCCI_PATTERN, None),
+        ("hello_app", "hello", None, "hello"),
+        ("hello2_app", "hello", None, None),
+        ("anything_app", None, None, None),
+    ],
+)  # fmt: skip
+def test_stack_of_a_service(
+    service: str, stack: str | None, pattern: str | None, expected: str | None
+) -> None:
+    from pvcheck.deploy.attach import stack_of
+
+    assert stack_of(service, stack, pattern) == expected
+
+
+def test_sampler_finds_the_harness_stack_and_ignores_what_was_there() -> None:
+    from pvcheck.deploy import watched_stacks
+    from pvcheck.deploy.attach import AttachmentSampler
+
+    swarm = FakeSwarm(network_services=["bonf-000000_ci_commoninternet_net_app"])
+    sampler = AttachmentSampler(swarm, "proxy", None, CCCI_PATTERN)  # type: ignore[arg-type]
+    sampler.sample()  # what runs before the deploy is not the deploy's
+    swarm.network_services += ["cust-1a2b3c_ci_commoninternet_net_app", "lab-x_app"]
+    sampler.sample()
+    assert sampler.stacks == {"cust-1a2b3c_ci_commoninternet_net"}
+    assert watched_stacks(None, sampler) == ["cust-1a2b3c_ci_commoninternet_net"]
+    assert watched_stacks("cust-1a2b3c_ci_commoninternet_net", sampler) == [
+        "cust-1a2b3c_ci_commoninternet_net"
+    ]
+    # A name the harness reports but that was never seen is not watched (it proves nothing).
+    assert watched_stacks("zzzz-999999_ci_commoninternet_net", sampler) == []
+
+
+def test_results_name_the_stack_by_stack_or_by_domain() -> None:
+    from pvcheck.deploy.command import results_stack
+
+    assert results_stack({"domain": "cust-1a2b3c.ci.commoninternet.net"}) == (
+        "cust-1a2b3c_ci_commoninternet_net"
+    )
+    assert results_stack({"stack": "s1", "domain": "x.y"}) == "s1"
+    assert results_stack({"stack": "bad name; rm -rf /"}) is None
+    assert results_stack({}) is None
+
+
+def test_a_teardown_check_with_no_stack_to_watch_is_an_error() -> None:
+    from pvcheck import judge
+
+    check = judge.clean_teardown([], {}, None, None, None, "a stack matching ^x$")
+    assert check.status == Status.ERROR and check.found == "no stack to watch"
+    assert judge_gate("M2", [check]).status == Status.FAIL

@@ -290,3 +290,27 @@ def test_a_service_scaled_to_zero_is_settled_once_its_tasks_are_gone() -> None:
     # A global service no node may run also desires no task: that is not a success.
     assert not converged({"app_web": ServiceState(0, 0)})
     assert not converged({})  # no services at all: nothing was deployed
+
+
+def test_an_incomplete_verdict_is_a_failed_state_named_incomplete_and_an_error_in_junit() -> None:
+    from flows.verify import final_state
+    from pvcheck.report import Report
+
+    report = Report("pv-1", "cc-ci", "c.toml", "2026-11-28T00:00:00Z")
+    report.checks = [
+        _c("pre.x", "M1", Status.PASS),
+        _c("svc.a", "M1", Status.PASS),
+        _c("route.r", "M1", Status.PASS),
+        Check("deploy.active", "M2", Status.SKIP, "quiet", "busy", "another run is active"),
+    ]
+    state = final_state(report)
+    assert state.is_failed() and state.name == "Incomplete"
+    assert state.message == (
+        "pvcheck verdict INCOMPLETE: M2 not proven — deploy.active: another run is active"
+    )
+    doc = report.as_json()
+    assert doc["verdict"] == "incomplete" and doc["incomplete_reason"].startswith("M2 not")
+    junit = report.to_junit()
+    assert 'type="incomplete"' in junit and "INCOMPLETE" in junit
+    report.checks[-1] = Check("deploy.active", "M2", Status.FAIL, "quiet", "x")
+    assert final_state(report).name == "Failed"

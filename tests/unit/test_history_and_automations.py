@@ -53,3 +53,27 @@ def test_shipped_automations_are_valid_prefect_automations() -> None:
         "pvcheck nightly run failed or crashed": ["SendNotification"],
         "pvcheck janitor after a crashed run": ["RunDeployment"],
     }
+
+
+def test_the_default_nightly_schedule_misses_the_weekly_sweep() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cronsim import CronSim
+
+    from flows.serving import NIGHTLY_CRON, SWEEP_WINDOW_UTC
+    from pvcheck.cli import build_parser
+
+    serve = build_parser().parse_args(["serve", "--config", "x.toml"])
+    assert serve.cron == NIGHTLY_CRON  # the CLI's default is the same schedule
+    day, start_h, end_h = SWEEP_WINDOW_UTC
+    fires = CronSim(NIGHTLY_CRON, datetime(2026, 11, 28, tzinfo=UTC))
+    seen = 0
+    for when in fires:
+        if when > datetime(2026, 11, 28, tzinfo=UTC) + timedelta(days=21):
+            break
+        seen += 1
+        assert not (when.weekday() == day and start_h <= when.hour < end_h), when
+    assert seen == 21
+    # The old default fell inside it: the test can fail.
+    old = next(iter(CronSim("17 3 * * *", datetime(2026, 11, 28, tzinfo=UTC))))  # a Saturday
+    assert old.weekday() == day and start_h <= old.hour < end_h

@@ -1,0 +1,251 @@
+"""The shipped cc-ci config, proven on the cc-ci twin (`pvcheck lab up --profile cc-ci`).
+
+Each test runs deployments/cc-ci.toml through lab/cc-ci-twin.toml, adding in its own overlay
+only what a test must move (its docs and state folders; a wait bound, a driver or a fault).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+import tomli_w
+
+from pvcheck import twin
+from pvcheck.api import free_port
+from pvcheck.config import Config, load_config
+from pvcheck.swarm import Swarm
+from tests.helpers import PVFIX_DONE, ROOT
+from tests.integration.test_flow_m1 import check, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+TWIN = ROOT / "lab" / "cc-ci-twin.toml"
+HARNESS_STACK = re.compile(r"^[a-z0-9]{4}-[0-9a-f]{6}_ci_commoninternet_net$")
+
+
+@pytest.fixture(scope="session")
+def cc_ci_twin(engine: Swarm) -> Iterator[Config]:
+    """The twin, brought up once per session, and the stand-in's token in the environment
+    the shipped config names (deploy.drone.token_env, moved by the overlay)."""
+    from pvcheck.lab import lab_up
+
+    cfg = load_config(TWIN)
+    probes = lab_up(cfg)
+    bad = [p for p, r in zip(probes, cfg.routes, strict=True) if p.status not in r.expect_status]
+    assert not bad, f"twin routes not answering: {bad}"
+    assert cfg.lab is not None and cfg.deploy is not None and cfg.deploy.drone is not None
+    token = twin.token_path(cfg.lab).read_text().strip()
+    os.environ[cfg.deploy.drone.token_env] = token
+    yield cfg
+    os.environ.pop(cfg.deploy.drone.token_env, None)
+
+
+def overlay(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """A config on top of the twin's: this test's docs and state folders, plus `extra`."""
+    docs = tmp_path / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "STATUS-pvfix.md").write_text(PVFIX_DONE, encoding="utf-8")
+    doc: dict[str, Any] = {
+        "base": str(TWIN),
+        "target": {"state_dir": str(tmp_path / "state")},
+        "docs": {"dir": str(docs)},
+    }
+    for key, value in (extra or {}).items():
+        doc[key] = {**doc.get(key, {}), **value}
+    path = tmp_path / "pvcheck.toml"
+    path.write_bytes(tomli_w.dumps(doc).encode())
+    return path
+
+
+def command_driver(cfg: Config, tmp_path: Path, *harness_flags: str) -> dict[str, Any]:
+    """Deploy through the command driver with the host's harness (as an operator without a
+    Drone token would)."""
+    results = tmp_path / "results.json"
+    argv = [*twin.harness_argv(cfg, str(results)), *harness_flags]
+    return {"deploy": {"driver": "command", "command": {"argv": argv, "results": str(results)}}}
+
+
+def services_created(since: datetime) -> list[str]:
+    client = docker.from_env()
+    events = client.events(
+        since=since,
+        until=datetime.now(UTC),
+        filters={"type": "service", "event": "create"},
+        decode=True,
+    )
+    return [e["Actor"]["Attributes"].get("name", "?") for e in events]
+
+
+def _assert_passes(report: dict[str, Any], driver: str) -> None:
+    assert report["verdict"] == "pass", [c for c in report["checks"] if c["status"] != "pass"]
+    assert report["gates"]["M1"]["status"] == "pass" and report["gates"]["M2"]["status"] == "pass"
+    for tier in ("install", "upgrade", "backup_restore", "functional"):
+        assert check(report, f"deploy.tier.{tier}")["status"] == "pass", tier
+    attached = check(report, "deploy.attached")["found"]
+    (service,) = re.findall(r"(\S+_app) seen on proxy", attached)
+    stack = service.removesuffix("_app")
+    assert HARNESS_STACK.match(stack), attached
+    teardown = check(report, "deploy.teardown")
+    assert teardown["status"] == "pass" and stack in teardown["expected"], teardown
+    assert teardown["found"].startswith("0 objects left")
+    assert check(report, "guard.section")["found"] == "line 11: Step 0 — allocator guard"
+    assert report["stages"]["deploy"] == "pass", (driver, report["stages"])
+
+
+def test_shipped_config_passes_m1_and_m2_through_drone(cc_ci_twin: Config, tmp_path: Path) -> None:
+    rc, report = run(overlay(tmp_path), tmp_path)
+    assert rc == 0, report.get("stages")
+    _assert_passes(report, "drone")
+    assert "step install: success" in check(report, "deploy.tier.install")["detail"]
+    routes = [c for c in report["checks"] if c["id"].startswith("route.")]
+    assert {c["id"] for c in routes} - {"route.recheck-deploy", "route.recheck-allocator"} == {
+        "route.dashboard",
+        "route.drone-ui",
+        "route.drone-health",
+        "route.reports",
+        "route.traefik-api",
+    }
+    assert all(c["status"] == "pass" for c in routes)
+    status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
+    assert "`traefik_ci_commoninternet_net`" in status  # stacks listed by name
+
+
+def test_shipped_config_passes_m1_and_m2_through_the_command_driver(
+    cc_ci_twin: Config, tmp_path: Path
+) -> None:
+    rc, report = run(overlay(tmp_path, command_driver(cc_ci_twin, tmp_path)), tmp_path)
+    assert rc == 0, report.get("stages")
+    _assert_passes(report, "command")
+
+
+@pytest.mark.parametrize("busy", ["harness marker", "sweep marker"])
+def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
+    cc_ci_twin: Config, tmp_path: Path, busy: str
+) -> None:
+    active, sweep = tmp_path / "active", tmp_path / "upgrade-all.lock"
+    active.mkdir()
+    if busy == "harness marker":
+        (active / "cust-0a1b2c.ci.commoninternet.net").write_text("custom-html pid 1\n")
+    else:
+        sweep.write_text("sweep running\n")
+    config = overlay(
+        tmp_path,
+        {"deploy": {"active_runs": {"folder": str(active), "markers": [str(sweep)], "wait_s": 2}}},
+    )
+    started = datetime.now(UTC)
+    rc, report = run(config, tmp_path)
+    assert rc == 4, report.get("stages")
+    assert report["verdict"] == "incomplete"
+    assert report["gates"]["M1"]["status"] == "pass"
+    assert report["incomplete_reason"].startswith("M2 not proven — deploy.active: ")
+    named = "cust-0a1b2c.ci.commoninternet.net" if busy == "harness marker" else str(sweep)
+    assert named in report["incomplete_reason"]
+    assert services_created(started) == []
+    for stage in ("deploy", "allocator"):
+        assert "another run or sweep is active" in report["stages"][stage]
+    journal = (tmp_path / "docs" / "JOURNAL-pvcheck.md").read_text()
+    assert f"run `{report['run_id']}`: INCOMPLETE" in journal
+
+
+@pytest.fixture
+def busy_drone(cc_ci_twin: Config, tmp_path: Path) -> Iterator[str]:
+    """A second Drone API stand-in with one build running (its runner sleeps): the URL."""
+    token_file = tmp_path / "token"
+    token_file.write_text(os.environ["PVCHECK_TWIN_DRONE_TOKEN"])
+    port = free_port()
+    assert cc_ci_twin.deploy is not None and cc_ci_twin.deploy.drone is not None
+    proc = subprocess.Popen(
+        [sys.executable, str(twin.DRONE_API), "--port", str(port), "--token-file",
+         str(token_file), "--repo", cc_ci_twin.deploy.drone.repo, "--workdir",
+         str(tmp_path / "builds"), "--", "sleep", "120"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token_file.read_text()}"}
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1, trust_env=False)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the stand-in did not start"
+                time.sleep(0.1)
+        builds = f"{url}/api/repos/{cc_ci_twin.deploy.drone.repo}/builds"
+        made = httpx.post(builds, params={"RECIPE": "other"}, headers=headers, trust_env=False)
+        assert made.status_code == 200
+        yield f"{url}/"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait()
+
+
+def test_a_running_drone_build_gives_incomplete_and_creates_nothing(
+    cc_ci_twin: Config, tmp_path: Path, busy_drone: str
+) -> None:
+    empty = tmp_path / "active"
+    empty.mkdir()
+    config = overlay(
+        tmp_path,
+        {
+            "deploy": {
+                "drone": {"url": busy_drone},
+                "active_runs": {"folder": str(empty), "wait_s": 2},
+            }
+        },
+    )
+    started = datetime.now(UTC)
+    rc, report = run(config, tmp_path)
+    assert rc == 4, report.get("stages")
+    assert report["verdict"] == "incomplete"
+    assert "Drone build 1 running" in report["incomplete_reason"]
+    assert services_created(started) == []
+
+
+@pytest.fixture
+def leftover_stacks() -> Iterator[list[str]]:
+    """Stacks a faulty harness left behind: removed after the test (pvcheck never removes
+    what it did not create)."""
+    left: list[str] = []
+    yield left
+    for stack in left:
+        subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
+    label = [f"label=com.docker.stack.namespace={s}" for s in left]
+    deadline = time.monotonic() + 60
+    for flt in label:
+        while subprocess.run(["docker", "ps", "-aq", "--filter", flt], capture_output=True,
+                             text=True, check=False).stdout.strip():  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", flt],
+                              capture_output=True, text=True, check=False).stdout.split()  # fmt: skip
+        for vol in vols:
+            subprocess.run(["docker", "volume", "rm", vol], capture_output=True, check=False)
+
+
+def test_a_harness_that_leaves_its_stack_fails_the_teardown_naming_it(
+    cc_ci_twin: Config, tmp_path: Path, leftover_stacks: list[str]
+) -> None:
+    config = overlay(tmp_path, command_driver(cc_ci_twin, tmp_path, "--leave-stack"))
+    rc, report = run(config, tmp_path)
+    teardown = check(report, "deploy.teardown")
+    stacks = re.findall(r"no object of stack (\S+) remains", teardown["expected"])
+    leftover_stacks.extend(stacks)
+    assert rc == 1, report.get("stages")
+    (stack,) = stacks
+    assert HARNESS_STACK.match(stack)
+    assert teardown["status"] == "fail"
+    assert f"service {stack}_app" in teardown["found"]
+    assert f"volume {stack}_content" in teardown["found"]
+    assert report["gates"]["M2"]["status"] == "fail"
