@@ -369,7 +369,7 @@ class Config(Section):
         compose = deploy.get("compose") if isinstance(deploy, dict) else None
         if isinstance(compose, dict) and isinstance(compose.get("route"), dict):
             compose = {**compose, "route": _with_defaults(compose["route"], defaults)}
-            raw = {**raw, "deploy": {**deploy, "compose": compose}}  # type: ignore[dict-item]
+            raw = {**raw, "deploy": {**deploy, "compose": compose}}
         return raw
 
     @model_validator(mode="after")

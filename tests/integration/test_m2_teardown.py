@@ -22,7 +22,7 @@ from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
 from tests.helpers import spawn_run, wait_for_line, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 def test_default_run_passes_m2_with_real_allocator_figures(lab: Config, tmp_path: Path) -> None:

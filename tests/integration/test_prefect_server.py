@@ -20,7 +20,7 @@ from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import ROOT, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 

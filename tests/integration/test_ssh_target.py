@@ -32,7 +32,7 @@ from tests.helpers import descendants, spawn_run, wait_for_throwaways, write_con
 from tests.integration.test_flow_m1 import check, run
 from tests.unit.test_deploy_drivers import HARNESS, command_cfg, results_doc
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 SSHD = "/usr/sbin/sshd"
 
