@@ -4,6 +4,8 @@ crashed verification run; every verification run also starts with it."""
 
 from __future__ import annotations
 
+import os
+
 from prefect import State, flow
 from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
@@ -11,7 +13,7 @@ from pydantic import BaseModel, Field
 from flows.verify import DEFAULT_CONFIG
 from pvcheck.config import load_config
 from pvcheck.records import Status
-from pvcheck.runs import HostLock
+from pvcheck.runs import EngineLock, HostLock
 from tasks.host import connect_engine
 from tasks.proofs import reap_dead_runs
 
@@ -24,8 +26,10 @@ class JanitorParameters(BaseModel):
 def janitor(params: JanitorParameters | None = None) -> State:
     params = params or JanitorParameters()
     cfg = load_config(params.config_path)
-    with HostLock(cfg.target.state_dir, cfg.target.name):
-        check = reap_dead_runs(connect_engine(cfg), cfg)
+    with HostLock(cfg.target.state_dir, cfg.target.docker_host):
+        swarm = connect_engine(cfg)
+        with EngineLock(swarm, f"janitor-{os.getpid()}"):
+            check = reap_dead_runs(swarm, cfg)
     if check.status != Status.PASS:
         return Failed(message=f"janitor: {check.found}")
     return Completed(message=f"janitor: {check.found}")

@@ -33,10 +33,10 @@ from pvcheck.review import (
     parse_evidence,
     parse_findings,
 )
+from pvcheck.safeio import atomic_write
 from pvcheck.stacks import list_residue, residue_names
 from pvcheck.statefiles import (
     append_journal,
-    atomic_write,
     docs_lock,
     read_state,
     section_body,

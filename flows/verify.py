@@ -8,7 +8,6 @@ run, Prefect cancellation/crash hooks, and the janitor at the start of the next 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -34,7 +33,7 @@ from pvcheck.evidence import render
 from pvcheck.hosts import host_for
 from pvcheck.records import Check, Status, Verdict, format_ts
 from pvcheck.report import Report
-from pvcheck.runs import HostLock, RunRegistry
+from pvcheck.runs import EngineLock, HostLock, RunRegistry
 from pvcheck.stacks import remove_labelled
 from pvcheck.statefiles import append_journal
 from pvcheck.swarm import LABEL_RUN, Swarm
@@ -102,9 +101,11 @@ def _unreachable_journal(cfg: Config, run_id: str, exc: Exception) -> None:
 
 def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
     """Cancellation/crash hook: remove what this run created, by its label only."""
-    params = (flow_run.parameters or {}).get("params") or {}
+    raw = (flow_run.parameters or {}).get("params") or {}
     try:
-        cfg = load_config(params.get("config_path", DEFAULT_CONFIG))
+        # The engine the run used: the config's, or the run's override of it.
+        params = RunParameters.model_validate(raw)
+        cfg = load_config(params.config_path, params.overrides())
         swarm = Swarm.for_target(cfg.target)
         left = remove_labelled(swarm, f"{LABEL_RUN}={flow_run.name}", timeout_s=120)
         log.warning("run %s ended %s; swept its label, left: %s", flow_run.name, state.type, left)
@@ -293,27 +294,33 @@ def verify(params: RunParameters | None = None) -> State:
             str(cfg.source), "canary", "the canary runs only against the built-in lab"
         )
     run_id = str(runtime_flow_run.name or new_run_id())
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(HostLock(cfg.target.state_dir, cfg.target.name))
-        except HostBusy as exc:
-            # Another run (the UI's or the nightly one) works on this host: this one steps aside.
-            get_run_logger().warning("%s", exc)
-            return Cancelled(message=str(exc))
-        return _verify_locked(cfg, run_id, params)
+    try:
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host):
+            return _verify_locked(cfg, run_id, params)
+    except HostBusy as exc:
+        # Another run (the UI's, the nightly one, another machine's) works on this engine:
+        # this one steps aside.
+        get_run_logger().warning("%s", exc)
+        return Cancelled(message=str(exc))
 
 
 def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
-    run = Verification(cfg, run_id, params)
-    report, log = run.report, run.log
+    log = get_run_logger()
     log.info("pvcheck run %s against %s (config %s)", run_id, cfg.target.name, cfg.source)
     try:
         swarm = connect_engine(cfg)
     except TargetUnreachable as exc:
         _unreachable_journal(cfg, run_id, exc)
         raise
+    with EngineLock(swarm, run_id):
+        return _verify_on_engine(cfg, run_id, params, swarm)
+
+
+def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, swarm: Swarm) -> State:
+    run = Verification(cfg, run_id, params)
+    report, log = run.report, run.log
     report.extra["target_via"] = host_for(cfg.target).describe()
-    registry = RunRegistry(cfg.target.state_dir, cfg.target.name)
+    registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host)
     report.checks.append(reap_dead_runs(swarm, cfg))
     registry.start(run_id)
     try:

@@ -24,7 +24,7 @@ from pvcheck.masking import masked_output
 from pvcheck.records import Verdict
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
-from pvcheck.statefiles import atomic_write
+from pvcheck.safeio import atomic_write
 
 DEFAULT_LAB_CONFIG = LAB_CONFIG
 # `pvcheck lab up --profile NAME`: which lab to build. cc-ci: a twin of the real host, whose

@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 from pvcheck.composefile import load_stack
-from pvcheck.errors import ConfigError
+from pvcheck.errors import ConfigError, StateFileError
+from pvcheck.safeio import read_capped, require_root_only
 
 # The built-in lab's config: the default of every command and flow parameter.
 LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
@@ -445,11 +446,21 @@ def _origin(origins: Origins, loc: tuple[int | str, ...]) -> Path | None:
     return None
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def _read_toml(source: Path) -> dict[str, Any]:
+    # As root, a config someone else can change would run their commands (logs.command,
+    # deploy.command.argv) as root: refused, like a FIFO or a huge file.
     try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(source), "", "file not found") from None
+        for path, what in ((source, "the config file"), (source.parent, "its folder")):
+            require_root_only(path.resolve(), what)
+        data = read_capped(source, MAX_CONFIG_BYTES, follow=True)
+        if data is None:
+            raise ConfigError(str(source), "", "file not found")
+        text = data.decode("utf-8")
+    except StateFileError as exc:
+        raise ConfigError(str(source), "", exc.problem) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(source), "", f"cannot read: {exc}") from None
     try:

@@ -18,9 +18,9 @@ from pvcheck.config import Config
 from pvcheck.history import append_history, history_record, read_history, trend_svg
 from pvcheck.records import Check, Status, parse_ts
 from pvcheck.report import Report
+from pvcheck.safeio import atomic_write
 from pvcheck.statefiles import (
     append_journal,
-    atomic_write,
     docs_lock,
     read_state,
     section_body,

@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass
 
 from pvcheck.config import GuardConfig
+from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host
 from pvcheck.records import Check, Status
 from pvcheck.statefiles import read_state
@@ -236,7 +237,12 @@ def check_guard(cfg: GuardConfig, host: Host | None = None) -> tuple[list[Check]
     """Checks of the guard file; also returns the detection argv (for the lab canary). The
     detection runs where the procedure runs it: on the target host."""
     where = str(cfg.file)
-    text = read_state(cfg.file)
+    try:
+        text = read_state(cfg.file)
+    except StateFileError as exc:  # a link, a FIFO, a huge or binary file: not read
+        return [
+            Check("guard.section", "M2", Status.ERROR, f"{where} exists", "not read", str(exc))
+        ], None
     if text is None:
         return [Check("guard.section", "M2", Status.FAIL, f"{where} exists", "file missing")], None
     section = find_section(text, cfg.section)

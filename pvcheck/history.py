@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from pvcheck.errors import StateFileError
 from pvcheck.masking import redact
 from pvcheck.report import Report
+from pvcheck.safeio import append, read_capped
 
 
 def history_record(report: Report, seconds: float | None = None) -> dict[str, Any]:
@@ -34,27 +33,23 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
 
 
 def append_history(path: Path, record: dict[str, Any]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(redact(json.dumps(record, sort_keys=True)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise StateFileError(str(path), f"cannot append: {exc.strerror or exc}") from None
+    append(path, (redact(json.dumps(record, sort_keys=True)) + "\n").encode("utf-8"))
+
+
+MAX_HISTORY_BYTES = 16 * 1024 * 1024
 
 
 def read_history(path: Path, limit: int = 30) -> list[dict[str, Any]]:
     """The last `limit` records; torn or foreign lines are skipped, never fatal."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
+    data = read_capped(path, MAX_HISTORY_BYTES)
+    if data is None:
         return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
     out = []
     for line in lines[-limit * 2 :]:
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict) and "run_id" in record:
             out.append(record)

@@ -5,9 +5,11 @@ that are no longer alive.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,8 +18,11 @@ from types import TracebackType
 from typing import IO, Any
 
 from pvcheck.errors import HostBusy, StateFileError
-from pvcheck.records import format_ts
-from pvcheck.statefiles import atomic_write
+from pvcheck.records import format_ts, parse_ts
+from pvcheck.safeio import atomic_write, open_regular, read_capped, require_root_only
+
+MAX_RECORD_BYTES = 4096
+RUN_ID = re.compile(r"^pv-[0-9]{14}-[0-9a-f]{6}$")  # flows.verify.new_run_id
 
 
 def _proc_start(pid: int) -> str | None:
@@ -30,6 +35,25 @@ def _proc_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def engine_key(docker_host: str) -> str:
+    """The engine a run works on, as a file name: the lock and the registry belong to the
+    engine, not to a config's name (two names, or a --target override, are one engine)."""
+    url = docker_host.strip().rstrip("/")
+    scheme, _, rest = url.partition("://")
+    if scheme == "ssh" and not re.search(r":[0-9]+$", rest):
+        rest += ":22"
+    elif scheme == "tcp" and not re.search(r":[0-9]+$", rest):
+        rest += ":2375"
+    return f"{scheme}_" + re.sub(r"[^A-Za-z0-9@._-]", "_", rest.lstrip("/"))
+
+
+def _alive(host: str, pid: int, proc_start: str | None) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine's run: never ours to judge
+    started = _proc_start(pid)
+    return started is not None and started == proc_start
+
+
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
@@ -37,19 +61,18 @@ class RunRecord:
     proc_start: str | None
     host: str
     started_at: str
+    engine: str = ""  # the docker_host the run worked on
 
     def alive(self) -> bool:
-        if self.host != socket.gethostname():
-            return True  # another machine's run: never ours to judge
-        started = _proc_start(self.pid)
-        return started is not None and started == self.proc_start
+        return _alive(self.host, self.pid, self.proc_start)
 
 
 class RunRegistry:
-    """One JSON file per started run under STATE_DIR/runs/TARGET/."""
+    """One JSON file per started run under STATE_DIR/runs/ENGINE/."""
 
-    def __init__(self, state_dir: Path, target: str) -> None:
-        self.dir = state_dir / "runs" / target
+    def __init__(self, state_dir: Path, docker_host: str) -> None:
+        self.engine = docker_host
+        self.dir = state_dir / "runs" / engine_key(docker_host)
 
     def start(self, run_id: str) -> RunRecord:
         record = RunRecord(
@@ -58,6 +81,7 @@ class RunRegistry:
             _proc_start(os.getpid()),
             socket.gethostname(),
             format_ts(datetime.now(UTC)),
+            self.engine,
         )
         atomic_write(self.dir / f"{run_id}.json", json.dumps(record.__dict__) + "\n")
         return record
@@ -69,10 +93,14 @@ class RunRegistry:
         out = []
         for path in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
             try:
-                data: dict[str, Any] = json.loads(path.read_text())
-                out.append(RunRecord(**data))
-            except (OSError, ValueError, TypeError):
-                continue  # a torn record is not a run we can prove we started
+                data: dict[str, Any] = json.loads(read_capped(path, MAX_RECORD_BYTES) or b"")
+                record = RunRecord(**data)
+            except (OSError, ValueError, TypeError, RecursionError, StateFileError):
+                continue  # a torn or planted record is not a run we can prove we started
+            # The janitor sweeps by `pvcheck.run=<id>`: an empty or odd id would widen that
+            # filter to every pvcheck run, so only ids pvcheck makes are believed.
+            if RUN_ID.match(str(record.run_id)) and path.name == f"{record.run_id}.json":
+                out.append(record)
         return out
 
     def stale(self) -> list[RunRecord]:
@@ -80,23 +108,27 @@ class RunRegistry:
 
 
 class HostLock:
-    """An exclusive flock per target; the kernel releases it when its holder dies."""
+    """An exclusive flock per engine on this machine; the kernel releases it when its holder
+    dies. EngineLock keeps other machines out."""
 
-    def __init__(self, state_dir: Path, target: str) -> None:
-        self.path = state_dir / f"{target}.lock"
+    def __init__(self, state_dir: Path, docker_host: str) -> None:
+        self.path = state_dir / f"{engine_key(docker_host)}.lock"
         self._fh: IO[str] | None = None
 
     def __enter__(self) -> HostLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")
+            require_root_only(self.path.parent, "the state folder")
+            fh = os.fdopen(open_regular(self.path, os.O_RDWR | os.O_CREAT), "r+")
+        except StateFileError:
+            raise
         except OSError as exc:
             raise StateFileError(str(self.path), f"cannot open the host lock: {exc}") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = fh.read(200).strip() or "unknown"
             fh.close()
             raise HostBusy(
                 f"another pvcheck run holds {self.path} ({holder}); try again later"
@@ -118,3 +150,83 @@ class HostLock:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+LOCK_NAME = "pvcheck-host-lock"
+LOCK_LABEL = "pvcheck.lock"  # never pvcheck.run: a run's teardown must not remove the lock
+
+
+class EngineLock:
+    """A lock kept on the engine itself: a swarm config created atomically (the engine
+    refuses a second one of the same name), so two machines, or two state folders, never run
+    against one host at once. A holder that died on this machine, or a lock older than
+    `expiry_s`, is taken over."""
+
+    def __init__(self, swarm: Any, run_id: str, expiry_s: float = 12 * 3600) -> None:
+        self.swarm, self.run_id, self.expiry_s = swarm, run_id, expiry_s
+        self.held_id: str | None = None
+
+    def _labels(self) -> dict[str, str]:
+        return {
+            LOCK_LABEL: "1",
+            f"{LOCK_LABEL}.run": self.run_id,
+            f"{LOCK_LABEL}.host": socket.gethostname(),
+            f"{LOCK_LABEL}.pid": str(os.getpid()),
+            f"{LOCK_LABEL}.proc_start": _proc_start(os.getpid()) or "",
+            f"{LOCK_LABEL}.at": format_ts(datetime.now(UTC)),
+        }
+
+    def _stale(self, labels: dict[str, str]) -> bool:
+        at = parse_ts(labels.get(f"{LOCK_LABEL}.at", ""))
+        if at is None or (datetime.now(UTC) - at).total_seconds() > self.expiry_s:
+            return True
+        try:
+            pid = int(labels.get(f"{LOCK_LABEL}.pid", ""))
+        except ValueError:
+            return True
+        host = labels.get(f"{LOCK_LABEL}.host", "")
+        return not _alive(host, pid, labels.get(f"{LOCK_LABEL}.proc_start") or None)
+
+    def __enter__(self) -> EngineLock:
+        import docker.errors
+
+        api = self.swarm.api
+        for _ in range(2):
+            try:
+                made = self.swarm.call(
+                    api.create_config, LOCK_NAME, self.run_id.encode(), labels=self._labels()
+                )
+                self.held_id = str(made["ID"])
+                return self
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+            current = next(iter(self.swarm.call(api.configs, filters={"name": LOCK_NAME})), None)
+            if current is None:
+                continue  # released meanwhile
+            labels = (current.get("Spec") or {}).get("Labels") or {}
+            if labels.get(f"{LOCK_LABEL}.run") == self.run_id:  # a retried create that landed
+                self.held_id = str(current["ID"])
+                return self
+            if not self._stale(labels):
+                holder = labels.get(f"{LOCK_LABEL}.run", "?")
+                where = labels.get(f"{LOCK_LABEL}.host", "?")
+                raise HostBusy(
+                    f"another pvcheck run ({holder} on {where}, since "
+                    f"{labels.get(f'{LOCK_LABEL}.at', '?')}) holds the engine lock "
+                    f"(docker config {LOCK_NAME}); try again later"
+                )
+            with contextlib.suppress(docker.errors.NotFound):
+                self.swarm.call(api.remove_config, current["ID"])
+        raise HostBusy(f"the engine lock (docker config {LOCK_NAME}) could not be taken")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.held_id is not None:
+            with contextlib.suppress(Exception):  # an engine gone now: the lock expires
+                self.swarm.call(self.swarm.api.remove_config, self.held_id)
+            self.held_id = None

@@ -11,13 +11,13 @@ import contextlib
 import fcntl
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from pvcheck.errors import StateFileError
 from pvcheck.masking import redact
+from pvcheck.safeio import append, atomic_write, open_regular, read_capped, require_root_only
 
 MAX_STATE_BYTES = 8 * 1024 * 1024
 _MARKER = re.compile(r"^<!-- pvcheck:(begin|end) ([A-Za-z0-9_.-]+) -->$")
@@ -25,14 +25,11 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 
 
 def read_state(path: Path) -> str | None:
-    """The file's text, None when it does not exist; refuses huge or binary files."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    """The file's text, None when it does not exist; refuses links, FIFOs, huge or binary
+    files."""
+    data = read_capped(path, MAX_STATE_BYTES)
+    if data is None:
         return None
-    if size > MAX_STATE_BYTES:
-        raise StateFileError(str(path), f"too large ({size} bytes > {MAX_STATE_BYTES})")
-    data = path.read_bytes()
     if b"\x00" in data:
         raise StateFileError(str(path), "binary content (NUL byte); not a Markdown state file")
     try:
@@ -40,6 +37,17 @@ def read_state(path: Path) -> str | None:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise StateFileError(str(path), "not valid UTF-8", line) from None
+
+
+# Characters str.splitlines() breaks on besides "\n": one in a harness's text (a reason, a
+# step name) would split an owned section's marker line and corrupt the file for every
+# later run. Rendered text never carries them.
+_LINE_BREAKS = dict.fromkeys(map(ord, "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), " ")
+
+
+def one_line_breaks(text: str) -> str:
+    """Pure: text whose only line break is "\n"."""
+    return text.translate(_LINE_BREAKS)
 
 
 def outside_fences(text: str) -> list[tuple[int, str]]:
@@ -109,34 +117,12 @@ def replace_section(text: str, name: str, body: str, path: str) -> str:
     return text + ("\n" if text else "") + block
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, rename: the old file survives any error."""
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp_name, path.stat().st_mode & 0o7777)
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as exc:
-        raise StateFileError(str(path), f"cannot write: {exc.strerror or exc}") from None
-    finally:
-        if tmp_name:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-
-
 def update_sections(path: Path, header: str, bodies: dict[str, str]) -> None:
     """Set owned sections of a state file (created with `header` when new), atomically."""
     text = read_state(path)
     new = header if text is None else text
     for name, body in bodies.items():
-        new = replace_section(new, name, redact(body), str(path))
+        new = replace_section(new, name, one_line_breaks(redact(body)), str(path))
     if new != text:
         atomic_write(path, new)
 
@@ -149,15 +135,8 @@ def append_journal(path: Path, header: str, entry: str) -> None:
         chunk = header
     elif existing and not existing.endswith("\n"):
         chunk = "\n"
-    chunk += ("\n" if (existing or chunk) else "") + redact(entry).rstrip("\n") + "\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise StateFileError(str(path), f"cannot append: {exc.strerror or exc}") from None
+    chunk += ("\n" if (existing or chunk) else "") + one_line_breaks(redact(entry)).rstrip("\n")
+    append(path, (chunk + "\n").encode("utf-8"))
 
 
 @contextlib.contextmanager
@@ -166,7 +145,10 @@ def docs_lock(folder: Path, timeout_s: float = 120.0) -> Iterator[None]:
     path = folder / ".pvcheck.lock"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a")  # noqa: SIM115 - closed by the `with fh` below
+        require_root_only(folder, "the machine-docs folder")
+        fh = os.fdopen(open_regular(path, os.O_RDWR | os.O_CREAT), "r+")
+    except StateFileError:
+        raise
     except OSError as exc:
         raise StateFileError(
             str(path), f"cannot open the folder lock: {exc.strerror or exc}"

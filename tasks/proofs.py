@@ -23,7 +23,7 @@ from pvcheck.swarm import LABEL_RUN, Swarm
 def reap_dead_runs(swarm: Swarm, cfg: Config) -> Check:
     """Remove what earlier runs left: only runs recorded as started here and no longer alive."""
     log = get_run_logger()
-    registry = RunRegistry(cfg.target.state_dir, cfg.target.name)
+    registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host)
     reaped = {}
     for record in registry.stale():
         label = f"{LABEL_RUN}={record.run_id}"

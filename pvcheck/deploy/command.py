@@ -19,7 +19,9 @@ from typing import Any
 from pvcheck.config import Config
 from pvcheck.deploy import DeployOutcome, TierResult, fixed_stack, watched_stacks
 from pvcheck.deploy.attach import AttachmentSampler
+from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host, host_for, run_on
+from pvcheck.safeio import read_capped
 from pvcheck.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -106,16 +108,18 @@ def decode_results(data: bytes, where: str) -> Any:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultsError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ResultsError(f"{where}: nested too deeply to be a results file") from None
 
 
 def read_results(path: Path) -> Any:
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: the harness wrote no results file") from None
-    if size > MAX_RESULTS_BYTES:  # refused before reading it
-        raise ResultsError(f"{path}: {size} bytes, more than {MAX_RESULTS_BYTES}")
-    return decode_results(path.read_bytes(), str(path))
+        data = read_capped(path, MAX_RESULTS_BYTES)
+    except StateFileError as exc:  # a link, a FIFO, or more than the cap: refused unread
+        raise ResultsError(str(exc)) from None
+    if data is None:
+        raise ResultsError(f"{path}: the harness wrote no results file")
+    return decode_results(data, str(path))
 
 
 def fetch_results(host: Host, path: Path) -> Any:

@@ -116,7 +116,7 @@ class DroneClient:
                     )
         try:
             return json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise DroneError(f"Drone answered non-JSON to {method} {path}") from None
 
     def create(self, recipe: str) -> dict[str, Any]:

@@ -380,11 +380,12 @@ def test_drone_create_without_a_build_number_is_refused(
 @pytest.mark.parametrize(
     ("content", "error"),
     [
-        (b"{" + b" " * (MAX_RESULTS_BYTES + 1) + b"}", "more than"),
+        (b"{" + b" " * (MAX_RESULTS_BYTES + 1) + b"}", "too large"),
         (b"\x89PNG\r\n\x1a\n\x00\x00", "not valid JSON"),
         (b'{"stages": [', "not valid JSON"),
+        (b"[" * 400_000, "nested too deeply"),
     ],
-    ids=["huge", "binary", "truncated"],
+    ids=["huge", "binary", "truncated", "deeply-nested"],
 )
 @pytest.mark.faults
 def test_hostile_results_files_are_refused(tmp_path: Path, content: bytes, error: str) -> None:
@@ -504,3 +505,23 @@ def test_a_teardown_check_with_no_stack_to_watch_is_an_error() -> None:
     check = judge.clean_teardown([], {}, None, None, None, "a stack matching ^x$")
     assert check.status == Status.ERROR and check.found == "no stack to watch"
     assert judge_gate("M2", [check]).status == Status.FAIL
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_results_path_that_is_not_a_regular_file_is_refused_unread(
+    tmp_path: Path, kind: str
+) -> None:
+    import os
+
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"stages": []}')
+    path = tmp_path / "results.json"
+    if kind == "symlink":
+        path.symlink_to(victim)
+        expected = "symbolic link"
+    else:
+        os.mkfifo(path)  # reading it would block for ever without a writer
+        expected = "FIFO"
+    with pytest.raises(ResultsError, match=expected):
+        read_results(path)

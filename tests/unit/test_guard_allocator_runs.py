@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -226,25 +227,59 @@ def test_fresh_logs_fail_only_on_the_vip_line() -> None:
 
 @pytest.mark.faults
 def test_registry_tells_dead_runs_from_live_ones(tmp_path: Path) -> None:
-    registry = RunRegistry(tmp_path, "lab")
-    me = registry.start("pv-live")
+    registry = RunRegistry(tmp_path, "unix:///var/run/docker.sock")
+    me = registry.start("pv-20261128000000-aaaaaa")
+    assert me.engine == "unix:///var/run/docker.sock"
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    dead = me.__class__("pv-dead", proc.pid, "1", me.host, me.started_at)
-    (registry.dir / "pv-dead.json").write_text(__import__("json").dumps(dead.__dict__))
+    dead_id = "pv-20261128000001-dddddd"
+    dead = me.__class__(dead_id, proc.pid, "1", me.host, me.started_at, me.engine)
+    (registry.dir / f"{dead_id}.json").write_text(json.dumps(dead.__dict__))
     (registry.dir / "pv-torn.json").write_text("{not json")
-    assert [r.run_id for r in registry.stale()] == ["pv-dead"]
-    registry.finish("pv-dead")
-    assert [r.run_id for r in registry.records()] == ["pv-live"]
+    assert [r.run_id for r in registry.stale()] == [dead_id]
+    registry.finish(dead_id)
+    assert [r.run_id for r in registry.records()] == [me.run_id]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("run_id", ["", "pv-*", "x", "pv-20261128000001-dddddd"])
+def test_a_planted_record_with_an_odd_run_id_is_never_a_dead_run(
+    tmp_path: Path, run_id: str
+) -> None:
+    # The janitor sweeps by `pvcheck.run=<id>`: an empty id would match every pvcheck run.
+    registry = RunRegistry(tmp_path, "unix:///var/run/docker.sock")
+    registry.dir.mkdir(parents=True)
+    planted = {
+        "run_id": run_id,
+        "pid": 1,
+        "proc_start": "0",
+        "host": __import__("socket").gethostname(),
+        "started_at": "x",
+    }
+    name = "pv-20261128000009-ffffff.json"  # never the id it claims, or an odd id
+    (registry.dir / name).write_text(json.dumps(planted))
+    assert registry.records() == []
+
+
+def test_lock_and_registry_belong_to_the_engine_not_the_name() -> None:
+    from pvcheck.runs import engine_key
+
+    assert engine_key("ssh://root@cc-ci") == engine_key("ssh://root@cc-ci:22/")
+    assert engine_key("ssh://root@cc-ci:22") != engine_key("ssh://root@cc-ci:2222")
+    assert engine_key("unix:///var/run/docker.sock") == "unix_var_run_docker.sock"
+    assert "/" not in engine_key("tcp://../../etc:1") and ".." in engine_key("tcp://../../etc:1")
 
 
 @pytest.mark.faults
 def test_host_lock_refuses_a_second_holder(tmp_path: Path) -> None:
     held = held_in_another_process(
-        "from pvcheck.runs import HostLock", "HostLock(Path(sys.argv[1]), 'lab')", tmp_path
+        "from pvcheck.runs import HostLock",
+        "HostLock(Path(sys.argv[1]), 'ssh://root@cc-ci')",
+        tmp_path,
     )
-    busy = pytest.raises(HostBusy, match=r"another pvcheck run holds .*lab\.lock \(pid \d+")
-    with held, busy, HostLock(tmp_path, "lab"):
+    busy = pytest.raises(HostBusy, match=r"another pvcheck run holds .*cc-ci_22\.lock \(pid \d+")
+    # The same engine under another spelling is the same lock.
+    with held, busy, HostLock(tmp_path, "ssh://root@cc-ci:22"):
         pass
-    with HostLock(tmp_path, "lab"):  # the kernel released the dead holder's lock
+    with HostLock(tmp_path, "ssh://root@cc-ci"):  # the kernel released the dead holder's lock
         pass

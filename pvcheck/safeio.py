@@ -1,0 +1,156 @@
+"""Files pvcheck reads and writes as root in folders other people share.
+
+Every state, lock, registry, guard and results file is opened without following a symbolic
+link (O_NOFOLLOW), must be a regular file (a FIFO or a device would hang the run or never
+end), is read at most to its cap plus one byte, and is replaced atomically keeping the old
+file's mode and owner (new files are 0644). An append never goes through a hard link. When
+pvcheck runs as root, a folder or file that someone other than root can write is refused:
+it could be swapped under the run (the choice over writing through a dropped privilege: one
+rule, no second process, and the error says how to fix it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from pvcheck.errors import StateFileError
+
+NEW_FILE_MODE = 0o644
+_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _refuse(path: Path, problem: str) -> StateFileError:
+    return StateFileError(str(path), problem)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: Path, flags: int, follow: bool = False) -> int:
+    """A descriptor of the regular file at path (FileNotFoundError when absent)."""
+    try:
+        fd = os.open(path, flags | (_FLAGS if not follow else _FLAGS & ~os.O_NOFOLLOW), 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse(path, "is a symbolic link; refused") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _refuse(path, f"is {_kind(info.st_mode)}, not a regular file; refused")
+    return fd
+
+
+def read_capped(path: Path, cap: int, follow: bool = False) -> bytes | None:
+    """The file's bytes (None when it does not exist), refused past `cap` bytes."""
+    try:
+        fd = open_regular(path, os.O_RDONLY, follow)
+    except FileNotFoundError:
+        return None
+    except StateFileError:
+        raise
+    except OSError as exc:
+        raise _refuse(path, f"cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise _refuse(path, f"too large (more than {cap} bytes); refused")
+    return data
+
+
+def append(path: Path, data: bytes) -> None:
+    """Append to a regular file (created 0644), never through a link of either kind."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except StateFileError:
+        raise
+    except OSError as exc:
+        raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "ab") as fh:
+        info = os.fstat(fh.fileno())
+        if info.st_nlink > 1:
+            raise _refuse(path, "has other hard links; refused")
+        if info.st_size == 0:
+            os.fchmod(fh.fileno(), NEW_FILE_MODE)
+        try:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a new temp file in the same folder, fsync, rename over the old one; the old
+    file survives any error, and the new one keeps its mode and owner."""
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            old = os.lstat(path)
+        except FileNotFoundError:
+            old = None
+        if old is not None and not stat.S_ISREG(old.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(old.st_mode) else _kind(old.st_mode)
+            raise _refuse(path, f"is {kind}, not a regular file; refused")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fchmod(fh.fileno(), (old.st_mode & 0o7777) if old else NEW_FILE_MODE)
+            if old is not None and os.geteuid() == 0:
+                os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise _refuse(path, f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def writable_by_others(path: Path) -> str | None:
+    """Why someone other than root could change path (None when only root can)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if info.st_uid != 0:
+        return f"owned by uid {info.st_uid}"
+    if info.st_mode & 0o002 and not (stat.S_ISDIR(info.st_mode) and info.st_mode & 0o1000):
+        return "writable by every user"
+    if info.st_mode & 0o020 and info.st_gid != 0:
+        return f"writable by group {info.st_gid}"
+    return None
+
+
+def require_root_only(path: Path, what: str) -> None:
+    """When running as root, refuse a file or folder others can write (StateFileError)."""
+    if os.geteuid() != 0:
+        return
+    why = writable_by_others(path)
+    if why:
+        raise _refuse(
+            path,
+            f"{what} is {why}: as root pvcheck uses only what root alone can change "
+            "(chown root and chmod go-w it, or run pvcheck as its owner)",
+        )
