@@ -15,7 +15,7 @@ from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
 from pvcheck import judge
-from pvcheck.claims import m1_claim, residue_commands
+from pvcheck.claims import m1_claim, residue_commands, unexplained_m2_commands
 from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.evidence import render
 from pvcheck.facts import HostFacts
@@ -124,7 +124,7 @@ def live_m1(cfg: Config, facts: HostFacts, claim: GateClaim) -> tuple[list[Check
                 "pvcheck run --config CONFIG  # regenerates the claim",
             )
         )
-    checks += run_cold_commands(regenerated, "M1")
+    checks += run_cold_commands(regenerated, "M1", host_for(cfg.target))
     return checks, findings
 
 
@@ -154,7 +154,19 @@ def live_m2(
     if cfg.guard is not None:
         checks += check_guard(cfg.guard, host_for(cfg.target))[0]
     if claim.run_id:
-        checks += run_cold_commands(residue_commands(cfg, claim.run_id), "M2")
+        checks += run_cold_commands(residue_commands(cfg, claim.run_id), "M2", host_for(cfg.target))
+        # People paste M2's HOW block too: what pvcheck would not write there is a finding.
+        odd = unexplained_m2_commands(cfg, claim.run_id, claim.commands) if claim.is_claim else []
+        if odd:
+            findings.append(
+                Finding(
+                    "how:M2",
+                    "M2",
+                    "STATUS's M2 HOW commands differ from what pvcheck generates: "
+                    + "; ".join(o[:120] for o in odd[:3]),
+                    "pvcheck run --config CONFIG  # regenerates the claim",
+                )
+            )
     return checks, findings
 
 

@@ -289,9 +289,12 @@ def verify(params: RunParameters | None = None) -> State:
     """Verify the host named by the config; write evidence; end Failed when a gate fails."""
     params = params or RunParameters()
     cfg = load_config(params.config_path, params.overrides())
-    if params.canary and cfg.lab is None:
+    if params.canary and (cfg.lab is None or params.docker_host):
         raise ConfigError(
-            str(cfg.source), "canary", "the canary runs only against the built-in lab"
+            str(cfg.source),
+            "canary",
+            "the canary runs only against the built-in lab's own engine (a lab config, no "
+            "target override)",
         )
     run_id = str(runtime_flow_run.name or new_run_id())
     try:

@@ -7,16 +7,16 @@ Never on a real host: its upgrade guard would see the line and restart docker.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
 import docker.types
 
+from pvcheck.guard import count_with
 from pvcheck.logscan import VIP_SIGNATURE, LogSource
 from pvcheck.records import Check, Status
 from pvcheck.stacks import local_image_ref, remove_labelled
-from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
+from pvcheck.swarm import LABEL_LAB, LABEL_ROLE, LABEL_RUN, Swarm
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,7 @@ def run_canary(
                 for line in source.lines(since, datetime.now(UTC))
                 if VIP_SIGNATURE in line
             )
-            proc = subprocess.run(detect, input=text, capture_output=True, text=True, check=False)
-            count = int(proc.stdout.strip() or 0) if proc.stdout.strip().isdigit() else 0
+            count = count_with(detect, text) or 0
             if count > 0:
                 break
             time.sleep(2)
@@ -84,3 +83,16 @@ def run_canary(
     finally:
         left = remove_labelled(swarm, f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}=canary", timeout_s=60)
         log.info("canary removed; left: %s", {k: v for k, v in left.items() if v} or "nothing")
+
+
+def lab_engine_problem(swarm: Swarm, docker_host: str, network: str) -> str | None:
+    """Why this engine is not the built-in lab's (None when it is): lab-only actions run only
+    on the local socket, against a `network` the lab itself created (label pvcheck.lab=1)."""
+    if not docker_host.startswith("unix://"):
+        return f"{docker_host} is not the local engine"
+    net = swarm.network(network)
+    if net is None:
+        return f"the engine has no {network} network"
+    if (net.get("Labels") or {}).get(LABEL_LAB) != "1":
+        return f"{network} on this engine was not made by the lab (no {LABEL_LAB}=1 label)"
+    return None

@@ -28,6 +28,15 @@ class ColdCommand:
     command: str
     expected: str
     exact: bool = True  # False: `expected` describes the output for a person to judge
+    # The command as the target host runs it (`command` is then `ssh HOST '<remote>'`): the
+    # review runs it through pvcheck's own ssh options, never by pasting into a shell.
+    remote: str | None = None
+
+
+def host_command(cfg: Config, inner: str, expected: str, exact: bool = True) -> ColdCommand:
+    """A cold command that runs on the target host (over ssh when it is remote)."""
+    host = host_for(cfg.target)
+    return ColdCommand(host.how(inner), expected, exact, inner if host.remote else None)
 
 
 @dataclass(frozen=True)
@@ -49,44 +58,49 @@ def curl_command(route: RouteConfig) -> str:
 
 def route_command(cfg: Config, route: RouteConfig) -> str:
     """The route's curl, run from here or (check_from = "host") on the target host."""
-    curl = curl_command(route)
-    return host_for(cfg.target).how(curl) if route.check_from == "host" else curl
+    return route_cold_command(cfg, route).command
+
+
+def route_cold_command(cfg: Config, route: RouteConfig) -> ColdCommand:
+    expected = "/".join(map(str, route.expect_status))
+    if route.check_from == "host":
+        return host_command(cfg, curl_command(route), expected)
+    return ColdCommand(curl_command(route), expected)
 
 
 def m1_claim(cfg: Config) -> Claim:
-    on_host = host_for(cfg.target).how
     pvfix = cfg.docs.precondition_status
     net = q(cfg.network.name)
     names = "|".join(re.escape(s) for s in cfg.services.control_plane)
     commands = [
         ColdCommand(f"grep -x '## DONE' {q(str(pvfix))}", "## DONE"),
-        ColdCommand(
-            on_host(
+        host_command(
+            cfg,
+            (
                 f"docker network inspect {net} --format '{{{{.Driver}}}} "
                 f"{{{{(index .IPAM.Config 0).Subnet}}}}'"
             ),
             f"{cfg.network.driver} {cfg.network.subnet}",
         ),
-        ColdCommand(
-            on_host(
+        host_command(
+            cfg,
+            (
                 f"docker network inspect --verbose {net} --format '{{{{range $k, $v := "
                 ".Services}}{{$k}} {{$v.VIP}} {{len $v.Tasks}}{{println}}{{end}}'"
             ),
             "one line per service on the network: name, VIP, task count",
             exact=False,
         ),
-        ColdCommand(
-            on_host(
+        host_command(
+            cfg,
+            (
                 "docker service ls --format '{{.Name}} {{.Replicas}}' | "
                 f"grep -E {q(f'^({names}) ')}"
             ),
             "every control-plane service with N/N replicas (N > 0)",
             exact=False,
         ),
-        *(
-            ColdCommand(route_command(cfg, r), "/".join(map(str, r.expect_status)))
-            for r in cfg.routes
-        ),
+        *(route_cold_command(cfg, r) for r in cfg.routes),
     ]
     what = [
         f"phase `{cfg.docs.precondition_phase}` is done (`## DONE` in its STATUS file)",
@@ -114,40 +128,33 @@ def _log_window_command(cfg: Config, since: str, until: str) -> str:
 
 def residue_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
     """What a run must leave behind: nothing carrying its label, no throwaway stack."""
-    on_host = host_for(cfg.target).how
     label = q(f"{LABEL_RUN}={run_id}")
     return [
-        ColdCommand(on_host("docker stack ls --format '{{.Name}}' | grep -c '^pvc-'"), "0"),
+        host_command(cfg, "docker stack ls --format '{{.Name}}' | grep -c '^pvc-'", "0"),
         *(
-            ColdCommand(on_host(f"docker {kind} ls -q --filter label={label} | wc -l"), "0")
+            host_command(cfg, f"docker {kind} ls -q --filter label={label} | wc -l", "0")
             for kind in ("service", "network", "volume", "config", "secret")
         ),
-        ColdCommand(on_host(f"docker ps -a -q --filter label={label} | wc -l"), "0"),
+        host_command(cfg, f"docker ps -a -q --filter label={label} | wc -l", "0"),
     ]
 
 
-def m2_claim(report: Report, cfg: Config) -> Claim:
-    """The M2 claim carries this run's numbers; commands check what the run left behind."""
-    on_host = host_for(cfg.target).how
+def m2_fixed_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
+    """M2's HOW commands that do not depend on the run's figures (all but the log window)."""
     net = q(cfg.network.name)
-    after = report.facts_after.network if report.facts_after else None
     commands = [
-        *residue_commands(cfg, report.run_id),
-        ColdCommand(
-            on_host(
+        *residue_commands(cfg, run_id),
+        host_command(
+            cfg,
+            (
                 f"docker network inspect --verbose {net} --format '{{{{range .Services}}}}"
                 "{{if .VIP}}vip{{println}}{{end}}{{range .Tasks}}task{{println}}{{end}}{{end}}'"
                 " | sort | uniq -c"
             ),
-            f"{after.task_ips} task, {after.vips} vip (as after the run)" if after else "n/a",
+            "task and vip counts as after the run",
             exact=False,
         ),
     ]
-    fresh = next((c for c in report.checks if c.id == "logs.fresh-run"), None)
-    if fresh is not None:
-        window = re.search(r"\((\S+) -> (\S+)\)", fresh.found)
-        if window:
-            commands.append(ColdCommand(on_host(_log_window_command(cfg, *window.groups())), "0"))
     if cfg.guard is not None:
         commands.append(
             ColdCommand(
@@ -156,6 +163,48 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
                 exact=False,
             )
         )
+    return commands
+
+
+def m2_window_command(cfg: Config, since: str, until: str) -> ColdCommand:
+    return host_command(cfg, _log_window_command(cfg, since, until), "0")
+
+
+_TS_IN_COMMAND = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})")
+
+
+def unexplained_m2_commands(cfg: Config, run_id: str, written: list[str]) -> list[str]:
+    """Pure: the M2 HOW lines in STATUS that pvcheck would not write for this config and run
+    (a pasted command that differs is a finding), plus the fixed ones that are missing."""
+    fixed = [c.command for c in m2_fixed_commands(cfg, run_id)]
+    odd = [f"missing: {c}" for c in fixed if c not in written]
+    for line in written:
+        if line in fixed:
+            continue
+        stamps = [f"{d}T{t}Z" for d, t in _TS_IN_COMMAND.findall(line)]
+        if len(stamps) >= 2 and line == m2_window_command(cfg, stamps[0], stamps[1]).command:
+            continue
+        odd.append(line)
+    return odd
+
+
+def m2_claim(report: Report, cfg: Config) -> Claim:
+    """The M2 claim carries this run's numbers; commands check what the run left behind."""
+    after = report.facts_after.network if report.facts_after else None
+    commands = m2_fixed_commands(cfg, report.run_id)
+    inspect = commands[len(residue_commands(cfg, report.run_id))]
+    commands[commands.index(inspect)] = ColdCommand(
+        inspect.command,
+        f"{after.task_ips} task, {after.vips} vip (as after the run)" if after else "n/a",
+        exact=False,
+        remote=inspect.remote,
+    )
+    fresh = next((c for c in report.checks if c.id == "logs.fresh-run"), None)
+    if fresh is not None:
+        window = re.search(r"\((\S+) -> (\S+)\)", fresh.found)
+        if window:
+            position = len(commands) - (cfg.guard is not None)
+            commands.insert(position, m2_window_command(cfg, *window.groups()))
     alloc = report.extra.get("allocator")
     deploy = cfg.deploy
     what = []

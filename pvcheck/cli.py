@@ -18,6 +18,7 @@ from pvcheck.errors import (
     EXIT_INCOMPLETE,
     EXIT_PASS,
     EXIT_USAGE,
+    ConfigError,
     PvcheckError,
 )
 from pvcheck.masking import masked_output
@@ -108,6 +109,10 @@ def print_verdict(report: Report) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.verify import RunParameters, verify
 
+    if args.canary and args.target:
+        # Refused before anything connects: the canary makes an allocator log the signature
+        # a real host's upgrade guard answers by restarting docker.
+        raise ConfigError(args.config, "--canary", "not with --target: the canary is lab-only")
     params = RunParameters(config_path=args.config, canary=args.canary, docker_host=args.target)
     load_config(args.config, params.overrides())  # fail fast (exit 2) before the engine starts
     ensure_prefect_api()

@@ -74,6 +74,11 @@ def _http_url(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid URL ({exc})") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    if url.userinfo:
+        # Credentials in a URL reach HOW commands, STATUS, logs and remote command lines.
+        raise ValueError(
+            "a URL must not carry user:password@; use token_env or token_block for secrets"
+        )
     return value
 
 

@@ -19,7 +19,7 @@ def write_done(cfg: Config, now: datetime | None = None) -> DoneDecision:
         moment = now or datetime.now(UTC)
         decision = done_rule(
             parse_claims(status_text or "", str(status)),
-            parse_verdicts(review_text or ""),
+            parse_verdicts(review_text or "", str(review)),
             moment,
             timedelta(hours=cfg.docs.freshness_h),
         )

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass
 
 from pvcheck.config import GuardConfig
 from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host
+from pvcheck.procs import run_bounded
 from pvcheck.records import Check, Status
 from pvcheck.statefiles import read_state
 
@@ -224,12 +224,12 @@ def find_recovery(section: GuardSection) -> str | None:
 def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | None:
     """Run a detection command with the sample log on stdin; the count it prints, or None."""
     try:
-        out = subprocess.run(
-            argv, input=sample, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except (subprocess.TimeoutExpired, OSError):
+        done = run_bounded(argv, timeout_s, sample.encode(), max_stdout=4096)
+    except OSError:
         return None
-    numbers = re.findall(r"\d+", out.stdout)
+    if done.rc is None:  # a hostile or hanging command: no count, never a hang
+        return None
+    numbers = re.findall(r"\d+", done.stdout.decode("utf-8", errors="replace"))
     return int(numbers[-1]) if numbers else None
 
 

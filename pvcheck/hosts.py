@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pvcheck.config import SSH_URL, TargetConfig
 from pvcheck.errors import TargetUnreachable
+from pvcheck.procs import MAX_OUTPUT, run_bounded
 
 
 class LocalHost:
@@ -182,19 +183,22 @@ def host_for(target: TargetConfig) -> Host:
 
 
 def run_on(
-    host: Host, argv: list[str], timeout_s: float, stdin: str | None = None
+    host: Host,
+    argv: list[str],
+    timeout_s: float,
+    stdin: str | None = None,
+    max_stdout: int = MAX_OUTPUT,
 ) -> tuple[int, str, str]:
-    """Run argv on the host; (exit code, stdout, stderr). ssh's own failure (255) raises."""
-    proc = subprocess.run(
-        host.argv(argv),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=timeout_s,
-        check=False,
+    """Run argv on the host; (exit code, stdout, stderr). ssh's own failure (255) raises;
+    past the deadline the whole process group is killed and TimeoutExpired raised."""
+    done = run_bounded(
+        host.argv(argv), timeout_s, stdin.encode() if stdin is not None else None, max_stdout
     )
-    if host.remote and proc.returncode == 255:
+    if done.rc is None:
+        raise subprocess.TimeoutExpired(argv, timeout_s)
+    stderr = done.stderr.decode("utf-8", errors="replace")
+    if host.remote and done.rc == 255:
         assert isinstance(host, SshHost)
-        raise TargetUnreachable(ssh_failure(host.destination, host.port, proc.stderr))
-    return proc.returncode, proc.stdout, proc.stderr
+        raise TargetUnreachable(ssh_failure(host.destination, host.port, stderr))
+    rc = 0 if done.truncated and done.rc < 0 else done.rc  # stopped by us at the cap
+    return rc, done.stdout.decode("utf-8", errors="replace"), stderr

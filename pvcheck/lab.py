@@ -26,6 +26,7 @@ import docker
 import docker.errors
 
 from pvcheck import twin
+from pvcheck.canary import lab_engine_problem
 from pvcheck.composefile import StackSpec, parse_stack
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, TargetUnreachable
@@ -126,6 +127,11 @@ def ensure_swarm(swarm: Swarm) -> None:
 def ensure_network(swarm: Swarm, cfg: Config) -> None:
     net = swarm.network(cfg.network.name)
     if net is not None:
+        if (net.get("Labels") or {}).get(LABEL_LAB) != "1":
+            raise LabError(
+                f"not a lab engine: its {cfg.network.name} network was not made by the lab "
+                f"(no {LABEL_LAB}=1 label); nothing was changed"
+            )
         subnets = [c.get("Subnet") for c in (net.get("IPAM") or {}).get("Config") or []]
         if cfg.network.subnet not in subnets and (net.get("Labels") or {}).get(LABEL_LAB):
             # An older lab's network: recreating it would cut every lab service off.
@@ -352,7 +358,20 @@ def standin_stack(cfg: Config, standin: StandinConfig) -> StackSpec:
 def _lab(cfg: Config) -> LabConfig:
     if cfg.lab is None:
         raise LabError(f"{cfg.source}: this config has no [lab] section; it is not a lab config")
+    if not cfg.target.docker_host.startswith("unix://"):
+        raise LabError(
+            f"{cfg.source}: the lab runs only on the local engine, not {cfg.target.docker_host}"
+        )
     return cfg.lab
+
+
+def _lab_engine(cfg: Config) -> Swarm:
+    """The local engine, proven to be the lab's (its network carries the lab label)."""
+    swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+    problem = lab_engine_problem(swarm, cfg.target.docker_host, cfg.network.name)
+    if problem:
+        raise LabError(f"not a lab engine: {problem}; nothing was changed")
+    return swarm
 
 
 PVFIX_STATUS = """# STATUS — pvfix (lab)
@@ -402,7 +421,7 @@ def wait_routes(cfg: Config, wait_s: float) -> list[RouteObservation]:
 def lab_status(cfg: Config) -> tuple[list[tuple[str, str]], list[RouteObservation]]:
     """(service name, 'running/desired') for every lab service, and each route's answer."""
     _lab(cfg)
-    swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+    swarm = _lab_engine(cfg)
     rows = []
     for svc in sorted(swarm.services(LAB_LABELS), key=lambda s: s["Spec"]["Name"]):
         status = svc.get("ServiceStatus") or {}
@@ -417,7 +436,8 @@ def lab_status(cfg: Config) -> tuple[list[tuple[str, str]], list[RouteObservatio
 
 def lab_down(cfg: Config, timeout_s: float = 120.0) -> dict[str, list[str]]:
     """Remove everything labelled pvcheck.lab; returns what is left (empty lists when clean)."""
-    twin.stop_drone_api(_lab(cfg))
-    swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+    lab = _lab(cfg)
+    swarm = _lab_engine(cfg)
+    twin.stop_drone_api(lab)
     remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s=timeout_s)
     return list_residue(swarm, f"{LABEL_LAB}=1")

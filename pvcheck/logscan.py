@@ -7,8 +7,8 @@ time are kept (a journald or command source is already windowed by its own argum
 
 from __future__ import annotations
 
+import os
 import re
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,10 +16,22 @@ from pathlib import Path
 from typing import Protocol
 
 from pvcheck.config import LogsConfig
+from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host
+from pvcheck.procs import MAX_LINE, LineStream
 from pvcheck.records import format_ts
+from pvcheck.safeio import open_regular
 
 VIP_SIGNATURE = "could not find an available IP while allocating VIP"
+
+
+# Fixed parts of every pattern of the family: what a grep on the host lets through.
+GREP_FRAGMENTS = (
+    "available IP while allocating VIP",
+    "Failed allocation",
+    "remove failed",
+    "key modified",
+)
 
 
 def error_family(network: str) -> dict[str, str]:
@@ -137,10 +149,14 @@ class FileLogSource:
 
     def lines(self, since: datetime, until: datetime) -> Iterator[str]:
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as fh:
-                yield from fh
+            fd = open_regular(self.path, os.O_RDONLY, follow=True)  # never a FIFO
+        except StateFileError as exc:
+            raise LogUnreadable(str(exc)) from None
         except OSError as exc:
             raise LogUnreadable(f"{self.path}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb") as fh:
+            while line := fh.readline(MAX_LINE):  # a line without an end is read in pieces
+                yield line.decode("utf-8", errors="replace")
 
 
 class CommandLogSource:
@@ -156,11 +172,13 @@ class CommandLogSource:
         label: str | None = None,
         timeout_s: float = 120,
         unreadable: tuple[str, ...] = (),
+        ok_codes: tuple[int, ...] = (0,),
     ) -> None:
         self.argv = argv
         self.label = label
         self.timeout_s = timeout_s
         self.unreadable = unreadable
+        self.ok_codes = ok_codes  # grep exits 1 when nothing matched: still a clean read
 
     def describe(self) -> str:
         return self.label or "command " + " ".join(self.argv)
@@ -171,25 +189,23 @@ class CommandLogSource:
             a.replace("{since}", since.strftime(fmt)).replace("{until}", until.strftime(fmt))
             for a in self.argv
         ]
+        # Streamed: a log of hundreds of MB is scanned line by line, never held whole.
+        stream = LineStream(argv, self.timeout_s)
         try:
-            out = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=self.timeout_s,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            for line in stream:
+                yield line.rstrip("\n")
+        except OSError as exc:
             raise LogUnreadable(f"{self.describe()}: {exc}") from None
-        said = out.stderr.strip().splitlines()
-        if out.returncode != 0:
+        stderr = stream.stderr.decode("utf-8", errors="replace")
+        said = stderr.strip().splitlines()
+        if stream.rc is None:
+            raise LogUnreadable(f"{self.describe()}: timed out after {self.timeout_s:g}s")
+        if stream.rc not in self.ok_codes:
             reason = said[-1] if said else "no message"
-            raise LogUnreadable(f"{self.describe()} exited {out.returncode}: {reason}")
+            raise LogUnreadable(f"{self.describe()} exited {stream.rc}: {reason}")
         for marker in self.unreadable:
-            if marker in out.stderr:
+            if marker in stderr:
                 raise LogUnreadable(f"{self.describe()}: {marker}")
-        yield from out.stdout.splitlines()
 
 
 def journald_source(unit: str) -> CommandLogSource:
@@ -219,7 +235,9 @@ def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
         assert cfg.path is not None  # validated by LogsConfig
         if not remote:
             return FileLogSource(cfg.path)
-        source = CommandLogSource(["cat", "--", str(cfg.path)], f"cat {cfg.path}")
+        # On the host only the lines of the error family leave it, not the whole log.
+        grep = ["grep", "-F", *(a for f in GREP_FRAGMENTS for a in ("-e", f)), "--", str(cfg.path)]
+        source = CommandLogSource(grep, f"grep -F … {cfg.path}", ok_codes=(0, 1))
     elif cfg.source == "command":
         assert cfg.command is not None
         source = CommandLogSource(cfg.command)
@@ -229,5 +247,6 @@ def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
         return source
     shown = source.label or " ".join(source.argv)
     return CommandLogSource(
-        host.argv(source.argv), host.how(shown), source.timeout_s, source.unreadable
-    )
+        host.argv(source.argv), host.how(shown), source.timeout_s, source.unreadable,
+        source.ok_codes,
+    )  # fmt: skip

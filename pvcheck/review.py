@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from pvcheck.errors import StateFileError
 from pvcheck.facts import HostFacts
@@ -37,7 +37,26 @@ class GateClaim:
         return self.state in ("claimed", "pass") and self.claimed_at is not None
 
 
-def parse_gate(body: str, gate: str) -> GateClaim:
+# A timestamp later than now by more than this is refused: a hand-written `PASS @2099…`
+# would beat every later FAIL and never go stale, and a future claim empties the review's
+# log window.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def checked_ts(text: str, path: str, line: int) -> datetime | None:
+    """The timestamp, refused (StateFileError naming file and line) when in the future."""
+    at = parse_ts(text)
+    if at is not None and at > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        raise StateFileError(path, f"timestamp {text} is in the future; refused", line)
+    return at
+
+
+def _line_of(text: str, line: str) -> int:
+    lines = text.splitlines()
+    return lines.index(line) + 1 if line in lines else 0
+
+
+def parse_gate(body: str, gate: str, path: str = "STATUS", full_text: str = "") -> GateClaim:
     state, claimed_at, run_id = "not claimed", None, None
     commands: list[str] = []
     expected: list[str] = []
@@ -45,6 +64,8 @@ def parse_gate(body: str, gate: str) -> GateClaim:
     for line in body.splitlines():
         head = _GATE_HEADER.match(line)
         if head:
+            if head.group(3):  # PASS @<UTC>
+                checked_ts(head.group(3), path, _line_of(full_text or body, line))
             state = (
                 "claimed"
                 if head.group(2).startswith("CLAIMED")
@@ -53,7 +74,8 @@ def parse_gate(body: str, gate: str) -> GateClaim:
             continue
         claimed = _CLAIMED.match(line)
         if claimed:
-            claimed_at, run_id = parse_ts(claimed.group(1)), claimed.group(2)
+            claimed_at = checked_ts(claimed.group(1), path, _line_of(full_text or body, line))
+            run_id = claimed.group(2)
         if line.startswith("### "):
             in_how, in_expected = line.startswith("### HOW"), line.startswith("### EXPECTED")
             continue
@@ -77,7 +99,7 @@ def parse_claims(status_text: str, path: str) -> dict[str, GateClaim]:
             raise StateFileError(
                 path, f"section gate-{gate} holds {len(headers)} gate headers; expected one"
             )
-        out[gate] = parse_gate(body, gate)
+        out[gate] = parse_gate(body, gate, path, status_text)
     return out
 
 
@@ -100,15 +122,15 @@ class Verdict:
     reviewed_run: str | None = None
 
 
-def parse_verdicts(review_text: str) -> dict[str, Verdict]:
+def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, Verdict]:
     """Gate -> its verdict in REVIEW; the latest per gate wins."""
     out: dict[str, Verdict] = {}
     current: str | None = None  # the gate whose verdict the following lines belong to
-    for line in review_text.splitlines():
+    for no, line in enumerate(review_text.splitlines(), 1):
         match = _REVIEW.match(line)
         if match:
             gate, result, when = match.groups()
-            at, current = parse_ts(when), None
+            at, current = checked_ts(when, path, no), None
             latest = out.get(gate)
             if latest is None or (at and (latest.at is None or at > latest.at)):
                 out[gate], current = Verdict(result, at), gate

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import subprocess
 import time
@@ -86,21 +87,45 @@ def http_fetch(client: httpx.AsyncClient) -> Fetch:
 
 
 def host_fetch(host: Host, cfg: HttpConfig) -> Fetch:
-    """One GET made by curl on the target host (`ssh host curl --connect-to ...`)."""
+    """One GET made by curl on the target host (`ssh host curl --connect-to ...`). Only the
+    head and the first MAX_BODY bytes come back: curl is stopped past them."""
 
     async def fetch(route: RouteConfig) -> tuple[int, bytes]:
         argv = curl_argv(route, cfg.timeout_s)
         ssh_timeout_s = cfg.timeout_s + 15  # curl's own deadline plus the ssh connection
         try:
-            rc, out, err = await asyncio.to_thread(run_on, host, argv, ssh_timeout_s)
+            rc, out, err = await asyncio.to_thread(
+                run_on, host, argv, ssh_timeout_s, None, MAX_HEAD + MAX_BODY
+            )
         except subprocess.TimeoutExpired:
             raise _NoAnswer(f"ssh curl gave no answer within {ssh_timeout_s:g}s") from None
-        body, _, status = out.rpartition("\n")
-        if rc != 0 or not status.isdigit() or status == "000":
+        status, body = parse_curl_output(out.encode("utf-8", errors="replace"))
+        if status is None or (rc != 0 and not body):
             raise _NoAnswer(f"curl on the host exited {rc}: {err.strip()[-200:]}")
-        return int(status), body.encode()[:MAX_BODY]
+        return status, body[:MAX_BODY]
 
     return fetch
+
+
+MAX_HEAD = 16 * 1024
+_STATUS_LINE = re.compile(rb"^HTTP/[0-9.]+ ([0-9]{3})")
+
+
+def parse_curl_output(out: bytes) -> tuple[int | None, bytes]:
+    """Pure: (status, body) of `curl -D - -o -` output; informational (1xx) heads skipped."""
+    rest = out
+    while True:
+        head, sep, body = rest.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, body = rest.partition(b"\n\n")
+        match = _STATUS_LINE.match(head)
+        if match is None:
+            return None, b""
+        status = int(match.group(1))
+        if 100 <= status < 200 and sep:
+            rest = body
+            continue
+        return status, body
 
 
 def curl_route_options(route: RouteConfig) -> list[str]:
@@ -119,8 +144,8 @@ def curl_route_options(route: RouteConfig) -> list[str]:
 
 
 def curl_argv(route: RouteConfig, timeout_s: float) -> list[str]:
-    """Pure: the curl a route's check runs on the host; the status is its last line."""
-    argv = ["curl", "-s", "-m", f"{timeout_s:g}", "-o", "-", "-w", "\n%{http_code}"]
+    """Pure: the curl a route's check runs on the host: the response head, then the body."""
+    argv = ["curl", "-s", "-m", f"{timeout_s:g}", "-D", "-", "-o", "-"]
     return [*argv, *curl_route_options(route), "--", route.url]
 
 

@@ -7,13 +7,13 @@ from prefect.cache_policies import NO_CACHE
 
 from pvcheck import judge
 from pvcheck.allocator import AllocatorResult, judge_allocator, refusal, reproduce
-from pvcheck.canary import run_canary
+from pvcheck.canary import lab_engine_problem, run_canary
 from pvcheck.config import Config
 from pvcheck.facts import parse_network
 from pvcheck.guard import check_guard
 from pvcheck.hosts import host_for
 from pvcheck.logscan import make_log_source
-from pvcheck.records import Check
+from pvcheck.records import Check, Status
 from pvcheck.runs import RunRegistry
 from pvcheck.stacks import remove_labelled
 from pvcheck.swarm import LABEL_RUN, Swarm
@@ -86,7 +86,14 @@ def guard_proof(swarm: Swarm, cfg: Config, run_id: str, canary: bool) -> list[Ch
     for check in checks:
         log.info("%s: %s — %s %s", check.id, check.status, check.found, check.detail)
     if canary:
-        if detect is None:
+        not_lab = lab_engine_problem(swarm, cfg.target.docker_host, cfg.network.name)
+        if not_lab:
+            # Never on a real host: its Step-0 guard would restart docker on the line.
+            log.warning("canary refused: %s", not_lab)
+            checks.append(
+                Check("guard.canary", "M2", Status.ERROR, "a lab engine", "refused", not_lab)
+            )
+        elif detect is None:
             checks.append(
                 judge.skipped("guard.canary", "M2", "canary", "no detection command to run")
             )

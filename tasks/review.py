@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-import subprocess
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck.claims import ColdCommand
+from pvcheck.hosts import Host
+from pvcheck.procs import run_bounded
 from pvcheck.records import Check, Status
 
 
-def run_cold_command(cmd: ColdCommand, check_id: str, gate: str, timeout_s: float = 60) -> Check:
+def run_cold_command(
+    cmd: ColdCommand, check_id: str, gate: str, host: Host | None = None, timeout_s: float = 60
+) -> Check:
     """Commands are pvcheck's own, regenerated from the config with every value shell-quoted;
-    text read from STATUS is never executed."""
-    try:
-        out = subprocess.run(
-            ["bash", "-c", cmd.command],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        found = (
-            out.stdout.strip() or out.stderr.strip()[:300] or f"(no output, exit {out.returncode})"
-        )
-    except subprocess.TimeoutExpired:
+    text read from STATUS is never executed. One for the host goes through pvcheck's ssh
+    options (BatchMode, host key checked, connect timeout); at the deadline the whole process
+    group goes, pipeline children included."""
+    if cmd.remote is not None and host is not None and host.remote:
+        argv = host.argv(["sh", "-c", cmd.remote])
+    else:
+        argv = ["bash", "-c", cmd.command]
+    done = run_bounded(argv, timeout_s, max_stdout=64 * 1024)
+    out = done.stdout.decode("utf-8", errors="replace").strip()
+    err = done.stderr.decode("utf-8", errors="replace").strip()
+    if done.rc is None:
         found = f"no answer within {timeout_s:g}s"
+    else:
+        found = out or err[:300] or f"(no output, exit {done.rc})"
     ok = found == cmd.expected
     return Check(
         check_id, gate, Status.PASS if ok else Status.FAIL, cmd.expected, found[:500], cmd.command
@@ -35,11 +36,13 @@ def run_cold_command(cmd: ColdCommand, check_id: str, gate: str, timeout_s: floa
 
 
 @task(name="cold-commands", cache_policy=NO_CACHE)
-def run_cold_commands(commands: list[ColdCommand], gate: str) -> list[Check]:
+def run_cold_commands(
+    commands: list[ColdCommand], gate: str, host: Host | None = None
+) -> list[Check]:
     log = get_run_logger()
     checks = []
     for n, cmd in enumerate(c for c in commands if c.exact):
-        check = run_cold_command(cmd, f"review.how.{gate}.{n + 1}", gate)
+        check = run_cold_command(cmd, f"review.how.{gate}.{n + 1}", gate, host)
         log.info(
             "$ %s\n%s  [%s, expected %s]", cmd.command, check.found, check.status, cmd.expected
         )

@@ -99,6 +99,18 @@ BAD_INPUTS = [
         "less than",
     ),
     ("file log without path", _set("logs", "path", None), "logs", "needs path"),
+    (
+        "userinfo in a route URL",
+        _set("routes.0", "url", "https://admin:hunter2@drone.lab.test/"),
+        "routes[0].url",
+        "must not carry user:password@",
+    ),
+    (
+        "userinfo in the Drone URL",
+        _set("deploy", "drone", {"url": "http://ci:pw@127.0.0.1:1/", "repo": "a/b"}),
+        "deploy.drone.url",
+        "must not carry user:password@",
+    ),
 ]
 
 

@@ -80,4 +80,16 @@ def test_curl_from_the_host_keeps_host_name_and_ends_with_the_status() -> None:
     argv = curl_argv(route, 5)
     assert argv[-2:] == ["--", "https://drone.example/healthz"]
     assert "drone.example:443:127.0.0.1:443" in argv and "-k" in argv
-    assert argv[argv.index("-w") + 1] == "\n%{http_code}"
+    assert argv[argv.index("-D") + 1] == "-" and argv[argv.index("-o") + 1] == "-"
+
+
+def test_curl_output_is_read_for_its_status_and_a_bounded_body() -> None:
+    from pvcheck.routes import parse_curl_output
+
+    assert parse_curl_output(b"HTTP/1.1 303 See Other\r\nLocation: /x\r\n\r\n") == (303, b"")
+    assert parse_curl_output(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/2 200\r\nA: b\r\n\r\nhello") == (
+        200,
+        b"hello",
+    )
+    assert parse_curl_output(b"") == (None, b"")
+    assert parse_curl_output(b"<html>not a head") == (None, b"")

@@ -147,3 +147,34 @@ def test_line_separators_cannot_break_an_owned_section(tmp_path: Path) -> None:
     assert list(sections(text, str(status))) == ["summary"] and "second run" in text
     append_journal(tmp_path / "JOURNAL-pvcheck.md", "# J\n", f"- {hostile}")
     assert len((tmp_path / "JOURNAL-pvcheck.md").read_text().splitlines()) == 3
+
+
+def test_canary_with_a_target_override_exits_2_before_any_connection(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pvcheck import hosts
+    from pvcheck.cli import main
+
+    def no_connection(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(hosts, "host_for", no_connection)
+    monkeypatch.setattr("pvcheck.swarm.Swarm.connect", no_connection)
+    rc = main(["run", "--target", "ssh://root@cc-ci.example:22", "--canary"])
+    assert rc == 2
+    assert "--canary: not with --target" in capsys.readouterr().err
+
+
+def test_lab_actions_refuse_a_remote_engine(tmp_path: Path) -> None:
+    from pvcheck.config import load_config
+    from pvcheck.errors import LabError
+    from pvcheck.lab import lab_down, lab_status, lab_up
+    from tests.helpers import write_config
+
+    def remote(raw: dict[str, object]) -> None:
+        raw["target"]["docker_host"] = "ssh://root@cc-ci.example:22"  # type: ignore[index]
+
+    cfg = load_config(write_config(tmp_path, remote))
+    for action in (lab_up, lab_down, lab_status):
+        with pytest.raises(LabError, match="only on the local engine"):
+            action(cfg)  # type: ignore[operator]
