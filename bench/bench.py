@@ -141,12 +141,14 @@ def overhead(repeat: int, api_url: str, work: Path) -> dict[str, Figure]:
     os.environ["PREFECT_API_URL"] = api_url
     from bench.direct import run_direct
     from flows.verify import RunParameters, verify
+    from pvcheck.pinned import pin
 
     config = str(write_config(work))
+    (name,) = pin([config])
     engine, direct = Figure("engine", "s"), Figure("direct", "s")
     for _ in range(repeat):
         t0 = time.monotonic()
-        state = verify(RunParameters(config_path=config), return_state=True)
+        state = verify(RunParameters(config=name), return_state=True)
         engine.values.append(time.monotonic() - t0)
         assert state.is_completed(), state
         t0 = time.monotonic()

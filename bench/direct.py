@@ -70,8 +70,8 @@ def _no_artifacts(report: Report) -> None:
 def run_direct(config_path: str) -> Report:
     """One full verification (every stage, evidence included) with no engine and no API."""
     cfg = load_config(config_path)
-    params = verify_flow.RunParameters(config_path=config_path)
-    with plain_tasks(), HostLock(cfg.target.state_dir, cfg.target.name):
+    params = verify_flow.RunParameters(config=cfg.target.name)
+    with plain_tasks(), HostLock(cfg.target.state_dir, cfg.target.docker_host):
         state = verify_flow._verify_locked(cfg, verify_flow.new_run_id(), params)
     report = state.data
     assert isinstance(report, Report)

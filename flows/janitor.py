@@ -8,10 +8,10 @@ import os
 
 from prefect import State, flow
 from prefect.states import Completed, Failed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from flows.verify import DEFAULT_CONFIG
 from pvcheck.config import load_config
+from pvcheck.pinned import pinned_path
 from pvcheck.records import Status
 from pvcheck.runs import EngineLock, HostLock
 from tasks.host import connect_engine
@@ -19,13 +19,17 @@ from tasks.proofs import reap_dead_runs
 
 
 class JanitorParameters(BaseModel):
-    config_path: str = Field(DEFAULT_CONFIG, description="pvcheck TOML config on the worker")
+    model_config = ConfigDict(extra="forbid")  # a stale or made-up field is an error
+
+    config: str = Field(
+        "", description="which served config, by its target name (empty: the first)", max_length=63
+    )
 
 
 @flow(name="pvcheck-janitor", log_prints=False)
 def janitor(params: JanitorParameters | None = None) -> State:
     params = params or JanitorParameters()
-    cfg = load_config(params.config_path)
+    cfg = load_config(pinned_path(params.config))
     with HostLock(cfg.target.state_dir, cfg.target.docker_host):
         swarm = connect_engine(cfg)
         with EngineLock(swarm, f"janitor-{os.getpid()}"):

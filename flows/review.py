@@ -12,16 +12,17 @@ from typing import Any
 
 from prefect import State, flow, get_run_logger
 from prefect.states import Completed, Failed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pvcheck import judge
 from pvcheck.claims import m1_claim, residue_commands, unexplained_m2_commands
-from pvcheck.config import LAB_CONFIG, Config, load_config
+from pvcheck.config import Config, load_config
 from pvcheck.evidence import render
 from pvcheck.facts import HostFacts
 from pvcheck.guard import check_guard
 from pvcheck.hosts import host_for
 from pvcheck.logscan import LogScan
+from pvcheck.pinned import pinned_path
 from pvcheck.records import GATES, Check, Status, format_ts
 from pvcheck.review import (
     Finding,
@@ -47,11 +48,13 @@ from tasks.host import capture_facts, connect_engine, read_precondition_phase, s
 from tasks.review import run_cold_commands
 from tasks.routes import check_routes
 
-DEFAULT_CONFIG = str(LAB_CONFIG)
-
 
 class ReviewParameters(BaseModel):
-    config_path: str = Field(DEFAULT_CONFIG, description="pvcheck TOML config on the worker")
+    model_config = ConfigDict(extra="forbid")  # a stale or made-up field is an error
+
+    config: str = Field(
+        "", description="which served config, by its target name (empty: the first)", max_length=63
+    )
 
 
 @dataclass
@@ -173,7 +176,7 @@ def live_m2(
 @flow(name="pvcheck-review", log_prints=False)
 def review(params: ReviewParameters | None = None) -> State:
     params = params or ReviewParameters()
-    cfg = load_config(params.config_path)
+    cfg = load_config(pinned_path(params.config))
     log = get_run_logger()
     docs, phase = cfg.docs.dir, cfg.docs.phase
     status_path = docs / f"STATUS-{phase}.md"

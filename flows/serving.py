@@ -11,10 +11,7 @@ deployments against one host are serialized by the host lock (a colliding run en
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +22,16 @@ from pydantic import BaseModel
 from flows.janitor import JanitorParameters, janitor
 from flows.review import ReviewParameters, review
 from flows.verify import RunParameters, verify
-from pvcheck.api import api_healthy, wait_healthy
-from pvcheck.errors import PvcheckError
+from pvcheck.api import (
+    accepts_anonymous,
+    api_healthy,
+    auth_string,
+    start_server,
+    use_api,
+    wait_healthy,
+)
+from pvcheck.config import Config
+from pvcheck.errors import PrefectUnavailable, PvcheckError
 
 # The nightly re-check, in UTC: 01:17 every day, clear of cc-ci's weekly /upgrade-all sweep
 # (Saturdays from 03:00 UTC), whose Step 0 may restart docker under a running check. A run
@@ -41,9 +46,10 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(
 
 
 def build_deployments(
-    config_path: str, cron: str = NIGHTLY_CRON, timezone: str = "UTC"
+    configs: dict[str, Config], cron: str = NIGHTLY_CRON, timezone: str = "UTC"
 ) -> list[Any]:
-    config_path = str(Path(config_path).resolve())
+    """The deployments; their parameters name a pinned config, never a path."""
+    first = next(iter(configs))
     nightly = {"schedule": Cron(cron, timezone=timezone)}
     table: list[tuple[Any, str, type[BaseModel], dict[str, Any], str]] = [
         (
@@ -60,7 +66,7 @@ def build_deployments(
     return [
         flow.to_deployment(
             name=name,
-            parameters={"params": params(config_path=config_path).model_dump()},
+            parameters={"params": params(config=first).model_dump()},
             description=description,
             concurrency_limit=ONE_AT_A_TIME,
             tags=["pvcheck"],
@@ -70,37 +76,48 @@ def build_deployments(
     ]
 
 
-def ensure_server(host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 180) -> str:
-    """Attach to PREFECT_API_URL, or start `prefect server start` on host:port and use it."""
+def ensure_server(
+    state_dir: Path, host: str = "127.0.0.1", port: int = 4200, timeout_s: float = 180
+) -> str:
+    """Attach to PREFECT_API_URL, which must refuse calls without credentials; or start a
+    server of pvcheck's own on host:port, with an auth string, that dies with this process.
+
+    An API anyone on the machine can call would let any local user start runs as root; a
+    port someone else already listens on could be theirs: both are refused.
+    """
     url = os.environ.get("PREFECT_API_URL")
     if url:
         if not api_healthy(url):
-            raise PvcheckError(f"PREFECT_API_URL={url} does not answer /health")
+            raise PrefectUnavailable(f"PREFECT_API_URL={url} does not answer /health")
+        if accepts_anonymous(url):
+            raise PvcheckError(
+                f"the Prefect API at {url} accepts calls without credentials: any local user "
+                "could start runs as root. Set PREFECT_SERVER_API_AUTH_STRING on the server "
+                "and PREFECT_API_AUTH_STRING here"
+            )
         return url
     url = f"http://{host}:{port}/api"
-    if not api_healthy(url):
-        prefect = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
-        with socket.socket() as s:
-            if s.connect_ex((host, port)) == 0:
-                raise PvcheckError(
-                    f"{host}:{port} is taken by something that is not a Prefect server"
-                )
-        subprocess.Popen(
-            [prefect, "server", "start", "--host", host, "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        if not wait_healthy(url, timeout_s):
-            raise PvcheckError(f"prefect server did not answer on {url} within {timeout_s:g}s")
-    os.environ["PREFECT_API_URL"] = url
+    with socket.socket() as s:
+        if s.connect_ex((host, port)) == 0:
+            raise PvcheckError(
+                f"{host}:{port} is already taken; pvcheck serve starts its own Prefect server "
+                "there (it never attaches to one it did not start). Stop it, or set "
+                "PREFECT_API_URL to a server you run with PREFECT_SERVER_API_AUTH_STRING"
+            )
+    auth = auth_string(state_dir / "prefect-api-auth")
+    start_server(host, port, auth, ui=True)
+    if not wait_healthy(url, timeout_s):
+        raise PrefectUnavailable(f"prefect server did not answer on {url} within {timeout_s:g}s")
+    use_api(url, auth)
+    print(f"Prefect UI login (auth string): in {state_dir / 'prefect-api-auth'}", flush=True)
     return url
 
 
-def serve_all(config_path: str, cron: str, timezone: str) -> None:
+def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
     from prefect import serve
 
-    url = ensure_server()
+    first = next(iter(configs.values()))
+    url = ensure_server(first.target.state_dir)
     print(f"serving pvcheck deployments on {url} (nightly cron {cron!r} {timezone})", flush=True)
     # Schedules stay active when the server goes away or this process restarts.
-    serve(*build_deployments(config_path, cron, timezone), pause_on_shutdown=False)
+    serve(*build_deployments(configs, cron, timezone), pause_on_shutdown=False)

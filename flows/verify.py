@@ -17,11 +17,10 @@ from prefect import State, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pvcheck import judge
 from pvcheck.config import (
-    LAB_CONFIG,
     MAX_ALLOCATOR_BATCH,
     MAX_ALLOCATOR_CONCURRENCY,
     MAX_ALLOCATOR_ROUNDS,
@@ -31,6 +30,7 @@ from pvcheck.config import (
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
 from pvcheck.evidence import render
 from pvcheck.hosts import host_for
+from pvcheck.pinned import pinned_path
 from pvcheck.records import Check, Status, Verdict, format_ts
 from pvcheck.report import Report
 from pvcheck.runs import EngineLock, HostLock, RunRegistry
@@ -44,14 +44,20 @@ from tasks.proofs import allocator_proof, guard_proof, reap_dead_runs
 from tasks.routes import check_routes, recheck_core_routes
 from tasks.teardown import teardown
 
-DEFAULT_CONFIG = str(LAB_CONFIG)
 log = logging.getLogger(__name__)
 
 
 class RunParameters(BaseModel):
     """What the Prefect UI form offers. Caps are the config's hard limits: never raisable."""
 
-    config_path: str = Field(DEFAULT_CONFIG, description="pvcheck TOML config on the worker")
+    model_config = ConfigDict(extra="forbid")  # a stale or made-up field is an error
+
+    config: str = Field(
+        "",
+        description="which served config to run, by its target name (empty: the first); "
+        "configs are pinned by `pvcheck serve`, never given as a path here",
+        max_length=63,
+    )
     allocator_batch: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_BATCH)
     allocator_concurrency: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_CONCURRENCY)
     allocator_rounds: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_ROUNDS)
@@ -105,7 +111,7 @@ def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
     try:
         # The engine the run used: the config's, or the run's override of it.
         params = RunParameters.model_validate(raw)
-        cfg = load_config(params.config_path, params.overrides())
+        cfg = load_config(pinned_path(params.config), params.overrides())
         swarm = Swarm.for_target(cfg.target)
         left = remove_labelled(swarm, f"{LABEL_RUN}={flow_run.name}", timeout_s=120)
         log.warning("run %s ended %s; swept its label, left: %s", flow_run.name, state.type, left)
@@ -288,7 +294,7 @@ def _run_name() -> str:
 def verify(params: RunParameters | None = None) -> State:
     """Verify the host named by the config; write evidence; end Failed when a gate fails."""
     params = params or RunParameters()
-    cfg = load_config(params.config_path, params.overrides())
+    cfg = load_config(pinned_path(params.config), params.overrides())
     if params.canary and (cfg.lab is None or params.docker_host):
         raise ConfigError(
             str(cfg.source),

@@ -6,6 +6,10 @@ reaches exit: the server was left running for good (about 200 MB each; the fault
 alone left fifteen). pvcheck therefore starts that temporary server itself, the same way,
 from the main thread and with the kernel told to stop it when pvcheck dies
 (PR_SET_PDEATHSIG), and points Prefect at it. A configured API is used as is.
+
+Every API pvcheck starts requires an auth string (PREFECT_SERVER_API_AUTH_STRING): without
+one, any local user could call it, and a served API hands out runs that pvcheck executes as
+root.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import atexit
 import ctypes
 import logging
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +30,9 @@ from pathlib import Path
 
 import httpx
 
-from pvcheck import quiet_prefect
+from pvcheck import masking, quiet_prefect
+from pvcheck.errors import PrefectUnavailable
+from pvcheck.safeio import atomic_write, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +54,84 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(port: int) -> subprocess.Popen[bytes]:
+def start_server(host: str, port: int, auth: str, ui: bool = False) -> subprocess.Popen[bytes]:
+    """A Prefect server on host:port that requires `auth` (Basic "user:secret") for every
+    call but /health, and that the kernel stops when this process dies. With `ui`, the full
+    `prefect server start` (the UI asks for the auth string); without, only what a temporary
+    API needs, as Prefect's own temporary server runs it."""
     import prefect
     from prefect.settings import get_current_settings
 
     quiet_prefect()
     parent = os.getpid()
-    return subprocess.Popen(
-        [
+    env = {
+        **os.environ,
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    if ui:
+        prefect_cli = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
+        argv = [prefect_cli, "server", "start", "--host", host, "--port", str(port)]
+    else:
+        argv = [
             *(sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1])),
             *("--factory", "prefect.server.api.server:create_app"),
-            *("--host", "127.0.0.1", "--port", str(port), "--log-level", "error"),
+            *("--host", host, "--port", str(port), "--log-level", "error"),
             *("--lifespan", "on"),
-        ],
-        env={
-            **os.environ,
-            **get_current_settings().to_environment_variables(exclude_unset=True),
-            # What Prefect's own temporary server sets: no UI, only the services an
-            # ephemeral server needs.
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        },
+        ]
+        env.update({"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"})
+        env["PREFECT__SERVER_FINAL"] = "1"
+    return subprocess.Popen(
+        argv,
+        env=env,
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if ui else None,
+        stderr=subprocess.DEVNULL if ui else None,
         # Forked from the main thread, which lives as long as pvcheck: the death signal
         # follows the thread that forked, not the process.
         preexec_fn=lambda: _die_with_parent(parent),
     )
+
+
+def new_auth_string() -> str:
+    value = f"pvcheck:{secrets.token_urlsafe(24)}"
+    masking.register(value)
+    return value
+
+
+def auth_string(path: Path) -> str:
+    """The served API's auth string, kept root-only in `path` so the UI login survives a
+    restart of `pvcheck serve`; made on first use."""
+    data = read_capped(path, 4096)
+    if data is not None and data.strip():
+        value = data.decode("utf-8", errors="replace").strip()
+        masking.register(value)
+        return value
+    value = new_auth_string()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, value + "\n", new_mode=0o600)
+    return value
+
+
+def use_api(url: str, auth: str | None) -> None:
+    """Point this process (and the flow runs it starts) at the API, with its credentials."""
+    from prefect.context import refresh_global_settings_context
+
+    os.environ["PREFECT_API_URL"] = url
+    if auth is not None:
+        os.environ["PREFECT_API_AUTH_STRING"] = auth
+    refresh_global_settings_context()  # Prefect read its settings when it was imported
+
+
+def accepts_anonymous(url: str) -> bool:
+    """The API answers a call that carries no credentials (anyone on the machine may call)."""
+    try:
+        resp = httpx.post(f"{url}/flows/filter", json={"limit": 1}, timeout=5, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return resp.status_code < 400
 
 
 def api_healthy(url: str) -> bool:
@@ -104,32 +163,40 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def ensure_prefect_api() -> str | None:
-    """Start the temporary API for this process unless one is configured (then None).
+    """Start the temporary API for this process unless one is configured (then None; a
+    configured one that does not answer is PrefectUnavailable, exit 7, not a verdict).
 
-    It is stopped at exit, after Prefect's own exit handlers (registered later, so run
-    earlier) have sent the last logs and events to it; if pvcheck is killed, the kernel
-    stops it.
+    It requires an auth string only this process knows, is stopped at exit after Prefect's
+    own exit handlers (registered later, so run earlier) have sent the last logs and events
+    to it, and if pvcheck is killed, the kernel stops it.
     """
-    from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
-    if get_current_settings().api.url or threading.current_thread() is not threading.main_thread():
-        return None  # configured; or not the main thread (see _start), so Prefect's own
+    configured = get_current_settings().api.url
+    if configured:
+        if not api_healthy(str(configured)):
+            raise PrefectUnavailable(
+                f"the Prefect API at {configured} does not answer /health; start it, or unset "
+                "PREFECT_API_URL to let pvcheck run a temporary one"
+            )
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None  # not the main thread (see start_server): Prefect's own then
+    auth = new_auth_string()
     for _ in range(3):  # a port taken between choosing and binding: choose again
         port = free_port()
         url = f"http://127.0.0.1:{port}/api"
-        proc = _start(port)
+        proc = start_server("127.0.0.1", port, auth)
         if wait_healthy(url, START_TIMEOUT_S, proc):
             break
         _stop(proc)
     else:
-        raise RuntimeError("the temporary Prefect API did not start; set PREFECT_API_URL")
+        raise PrefectUnavailable("the temporary Prefect API did not start; set PREFECT_API_URL")
     atexit.register(_stop, proc)
     print(
         f"pvcheck: temporary Prefect API on {url} for this run "
         "(set PREFECT_API_URL to use a running server)",
         file=sys.stderr,
     )
-    os.environ["PREFECT_API_URL"] = url
-    refresh_global_settings_context()  # Prefect read its settings when it was imported
+    use_api(url, auth)
     return url

@@ -22,6 +22,7 @@ from pvcheck.errors import (
     PvcheckError,
 )
 from pvcheck.masking import masked_output
+from pvcheck.pinned import pin
 from pvcheck.records import Verdict
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation
@@ -113,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Refused before anything connects: the canary makes an allocator log the signature
         # a real host's upgrade guard answers by restarting docker.
         raise ConfigError(args.config, "--canary", "not with --target: the canary is lab-only")
-    params = RunParameters(config_path=args.config, canary=args.canary, docker_host=args.target)
+    (name,) = pin([args.config])  # the flow runs this config and no other
+    params = RunParameters(config=name, canary=args.canary, docker_host=args.target)
     load_config(args.config, params.overrides())  # fail fast (exit 2) before the engine starts
     ensure_prefect_api()
     state = verify(params, return_state=True)
@@ -147,11 +149,11 @@ def _write_report(path: str | None, text: str) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    load_config(args.config)
+    (name,) = pin([args.config])
     from flows.review import ReviewParameters, ReviewResult, review
 
     ensure_prefect_api()
-    state = review(ReviewParameters(config_path=args.config), return_state=True)
+    state = review(ReviewParameters(config=name), return_state=True)
     result = _flow_result(state, ReviewResult)
     _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")
     print(f"pvcheck review {result.verdict.upper()}  {result.review_id}")
@@ -180,10 +182,10 @@ def cmd_done(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    load_config(args.config)
+    configs = pin([args.config])  # the served deployments may run these configs only
     from flows.serving import serve_all
 
-    serve_all(args.config, args.cron, args.timezone)
+    serve_all(configs, args.cron, args.timezone)
     return EXIT_PASS
 
 

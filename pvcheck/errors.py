@@ -13,6 +13,7 @@ EXIT_UNREACHABLE = 3
 EXIT_INCOMPLETE = 4  # nothing failed, but a gate was not proven (verdict INCOMPLETE)
 EXIT_BUSY = 5
 EXIT_LAB = 6
+EXIT_PREFECT = 7
 
 
 class PvcheckError(Exception):
@@ -59,3 +60,9 @@ class HostBusy(PvcheckError):
     """Another pvcheck run holds the host lock."""
 
     exit_code = EXIT_BUSY
+
+
+class PrefectUnavailable(PvcheckError):
+    """The configured Prefect API does not answer (not a verdict about the host)."""
+
+    exit_code = EXIT_PREFECT

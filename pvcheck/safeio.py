@@ -96,7 +96,7 @@ def append(path: Path, data: bytes) -> None:
             raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str, new_mode: int = NEW_FILE_MODE) -> None:
     """Write via a new temp file in the same folder, fsync, rename over the old one; the old
     file survives any error, and the new one keeps its mode and owner."""
     tmp: Path | None = None
@@ -114,7 +114,7 @@ def atomic_write(path: Path, text: str) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode("utf-8"))
             fh.flush()
-            os.fchmod(fh.fileno(), (old.st_mode & 0o7777) if old else NEW_FILE_MODE)
+            os.fchmod(fh.fileno(), (old.st_mode & 0o7777) if old else new_mode)
             if old is not None and os.geteuid() == 0:
                 os.fchown(fh.fileno(), old.st_uid, old.st_gid)
             os.fsync(fh.fileno())

@@ -3,6 +3,7 @@ triggered through the REST API exactly as the UI's Run and Cancel buttons do."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -23,13 +24,22 @@ from tests.helpers import ROOT, write_config
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+# The server requires credentials, as `pvcheck serve` insists (an API anyone on the machine
+# can call would hand out runs that pvcheck executes as root).
+AUTH = "pvcheck-test:0f3c5a9b7e21d4"
+AUTH_HEADER = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_AUTH_STRING": AUTH,
+    }
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
@@ -64,6 +74,7 @@ def served(
     env = {
         **os.environ,
         "PREFECT_API_URL": server,
+        "PREFECT_API_AUTH_STRING": AUTH,
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
@@ -101,7 +112,9 @@ def served(
 
 def _post(url: str, path: str, body: dict[str, Any]) -> Any:
     for _ in range(10):  # SQLite behind a busy server answers 503 now and then
-        resp = httpx.post(f"{url}{path}", json=body, timeout=30, trust_env=False)
+        resp = httpx.post(
+            f"{url}{path}", json=body, headers=AUTH_HEADER, timeout=30, trust_env=False
+        )
         if resp.status_code != 503:
             break
         time.sleep(1)
@@ -123,7 +136,7 @@ def _trigger(url: str, deployment: str) -> str:
 
 
 def _run(url: str, run_id: str) -> dict[str, Any]:
-    resp = httpx.get(f"{url}/flow_runs/{run_id}", timeout=30, trust_env=False)
+    resp = httpx.get(f"{url}/flow_runs/{run_id}", headers=AUTH_HEADER, timeout=30, trust_env=False)
     resp.raise_for_status()
     return dict(resp.json())
 
@@ -154,6 +167,29 @@ def _logs(url: str, run_id: str) -> str:
         lines += [entry["message"] for entry in page]
         if len(page) < 200:
             return "\n".join(lines)
+
+
+@pytest.mark.faults
+def test_the_served_api_refuses_anonymous_calls_and_takes_no_config_path(
+    served: tuple[str, Path],
+) -> None:
+    url, _ = served
+    anonymous = httpx.post(f"{url}/deployments/filter", json={}, timeout=30, trust_env=False)
+    assert anonymous.status_code == 401
+    for name, dep in _deployments(url).items():
+        schema = dep["parameter_openapi_schema"]
+        assert "config_path" not in str(schema), name
+        params = schema["definitions"][next(iter(schema["definitions"]))]["properties"]
+        assert "config" in params and params["config"]["type"] == "string"
+    # A run that names a config of its own is refused; nothing else can choose one.
+    dep = _deployments(url)["manual"]
+    run = _post(
+        url,
+        f"/deployments/{dep['id']}/create_flow_run",
+        {"parameters": {"params": {"config": "/tmp/mine.toml"}}},
+    )
+    final = _wait(url, str(run["id"]))
+    assert final["state_type"] in ("FAILED", "CRASHED"), final["state"]
 
 
 def test_deployments_and_nightly_schedule(served: tuple[str, Path]) -> None:
