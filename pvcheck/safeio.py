@@ -82,18 +82,20 @@ def append(path: Path, data: bytes) -> None:
         raise
     except OSError as exc:
         raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "ab") as fh:
-        info = os.fstat(fh.fileno())
+    try:  # unbuffered: a failing write is reported here, never again at close
+        info = os.fstat(fd)
         if info.st_nlink > 1:
             raise _refuse(path, "has other hard links; refused")
         if info.st_size == 0:
-            os.fchmod(fh.fileno(), NEW_FILE_MODE)
-        try:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        except OSError as exc:
-            raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
+            os.fchmod(fd, NEW_FILE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError as exc:
+        raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, text: str, new_mode: int = NEW_FILE_MODE) -> None:
@@ -111,13 +113,16 @@ def atomic_write(path: Path, text: str, new_mode: int = NEW_FILE_MODE) -> None:
             raise _refuse(path, f"is {kind}, not a regular file; refused")
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fchmod(fh.fileno(), (old.st_mode & 0o7777) if old else new_mode)
+        try:  # unbuffered, as in append()
+            view = memoryview(text.encode("utf-8"))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, (old.st_mode & 0o7777) if old else new_mode)
             if old is not None and os.geteuid() == 0:
-                os.fchown(fh.fileno(), old.st_uid, old.st_gid)
-            os.fsync(fh.fileno())
+                os.fchown(fd, old.st_uid, old.st_gid)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
