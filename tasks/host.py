@@ -85,6 +85,7 @@ def read_precondition_phase(cfg: Config) -> bool | None:
 @task(name="scan-docker-log", cache_policy=NO_CACHE)
 def scan_docker_log(cfg: Config, since: datetime, until: datetime) -> LogScan:
     log = get_run_logger()
+    since = min(since, until)  # a window never runs backwards (a clock or a claim time)
     source = make_log_source(cfg.logs, host_for(cfg.target))
     patterns = error_family(cfg.network.name)
     try:

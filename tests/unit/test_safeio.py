@@ -178,3 +178,21 @@ def test_lab_actions_refuse_a_remote_engine(tmp_path: Path) -> None:
     for action in (lab_up, lab_down, lab_status):
         with pytest.raises(LabError, match="only on the local engine"):
             action(cfg)  # type: ignore[operator]
+
+
+def test_only_the_labs_own_network_on_the_local_socket_is_a_lab_engine() -> None:
+    from pvcheck.canary import lab_engine_problem
+
+    class Net:
+        def __init__(self, labels: dict[str, str] | None) -> None:
+            self.labels = labels
+
+        def network(self, name: str) -> dict[str, object] | None:
+            return None if self.labels is None else {"Name": name, "Labels": self.labels}
+
+    sock = "unix:///var/run/docker.sock"
+    assert lab_engine_problem(Net({"pvcheck.lab": "1"}), sock, "proxy") is None  # type: ignore[arg-type]
+    assert "not made by the lab" in (lab_engine_problem(Net({}), sock, "proxy") or "")  # type: ignore[arg-type]
+    assert "no proxy network" in (lab_engine_problem(Net(None), sock, "proxy") or "")  # type: ignore[arg-type]
+    remote = lab_engine_problem(Net({"pvcheck.lab": "1"}), "ssh://root@cc-ci:22", "proxy")  # type: ignore[arg-type]
+    assert remote == "ssh://root@cc-ci:22 is not the local engine"
