@@ -14,7 +14,6 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from pvcheck.errors import HostBusy, StateFileError
@@ -140,12 +139,7 @@ class HostLock:
         self._fh = fh
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._fh is not None:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
@@ -220,12 +214,7 @@ class EngineLock:
                 self.swarm.call(api.remove_config, current["ID"])
         raise HostBusy(f"the engine lock (docker config {LOCK_NAME}) could not be taken")
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self.held_id is not None:
             with contextlib.suppress(Exception):  # an engine gone now: the lock expires
                 self.swarm.call(self.swarm.api.remove_config, self.held_id)
