@@ -388,8 +388,11 @@ def _lab(cfg: Config) -> LabConfig:
 
 
 def _lab_engine(cfg: Config) -> Swarm:
-    """The local engine, proven to be the lab's (its network carries the lab label)."""
+    """The local engine, proven to be the lab's: its network carries the lab label, or it
+    has none (a lab already taken down; only lab-labelled objects are ever touched)."""
     swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+    if swarm.network(cfg.network.name) is None:
+        return swarm
     problem = lab_engine_problem(swarm, cfg.target.docker_host, cfg.network.name)
     if problem:
         raise LabError(f"not a lab engine: {problem}; nothing was changed")

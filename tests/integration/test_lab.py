@@ -63,6 +63,7 @@ def test_lab_down_leaves_nothing_then_up_restores(lab: Config, engine: Swarm) ->
     ).stdout.split()
     assert not [s for s in stacks if s.startswith("lab-")]
     assert engine.network("proxy") is None
+    assert not any(lab_down(lab).values())  # again: nothing left, not an error
     probes = lab_up(lab)
     assert all(p.status in r.expect_status for p, r in zip(probes, lab.routes, strict=True))
 
