@@ -26,6 +26,7 @@ from pvcheck.api import (
     accepts_anonymous,
     api_healthy,
     auth_string,
+    listener_is_ours,
     start_server,
     use_api,
     wait_healthy,
@@ -105,9 +106,15 @@ def ensure_server(
                 "PREFECT_API_URL to a server you run with PREFECT_SERVER_API_AUTH_STRING"
             )
     auth = auth_string(state_dir / "prefect-api-auth")
-    start_server(host, port, auth, ui=True)
-    if not wait_healthy(url, timeout_s):
+    proc = start_server(host, port, auth, ui=True)
+    if not wait_healthy(url, timeout_s, proc):
         raise PrefectUnavailable(f"prefect server did not answer on {url} within {timeout_s:g}s")
+    if not listener_is_ours(port, proc.pid):
+        proc.terminate()
+        raise PvcheckError(
+            f"{host}:{port} answers, but not from the server pvcheck started (someone took "
+            "the port meanwhile); nothing was sent to it"
+        )
     use_api(url, auth)
     print(f"Prefect UI login (auth string): in {state_dir / 'prefect-api-auth'}", flush=True)
     return url

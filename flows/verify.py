@@ -35,7 +35,7 @@ from pvcheck.records import Check, Status, Verdict, format_ts
 from pvcheck.report import Report
 from pvcheck.runs import EngineLock, HostLock, RunRegistry
 from pvcheck.stacks import remove_labelled
-from pvcheck.statefiles import append_journal
+from pvcheck.statefiles import append_journal, docs_lock
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tasks.deploy import deploy_proof, wait_for_quiet_host
 from tasks.evidence import publish_artifacts, write_evidence_files
@@ -97,12 +97,13 @@ def utc_now() -> str:
 
 def _unreachable_journal(cfg: Config, run_id: str, exc: Exception) -> None:
     """The only thing written when the target cannot be reached."""
-    append_journal(
-        cfg.docs.dir / f"JOURNAL-{cfg.docs.phase}.md",
-        render("journal_header.md.j2", phase=cfg.docs.phase),
-        f"## {utc_now()} — run `{run_id}`: UNREACHABLE\n\n- Target `{cfg.target.name}` "
-        f"({cfg.target.docker_host}) could not be reached: {exc}. Nothing was checked.\n",
-    )
+    with docs_lock(cfg.docs.dir):  # the folder's checks, as for every write there
+        append_journal(
+            cfg.docs.dir / f"JOURNAL-{cfg.docs.phase}.md",
+            render("journal_header.md.j2", phase=cfg.docs.phase),
+            f"## {utc_now()} — run `{run_id}`: UNREACHABLE\n\n- Target `{cfg.target.name}` "
+            f"({cfg.target.docker_host}) could not be reached: {exc}. Nothing was checked.\n",
+        )
 
 
 def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:

@@ -32,7 +32,7 @@ import httpx
 
 from pvcheck import masking, quiet_prefect
 from pvcheck.errors import PrefectUnavailable
-from pvcheck.safeio import atomic_write, read_capped
+from pvcheck.safeio import atomic_write, read_capped, require_root_only
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,14 @@ def new_auth_string() -> str:
 def auth_string(path: Path) -> str:
     """The served API's auth string, kept root-only in `path` so the UI login survives a
     restart of `pvcheck serve`; made on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    require_root_only(path.parent, "the state folder")
     data = read_capped(path, 4096)
     if data is not None and data.strip():
         value = data.decode("utf-8", errors="replace").strip()
         masking.register(value)
         return value
     value = new_auth_string()
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, value + "\n", new_mode=0o600)
     return value
 
@@ -123,6 +124,58 @@ def use_api(url: str, auth: str | None) -> None:
     if auth is not None:
         os.environ["PREFECT_API_AUTH_STRING"] = auth
     refresh_global_settings_context()  # Prefect read its settings when it was imported
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP `port` on 127.0.0.1 or any address."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.add(inode)
+    return found
+
+
+def _process_tree(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat_file.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat_file.parent.name))
+    tree, todo = {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            tree.add(child)
+            todo.append(child)
+    return tree
+
+
+def listener_is_ours(port: int, pid: int) -> bool:
+    """Whether what listens on `port` is the server pvcheck started (process `pid` or one of
+    its children): a squatter that answers /health first never gets the auth string."""
+    inodes = {f"socket:[{i}]" for i in _listening_inodes(port)}
+    if not inodes:
+        return False
+    for member in _process_tree(pid):
+        try:
+            fds = list(Path(f"/proc/{member}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def accepts_anonymous(url: str) -> bool:
@@ -187,7 +240,7 @@ def ensure_prefect_api() -> str | None:
         port = free_port()
         url = f"http://127.0.0.1:{port}/api"
         proc = start_server("127.0.0.1", port, auth)
-        if wait_healthy(url, START_TIMEOUT_S, proc):
+        if wait_healthy(url, START_TIMEOUT_S, proc) and listener_is_ours(port, proc.pid):
             break
         _stop(proc)
     else:

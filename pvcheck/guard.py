@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pvcheck.config import GuardConfig
 from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host
-from pvcheck.procs import run_bounded
+from pvcheck.procs import PLAIN_ENV, run_bounded
 from pvcheck.records import Check, Status
 from pvcheck.statefiles import read_state
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 SIGNATURE_SAMPLE = (
     'time="2026-06-10T03:12:44.512305123Z" level=error msg="Failed allocation for service '
@@ -84,9 +85,17 @@ def code_lines(section: GuardSection) -> list[str]:
     not a command, however it reads."""
     out: list[str] = []
     pending = ""
+    heredoc: str | None = None  # the delimiter while inside a here-document (its text)
     for line, in_code in _markdown_lines(section.text):
         if not in_code:
             continue
+        if heredoc is not None:
+            if line.strip() == heredoc:
+                heredoc = None
+            continue
+        opened = _HEREDOC.search(line)
+        if opened:
+            heredoc = opened.group(2)
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1] + " "
             continue
@@ -185,12 +194,27 @@ class Detection:
     grep: list[str]
 
 
+# The grep pvcheck runs (as root, with a sample log on stdin) may count and match, nothing
+# else: no files to read (`-f`, operands), no output of what it read (`-o`, `-b`).
+_GREP_FLAGS = {"-c", "-i", "-E", "-F", "-w", "-x", "--count", "--ignore-case"}
+
+
 def _grep_pattern(argv: list[str]) -> str | None:
-    if argv[0] not in ("grep", "egrep", "fgrep") or len(argv) < 2:
+    """Pure: the one pattern of a grep that only reads stdin with harmless flags."""
+    if argv[0] not in ("grep", "egrep", "fgrep"):
         return None
-    if "-e" in argv[:-1]:
-        return argv[argv.index("-e") + 1]
-    return argv[-1]
+    patterns: list[str] = []
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "-e":
+            patterns.append(next(args, ""))
+        elif arg.startswith("-") and arg not in _GREP_FLAGS:
+            if len(arg) > 2 and arg[1] != "-" and all(f"-{c}" in _GREP_FLAGS for c in arg[1:]):
+                continue  # combined short flags: -ic
+            return None
+        elif not arg.startswith("-"):
+            patterns.append(arg)
+    return patterns[0] if len(patterns) == 1 and patterns[0] else None
 
 
 def find_detection(section: GuardSection, signature: str) -> Detection | None:
@@ -224,7 +248,7 @@ def find_recovery(section: GuardSection) -> str | None:
 def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | None:
     """Run a detection command with the sample log on stdin; the count it prints, or None."""
     try:
-        done = run_bounded(argv, timeout_s, sample.encode(), max_stdout=4096)
+        done = run_bounded(argv, timeout_s, sample.encode(), max_stdout=4096, env=PLAIN_ENV)
     except OSError:
         return None
     if done.rc is None:  # a hostile or hanging command: no count, never a hang

@@ -31,6 +31,7 @@ from pvcheck.composefile import StackSpec, parse_stack
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, TargetUnreachable
 from pvcheck.routes import RouteObservation, probe_routes
+from pvcheck.safeio import atomic_write
 from pvcheck.stacks import StackDeployer, list_residue, remove_labelled
 from pvcheck.swarm import LABEL_LAB, Swarm
 
@@ -97,7 +98,8 @@ def ensure_engine(lab: LabConfig, timeout_s: float = 90.0) -> Swarm:
         Path("/var/run/docker.pid").unlink(missing_ok=True)  # stale after a kill
         lab.dockerd_log.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting dockerd (log: %s)", lab.dockerd_log)
-        with open(lab.dockerd_log, "ab") as out:
+        fd = os.open(lab.dockerd_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        with os.fdopen(fd, "ab") as out:  # never through a link planted in its place
             subprocess.Popen(
                 ["dockerd"],
                 stdout=out,
@@ -466,7 +468,7 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     cfg.docs.dir.mkdir(parents=True, exist_ok=True)
     pvfix = cfg.docs.precondition_status
     if not pvfix.exists():
-        pvfix.write_text(PVFIX_STATUS, encoding="utf-8")
+        atomic_write(pvfix, PVFIX_STATUS)  # a dangling link there is refused, not followed
     restrict_to_loopback(lab)
     twin.ensure_drone_api(cfg)
     return wait_routes(cfg, wait_s)

@@ -32,6 +32,11 @@ def register(value: str) -> None:
         _install_log_masking()
 
 
+def secrets() -> frozenset[str]:
+    """Every value masked so far."""
+    return frozenset(_secrets)
+
+
 def redact(text: str) -> str:
     for value in _secrets:
         if value in text:

@@ -13,10 +13,26 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pvcheck import masking
+
 MAX_OUTPUT = 16 * 1024 * 1024
+# For commands that need nothing of pvcheck's environment (its secrets stay out of reach).
+PLAIN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 MAX_STDERR = 64 * 1024
 MAX_LINE = 64 * 1024
 _CHUNK = 64 * 1024
+
+
+SECRET_VARS = ("PREFECT_API_AUTH_STRING", "PREFECT_API_KEY", "PREFECT_SERVER_API_AUTH_STRING")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """pvcheck's environment for a command it runs, without the secrets it holds (the
+    Prefect credentials, and any variable whose value is a masked secret, such as the
+    Drone token): a harness runs recipe code, and none of it needs them."""
+    secrets = masking.secrets()
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS and v not in secrets}
+    return {**env, **(extra or {})}
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -52,10 +68,13 @@ def run_bounded(
     timeout_s: float,
     stdin: bytes | None = None,
     max_stdout: int = MAX_OUTPUT,
+    env: dict[str, str] | None = None,
 ) -> Finished:
-    """Run argv; stdout kept up to max_stdout (the command is stopped past it)."""
+    """Run argv; stdout kept up to max_stdout (the command is stopped past it). Its
+    environment is `env`, or pvcheck's without the secrets it holds."""
     proc = subprocess.Popen(
         argv,
+        env=env if env is not None else child_env(),
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -121,6 +140,7 @@ class LineStream:
     def __iter__(self) -> Iterator[str]:
         proc = subprocess.Popen(
             self.argv,
+            env=child_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -83,6 +83,7 @@ def append(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
     try:  # unbuffered: a failing write is reported here, never again at close
+        check_owner(fd, path)
         info = os.fstat(fd)
         if info.st_nlink > 1:
             raise _refuse(path, "has other hard links; refused")
@@ -111,6 +112,9 @@ def atomic_write(path: Path, text: str, new_mode: int = NEW_FILE_MODE) -> None:
         if old is not None and not stat.S_ISREG(old.st_mode):
             kind = "a symbolic link" if stat.S_ISLNK(old.st_mode) else _kind(old.st_mode)
             raise _refuse(path, f"is {kind}, not a regular file; refused")
+        if old is not None and os.geteuid() == 0 and _changeable(old, sticky_ok=False):
+            raise _refuse(path, f"is {_changeable(old, sticky_ok=False)}; as root pvcheck "
+                          "writes only files root alone owns")  # fmt: skip
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
         try:  # unbuffered, as in append()
@@ -133,19 +137,44 @@ def atomic_write(path: Path, text: str, new_mode: int = NEW_FILE_MODE) -> None:
                 os.unlink(tmp)
 
 
-def writable_by_others(path: Path) -> str | None:
-    """Why someone other than root could change path (None when only root can)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
+def _changeable(info: os.stat_result, sticky_ok: bool) -> str | None:
+    """Why someone other than root could change what `info` describes (None: only root)."""
     if info.st_uid != 0:
         return f"owned by uid {info.st_uid}"
-    if info.st_mode & 0o002 and not (stat.S_ISDIR(info.st_mode) and info.st_mode & 0o1000):
+    sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & 0o1000
+    if info.st_mode & 0o002 and not (sticky_ok and sticky):
         return "writable by every user"
     if info.st_mode & 0o020 and info.st_gid != 0:
         return f"writable by group {info.st_gid}"
     return None
+
+
+def writable_by_others(path: Path) -> str | None:
+    """Why someone other than root could change path, or swap it or a folder above it for a
+    link (None when only root can). A sticky folder above (like /tmp) is fine: its other
+    users cannot rename root's entries; the path itself may not be sticky and open to all,
+    or anyone could plant files in it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    why = _changeable(info, sticky_ok=False)
+    if why:
+        return why
+    for folder in Path(os.path.abspath(path)).parents:
+        why = _changeable(os.stat(folder), sticky_ok=True)
+        if why:
+            return f"inside {folder}, which is {why}"
+    return None
+
+
+def check_owner(fd: int, path: Path) -> None:
+    """As root, an existing file pvcheck writes must be root's alone (checked on the open
+    descriptor, so it is the file that is written)."""
+    if os.geteuid() == 0:
+        why = _changeable(os.fstat(fd), sticky_ok=False)
+        if why:
+            raise _refuse(path, f"is {why}; as root pvcheck writes only files root alone owns")
 
 
 def require_root_only(path: Path, what: str) -> None:

@@ -21,6 +21,7 @@ from pvcheck.deploy import DeployOutcome, TierResult, fixed_stack, watched_stack
 from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host, host_for, run_on
+from pvcheck.procs import MAX_LINE, child_env
 from pvcheck.safeio import read_capped
 from pvcheck.swarm import Swarm
 
@@ -55,7 +56,7 @@ def parse_results(doc: Any) -> tuple[list[TierResult], bool | None, dict[str, st
     stages = doc.get("stages")
     if not isinstance(stages, list):
         raise ResultsError("results.json: 'stages' must be a list")
-    tiers = []
+    tiers: dict[str, TierResult] = {}
     for i, stage in enumerate(stages):
         if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
             raise ResultsError(f"results.json: stages[{i}] needs a string 'name'")
@@ -70,21 +71,23 @@ def parse_results(doc: Any) -> tuple[list[TierResult], bool | None, dict[str, st
         tests = stage.get("tests")
         count = len(tests) if isinstance(tests, list) else 0
         reason = str(stage.get("reason", ""))[:500]
-        tiers.append(
-            TierResult(
-                tier,
-                status,
-                f"{count} tests" + (f"; {reason}" if reason else ""),
-                not_applicable=status == "skip" and bool(reason),
-            )
+        result = TierResult(
+            tier,
+            status,
+            f"{count} tests" + (f"; {reason}" if reason else ""),
+            # A recipe may declare a tier not applicable (no state to back up); never install.
+            not_applicable=status == "skip" and bool(reason) and tier != "install",
         )
+        # The same tier twice: a failing report wins, as a failing Drone step does.
+        if tier not in tiers or status == "fail":
+            tiers[tier] = result
     flags = doc.get("flags")
     clean = flags.get("clean_teardown") if isinstance(flags, dict) else None
     info = {k: str(doc[k])[:200] for k in ("recipe", "version", "run_id") if k in doc}
     stack = results_stack(doc)
     if stack:
         info["stack"] = stack
-    return tiers, clean if isinstance(clean, bool) else None, info
+    return list(tiers.values()), clean if isinstance(clean, bool) else None, info
 
 
 _STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -140,16 +143,19 @@ def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple
         stdin=subprocess.DEVNULL,
         text=True,
         errors="replace",
-        env={**os.environ, **env},
+        env=child_env(env),  # its own variables, none of pvcheck's secrets
         start_new_session=True,
     )
     tail: list[str] = []
 
     def pump() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.info("harness | %s", line.rstrip())
-            tail.append(line.rstrip())
+        # Lines are read at most MAX_LINE at a time: a harness that prints gigabytes without
+        # a newline costs no memory.
+        while chunk := proc.stdout.readline(MAX_LINE):
+            line = chunk.rstrip()
+            log.info("harness | %s", line)
+            tail.append(line)
             del tail[:-20]
 
     reader = threading.Thread(target=pump, daemon=True)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # A Drone answer is a build record of a few KB; anything past this is refused, not parsed.
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
+ANSWER_DEADLINE_S = 60.0
 
 FINISHED = {"success", "failure", "error", "killed", "skipped", "declined"}
 ACTIVE = {"pending", "running", "blocked", "waiting_on_dependencies"}
@@ -107,8 +108,16 @@ class DroneClient:
             if resp.status_code >= 400:
                 raise DroneError(f"Drone answered {resp.status_code} to {method} {path}")
             body = bytearray()
+            deadline = time.monotonic() + ANSWER_DEADLINE_S
             for chunk in resp.iter_bytes():
                 body += chunk
+                # The read timeout is per read: an answer that trickles a byte a minute
+                # would never end without a deadline for the whole of it.
+                if time.monotonic() > deadline:
+                    raise DroneError(
+                        f"Drone's answer to {method} {path} took more than "
+                        f"{ANSWER_DEADLINE_S:g}s; refused"
+                    )
                 if len(body) > MAX_ANSWER_BYTES:
                     raise DroneError(
                         f"Drone's answer to {method} {path} is larger than {MAX_ANSWER_BYTES} "

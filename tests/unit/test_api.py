@@ -140,3 +140,29 @@ def test_served_parameters_name_a_pinned_config_never_a_path(tmp_path: Path) -> 
 
     with pytest.raises(ValueError, match="config_path"):
         RunParameters.model_validate({"config_path": "/tmp/mine.toml"})
+
+
+@pytest.mark.faults
+def test_a_listener_is_ours_only_when_our_process_holds_the_socket() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from pvcheck.api import listener_is_ours
+
+    listen = (
+        "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+        " print(s.getsockname()[1], flush=True); time.sleep(30)"
+    )
+    squatter = subprocess.Popen([sys.executable, "-c", listen], stdout=subprocess.PIPE, text=True)
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert squatter.stdout is not None
+        port = int(squatter.stdout.readline())
+        time.sleep(0.1)
+        assert listener_is_ours(port, squatter.pid)
+        assert not listener_is_ours(port, ours.pid)  # it answers, but is not ours
+        assert not listener_is_ours(free_port(), ours.pid)  # nothing listens
+    finally:
+        squatter.kill()
+        ours.kill()

@@ -525,3 +525,20 @@ def test_a_results_path_that_is_not_a_regular_file_is_refused_unread(
         expected = "FIFO"
     with pytest.raises(ResultsError, match=expected):
         read_results(path)
+
+
+@pytest.mark.faults
+def test_a_repeated_tier_cannot_hide_a_failure_and_install_is_never_not_applicable() -> None:
+    doc = {
+        "stages": [
+            {"name": "install", "status": "fail", "tests": []},
+            {"name": "install", "status": "pass", "tests": []},
+            {"name": "upgrade", "status": "skip", "reason": "n/a, trust me"},
+        ]
+    }
+    tiers, _, _ = parse_results(doc)
+    assert [(t.tier, t.status) for t in tiers] == [("install", "fail"), ("upgrade", "skip")]
+    skipped_install, _, _ = parse_results(
+        {"stages": [{"name": "install", "status": "skip", "reason": "no"}]}
+    )
+    assert not skipped_install[0].not_applicable

@@ -283,3 +283,31 @@ def test_host_lock_refuses_a_second_holder(tmp_path: Path) -> None:
         pass
     with HostLock(tmp_path, "ssh://root@cc-ci"):  # the kernel released the dead holder's lock
         pass
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "grep",
+    [
+        'grep -c -e "available IP while allocating VIP" -f /dev/zero',
+        'grep -o -b -e "allocating VIP" -e X /var/lib/pvcheck/prefect-api-auth',
+        'grep -c "allocating VIP" /etc/shadow',
+        'grep -r "allocating VIP"',
+    ],
+)
+def test_a_grep_that_reads_files_or_prints_what_it_read_is_never_run(
+    tmp_path: Path, grep: str
+) -> None:
+    path = tmp_path / "SKILL.md"
+    path.write_text(f"## 0. guard\n\n```sh\njournalctl -u docker | {grep}\n```\n")
+    checks, argv = check_guard(GuardConfig(file=path))
+    assert argv is None and _statuses(checks)["guard.detects"] == "fail"
+
+
+def test_a_restart_inside_a_here_document_is_text_not_a_command(tmp_path: Path) -> None:
+    path = tmp_path / "SKILL.md"
+    path.write_text(
+        "## 0. guard\n\n```sh\njournalctl -u docker | grep -c 'allocating VIP'\n"
+        "cat <<'EOF'\nsystemctl restart docker\nEOF\n```\n"
+    )
+    assert _statuses(check_guard(GuardConfig(file=path))[0])["guard.recovery"] == "fail"

@@ -86,11 +86,18 @@ def test_new_files_are_0644_and_a_replaced_file_keeps_mode_and_owner(tmp_path: P
     assert new.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "JOURNAL-pvcheck.md").stat().st_mode & 0o777 == 0o644
     os.chmod(new, 0o640)
-    os.chown(new, 1234, 5678)
+    os.chown(new, 0, 5678)
     atomic_write(new, "b\n")
     info = new.stat()
-    assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o640, 1234, 5678)
+    assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o640, 0, 5678)
     assert new.read_text() == "b\n" and not list(tmp_path.glob(".*.tmp"))
+    if os.geteuid() == 0:  # as root, a file someone else owns is never written
+        os.chown(new, 1234, 5678)
+        with pytest.raises(StateFileError, match="owned by uid 1234"):
+            atomic_write(new, "c\n")
+        with pytest.raises(StateFileError, match="owned by uid 1234"):
+            append_journal(new, "# J\n", "e")
+        assert new.read_text() == "b\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the rule applies when pvcheck runs as root")
@@ -104,9 +111,17 @@ def test_as_root_folders_and_configs_others_can_write_are_refused(tmp_path: Path
     os.chmod(docs, 0o777)
     with pytest.raises(StateFileError, match="writable by every user"), docs_lock(docs):
         pass
-    os.chmod(docs, 0o1777)  # sticky, like /tmp: others cannot replace root's files
-    with docs_lock(docs):
+    os.chmod(docs, 0o1777)  # sticky, like /tmp: still anyone could plant files in it
+    with pytest.raises(StateFileError, match="writable by every user"), docs_lock(docs):
         pass
+    os.chmod(docs, 0o755)
+    inner = docs / "inner"
+    inner.mkdir()
+    os.chmod(docs, 0o777)  # a folder above that anyone can change: `inner` could be swapped
+    with pytest.raises(StateFileError, match=f"inside {docs}, which is writable by every"):
+        require_root_only(inner, "the machine-docs folder")
+    os.chmod(docs, 0o1777)  # above, a sticky folder (like /tmp) is fine
+    require_root_only(inner, "the machine-docs folder")
     state = tmp_path / "state"
     state.mkdir()
     os.chmod(state, 0o775)
