@@ -75,7 +75,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "full"
     mount.mkdir()
     if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=False
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mount)], check=False
     ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
