@@ -30,14 +30,6 @@ def pin(paths: list[str]) -> dict[str, Config]:
     return configs
 
 
-def pinned_names() -> list[str]:
-    try:
-        table = json.loads(os.environ.get(ENV, "{}"))
-    except ValueError:
-        return []
-    return list(table) if isinstance(table, dict) else []
-
-
 def pinned_path(name: str = "") -> Path:
     """The pinned config of that target name (the first one when name is empty)."""
     try:
