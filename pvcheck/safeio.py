@@ -82,16 +82,14 @@ def append(path: Path, data: bytes) -> None:
         raise
     except OSError as exc:
         raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
-    try:  # unbuffered: a failing write is reported here, never again at close
-        check_owner(fd, path)
+    try:
         info = os.fstat(fd)
+        _refuse_unless_roots(info, path)
         if info.st_nlink > 1:
             raise _refuse(path, "has other hard links; refused")
         if info.st_size == 0:
             os.fchmod(fd, NEW_FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         os.fsync(fd)
     except OSError as exc:
         raise _refuse(path, f"cannot append: {exc.strerror or exc}") from None
@@ -112,15 +110,12 @@ def atomic_write(path: Path, text: str, new_mode: int = NEW_FILE_MODE) -> None:
         if old is not None and not stat.S_ISREG(old.st_mode):
             kind = "a symbolic link" if stat.S_ISLNK(old.st_mode) else _kind(old.st_mode)
             raise _refuse(path, f"is {kind}, not a regular file; refused")
-        if old is not None and os.geteuid() == 0 and _changeable(old, sticky_ok=False):
-            raise _refuse(path, f"is {_changeable(old, sticky_ok=False)}; as root pvcheck "
-                          "writes only files root alone owns")  # fmt: skip
+        if old is not None:
+            _refuse_unless_roots(old, path)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
-        try:  # unbuffered, as in append()
-            view = memoryview(text.encode("utf-8"))
-            while view:
-                view = view[os.write(fd, view) :]
+        try:
+            _write_all(fd, text.encode("utf-8"))
             os.fchmod(fd, (old.st_mode & 0o7777) if old else new_mode)
             if old is not None and os.geteuid() == 0:
                 os.fchown(fd, old.st_uid, old.st_gid)
@@ -168,13 +163,20 @@ def writable_by_others(path: Path) -> str | None:
     return None
 
 
-def check_owner(fd: int, path: Path) -> None:
-    """As root, an existing file pvcheck writes must be root's alone (checked on the open
-    descriptor, so it is the file that is written)."""
+def _refuse_unless_roots(info: os.stat_result, path: Path) -> None:
+    """As root, an existing file pvcheck writes must be root's alone (append checks it on
+    the open descriptor, so it is the file that is written)."""
     if os.geteuid() == 0:
-        why = _changeable(os.fstat(fd), sticky_ok=False)
+        why = _changeable(info, sticky_ok=False)
         if why:
             raise _refuse(path, f"is {why}; as root pvcheck writes only files root alone owns")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Unbuffered: a failing write is reported where it happens, never again at close."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def require_root_only(path: Path, what: str) -> None:

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pvcheck.config import Config, LabConfig
-from pvcheck.errors import LabError
+from pvcheck.errors import LabError, StateFileError
+from pvcheck.safeio import atomic_write, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +46,13 @@ def token_path(lab: LabConfig) -> Path:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data.decode("ascii"), new_mode=mode)  # PEM, YAML, hex: all ASCII
 
 
 def _valid_until(cert_file: Path) -> dt.datetime | None:
     try:
-        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    except (OSError, ValueError):
+        cert = x509.load_pem_x509_certificate(read_capped(cert_file, 64 * 1024) or b"")
+    except (OSError, ValueError, StateFileError):
         return None
     return cert.not_valid_after_utc
 
@@ -79,8 +75,7 @@ def ensure_tls(lab: LabConfig) -> Path:
         until is not None
         and until - now > dt.timedelta(days=RENEW_DAYS)
         and ca_file.exists()
-        and marker.exists()
-        and marker.read_text() == wanted
+        and read_capped(marker, 64 * 1024) == wanted.encode()
     )
     if fresh:
         return ca_file
