@@ -144,15 +144,19 @@ def harness_argv(cfg: Config, results: str) -> list[str]:
     return argv
 
 
-def _alive(pid_file: Path) -> int | None:
+def _alive(pid_file: Path, argv: list[str] | None = None) -> int | None:
+    """The stand-in's pid when it runs (with exactly `argv`, when given: one started from
+    another checkout would run that checkout's harness)."""
     try:
-        pid = int(pid_file.read_text().strip())
+        pid = int((read_capped(pid_file, 64) or b"").strip())
         os.kill(pid, 0)
-    except (OSError, ValueError):
+    except (OSError, ValueError, StateFileError):
         return None
-    cmdline = Path(f"/proc/{pid}/cmdline")
     with contextlib.suppress(OSError):
-        if DRONE_API.name.encode() in cmdline.read_bytes():
+        running = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        if argv is not None:
+            return pid if running == [a.encode() for a in argv] else None
+        if any(DRONE_API.name.encode() in part for part in running):
             return pid
     return None  # a recycled pid: not ours
 
@@ -179,17 +183,23 @@ def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
     if not token.exists():
         _write(token, secrets.token_hex(20).encode(), 0o600)
     pid_file = lab.state_dir / "drone-api.pid"
-    if _alive(pid_file) and _healthy(deploy.drone.url):
-        return
-    stop_drone_api(lab)
     argv = [
         sys.executable, str(DRONE_API), "--port", str(url.port), "--token-file", str(token),
         "--repo", deploy.drone.repo, "--workdir", str(lab.state_dir / "builds"),
         "--recipe-param", deploy.drone.recipe_param, "--",
         *harness_argv(cfg, "{results}"),
     ]  # fmt: skip
+    if _alive(pid_file, argv) and _healthy(deploy.drone.url):
+        return
+    stop_drone_api(lab)
     log.info("starting the Drone API stand-in on %s", deploy.drone.url)
-    with open(lab.state_dir / "drone-api.log", "ab") as out:
+    log_path = lab.state_dir / "drone-api.log"
+    log_fd = os.open(
+        log_path,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+        0o640,
+    )
+    with os.fdopen(log_fd, "ab") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -198,7 +208,7 @@ def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
     deadline = time.monotonic() + wait_s
     while not _healthy(deploy.drone.url):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"the Drone API stand-in did not start; see {out.name}")
+            raise LabError(f"the Drone API stand-in did not start; see {log_path}")
         time.sleep(0.2)
 
 
