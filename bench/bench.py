@@ -33,11 +33,13 @@ from typing import Any
 import docker
 import httpx
 
-from pvcheck.allocator import released, reproduce
+from pvcheck import allocator
+from pvcheck.allocator import released
 from pvcheck.api import wait_healthy
 from pvcheck.config import LAB_CONFIG, HttpConfig, RouteConfig, load_config
 from pvcheck.facts import gather_facts, parse_network, settle_network
 from pvcheck.routes import probe_routes
+from pvcheck.seams import build_seams
 from pvcheck.stacks import remove_labelled
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import write_config
@@ -282,7 +284,9 @@ def allocator_vs_raw(repeat: int, work: Path, batch: int = 10) -> dict[str, Figu
     swarm = Swarm.for_target(cfg.target)
     ours, raw = Figure("pvcheck reproduce()", "s/stack"), Figure("docker-py loop", "s/stack")
     for i in range(repeat):
-        result = reproduce(swarm, cfg, f"pv-bench-{i:06d}", progress=lambda _: None)
+        seams = build_seams(cfg, swarm, f"pv-bench-{i:06d}", with_driver=False)
+        settings = allocator.Settings.from_config(cfg, f"pv-bench-{i:06d}")
+        result = allocator.reproduce(seams, settings, progress=lambda _: None)
         ours.values.append(result.rounds[0].seconds / batch)
         raw.values.append(raw_loop(swarm, batch, 10, cfg.network.name))
     remove_labelled(swarm, f"{LABEL_RUN}=bench-raw", timeout_s=120)

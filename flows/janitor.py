@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pvcheck.config import load_config
 from pvcheck.pinned import pinned_path
 from pvcheck.records import Status
-from pvcheck.runs import EngineLock, HostLock
-from tasks.host import connect_engine
-from tasks.proofs import reap_dead_runs
+from pvcheck.runs import EngineLock, HostLock, RunRegistry
+from pvcheck.swarm import Swarm
+from tasks.engine import connect
+from tasks.teardown import reap_dead_runs
 
 
 class JanitorParameters(BaseModel):
@@ -31,9 +32,11 @@ def janitor(params: JanitorParameters | None = None) -> State:
     params = params or JanitorParameters()
     cfg = load_config(pinned_path(params.config))
     with HostLock(cfg.target.state_dir, cfg.target.docker_host):
-        swarm = connect_engine(cfg)
-        with EngineLock(swarm, f"janitor-{os.getpid()}"):
-            check = reap_dead_runs(swarm, cfg)
+        seams = connect(cfg, f"janitor-{os.getpid()}", with_driver=False)
+        assert isinstance(seams.swarm, Swarm)
+        registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host)
+        with EngineLock(seams.swarm, f"janitor-{os.getpid()}"):
+            check = reap_dead_runs(seams, registry, cfg.allocator.settle_timeout_s)
     if check.status != Status.PASS:
         return Failed(message=f"janitor: {check.found}")
     return Completed(message=f"janitor: {check.found}")

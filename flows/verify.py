@@ -19,7 +19,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, ConfigDict, Field
 
-from pvcheck import judge
+from pvcheck import allocator, deploy, facts, guard, logscan, preconditions, routes, teardown
 from pvcheck.config import (
     MAX_ALLOCATOR_BATCH,
     MAX_ALLOCATOR_CONCURRENCY,
@@ -28,21 +28,36 @@ from pvcheck.config import (
     load_config,
 )
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
-from pvcheck.evidence import render
-from pvcheck.hosts import host_for
+from pvcheck.evidence import write_unreachable
 from pvcheck.pinned import pinned_path
-from pvcheck.records import Check, Status, Verdict, format_ts
+from pvcheck.records import (
+    Check,
+    Family,
+    Gate,
+    Outcome,
+    Stage,
+    StageOutcome,
+    Status,
+    Verdict,
+    format_ts,
+    skipped,
+    stage_outcome,
+)
 from pvcheck.report import Report
 from pvcheck.runs import EngineLock, HostLock, RunRegistry
-from pvcheck.stacks import remove_labelled
-from pvcheck.statefiles import append_journal, docs_lock
-from pvcheck.swarm import LABEL_RUN, Swarm
+from pvcheck.seams import Seams
+from pvcheck.swarm import Swarm
+from tasks.allocator import allocator_proof
 from tasks.deploy import deploy_proof, wait_for_quiet_host
+from tasks.engine import connect
 from tasks.evidence import publish_artifacts, write_evidence_files
-from tasks.host import capture_facts, connect_engine, read_precondition_phase, scan_docker_log
-from tasks.proofs import allocator_proof, guard_proof, reap_dead_runs
+from tasks.facts import capture_facts
+from tasks.guard import guard_proof
+from tasks.logs import scan_docker_log
+from tasks.preconditions import check_preconditions
 from tasks.routes import check_routes, recheck_core_routes
-from tasks.teardown import teardown
+from tasks.teardown import reap_dead_runs
+from tasks.teardown import teardown as teardown_task
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +110,6 @@ def utc_now() -> str:
     return format_ts(datetime.now(UTC))
 
 
-def _unreachable_journal(cfg: Config, run_id: str, exc: Exception) -> None:
-    """The only thing written when the target cannot be reached."""
-    with docs_lock(cfg.docs.dir):  # the folder's checks, as for every write there
-        append_journal(
-            cfg.docs.dir / f"JOURNAL-{cfg.docs.phase}.md",
-            render("journal_header.md.j2", phase=cfg.docs.phase),
-            f"## {utc_now()} — run `{run_id}`: UNREACHABLE\n\n- Target `{cfg.target.name}` "
-            f"({cfg.target.docker_host}) could not be reached: {exc}. Nothing was checked.\n",
-        )
-
-
 def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
     """Cancellation/crash hook: remove what this run created, by its label only."""
     raw = (flow_run.parameters or {}).get("params") or {}
@@ -113,9 +117,10 @@ def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
         # The engine the run used: the config's, or the run's override of it.
         params = RunParameters.model_validate(raw)
         cfg = load_config(pinned_path(params.config), params.overrides())
-        swarm = Swarm.for_target(cfg.target)
-        left = remove_labelled(swarm, f"{LABEL_RUN}={flow_run.name}", timeout_s=120)
-        log.warning("run %s ended %s; swept its label, left: %s", flow_run.name, state.type, left)
+        obs = teardown.sweep(Swarm.for_target(cfg.target), teardown.Settings(str(flow_run.name)))
+        log.warning(
+            "run %s ended %s; swept its label, left: %s", flow_run.name, state.type, obs.left
+        )
     except Exception as exc:  # the next run's janitor is the last layer
         log.warning(
             "run %s: sweep after %s failed (%s); the janitor will reap it",
@@ -125,160 +130,155 @@ def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
         )
 
 
-def _teardown(swarm: Swarm, run_id: str) -> Check:
-    try:
-        result: Check = teardown(swarm, run_id)
-        return result
-    except BaseException:
-        # The engine may be shutting down (SIGINT/SIGTERM): sweep directly, then re-check.
-        left = remove_labelled(swarm, f"{LABEL_RUN}={run_id}", timeout_s=120)
-        return judge.residue(left, f"{LABEL_RUN}={run_id}")
-
-
 class Verification:
-    """One run's state while the flow walks its stages."""
+    """One run walking its stages: which stage runs next, and what each one found."""
 
-    def __init__(self, cfg: Config, run_id: str, params: RunParameters) -> None:
-        self.cfg, self.run_id, self.params = cfg, run_id, params
+    def __init__(self, cfg: Config, run_id: str, seams: Seams) -> None:
+        self.cfg, self.run_id, self.seams = cfg, run_id, seams
         self.report = Report(run_id, cfg.target.name, str(cfg.source), started_at=utc_now())
+        self.report.target_via = seams.host.describe()
         self.started = datetime.now(UTC)
+        self.routes = routes.Settings.from_config(cfg)
+        self.facts = facts.Settings.from_config(cfg)
+        self.deploy = deploy.Settings.from_config(cfg)
         self.log = get_run_logger()
 
-    def read_only_stage(self, swarm: Swarm) -> bool:
+    def _logs(self, check_id: str, what: str, since: datetime) -> logscan.Settings:
+        return logscan.Settings.window(self.cfg, check_id, what, since, datetime.now(UTC))
+
+    def read_only_stages(self) -> bool:
         """Preconditions, facts, routes and the log window, concurrently; True when test
         traffic may start."""
-        cfg, report = self.cfg, self.report
-        done_f = read_precondition_phase.submit(cfg)
-        before_f = capture_facts.submit(swarm, cfg, "before")
-        routes_f = check_routes.submit(cfg)
-        window_start = self.started - timedelta(hours=cfg.logs.window_h)
-        logs_f = scan_docker_log.submit(cfg, window_start, datetime.now(UTC))
-        before = before_f.result()
-        report.facts_before = before
-        pvfix = cfg.docs.precondition_status
-        pre = [
-            judge.precondition_phase(cfg.docs.precondition_phase, str(pvfix), done_f.result()),
-            judge.network_matches(cfg.network, before.network),
-            *(judge.service_healthy(s) for s in before.services),
-        ]
-        routes = routes_f.result()
-        report.checks += [
-            *pre,
-            *routes,
-            judge.headroom(before.network, cfg.network.headroom_warn_pct),
-        ]
-        report.logs = logs_f.result()
-        report.stages["preconditions"] = (
-            "pass" if all(c.status == Status.PASS for c in pre) else "fail"
+        report, seams = self.report, self.seams
+        window = self._logs(
+            Family.LOGS.id("window"),
+            "the window",
+            self.started - timedelta(hours=self.cfg.logs.window_h),
         )
-        report.stages["routes"] = "pass" if all(c.status == Status.PASS for c in routes) else "fail"
-        core = {f"route.{r.name}" for r in cfg.routes if r.core}
-        blocked = [c.id for c in pre if c.status != Status.PASS]
-        blocked += [c.id for c in routes if c.id in core and c.status != Status.PASS]
+        pre_f = check_preconditions.submit(seams, preconditions.Settings.from_config(self.cfg))
+        facts_f = capture_facts.submit(seams, self.facts, facts.BEFORE)
+        routes_f = check_routes.submit(seams, self.routes)
+        logs_f = scan_docker_log.submit(seams, window)
+        before, health = facts_f.result()
+        report.facts_before = before.facts
+        pre = pre_f.result()
+        route_checks = routes_f.result()
+        headroom = [c for c in health if c.family == Family.FACTS]
+        services = [c for c in health if c.family != Family.FACTS]
+        report.add([*pre, *services, *route_checks, *headroom])
+        report.logs = logs_f.result()[0].scan
+        report.stages[Stage.PRECONDITIONS] = stage_outcome([*pre, *services])
+        report.stages[Stage.ROUTES] = stage_outcome(route_checks)
+        blocked = [c.id for c in [*pre, *services] if c.status != Status.PASS]
+        core = self.routes.core_ids
+        blocked += [c.id for c in route_checks if c.id in core and c.status != Status.PASS]
         if not blocked:
-            report.stages["traffic"] = "allowed"
+            report.stages[Stage.TRAFFIC] = StageOutcome(Outcome.ALLOWED)
             return True
         reason = "no new test traffic: fix routing first (" + ", ".join(blocked) + ")"
-        report.stages["traffic"] = "blocked"
+        report.stages[Stage.TRAFFIC] = StageOutcome(Outcome.BLOCKED)
         self.log.warning("%s", reason)
         self._skip_traffic_stages(reason)
         return False
 
     def _skip_traffic_stages(self, reason: str) -> None:
-        for stage, check_id in (("deploy", "deploy.stage"), ("allocator", "alloc.stage")):
-            self.report.stages[stage] = f"skipped: {reason}"
-            self.report.checks.append(judge.skipped(check_id, "M2", "stage runs", reason))
+        for stage, family in ((Stage.DEPLOY, Family.DEPLOY), (Stage.ALLOCATOR, Family.ALLOC)):
+            self.report.stages[stage] = StageOutcome(Outcome.SKIPPED, reason)
+            self.report.add([skipped(family.id("stage"), Gate.M2, "stage runs", reason)])
 
-    def quiet_host_stage(self, swarm: Swarm) -> bool:
+    def quiet_host_stage(self) -> bool:
         """True when no other recipe run, Drone build or sweep is active (waiting within
         bounds); otherwise nothing is created and the run ends INCOMPLETE."""
-        if self.cfg.deploy is None:
+        if self.deploy is None:
             return True
-        quiet = wait_for_quiet_host(swarm, self.cfg)
-        self.report.checks.append(quiet)
+        quiet = wait_for_quiet_host(self.seams, self.deploy)
+        self.report.add([quiet])
         if quiet.status == Status.PASS:
             return True
-        self.report.stages["traffic"] = "held: another run or sweep is active"
+        self.report.stages[Stage.TRAFFIC] = StageOutcome(
+            Outcome.HELD, "another run or sweep is active"
+        )
         self._skip_traffic_stages(f"no new test traffic: {quiet.detail}")
         return False
 
-    def deploy_stage(self, swarm: Swarm) -> None:
+    def _routes_still_up(self, stage: Stage, family: Family, expected: str) -> bool:
+        """Re-check the core routes before a stage adds test traffic."""
+        recheck = self.report.add([recheck_core_routes(self.seams, self.routes, str(stage))])[0]
+        if recheck.status == Status.PASS:
+            return True
+        stopped = routes.traffic_stopped(family.id("stage"), expected, recheck)
+        self.report.add([stopped])
+        self.report.stages[stage] = StageOutcome(
+            Outcome.SKIPPED, stopped.detail.removeprefix("skipped: ")
+        )
+        return False
+
+    def deploy_stage(self) -> None:
         report = self.report
-        if self.cfg.deploy is None:
-            report.stages["deploy"] = "skipped: no [deploy] section in the config"
-            report.checks.append(
-                judge.skipped("deploy.stage", "M2", "deploy proof runs", report.stages["deploy"])
+        if self.deploy is None:
+            check = report.add([deploy.not_configured()])[0]
+            report.stages[Stage.DEPLOY] = StageOutcome(
+                Outcome.SKIPPED, check.detail.removeprefix("skipped: ")
             )
             return
-        checks: list[Check] = deploy_proof(swarm, self.cfg, self.run_id)
-        report.checks += checks
-        report.stages["deploy"] = _stage_outcome(checks)
+        if self._routes_still_up(Stage.DEPLOY, Family.DEPLOY, "deploy proof runs"):
+            report.stages[Stage.DEPLOY] = stage_outcome(
+                report.add(deploy_proof(self.seams, self.deploy))
+            )
 
-    def allocator_stage(self, swarm: Swarm) -> None:
+    def allocator_stage(self) -> None:
         report = self.report
-        routes = recheck_core_routes(self.cfg, "allocator")
-        report.checks.append(routes)
-        if routes.status != Status.PASS:
-            stopped = judge.traffic_stopped("alloc.stage", "the reproduction runs", routes)
-            report.stages["allocator"] = stopped.detail
-            report.checks.append(stopped)
+        if not self._routes_still_up(Stage.ALLOCATOR, Family.ALLOC, "the reproduction runs"):
             return
         started = datetime.now(UTC)
-        checks, result = allocator_proof(swarm, self.cfg, self.run_id)
-        report.checks += checks
-        report.stages["allocator"] = _stage_outcome(checks)
-        if result is not None:
-            report.extra["allocator"] = result.as_dict()
-            scan = scan_docker_log(self.cfg, started, datetime.now(UTC))
-            report.checks.append(judge.fresh_logs("logs.fresh-allocator", scan, "the reproduction"))
+        settings = allocator.Settings.from_config(self.cfg, self.run_id)
+        obs, checks = allocator_proof(self.seams, settings)
+        report.stages[Stage.ALLOCATOR] = stage_outcome(report.add(checks))
+        report.allocator = obs.result
+        if obs.result is not None:
+            window = self._logs(Family.LOGS.id("fresh-allocator"), "the reproduction", started)
+            report.add(scan_docker_log(self.seams, window)[1])
 
-    def finish_logs_and_guard(self, swarm: Swarm, canary: bool) -> None:
-        scan = scan_docker_log(self.cfg, self.started, datetime.now(UTC))
-        self.report.checks.append(judge.fresh_logs("logs.fresh-run", scan, "this run"))
+    def finish_logs_and_guard(self, canary: bool) -> None:
+        window = self._logs(Family.LOGS.id("fresh-run"), "this run", self.started)
+        obs, checks = scan_docker_log(self.seams, window)
+        self.report.run_logs = obs.scan
+        self.report.add(checks)
+        settings = guard.Settings.from_config(self.cfg, self.run_id, canary)
         # The canary runs last, after the run's own log window has been judged, and never
         # when test traffic was held back.
-        guard = guard_proof(swarm, self.cfg, self.run_id, canary)
-        self.report.checks += guard
-        self.report.stages["guard"] = _stage_outcome(guard)
+        checks = [guard.not_configured()] if settings is None else guard_proof(self.seams, settings)
+        self.report.stages[Stage.GUARD] = stage_outcome(self.report.add(checks))
 
-    def teardown_stage(self, swarm: Swarm) -> bool:
+    def teardown_stage(self) -> bool:
         """Remove what this run made; True when nothing is left."""
-        label = f"{LABEL_RUN}={self.run_id}"
+        settings = teardown.Settings(self.run_id)
         try:
-            residue = _teardown(swarm, self.run_id)
-        except Exception as exc:
-            # The host is gone or broken (ssh lost, engine down): the run stays recorded as
-            # started and not finished, so the next run's janitor removes what it left.
-            residue = judge.teardown_unchecked(label, str(exc))
-        self.report.checks.append(residue)
+            checks = teardown_task(self.seams, settings)
+        except BaseException:
+            # The engine may be shutting down (SIGINT/SIGTERM): sweep directly, then re-check.
+            checks = teardown.judge(teardown.gather(self.seams, settings), settings)
+        residue = self.report.add(checks)[0]
         clean = residue.status == Status.PASS
-        self.report.stages["teardown"] = "clean" if clean else f"left: {residue.found}"
+        self.report.stages[Stage.TEARDOWN] = (
+            StageOutcome(Outcome.CLEAN) if clean else StageOutcome(Outcome.LEFT, residue.found)
+        )
         return clean
 
-    def after_facts(self, swarm: Swarm) -> None:
+    def after_facts(self) -> None:
         """Host facts after the run; facts the host could not give are an error check."""
-        if swarm.lost:
+        if self.seams.swarm.lost:
             error = f"{self.cfg.target.docker_host} was lost during the run"
         else:
             try:
-                after = capture_facts(swarm, self.cfg, "after")
+                after, checks = capture_facts(self.seams, self.facts, facts.AFTER)
             except Exception as exc:
                 error = str(exc)
             else:
-                self.report.facts_after = after
-                self.report.checks += [judge.service_healthy(s, "after") for s in after.services]
+                self.report.facts_after = after.facts
+                self.report.add(checks)
                 return
-        self.report.checks.append(
-            Check("facts.after", "M1", Status.ERROR, "host facts after the run", error)
-        )
-
-
-def _stage_outcome(checks: list[Check]) -> str:
-    failed = [c.id for c in checks if c.status in (Status.FAIL, Status.ERROR)]
-    skipped = [c.detail for c in checks if c.status == Status.SKIP and not c.not_applicable]
-    if failed:
-        return f"fail ({', '.join(failed)})"
-    return skipped[0] if skipped else "pass"
+        self.report.add([facts.unavailable(facts.AFTER, error)])
 
 
 def _run_name() -> str:
@@ -318,41 +318,49 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
     log = get_run_logger()
     log.info("pvcheck run %s against %s (config %s)", run_id, cfg.target.name, cfg.source)
     try:
-        swarm = connect_engine(cfg)
+        seams = connect(cfg, run_id)
     except TargetUnreachable as exc:
-        _unreachable_journal(cfg, run_id, exc)
+        write_unreachable(cfg, run_id, utc_now(), exc)
         raise
-    with EngineLock(swarm, run_id):
-        return _verify_on_engine(cfg, run_id, params, swarm)
+    assert isinstance(seams.swarm, Swarm)
+    with EngineLock(seams.swarm, run_id):
+        return _verify_on_engine(cfg, run_id, params, seams)
 
 
-def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, swarm: Swarm) -> State:
-    run = Verification(cfg, run_id, params)
+def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, seams: Seams) -> State:
+    run = Verification(cfg, run_id, seams)
     report, log = run.report, run.log
-    report.extra["target_via"] = host_for(cfg.target).describe()
     registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host)
-    report.checks.append(reap_dead_runs(swarm, cfg))
+    report.add([reap_dead_runs(seams, registry, cfg.allocator.settle_timeout_s)])
     registry.start(run_id)
     try:
-        traffic = run.read_only_stage(swarm) and run.quiet_host_stage(swarm)
+        traffic = run.read_only_stages() and run.quiet_host_stage()
         if traffic:
-            run.deploy_stage(swarm)
-            run.allocator_stage(swarm)
-        run.finish_logs_and_guard(swarm, canary=params.canary and traffic)
+            run.deploy_stage()
+            run.allocator_stage()
+        run.finish_logs_and_guard(canary=params.canary and traffic)
     except BaseException as exc:
         # An interrupted run proves nothing: it must not leave a claim behind.
         why = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        for gate in ("M1", "M2"):
-            report.checks.append(
-                Check(f"run.aborted.{gate}", gate, Status.ERROR, "the run completes", why)
+        for gate in Gate:
+            report.add(
+                [
+                    Check(
+                        Family.RUN.id(f"aborted.{gate}"),
+                        gate,
+                        Status.ERROR,
+                        "the run completes",
+                        why,
+                    )
+                ]
             )
-        report.stages["aborted"] = why
+        report.stages[Stage.ABORTED] = StageOutcome(Outcome.FAIL, why)
         raise
     finally:
         # Evidence is written whatever the host does from here on.
-        if run.teardown_stage(swarm):
+        if run.teardown_stage():
             registry.finish(run_id)
-        run.after_facts(swarm)
+        run.after_facts()
         report.finished_at = utc_now()
         report.evidence = write_evidence_files(report, cfg)
         publish_artifacts(report)

@@ -1,8 +1,7 @@
-"""The bounded allocator reproduction: throwaway published-port stacks on the overlay, deployed
-and removed concurrently (the pattern that leaked endpoints in production), with the network's
-endpoints measured at baseline, at peak and after the allocator settles.
-
-The I/O (`reproduce`) and the judging (`judge_allocator`, pure) are separate.
+"""Stage allocator (M2): the bounded allocator reproduction. Throwaway published-port stacks on
+the overlay, deployed and removed concurrently (the pattern that leaked endpoints in
+production), with the network's endpoints measured at baseline, at peak and after the
+allocator settles. `gather` refuses or runs it; `judge` (pure) checks the figures.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ from typing import Any
 from pvcheck.composefile import parse_stack
 from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
-from pvcheck.records import Check, Status, format_ts
-from pvcheck.stacks import StackDeployer
-from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S, Swarm
+from pvcheck.records import Check, Family, Gate, Status, format_ts, skipped
+from pvcheck.seams import Seams, SwarmApi
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +129,49 @@ def refusal(cfg: AllocatorConfig, before: NetworkFacts | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Settings:
+    allocator: AllocatorConfig
+    network: str
+    run_id: str
+
+    @classmethod
+    def from_config(cls, cfg: Config, run_id: str) -> Settings:
+        return cls(cfg.allocator, cfg.network.name, run_id)
+
+
+@dataclass(frozen=True)
+class Observation:
+    refused: str | None  # why it did not start; None: it ran
+    result: AllocatorResult | None
+
+
+def gather(
+    seams: Seams, settings: Settings, progress: Callable[[str], None] = log.info
+) -> Observation:
+    inspect = seams.swarm.network(settings.network)
+    why = refusal(settings.allocator, parse_network(inspect) if inspect else None)
+    if why:
+        return Observation(why, None)
+    return Observation(None, reproduce(seams, settings, progress))
+
+
+def judge(obs: Observation, settings: Settings) -> list[Check]:
+    if obs.result is None:
+        why = f"refused: {obs.refused}"
+        return [skipped(Family.ALLOC.id("stage"), Gate.M2, "the reproduction runs", why)]
+    return judge_allocator(obs.result, settings.allocator)
+
+
 def reproduce(
-    swarm: Swarm,
-    cfg: Config,
-    run_id: str,
+    seams: Seams,
+    settings: Settings,
     progress: Callable[[str], None] = log.info,
 ) -> AllocatorResult:
-    """Run cfg.allocator.rounds rounds; everything created carries the run label."""
-    alloc, net = cfg.allocator, cfg.network.name
+    """Run the configured rounds; everything created carries the run label."""
+    alloc, net, run_id, swarm = settings.allocator, settings.network, settings.run_id, seams.swarm
     suffix = run_id.rsplit("-", 1)[-1]
-    deployer = StackDeployer(swarm, {LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
+    deployer = seams.stacks({LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
     first = parse_network(swarm.network(net) or {})
     result = AllocatorResult(
         net, first.capacity, first.used, first.used, datetime.now(UTC), datetime.now(UTC)
@@ -199,7 +231,7 @@ def released(baseline: NetworkFacts, prefix: str) -> Callable[[NetworkFacts], bo
     return lambda facts: attribute(baseline, facts, prefix).leaked == 0
 
 
-def _wait_allocated(swarm: Swarm, run_id: str, expected: int, timeout_s: float) -> bool:
+def _wait_allocated(swarm: SwarmApi, run_id: str, expected: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
         services = swarm.services({LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
@@ -220,30 +252,35 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
     leaks = ", ".join(f"round {r.round}: {r.leaked_total}" for r in rounds)
     tolerance = cfg.leak_tolerance * len(rounds)
     projected = result.projected_rounds
+    seconds = sum(r.seconds for r in rounds)  # each check judges every round's figures
     return [
         Check(
-            "alloc.allocated",
-            "M2",
+            Family.ALLOC.id("allocated"),
+            Gate.M2,
             Status.FAIL if stuck else Status.PASS,
             "every throwaway task gets its addresses and runs",
             "all allocated" if not stuck else f"tasks not allocated in rounds {stuck}",
             "" if not stuck else "tasks stuck in New/Pending: the VIP exhaustion symptom",
+            seconds,
         ),
         Check(
-            "alloc.leak",
-            "M2",
+            Family.ALLOC.id("leak"),
+            Gate.M2,
             Status.PASS if result.leaked_total <= tolerance else Status.FAIL,
             f"leaked <= {cfg.leak_tolerance} per round ({tolerance} over {len(rounds)} rounds)",
             f"leaked {result.leaked_total} endpoints ({leaks})",
             "projected rounds before exhaustion: "
             + ("unbounded (no leak)" if projected is None else str(projected)),
+            seconds,
         ),
         Check(
-            "alloc.headroom",
-            "M2",
+            Family.ALLOC.id("headroom"),
+            Gate.M2,
             Status.PASS if result.headroom_after_pct >= cfg.headroom_floor_pct else Status.FAIL,
             f"headroom after >= {cfg.headroom_floor_pct:g}%",
             f"{result.headroom_before_pct:.3f}% before, {result.headroom_after_pct:.3f}% after "
             f"({result.used_after}/{result.capacity} used)",
+            "",
+            seconds,
         ),
     ]

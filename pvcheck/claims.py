@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from pvcheck.config import Config, RouteConfig
 from pvcheck.hosts import host_for
-from pvcheck.logscan import VIP_SIGNATURE
-from pvcheck.records import GATES
+from pvcheck.records import GATES, VIP_SIGNATURE, Gate
 from pvcheck.report import Report
-from pvcheck.routes import curl_route_options
+from pvcheck.routes import curl_argv
+from pvcheck.seams import HostCommands
 from pvcheck.swarm import LABEL_RUN
 
 q = shlex.quote
@@ -33,15 +33,17 @@ class ColdCommand:
     remote: str | None = None
 
 
-def host_command(cfg: Config, inner: str, expected: str, exact: bool = True) -> ColdCommand:
+def host_command(
+    where: Config | HostCommands, inner: str, expected: str, exact: bool = True
+) -> ColdCommand:
     """A cold command that runs on the target host (over ssh when it is remote)."""
-    host = host_for(cfg.target)
+    host = host_for(where.target) if isinstance(where, Config) else where
     return ColdCommand(host.how(inner), expected, exact, inner if host.remote else None)
 
 
 @dataclass(frozen=True)
 class Claim:
-    gate: str
+    gate: Gate
     what: list[str]
     commands: list[ColdCommand] = field(default_factory=list)
 
@@ -51,20 +53,18 @@ class Claim:
 
 
 def curl_command(route: RouteConfig) -> str:
-    parts = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]
-    parts += [*curl_route_options(route), route.url]
-    return " ".join(q(p) for p in parts)
+    return " ".join(q(p) for p in curl_argv(route))
 
 
-def route_command(cfg: Config, route: RouteConfig) -> str:
+def route_command(host: HostCommands, route: RouteConfig) -> str:
     """The route's curl, run from here or (check_from = "host") on the target host."""
-    return route_cold_command(cfg, route).command
+    return route_cold_command(host, route).command
 
 
-def route_cold_command(cfg: Config, route: RouteConfig) -> ColdCommand:
+def route_cold_command(host: HostCommands, route: RouteConfig) -> ColdCommand:
     expected = "/".join(map(str, route.expect_status))
     if route.check_from == "host":
-        return host_command(cfg, curl_command(route), expected)
+        return host_command(host, curl_command(route), expected)
     return ColdCommand(curl_command(route), expected)
 
 
@@ -100,7 +100,7 @@ def m1_claim(cfg: Config) -> Claim:
             "every control-plane service with N/N replicas (N > 0)",
             exact=False,
         ),
-        *(route_cold_command(cfg, r) for r in cfg.routes),
+        *(route_cold_command(host_for(cfg.target), r) for r in cfg.routes),
     ]
     what = [
         f"phase `{cfg.docs.precondition_phase}` is done (`## DONE` in its STATUS file)",
@@ -109,7 +109,7 @@ def m1_claim(cfg: Config) -> Claim:
         "replicas, before and after the run",
         f"all {len(cfg.routes)} routes answer as expected through the reverse proxy",
     ]
-    return Claim("M1", what, commands)
+    return Claim(Gate.M1, what, commands)
 
 
 def _log_window_command(cfg: Config, since: str, until: str) -> str:
@@ -199,13 +199,11 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
         exact=False,
         remote=inspect.remote,
     )
-    fresh = next((c for c in report.checks if c.id == "logs.fresh-run"), None)
-    if fresh is not None:
-        window = re.search(r"\((\S+) -> (\S+)\)", fresh.found)
-        if window:
-            position = len(commands) - (cfg.guard is not None)
-            commands.insert(position, m2_window_command(cfg, *window.groups()))
-    alloc = report.extra.get("allocator")
+    if report.run_logs is not None:
+        position = len(commands) - (cfg.guard is not None)
+        window = m2_window_command(cfg, report.run_logs.since, report.run_logs.until)
+        commands.insert(position, window)
+    alloc = report.allocator
     deploy = cfg.deploy
     what = []
     if deploy is not None:
@@ -215,13 +213,13 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
             "not applicable is shown skipped) and tore down cleanly"
         )
     if alloc:
-        projected = alloc["projected_rounds"]
+        projected = alloc.projected_rounds
         what.append(
-            f"the bounded allocator reproduction ({len(alloc['rounds'])} round(s) of "
-            f"{alloc['rounds'][0]['stacks'] if alloc['rounds'] else 0} published-port stacks) "
-            f"leaked {alloc['leaked_total']} endpoint(s) of {alloc['capacity']}; headroom "
-            f"{alloc['headroom_before_pct']:.3f}% before, "
-            f"{alloc['headroom_after_pct']:.3f}% after; "
+            f"the bounded allocator reproduction ({len(alloc.rounds)} round(s) of "
+            f"{alloc.rounds[0].stacks if alloc.rounds else 0} published-port stacks) "
+            f"leaked {alloc.leaked_total} endpoint(s) of {alloc.capacity}; headroom "
+            f"{alloc.headroom_before_pct:.3f}% before, "
+            f"{alloc.headroom_after_pct:.3f}% after; "
             "projected rounds to exhaustion: "
             + ("unbounded" if projected is None else str(projected))
         )
@@ -232,4 +230,4 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
         "the upgrade procedure's Step-0 guard exists, detects the VIP signature and has a "
         "recovery action (restart docker)",
     ]
-    return Claim("M2", what, commands)
+    return Claim(Gate.M2, what, commands)

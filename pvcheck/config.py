@@ -27,7 +27,9 @@ from pydantic import (
 
 from pvcheck.composefile import load_stack
 from pvcheck.errors import ConfigError, StateFileError
+from pvcheck.records import VIP_SIGNATURE
 from pvcheck.safeio import read_capped, require_root_only
+from pvcheck.statefiles import DocsPaths
 
 # The built-in lab's config: the default of every command and flow parameter.
 LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
@@ -290,7 +292,7 @@ class AllocatorConfig(Section):
 class GuardConfig(Section):
     file: ConfigPath
     section: str = Field("0", min_length=1, max_length=200)
-    signature: str = "could not find an available IP while allocating VIP"
+    signature: str = VIP_SIGNATURE
     detect_command: list[str] | None = None
 
 
@@ -302,9 +304,13 @@ class DocsConfig(Section):
     freshness_h: float = Field(24.0, gt=0, le=24 * 30)
 
     @property
+    def paths(self) -> DocsPaths:
+        return DocsPaths(self.dir, self.phase)
+
+    @property
     def precondition_status(self) -> Path:
         """The precondition phase's STATUS file, which must contain `## DONE`."""
-        return self.dir / f"STATUS-{self.precondition_phase}.md"
+        return self.paths.precondition_status(self.precondition_phase)
 
 
 _HOST_RE = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"

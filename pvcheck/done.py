@@ -11,9 +11,9 @@ from pvcheck.statefiles import docs_lock, read_state, update_sections
 
 
 def write_done(cfg: Config, now: datetime | None = None) -> DoneDecision:
-    docs, phase = cfg.docs.dir, cfg.docs.phase
-    status, review = docs / f"STATUS-{phase}.md", docs / f"REVIEW-{phase}.md"
-    with docs_lock(docs):
+    paths = cfg.docs.paths
+    status, review = paths.status, paths.review
+    with docs_lock(paths.folder):
         status_text = read_state(status)
         review_text = read_state(review)
         moment = now or datetime.now(UTC)
@@ -27,7 +27,7 @@ def write_done(cfg: Config, now: datetime | None = None) -> DoneDecision:
             body = (
                 "## DONE\n\n"
                 f"Written @{format_ts(moment)}: every gate has a review PASS newer than "
-                f"its claim and within {cfg.docs.freshness_h:g} h (see REVIEW-{phase}.md).\n"
+                f"its claim and within {cfg.docs.freshness_h:g} h (see {review.name}).\n"
             )
             update_sections(status, "", {"done": body})
     return decision

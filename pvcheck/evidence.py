@@ -16,8 +16,15 @@ import jinja2
 from pvcheck.claims import m1_claim, m2_claim
 from pvcheck.config import Config
 from pvcheck.history import append_history, history_record, read_history, trend_svg
-from pvcheck.records import Check, Status, parse_ts
+from pvcheck.records import GATES, Check, Family, Status, parse_ts
 from pvcheck.report import Report
+from pvcheck.review import (
+    ReviewResult,
+    mark_gate_passed,
+    merge_findings,
+    parse_claims,
+    parse_findings,
+)
 from pvcheck.safeio import atomic_write
 from pvcheck.statefiles import (
     append_journal,
@@ -132,50 +139,132 @@ def _item(num: str, check: Check, report: Report) -> BacklogItem:
 
 
 def write_evidence(report: Report, cfg: Config) -> dict[str, str]:
-    """Write STATUS and BACKLOG sections, append the JOURNAL entry and the history record, and
-    redraw the trend chart; returns the paths."""
-    docs, phase = cfg.docs.dir, cfg.docs.phase
-    paths = {
-        "status": docs / f"STATUS-{phase}.md",
-        "backlog": docs / f"BACKLOG-{phase}.md",
-        "journal": docs / f"JOURNAL-{phase}.md",
-        "history": docs / f"HISTORY-{phase}.jsonl",
-        "trend": docs / f"TREND-{phase}.svg",
-    }
+    """Write STATUS and BACKLOG sections, the run's JSON report, append the JOURNAL entry and
+    the history record, and redraw the trend chart; returns the paths."""
+    paths = cfg.docs.paths
     ctx = _context(report, cfg)
-    with docs_lock(docs):
+    written = {
+        "status": paths.status,
+        "backlog": paths.backlog,
+        "journal": paths.journal,
+        "history": paths.history,
+        "trend": paths.trend,
+        "report": paths.report,
+    }
+    with docs_lock(paths.folder):
         # Read and check everything first: a malformed file stops before anything is written.
-        status_text = read_state(paths["status"])
+        status_text = read_state(paths.status)
         if status_text is not None:
-            sections(status_text, str(paths["status"]))
-        backlog_text = read_state(paths["backlog"])
+            sections(status_text, str(paths.status))
+        backlog_text = read_state(paths.backlog)
         items = merge_backlog(
-            parse_backlog(section_body(backlog_text or "", "build-backlog", str(paths["backlog"]))),
+            parse_backlog(section_body(backlog_text or "", "build-backlog", str(paths.backlog))),
             report,
         )
-        read_state(paths["journal"])
-        append_history(paths["history"], history_record(report, _seconds(report)))
-        records = read_history(paths["history"], limit=30)
-        atomic_write(paths["trend"], trend_svg(records))
-        trend = render("status_trend.md.j2", records=records[-10:], svg_name=paths["trend"].name)
+        read_state(paths.journal)
+        append_history(paths.history, history_record(report, _seconds(report)))
+        records = read_history(paths.history, limit=30)
+        atomic_write(paths.trend, trend_svg(records))
+        atomic_write(paths.report, report.to_json())
+        trend = render("status_trend.md.j2", records=records[-10:], svg_name=paths.trend.name)
         update_sections(
-            paths["status"],
+            paths.status,
             render("status_header.md.j2", **ctx),
             {**render_status_sections(report, cfg), "trend": trend},
         )
         update_sections(
-            paths["backlog"],
+            paths.backlog,
             render("backlog_header.md.j2", **ctx),
             {"build-backlog": render("backlog_build.md.j2", items=items)},
         )
         append_journal(
-            paths["journal"],
+            paths.journal,
             render("journal_header.md.j2", **ctx),
             render_journal_entry(report, cfg),
         )
-    return {kind: str(path) for kind, path in paths.items()}
+    return {kind: str(path) for kind, path in written.items()}
+
+
+def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> None:
+    """The only thing written when the target cannot be reached: a JOURNAL entry."""
+    paths = cfg.docs.paths
+    with docs_lock(paths.folder):  # the folder's checks, as for every write there
+        append_journal(
+            paths.journal,
+            render("journal_header.md.j2", phase=paths.phase),
+            f"## {at} — run `{run_id}`: UNREACHABLE\n\n- Target `{cfg.target.name}` "
+            f"({cfg.target.docker_host}) could not be reached: {exc}. Nothing was checked.\n",
+        )
 
 
 def _seconds(report: Report) -> float | None:
     start, end = parse_ts(report.started_at), parse_ts(report.finished_at)
     return round((end - start).total_seconds(), 1) if start and end else None
+
+
+def write_review(result: ReviewResult, cfg: Config) -> dict[str, str]:
+    """REVIEW's gate sections, the Adversary findings in BACKLOG, the PASS header of the claim
+    the review verified in STATUS, and a JOURNAL entry."""
+    paths = cfg.docs.paths
+    sections = {}
+    for gate in GATES:
+        claim = result.claims[gate]
+        checks = [c for c in result.checks if c.gate == gate]
+        findings = [f for f in result.findings if f.gate == gate]
+        repro = [
+            c.detail
+            for c in checks
+            if c.status != Status.PASS and c.id.startswith(Family.REVIEW.id("how"))
+        ]
+        repro += [f.repro for f in findings]
+        sections[f"review-{gate}"] = render(
+            "review_gate.md.j2",
+            gate=gate,
+            title=GATES[gate],
+            verdict=result.verdicts[gate],
+            at=result.at,
+            claim=claim,
+            review_id=result.review_id,
+            checks=checks,
+            findings=findings,
+            repro=repro,
+        )
+    with docs_lock(paths.folder):
+        backlog_text = read_state(paths.backlog)
+        items = merge_findings(
+            parse_findings(
+                section_body(backlog_text or "", "adversary-findings", str(paths.backlog))
+            ),
+            result.findings,
+            result.at,
+        )
+        status_text = read_state(paths.status)
+        update_sections(paths.review, render("review_header.md.j2", phase=paths.phase), sections)
+        update_sections(
+            paths.backlog,
+            render("backlog_header.md.j2", phase=paths.phase),
+            {"adversary-findings": render("backlog_adversary.md.j2", items=items)},
+        )
+        if status_text is not None:
+            # Only the claim this review verified gets its PASS header: re-read under the lock.
+            current = parse_claims(status_text, str(paths.status))
+            new = status_text
+            for name, verdict in result.verdicts.items():
+                reviewed = result.claims[name]
+                same_claim = (current[name].run_id, current[name].claimed_at) == (
+                    reviewed.run_id,
+                    reviewed.claimed_at,
+                )
+                if verdict == "PASS" and same_claim:
+                    new = mark_gate_passed(new, name, result.at, str(paths.status))
+            if new != status_text:
+                atomic_write(paths.status, new)
+        entry = f"## {result.at} — review `{result.review_id}`: " + ", ".join(
+            f"{g} {v}" for g, v in result.verdicts.items()
+        )
+        entry += "".join(f"\n- finding: {f.title}" for f in result.findings)
+        append_journal(
+            paths.journal, render("journal_header.md.j2", phase=paths.phase), entry + "\n"
+        )
+    written = {"status": paths.status, "review": paths.review, "backlog": paths.backlog}
+    return {k: str(v) for k, v in {**written, "journal": paths.journal}.items()}

@@ -1,19 +1,21 @@
-"""The upgrade procedure's Step-0 guard: find its section, confirm it detects the VIP
-signature in the docker journal and has a recovery action, and prove its detection command
-counts the real signature (and nothing on a clean log).
+"""Stage guard (M2): the upgrade procedure's Step-0 guard. Find its section, confirm it detects
+the VIP signature in the docker journal and has a recovery action, and prove its detection
+command counts the real signature (and nothing on a clean log). Reading the Markdown and the
+shell in it is pure; `gather` reads the file and runs the detection; `judge` checks.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import time
 from dataclasses import dataclass
 
-from pvcheck.config import GuardConfig
+from pvcheck.config import Config, GuardConfig
 from pvcheck.errors import StateFileError
-from pvcheck.hosts import Host
 from pvcheck.procs import PLAIN_ENV, run_bounded
-from pvcheck.records import Check, Status
+from pvcheck.records import Check, Family, Gate, Status, skipped
+from pvcheck.seams import Seams
 from pvcheck.statefiles import read_state
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
@@ -257,74 +259,177 @@ def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | Non
     return int(numbers[-1]) if numbers else None
 
 
-def check_guard(cfg: GuardConfig, host: Host | None = None) -> tuple[list[Check], list[str] | None]:
-    """Checks of the guard file; also returns the detection argv (for the lab canary). The
-    detection runs where the procedure runs it: on the target host."""
-    where = str(cfg.file)
+# --- the stage -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    guard: GuardConfig
+    canary: bool = False  # lab only: make the real allocator log the signature, then count it
+    run_id: str = ""
+    image: str = ""  # the canary's image (the allocator's)
+    docker_host: str = ""
+    network: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Config, run_id: str, canary: bool) -> Settings | None:
+        if cfg.guard is None:
+            return None
+        return cls(
+            cfg.guard,
+            canary,
+            run_id,
+            cfg.allocator.image,
+            cfg.target.docker_host,
+            cfg.network.name,
+        )
+
+
+@dataclass(frozen=True)
+class Canary:
+    refused: str | None = None  # why this engine is not the built-in lab's
+    unavailable: str | None = None  # why there is nothing to run (no detection command)
+    count: int = 0
+    since: str = ""
+    network: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    file: str
+    read_error: str | None = None  # a link, a FIFO, a huge or binary file: not read
+    missing: bool = False
+    section: GuardSection | None = None
+    detection: Detection | None = None
+    argv: list[str] | None = None  # the detection as run (on the target host)
+    hit: int | None = None  # its count on a log with the signature
+    clean: int | None = None  # and on a clean log
+    recovery: str | None = None
+    seconds: float = 0.0
+    canary: Canary | None = None
+
+
+def not_configured() -> Check:
+    why = "no [guard] section in the config"
+    return skipped(Family.GUARD.id("stage"), Gate.M2, "the guard check runs", why)
+
+
+def gather(seams: Seams, settings: Settings) -> Observation:
+    """Read the guard's section and run its detection where the procedure runs it: on the
+    target host, with a sample log on stdin."""
+    t0 = time.monotonic()
+    cfg, where = settings.guard, str(settings.guard.file)
     try:
         text = read_state(cfg.file)
-    except StateFileError as exc:  # a link, a FIFO, a huge or binary file: not read
-        return [
-            Check("guard.section", "M2", Status.ERROR, f"{where} exists", "not read", str(exc))
-        ], None
+    except StateFileError as exc:
+        return Observation(where, read_error=str(exc), seconds=time.monotonic() - t0)
     if text is None:
-        return [Check("guard.section", "M2", Status.FAIL, f"{where} exists", "file missing")], None
+        return Observation(where, missing=True, seconds=time.monotonic() - t0)
     section = find_section(text, cfg.section)
     if section is None:
-        return [
-            Check(
-                "guard.section",
-                "M2",
-                Status.FAIL,
-                f"a section {cfg.section!r} in {where}",
-                "no such heading",
-            )
-        ], None
-    checks = [
-        Check(
-            "guard.section",
-            "M2",
-            Status.PASS,
-            f"a section {cfg.section!r} in {where}",
-            f"line {section.line}: {section.heading}",
-        )
-    ]
+        return Observation(where, seconds=time.monotonic() - t0)
     detection = find_detection(section, cfg.signature)
     argv = cfg.detect_command or (detection.grep if detection else None)
-    if argv is not None and host is not None:
-        argv = host.argv(argv)
+    hit = clean = None
+    if argv is not None:
+        argv = seams.host.argv(argv)
+        hit, clean = count_with(argv, SIGNATURE_SAMPLE), count_with(argv, CLEAN_SAMPLE)
+    return Observation(
+        where,
+        section=section,
+        detection=detection,
+        argv=argv,
+        hit=hit,
+        clean=clean,
+        recovery=find_recovery(section),
+        seconds=time.monotonic() - t0,
+    )
+
+
+def gather_canary(seams: Seams, settings: Settings, argv: list[str] | None) -> Canary:
+    """Lab only: never on a real host, whose Step-0 guard would restart docker on the line."""
+    from pvcheck.canary import lab_engine_problem, run_canary
+
+    problem = lab_engine_problem(seams.swarm, settings.docker_host, settings.network)
+    if problem or seams.lab_engine is None:
+        return Canary(refused=problem or "not the built-in lab's engine")
     if argv is None:
+        return Canary(unavailable="no detection command to run")
+    t0 = time.monotonic()
+    count, since, net = run_canary(
+        seams.lab_engine, settings.run_id, settings.image, argv, seams.logs
+    )
+    return Canary(None, None, count, since, net, time.monotonic() - t0)
+
+
+def judge(obs: Observation, settings: Settings) -> list[Check]:
+    cfg, where, t = settings.guard, obs.file, obs.seconds
+    section_id = Family.GUARD.id("section")
+    if obs.read_error is not None:
+        expected = f"{where} exists"
+        return [Check(section_id, Gate.M2, Status.ERROR, expected, "not read", obs.read_error, t)]
+    if obs.missing:
+        return [Check(section_id, Gate.M2, Status.FAIL, f"{where} exists", "file missing", "", t)]
+    expected = f"a section {cfg.section!r} in {where}"
+    if obs.section is None:
+        return [Check(section_id, Gate.M2, Status.FAIL, expected, "no such heading", "", t)]
+    found = f"line {obs.section.line}: {obs.section.heading}"
+    checks = [Check(section_id, Gate.M2, Status.PASS, expected, found, "", t)]
+    detects_id = Family.GUARD.id("detects")
+    if obs.argv is None:
         checks.append(
             Check(
-                "guard.detects",
-                "M2",
+                detects_id,
+                Gate.M2,
                 Status.FAIL,
                 "a journal grep for the VIP signature",
                 "no detection command in the section",
                 f"no grep in the section's code looks for part of {cfg.signature!r}",
+                t,
             )
         )
     else:
-        hit, clean = count_with(argv, SIGNATURE_SAMPLE), count_with(argv, CLEAN_SAMPLE)
-        ok = bool(hit) and clean == 0
+        ok = bool(obs.hit) and obs.clean == 0
+        shown = obs.detection.pipeline if obs.detection else " ".join(obs.argv)
         checks.append(
             Check(
-                "guard.detects",
-                "M2",
+                detects_id,
+                Gate.M2,
                 Status.PASS if ok else Status.FAIL,
                 "count > 0 on a log with the signature, 0 on a clean log",
-                f"{hit} on the signature sample, {clean} on the clean sample",
-                f"detection: {detection.pipeline if detection else ' '.join(argv)}",
+                f"{obs.hit} on the signature sample, {obs.clean} on the clean sample",
+                f"detection: {shown}",
+                t,
             )
         )
-    recovery = find_recovery(section)
     checks.append(
         Check(
-            "guard.recovery",
-            "M2",
-            Status.PASS if recovery else Status.FAIL,
+            Family.GUARD.id("recovery"),
+            Gate.M2,
+            Status.PASS if obs.recovery else Status.FAIL,
             "an executable line that restarts docker when the count is non-zero",
-            recovery or "no command in the section restarts docker",
+            obs.recovery or "no command in the section restarts docker",
+            "",
+            t,
         )
     )
-    return checks, argv
+    if obs.canary is not None:
+        checks.append(judge_canary(obs.canary))
+    return checks
+
+
+def judge_canary(canary: Canary) -> Check:
+    check_id = Family.GUARD.id("canary")
+    expected = "the guard's detection counts > 0 in the real docker log after the canary"
+    if canary.refused is not None:
+        return Check(check_id, Gate.M2, Status.ERROR, "a lab engine", "refused", canary.refused)
+    if canary.unavailable is not None:
+        return skipped(check_id, Gate.M2, "canary", canary.unavailable)
+    return Check(
+        check_id,
+        Gate.M2,
+        Status.PASS if canary.count > 0 else Status.FAIL,
+        expected,
+        f"detection counted {canary.count} signature line(s) since {canary.since}",
+        f"canary network {canary.network}; removed after",
+        canary.seconds,
+    )

@@ -16,7 +16,7 @@ from pvcheck.safeio import append, read_capped
 def history_record(report: Report, seconds: float | None = None) -> dict[str, Any]:
     """Pure: what one run adds to the history."""
     after = report.facts_after.network if report.facts_after else None
-    alloc = report.extra.get("allocator") or {}
+    alloc = report.allocator
     return {
         "at": report.finished_at,
         "run_id": report.run_id,
@@ -26,7 +26,7 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
         "subnet": after.subnet if after else None,
         "endpoints": after.used if after else None,
         "headroom_pct": round(after.headroom_pct, 3) if after else None,
-        "leaked": alloc.get("leaked_total"),
+        "leaked": alloc.leaked_total if alloc else None,
         "seconds": seconds,
         "stage_seconds": {c.id: round(c.duration_s, 2) for c in report.checks if c.duration_s >= 1},
     }

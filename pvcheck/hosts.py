@@ -25,6 +25,7 @@ from pathlib import Path
 from pvcheck.config import SSH_URL, TargetConfig
 from pvcheck.errors import TargetUnreachable
 from pvcheck.procs import MAX_OUTPUT, run_bounded
+from pvcheck.seams import HostCommands
 
 
 class LocalHost:
@@ -46,6 +47,9 @@ class LocalHost:
 
     def docker_url(self) -> str:
         return self.target.docker_host
+
+    def failure(self, stderr: str) -> str:
+        return stderr.strip()[-300:]
 
 
 @dataclass
@@ -103,6 +107,9 @@ class SshHost:
             parts += ["-o", f"UserKnownHostsFile={ssh.known_hosts}"]
         parts.append(self.destination)
         return " ".join(shlex.quote(p) for p in parts) + " " + shlex.quote(command)
+
+    def failure(self, stderr: str) -> str:
+        return ssh_failure(self.destination, self.port, stderr)
 
     # --- the docker socket tunnel ------------------------------------------------------------
     def docker_url(self) -> str:
@@ -183,7 +190,7 @@ def host_for(target: TargetConfig) -> Host:
 
 
 def run_on(
-    host: Host,
+    host: HostCommands,
     argv: list[str],
     timeout_s: float,
     stdin: str | None = None,
@@ -198,7 +205,6 @@ def run_on(
         raise subprocess.TimeoutExpired(argv, timeout_s)
     stderr = done.stderr.decode("utf-8", errors="replace")
     if host.remote and done.rc == 255:
-        assert isinstance(host, SshHost)
-        raise TargetUnreachable(ssh_failure(host.destination, host.port, stderr))
+        raise TargetUnreachable(host.failure(stderr))
     rc = 0 if done.truncated and done.rc < 0 else done.rc  # stopped by us at the cap
     return rc, done.stdout.decode("utf-8", errors="replace"), stderr

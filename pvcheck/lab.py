@@ -30,7 +30,7 @@ from pvcheck.canary import lab_engine_problem
 from pvcheck.composefile import StackSpec, parse_stack
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, TargetUnreachable
-from pvcheck.routes import RouteObservation, probe_routes
+from pvcheck.routes import RouteObservation, answered, probe_routes
 from pvcheck.safeio import atomic_write
 from pvcheck.stacks import StackDeployer, list_residue, remove_labelled
 from pvcheck.swarm import LABEL_LAB, Swarm
@@ -478,7 +478,7 @@ def wait_routes(cfg: Config, wait_s: float) -> list[RouteObservation]:
     deadline = time.monotonic() + wait_s
     while True:
         probes = probe_routes(cfg.routes, cfg.http)
-        ok = all(p.status in r.expect_status for p, r in zip(probes, cfg.routes, strict=True))
+        ok = all(answered(r, p) for p, r in zip(probes, cfg.routes, strict=True))
         if ok or time.monotonic() > deadline:
             return probes
         time.sleep(2)

@@ -1,5 +1,6 @@
-"""The docker log seam (journald, a file, or a command) and a pure scanner for the
-VIP/IPAM error family.
+"""Stage logs (M2): no VIP-exhaustion line in the docker log during a window (the run, the
+reproduction, the time since a claim). The docker log seam (journald, a file, or a command)
+and a pure scanner for the VIP/IPAM error family.
 
 Lines whose time can be read are kept only inside the window; lines without a readable
 time are kept (a journald or command source is already windowed by its own arguments).
@@ -13,16 +14,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from pvcheck.config import LogsConfig
+from pvcheck.config import Config, LogsConfig
 from pvcheck.errors import StateFileError
-from pvcheck.hosts import Host
 from pvcheck.procs import MAX_LINE, LineStream
-from pvcheck.records import format_ts
+from pvcheck.records import VIP_SIGNATURE, Check, Gate, Status, format_ts
 from pvcheck.safeio import open_regular
 
-VIP_SIGNATURE = "could not find an available IP while allocating VIP"
+if TYPE_CHECKING:
+    from pvcheck.seams import HostCommands, Seams
 
 
 # Fixed parts of every pattern of the family: what a grep on the host lets through.
@@ -228,7 +229,7 @@ def journald_source(unit: str) -> CommandLogSource:
     )
 
 
-def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
+def make_log_source(cfg: LogsConfig, host: HostCommands | None = None) -> LogSource:
     """The docker log: on this machine, or read over ssh on a remote target."""
     remote = host is not None and host.remote
     if cfg.source == "file":
@@ -250,3 +251,79 @@ def make_log_source(cfg: LogsConfig, host: Host | None = None) -> LogSource:
         host.argv(source.argv), host.how(shown), source.timeout_s, source.unreadable,
         source.ok_codes,
     )  # fmt: skip
+
+
+# --- the stage -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """One log window to scan, and the check it becomes."""
+
+    check_id: str  # logs.fresh-run, logs.fresh-allocator, logs.after-builder
+    what: str  # "this run", "the reproduction", ...
+    since: datetime
+    until: datetime
+    network: str
+    max_lines: int
+
+    @classmethod
+    def window(
+        cls, cfg: Config, check_id: str, what: str, since: datetime, until: datetime
+    ) -> Settings:
+        # A window never runs backwards (a clock or a claim time).
+        return cls(check_id, what, min(since, until), until, cfg.network.name, cfg.logs.max_lines)
+
+
+@dataclass(frozen=True)
+class Observation:
+    scan: LogScan
+    seconds: float
+
+
+def gather(seams: Seams, settings: Settings) -> Observation:
+    import time
+
+    t0 = time.monotonic()
+    source, patterns = seams.logs, error_family(settings.network)
+    try:
+        scan = scan_lines(
+            source.lines(settings.since, settings.until),
+            patterns,
+            settings.since,
+            settings.until,
+            settings.max_lines,
+            source.describe(),
+        )
+    except LogUnreadable as exc:
+        scan = unread_scan(source.describe(), patterns, settings.since, settings.until, str(exc))
+    return Observation(scan, time.monotonic() - t0)
+
+
+def judge(obs: Observation, settings: Settings) -> list[Check]:
+    return [fresh_logs(settings.check_id, obs.scan, settings.what, obs.seconds)]
+
+
+def fresh_logs(check_id: str, scan: LogScan, window: str, seconds: float = 0.0) -> Check:
+    """The VIP line fails its gate; the rest of the family is reported as evidence. A log
+    that could not be read is an error: it proves nothing either way."""
+    expected = f"no '{VIP_SIGNATURE}' in the docker log during {window}"
+    if scan.error:
+        return Check(
+            check_id,
+            Gate.M2,
+            Status.ERROR,
+            expected,
+            f"docker log not read ({scan.since} -> {scan.until})",
+            f"source {scan.source}: {scan.error}",
+            seconds,
+        )
+    others = ", ".join(f"{k} {v}" for k, v in scan.counts.items() if k != "vip_exhausted")
+    return Check(
+        check_id,
+        Gate.M2,
+        Status.FAIL if scan.vip_count else Status.PASS,
+        expected,
+        f"{scan.vip_count} VIP lines ({scan.since} -> {scan.until}); {others}",
+        f"source {scan.source}"
+        + (f"; first: {scan.lines[0][:300]}" if scan.vip_count and scan.lines else ""),
+        seconds,
+    )

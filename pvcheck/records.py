@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+# What dockerd logs when swarm's IPAM cannot give a service its VIP: the incident's line.
+VIP_SIGNATURE = "could not find an available IP while allocating VIP"
 TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every timestamp pvcheck writes: UTC, to the second
 
 
@@ -28,6 +30,76 @@ class Status(StrEnum):
     ERROR = "error"
 
 
+class Gate(StrEnum):
+    M1 = "M1"
+    M2 = "M2"
+
+
+class Family(StrEnum):
+    """A check id's first part: which stage made the check (`alloc.leak` is an ALLOC check)."""
+
+    PRE = "pre"
+    SVC = "svc"
+    ROUTE = "route"
+    FACTS = "facts"
+    DEPLOY = "deploy"
+    ALLOC = "alloc"
+    LOGS = "logs"
+    GUARD = "guard"
+    TEARDOWN = "teardown"
+    RUN = "run"
+    REVIEW = "review"
+
+    def id(self, name: str) -> str:
+        return f"{self.value}.{name}"
+
+
+class Outcome(StrEnum):
+    """How a stage ended, as STATUS and the JSON report show it."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIPPED = "skipped"
+    ALLOWED = "allowed"  # test traffic may start
+    BLOCKED = "blocked"  # a precondition or core route is down: no test traffic
+    HELD = "held"  # another run or sweep is active: no test traffic
+    CLEAN = "clean"
+    LEFT = "left"
+
+
+class Stage(StrEnum):
+    PRECONDITIONS = "preconditions"
+    ROUTES = "routes"
+    TRAFFIC = "traffic"
+    DEPLOY = "deploy"
+    ALLOCATOR = "allocator"
+    GUARD = "guard"
+    TEARDOWN = "teardown"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    outcome: Outcome
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if not self.reason:
+            return str(self.outcome)
+        if self.outcome == Outcome.FAIL:
+            return f"fail ({self.reason})"
+        return f"{self.outcome}: {self.reason}"
+
+
+def stage_outcome(checks: list[Check]) -> StageOutcome:
+    """Pure: fail naming the failed checks; else skipped with the first real skip's reason."""
+    failed = [c.id for c in checks if c.status in (Status.FAIL, Status.ERROR)]
+    if failed:
+        return StageOutcome(Outcome.FAIL, ", ".join(failed))
+    skipped = [c.detail for c in checks if c.status == Status.SKIP and not c.not_applicable]
+    return StageOutcome(Outcome.SKIPPED, skipped[0]) if skipped else StageOutcome(Outcome.PASS)
+
+
 class Verdict(StrEnum):
     """A run's verdict. INCOMPLETE: nothing failed, but a gate was not proven."""
 
@@ -41,7 +113,7 @@ class Check:
     """One judged check: what was expected, what was found, and how long finding it took."""
 
     id: str
-    gate: str
+    gate: Gate
     status: Status
     expected: str
     found: str
@@ -51,36 +123,45 @@ class Check:
     # skipped, never counted as passed, and it does not leave its gate unproven.
     not_applicable: bool = False
 
+    @property
+    def family(self) -> str:
+        return self.id.split(".", 1)[0]
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["gate"] = str(self.gate)
         out["status"] = str(self.status)
         out["duration_s"] = round(self.duration_s, 3)
         return out
 
 
-GATES: dict[str, str] = {
-    "M1": "Control plane and routing verified",
-    "M2": "Real CI and allocator proof verified",
+GATES: dict[Gate, str] = {
+    Gate.M1: "Control plane and routing verified",
+    Gate.M2: "Real CI and allocator proof verified",
 }
 
 # A gate is proven only when each of these check families is present (and all passed).
-GATE_REQUIRES: dict[str, tuple[str, ...]] = {
-    "M1": ("pre.", "svc.", "route."),
-    "M2": ("deploy.", "alloc.", "logs.", "teardown.", "guard."),
+GATE_REQUIRES: dict[Gate, tuple[Family, ...]] = {
+    Gate.M1: (Family.PRE, Family.SVC, Family.ROUTE),
+    Gate.M2: (Family.DEPLOY, Family.ALLOC, Family.LOGS, Family.TEARDOWN, Family.GUARD),
 }
+
+
+def skipped(check_id: str, gate: Gate, expected: str, reason: str) -> Check:
+    return Check(check_id, gate, Status.SKIP, expected, "not run", reason)
 
 
 @dataclass(frozen=True)
 class GateResult:
     """A gate's status: fail if any check failed or errored; skip if not proven; else pass."""
 
-    gate: str
+    gate: Gate
     status: Status
     checks: list[Check] = field(default_factory=list)
 
     @property
     def title(self) -> str:
-        return GATES.get(self.gate, self.gate)
+        return GATES[self.gate]
 
     @property
     def failing(self) -> list[Check]:
@@ -95,21 +176,19 @@ class GateResult:
         if skipped:
             return f"{skipped[0].id}: {skipped[0].detail or skipped[0].found}"
         missing = [
-            p.rstrip(".")
-            for p in GATE_REQUIRES.get(self.gate, ())
-            if not any(c.id.startswith(p) for c in self.checks)
+            str(f) for f in GATE_REQUIRES[self.gate] if not any(c.family == f for c in self.checks)
         ]
         return "no " + ", ".join(missing) + " checks ran" if missing else "no checks ran"
 
 
-def judge_gate(gate: str, checks: list[Check]) -> GateResult:
+def judge_gate(gate: Gate, checks: list[Check]) -> GateResult:
     """Pure: a gate passes only when it has checks and every one of them passed.
 
     A skipped check, or a required family of checks that did not run, means the gate was not
     proven (a skip is never counted as a pass).
     """
     mine = [c for c in checks if c.gate == gate]
-    missing = [p for p in GATE_REQUIRES.get(gate, ()) if not any(c.id.startswith(p) for c in mine)]
+    missing = [f for f in GATE_REQUIRES[gate] if not any(c.family == f for c in mine)]
     if any(c.status in (Status.FAIL, Status.ERROR) for c in mine):
         status = Status.FAIL
     elif not mine or missing or any(c.status == Status.SKIP and not c.not_applicable for c in mine):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from pvcheck.allocator import AllocatorResult
 from pvcheck.facts import HostFacts
 from pvcheck.logscan import LogScan
 from pvcheck.masking import redact
@@ -14,6 +15,9 @@ from pvcheck.records import (
     GATES,
     Check,
     GateResult,
+    Outcome,
+    Stage,
+    StageOutcome,
     Status,
     Verdict,
     judge_gate,
@@ -30,12 +34,18 @@ class Report:
     started_at: str
     finished_at: str = ""
     checks: list[Check] = field(default_factory=list)
-    stages: dict[str, str] = field(default_factory=dict)
+    stages: dict[Stage, StageOutcome] = field(default_factory=dict)
+    target_via: str = ""  # how the host was reached (here, or ssh with its host key file)
     facts_before: HostFacts | None = None
     facts_after: HostFacts | None = None
-    logs: LogScan | None = None
+    logs: LogScan | None = None  # the window before the run (logs.window_h)
+    run_logs: LogScan | None = None  # the run's own window (logs.fresh-run)
+    allocator: AllocatorResult | None = None  # None: the reproduction did not run
     evidence: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, checks: list[Check]) -> list[Check]:
+        self.checks += checks
+        return checks
 
     @property
     def gates(self) -> list[GateResult]:
@@ -49,6 +59,12 @@ class Report:
     def incomplete_reason(self) -> str:
         """Why the verdict is INCOMPLETE (empty otherwise)."""
         return unproven(self.gates) if self.verdict == Verdict.INCOMPLETE else ""
+
+    @property
+    def traffic_blocked(self) -> bool:
+        """A precondition or core route was down, so no test traffic started."""
+        stage = self.stages.get(Stage.TRAFFIC)
+        return stage is not None and stage.outcome == Outcome.BLOCKED
 
     @property
     def failing(self) -> list[Check]:
@@ -67,7 +83,7 @@ class Report:
                 g.gate: {"status": str(g.status), "title": g.title, "checks": len(g.checks)}
                 for g in self.gates
             },
-            "stages": self.stages,
+            "stages": {str(k): str(v) for k, v in self.stages.items()},
             "checks": [c.as_dict() for c in self.checks],
             "facts": {
                 "before": self.facts_before.as_dict() if self.facts_before else None,
@@ -75,7 +91,9 @@ class Report:
             },
             "logs": self.logs.__dict__ if self.logs else None,
             "evidence": self.evidence,
-            **self.extra,
+            "target_via": self.target_via,
+            "run_logs": self.run_logs.__dict__ if self.run_logs else None,
+            **({"allocator": self.allocator.as_dict()} if self.allocator else {}),
         }
 
     def to_json(self) -> str:

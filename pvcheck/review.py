@@ -5,13 +5,17 @@ the I/O.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from pvcheck.errors import StateFileError
 from pvcheck.facts import HostFacts
-from pvcheck.records import GATES, format_ts, parse_ts
+from pvcheck.records import GATES, Check, Gate, Status, format_ts, parse_ts
+from pvcheck.safeio import read_capped
 from pvcheck.statefiles import section_body
 
 _GATE_HEADER = re.compile(
@@ -20,12 +24,11 @@ _GATE_HEADER = re.compile(
 _CLAIMED = re.compile(r"^Claimed @(\S+) by run `([^`]+)`")
 _REVIEW = re.compile(r"^## (M\d+) — .*: \*\*(PASS|FAIL)\*\* @ ?(\S+)\s*$")
 _REVIEWED = re.compile(r"^Reviewed the claim of run `([^`]+)`")
-_ROW = re.compile(r"^\| (.+?) \| (.+?) \| (.+?) \|$")
 
 
 @dataclass(frozen=True)
 class GateClaim:
-    gate: str
+    gate: Gate
     state: str  # "claimed" | "pass" | "not claimed"
     claimed_at: datetime | None
     run_id: str | None
@@ -56,7 +59,7 @@ def _line_of(text: str, line: str) -> int:
     return lines.index(line) + 1 if line in lines else 0
 
 
-def parse_gate(body: str, gate: str, path: str = "STATUS", full_text: str = "") -> GateClaim:
+def parse_gate(body: str, gate: Gate, path: str = "STATUS", full_text: str = "") -> GateClaim:
     state, claimed_at, run_id = "not claimed", None, None
     commands: list[str] = []
     expected: list[str] = []
@@ -89,7 +92,7 @@ def parse_gate(body: str, gate: str, path: str = "STATUS", full_text: str = "") 
 
 
 def parse_claims(status_text: str, path: str) -> dict[str, GateClaim]:
-    out = {}
+    out: dict[str, GateClaim] = {}
     for gate in GATES:
         body = section_body(status_text, f"gate-{gate}", path) or ""
         # Claims are read only inside pvcheck's own section (a header pasted elsewhere is
@@ -100,17 +103,6 @@ def parse_claims(status_text: str, path: str) -> dict[str, GateClaim]:
                 path, f"section gate-{gate} holds {len(headers)} gate headers; expected one"
             )
         out[gate] = parse_gate(body, gate, path, status_text)
-    return out
-
-
-def parse_evidence(status_text: str, path: str) -> dict[str, str]:
-    """Fact -> the 'after' column of the STATUS evidence table."""
-    body = section_body(status_text, "evidence", path) or ""
-    out = {}
-    for line in body.splitlines():
-        row = _ROW.match(line)
-        if row and not row.group(1).startswith(("fact", "---")):
-            out[row.group(1).strip("`")] = row.group(3)
     return out
 
 
@@ -148,55 +140,115 @@ class Finding:
     """Something the review saw that the builder's claims do not show."""
 
     key: str  # stable across reviews: the same problem found again is the same finding
-    gate: str
+    gate: Gate
     title: str
     repro: str
 
 
-def compare_evidence(recorded: dict[str, str], live: HostFacts) -> list[Finding]:
-    """Pure: every number in STATUS's 'after' column that the host does not show now."""
-    findings = []
+@dataclass(frozen=True)
+class Recorded:
+    """The numbers a run recorded after it finished (its JSON report's `facts.after`)."""
+
+    run_id: str
+    network: dict[str, str]  # fact -> value, as STATUS's evidence table names them
+    services: dict[str, str]  # control-plane service -> "running/desired"
+    used: int | None
+
+
+MAX_REPORT_BYTES = 16 * 1024 * 1024
+_NETWORK_FACTS = {
+    "subnet": "subnet",
+    "capacity": "capacity",
+    "service VIPs": "vips",
+    "task IPs": "task_ips",
+    "LB endpoints": "lb_endpoints",
+    "other containers": "containers",
+}
+_M1_FACTS = {"subnet", "capacity"}  # the network's shape; endpoint counts are M2's
+
+
+def recorded_from_json(doc: Any, path: str) -> Recorded:
+    """Pure: the numbers of a run's JSON report; a report pvcheck did not write is refused,
+    naming the field."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("run_id"), str):
+        raise StateFileError(path, "not a pvcheck run report (no run_id)")
+
+    def obj(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    after = obj(obj(doc.get("facts")).get("after"))
+    net = obj(after.get("network"))
+    network = {fact: str(net[key]) for fact, key in _NETWORK_FACTS.items() if key in net}
+    listed = after.get("services")
+    listed = listed if isinstance(listed, list) else []
+    services = {
+        str(s["name"]): f"{s.get('running')}/{s.get('desired')}"
+        for s in listed
+        if isinstance(s, dict) and "name" in s
+    }
+    used = net.get("used")
+    return Recorded(doc["run_id"], network, services, used if isinstance(used, int) else None)
+
+
+def read_recorded(path: Path) -> Recorded | None:
+    """The latest run's recorded numbers (None when no run wrote a report here)."""
+    data = read_capped(path, MAX_REPORT_BYTES)
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise StateFileError(str(path), f"not JSON: {exc}") from None
+    return recorded_from_json(doc, str(path))
+
+
+def compare_evidence(recorded: Recorded, live: HostFacts) -> list[Finding]:
+    """Pure: every number of the run's report that the host does not show now."""
     net = live.network
     if net is None:
         return [
             Finding(
-                "status:network",
-                "M1",
-                "the network recorded in STATUS is gone",
+                "report:network",
+                Gate.M1,
+                "the network recorded by the run is gone",
                 "docker network ls",
             )
         ]
-    live_values = {
+    now_network = {
         "subnet": net.subnet,
         "capacity": str(net.capacity),
         "service VIPs": str(net.vips),
         "task IPs": str(net.task_ips),
         "LB endpoints": str(net.lb_endpoints),
         "other containers": str(net.containers),
-        **{s.name: f"{s.running}/{s.desired}" for s in live.services},
     }
-    for fact, now in live_values.items():
-        said = recorded.get(fact)
-        if said is None:
-            continue
-        said_value = said.split(",")[0].strip()
-        if said_value != now:
-            gate = "M1" if fact in ("subnet", "capacity") or "_" in fact else "M2"
-            findings.append(
-                Finding(
-                    f"status:{fact}",
-                    gate,
-                    f"STATUS says {fact} = {said_value}, the host shows {now}",
-                    f"docker network inspect --verbose {net.name}  # {fact}: expected {said_value}",
-                )
+    now_services = {s.name: f"{s.running}/{s.desired}" for s in live.services}
+    findings = []
+    differing = [
+        (fact, Gate.M1 if fact in _M1_FACTS else Gate.M2, said, now_network[fact])
+        for fact, said in recorded.network.items()
+        if said != now_network[fact]
+    ]
+    differing += [
+        (name, Gate.M1, said, now_services[name])
+        for name, said in recorded.services.items()
+        if name in now_services and said != now_services[name]
+    ]
+    for fact, gate, said, now in differing:
+        findings.append(
+            Finding(
+                f"report:{fact}",
+                gate,
+                f"the run's report says {fact} = {said}, the host shows {now}",
+                f"docker network inspect --verbose {net.name}  # {fact}: expected {said}",
             )
-    used = recorded.get("endpoints used")
-    if used and used.isdigit() and net.used > int(used):
+        )
+    if recorded.used is not None and net.used > recorded.used:
         findings.append(
             Finding(
                 "leak:endpoints",
-                "M2",
-                f"{net.used} endpoints on {net.name} now, above the builder's recorded {used}",
+                Gate.M2,
+                f"{net.used} endpoints on {net.name} now, above the run's recorded {recorded.used}",
                 f"docker network inspect --verbose {net.name}",
             )
         )
@@ -327,3 +379,64 @@ def mark_gate_passed(status_text: str, gate: str, at: str, path: str) -> str:
     if lines and _GATE_HEADER.match(lines[0]):
         lines[0] = f"## Gate: {gate} — PASS @{at}"
     return replace_section(status_text, f"gate-{gate}", "\n".join(lines) + "\n", path)
+
+
+@dataclass
+class ReviewResult:
+    review_id: str
+    at: str
+    claims: dict[str, GateClaim]
+    checks: list[Check] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    verdicts: dict[str, str] = field(default_factory=dict)
+    evidence: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return (
+            "pass" if self.verdicts and all(v == "PASS" for v in self.verdicts.values()) else "fail"
+        )
+
+    def judge(self) -> None:
+        """Pure: a gate passes when it was claimed, every live check of it passed and nothing
+        was found against it. Every failed check is also a finding, filed once."""
+        self.findings += failing_findings(self.checks)
+        for gate in GATES:
+            ok = (
+                self.claims[gate].is_claim
+                and all(c.status == Status.PASS for c in self.checks if c.gate == gate)
+                and not any(f.gate == gate for f in self.findings)
+            )
+            self.verdicts[gate] = "PASS" if ok else "FAIL"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "review_id": self.review_id,
+            "at": self.at,
+            "gates": {
+                g: {
+                    "status": v.lower(),
+                    "claim_run_id": self.claims[g].run_id,
+                    "findings": [f.title for f in self.findings if f.gate == g],
+                }
+                for g, v in self.verdicts.items()
+            },
+            "checks": [c.as_dict() for c in self.checks],
+            "findings": [f.__dict__ for f in self.findings],
+            "evidence": self.evidence,
+        }
+
+
+def failing_findings(checks: list[Check]) -> list[Finding]:
+    """Every failed live check is also a finding, keyed by the check so it is filed once."""
+    return [
+        Finding(
+            f"check:{c.id}",
+            c.gate,
+            f"{c.id}: expected {c.expected}; found {c.found}",
+            c.detail or c.id,
+        )
+        for c in checks
+        if c.status in (Status.FAIL, Status.ERROR)
+    ]

@@ -1,4 +1,6 @@
-"""Route probes: HTTP(S) requests through the reverse proxy, concurrently, with bounded retries.
+"""Stage routes (M1): every configured route through the reverse proxy answers as expected.
+Probes are HTTP(S) requests, concurrent, with bounded retries; `judge` holds the one rule of
+"answered as expected", and `recheck` re-probes the core routes before new test traffic.
 
 A route may set connect_to (like `curl --resolve`): the TCP connection goes to that address
 while the Host header and the TLS SNI/certificate check keep the route's own host name.
@@ -19,8 +21,10 @@ from dataclasses import dataclass
 import httpx
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
-from pvcheck.config import HttpConfig, RouteConfig
-from pvcheck.hosts import Host, run_on
+from pvcheck.config import Config, HttpConfig, RouteConfig
+from pvcheck.hosts import run_on
+from pvcheck.records import Check, Family, Gate, Status, skipped
+from pvcheck.seams import HostCommands, Seams
 
 MAX_BODY = 64 * 1024  # enough to find a marker; never buffer a huge page
 
@@ -42,16 +46,18 @@ class _Unaccepted(Exception):
     """The route answered, but not as expected; worth another attempt."""
 
 
+def default_port(url: httpx.URL) -> int:
+    return 443 if url.scheme == "https" else 80
+
+
 def request_target(route: RouteConfig) -> tuple[str, dict[str, str], dict[str, str]]:
     """(URL to connect to, headers, httpx extensions) for a route; pure."""
     url = httpx.URL(route.url)
     if not route.connect_to:
         return str(url), {}, {}
     host, _, port = route.connect_to.rpartition(":")
-    default_port = 443 if url.scheme == "https" else 80
-    host_header = (
-        url.host if (url.port or default_port) == default_port else f"{url.host}:{url.port}"
-    )
+    port_given = url.port is not None and url.port != default_port(url)
+    host_header = f"{url.host}:{url.port}" if port_given else url.host
     target = url.copy_with(host=host.strip("[]"), port=int(port))
     extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
     return str(target), {"Host": host_header}, extensions
@@ -86,7 +92,7 @@ def http_fetch(client: httpx.AsyncClient) -> Fetch:
     return fetch
 
 
-def host_fetch(host: Host, cfg: HttpConfig) -> Fetch:
+def host_fetch(host: HostCommands, cfg: HttpConfig) -> Fetch:
     """One GET made by curl on the target host (`ssh host curl --connect-to ...`). Only the
     head and the first MAX_BODY bytes come back: curl is stopped past them."""
 
@@ -134,7 +140,7 @@ def curl_route_options(route: RouteConfig) -> list[str]:
     url = httpx.URL(route.url)
     argv = []
     if route.connect_to:
-        port = url.port or (443 if url.scheme == "https" else 80)
+        port = url.port or default_port(url)
         argv += ["--connect-to", f"{url.host}:{port}:{route.connect_to}"]
     if not route.verify_tls:
         argv.append("-k")
@@ -143,8 +149,13 @@ def curl_route_options(route: RouteConfig) -> list[str]:
     return argv
 
 
-def curl_argv(route: RouteConfig, timeout_s: float) -> list[str]:
-    """Pure: the curl a route's check runs on the host: the response head, then the body."""
+def curl_argv(route: RouteConfig, timeout_s: float | None = None) -> list[str]:
+    """Pure: the curl that fetches a route as pvcheck does. With a timeout: the one a check
+    from the host runs (the response head, then the body); without: the one a reviewer
+    pastes (the status code only)."""
+    if timeout_s is None:
+        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\\n"]
+        return [*argv, *curl_route_options(route), route.url]
     argv = ["curl", "-s", "-m", f"{timeout_s:g}", "-D", "-", "-o", "-"]
     return [*argv, *curl_route_options(route), "--", route.url]
 
@@ -203,7 +214,7 @@ async def probe_routes_async(
     routes: list[RouteConfig],
     cfg: HttpConfig,
     transport: httpx.AsyncBaseTransport | None = None,
-    host: Host | None = None,
+    host: HostCommands | None = None,
 ) -> list[RouteObservation]:
     sem = asyncio.Semaphore(cfg.concurrency)
     timeout = httpx.Timeout(cfg.timeout_s)
@@ -243,8 +254,96 @@ def probe_routes(
     routes: list[RouteConfig],
     cfg: HttpConfig,
     transport: httpx.AsyncBaseTransport | None = None,
-    host: Host | None = None,
+    host: HostCommands | None = None,
 ) -> list[RouteObservation]:
     """Probe every route concurrently (bounded by cfg.concurrency); order follows `routes`.
     A route with check_from = "host" is fetched by curl on `host` (over ssh)."""
     return asyncio.run(probe_routes_async(routes, cfg, transport, host))
+
+
+# --- the stage -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    routes: list[RouteConfig]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Settings:
+        return cls(list(cfg.routes))
+
+    @property
+    def core(self) -> Settings:
+        return Settings([r for r in self.routes if r.core])
+
+    @property
+    def core_ids(self) -> set[str]:
+        return {Family.ROUTE.id(r.name) for r in self.routes if r.core}
+
+
+def gather(seams: Seams, settings: Settings) -> list[RouteObservation]:
+    return seams.http.probe(settings.routes)
+
+
+def judge(probes: list[RouteObservation], settings: Settings) -> list[Check]:
+    return [route_answer(r, p) for r, p in zip(settings.routes, probes, strict=True)]
+
+
+def answered(route: RouteConfig, obs: RouteObservation) -> bool:
+    """The one rule: a listed status, and the body text when one is expected."""
+    return obs.status in route.expect_status and obs.body_has_text is not False
+
+
+def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:
+    want = "/".join(str(s) for s in route.expect_status)
+    expected = f"HTTP {want}" + (
+        f" with body containing {route.body_contains!r}" if route.body_contains else ""
+    )
+    if not route.verify_tls:
+        expected += " (TLS verification OFF for this route)"  # shown in the STATUS table
+    if obs.status is None:
+        found = obs.error or "no answer"
+    else:
+        found = f"HTTP {obs.status}" + (
+            "" if obs.body_has_text is not False else ", body text missing"
+        )
+    ok = answered(route, obs)
+    detail = f"{obs.attempts} attempt(s), {obs.latency_s * 1000:.0f} ms"
+    if not route.verify_tls:
+        detail += "; TLS verification OFF for this route"
+    if not ok:
+        detail = f"route {route.name} ({route.url}) is down: {found}; " + detail
+    return Check(
+        Family.ROUTE.id(route.name),
+        Gate.M1,
+        Status.PASS if ok else Status.FAIL,
+        expected,
+        found,
+        detail,
+        duration_s=obs.latency_s,
+    )
+
+
+def recheck(seams: Seams, settings: Settings, before: str) -> Check:
+    """Re-probe the core routes right before a stage starts new test traffic, so an outage
+    of the reverse proxy seen mid-run stops the run from adding load to a broken host."""
+    core = settings.core
+    return routes_still_up(before, judge(gather(seams, core), core))
+
+
+def routes_still_up(before: str, checks: list[Check]) -> Check:
+    """The core routes re-probed just before a stage starts new test traffic."""
+    down = [f"{c.id}: {c.found}" for c in checks if c.status != Status.PASS]
+    return Check(
+        Family.ROUTE.id(f"recheck-{before}"),
+        Gate.M1,
+        Status.FAIL if down else Status.PASS,
+        f"every core route still answers before the {before} stage",
+        "; ".join(down) if down else f"{len(checks)} core route(s) answer",
+        "a reverse-proxy outage during the run: no new test traffic was started" if down else "",
+        duration_s=max((c.duration_s for c in checks), default=0.0),
+    )
+
+
+def traffic_stopped(check_id: str, expected: str, recheck: Check) -> Check:
+    """A traffic stage not started because its route re-check failed."""
+    reason = f"skipped: no new test traffic, core routes are down ({recheck.found})"
+    return skipped(check_id, Gate.M2, expected, reason)

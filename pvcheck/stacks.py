@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import docker.errors
 
 from pvcheck.composefile import Network, StackSpec, service_kwargs
+from pvcheck.seams import SwarmApi
 from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def converged(states: dict[str, ServiceState]) -> bool:
     return bool(states) and all(s.running_current for s in states.values())
 
 
-def stack_task_states(swarm: Swarm, stack: str) -> dict[str, ServiceState]:
+def stack_task_states(swarm: SwarmApi, stack: str) -> dict[str, ServiceState]:
     """Per service of a stack, by name. Right after an update call the engine may still show
     the old tasks running and the previous update status; counting only tasks with the
     current container spec keeps that moment from passing as converged."""
@@ -199,7 +200,7 @@ def stack_task_states(swarm: Swarm, stack: str) -> dict[str, ServiceState]:
     return out
 
 
-def list_residue(swarm: Swarm, *labels: str) -> dict[str, list[str]]:
+def list_residue(swarm: SwarmApi, *labels: str) -> dict[str, list[str]]:
     """Names of every object carrying all `labels` (each key or key=value), by kind."""
     wanted = list(labels)
     return {
@@ -221,7 +222,7 @@ def _label_dict(labels: list[str]) -> dict[str, str]:
     return dict(label.partition("=")[::2] for label in labels)
 
 
-def remove_labelled(swarm: Swarm, *labels: str, timeout_s: float = 90.0) -> dict[str, list[str]]:
+def remove_labelled(swarm: SwarmApi, *labels: str, timeout_s: float = 90.0) -> dict[str, list[str]]:
     """Remove everything carrying all `labels`, services first; returns what is left at the
     deadline.
 

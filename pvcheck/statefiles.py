@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pvcheck.errors import StateFileError
@@ -20,6 +21,51 @@ from pvcheck.masking import redact
 from pvcheck.safeio import append, atomic_write, open_regular, read_capped, require_root_only
 
 MAX_STATE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DocsPaths:
+    """Every file pvcheck keeps in the docs folder for one phase: the one place names are made."""
+
+    folder: Path
+    phase: str
+
+    def _file(self, kind: str, suffix: str = "md") -> Path:
+        return self.folder / f"{kind}-{self.phase}.{suffix}"
+
+    @property
+    def status(self) -> Path:
+        return self._file("STATUS")
+
+    @property
+    def backlog(self) -> Path:
+        return self._file("BACKLOG")
+
+    @property
+    def journal(self) -> Path:
+        return self._file("JOURNAL")
+
+    @property
+    def review(self) -> Path:
+        return self._file("REVIEW")
+
+    @property
+    def history(self) -> Path:
+        return self._file("HISTORY", "jsonl")
+
+    @property
+    def trend(self) -> Path:
+        return self._file("TREND", "svg")
+
+    @property
+    def report(self) -> Path:
+        """The latest run's JSON report: the numbers a review compares with the host."""
+        return self._file("REPORT", "json")
+
+    def precondition_status(self, phase: str) -> Path:
+        return self.folder / f"STATUS-{phase}.md"
+
+
 _MARKER = re.compile(r"^<!-- pvcheck:(begin|end) ([A-Za-z0-9_.-]+) -->$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 

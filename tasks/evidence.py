@@ -38,9 +38,7 @@ def publish_artifacts(report: Report) -> None:
             before=report.facts_before,
             after=report.facts_after,
         ),
-        "pvcheck-allocator": render(
-            "allocator.md.j2", report=report, alloc=report.extra.get("allocator")
-        ),
+        "pvcheck-allocator": render("allocator.md.j2", report=report, alloc=report.allocator),
         "pvcheck-trend": render(
             "status_trend.md.j2",
             records=records,

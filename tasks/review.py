@@ -6,13 +6,17 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck.claims import ColdCommand
-from pvcheck.hosts import Host
 from pvcheck.procs import run_bounded
-from pvcheck.records import Check, Status
+from pvcheck.records import Check, Family, Gate, Status
+from pvcheck.seams import HostCommands
 
 
 def run_cold_command(
-    cmd: ColdCommand, check_id: str, gate: str, host: Host | None = None, timeout_s: float = 60
+    cmd: ColdCommand,
+    check_id: str,
+    gate: Gate,
+    host: HostCommands | None = None,
+    timeout_s: float = 60,
 ) -> Check:
     """Commands are pvcheck's own, regenerated from the config with every value shell-quoted;
     text read from STATUS is never executed. One for the host goes through pvcheck's ssh
@@ -37,12 +41,12 @@ def run_cold_command(
 
 @task(name="cold-commands", cache_policy=NO_CACHE)
 def run_cold_commands(
-    commands: list[ColdCommand], gate: str, host: Host | None = None
+    commands: list[ColdCommand], gate: Gate, host: HostCommands | None = None
 ) -> list[Check]:
     log = get_run_logger()
     checks = []
     for n, cmd in enumerate(c for c in commands if c.exact):
-        check = run_cold_command(cmd, f"review.how.{gate}.{n + 1}", gate, host)
+        check = run_cold_command(cmd, Family.REVIEW.id(f"how.{gate}.{n + 1}"), gate, host)
         log.info(
             "$ %s\n%s  [%s, expected %s]", cmd.command, check.found, check.status, cmd.expected
         )

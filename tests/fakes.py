@@ -5,25 +5,48 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pvcheck.composefile import StackSpec
+from pvcheck.config import RouteConfig
+from pvcheck.deploy import DeployOutcome
+from pvcheck.logscan import LogUnreadable
+from pvcheck.routes import RouteObservation
+from pvcheck.seams import Seams
+from pvcheck.stacks import ServiceState
+
 
 class FakeSwarm:
-    """Answers the read calls the deploy drivers and detectors make."""
+    """The swarm seam (pvcheck.seams.SwarmApi) over a small in-memory engine: a network's
+    verbose inspect, services, tasks and labelled objects; removals drop them."""
 
     def __init__(
         self,
         network_services: list[str] | None = None,
         services: list[dict[str, Any]] | None = None,
+        inspect: dict[str, Any] | None = None,
+        labelled: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         self.network_services = network_services or []
         self._services = services or []
+        self._inspect = inspect
+        # kind ("containers", "networks", ...) -> objects with "Id"/"ID", "Name", "Labels"
+        self.labelled = labelled or {}
+        self.removed: list[str] = []
         self.requests = 0
+        self.lost = False
 
-    def network(self, name: str) -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         self.requests += 1
+        return {"ServerVersion": "fake", "Swarm": {"LocalNodeState": "active"}, "Name": "fake"}
+
+    def network(self, name: str) -> dict[str, Any] | None:
+        self.requests += 1
+        if self._inspect is not None:
+            return self._inspect if self._inspect.get("Name", name) == name else None
         return {
             "Name": name,
             "Services": {s: {"VIP": "", "Tasks": []} for s in self.network_services},
@@ -31,7 +54,162 @@ class FakeSwarm:
 
     def services(self, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
         self.requests += 1
-        return self._services
+        if not labels:
+            return self._services
+        return [s for s in self._services if _has(s["Spec"].get("Labels") or {}, labels)]
+
+    def tasks(self, service_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        self.requests += 1
+        return []
+
+    def _objects(self, kind: str, label: str | list[str]) -> list[dict[str, Any]]:
+        self.requests += 1
+        wanted = dict(x.partition("=")[::2] for x in ([label] if isinstance(label, str) else label))
+        return [o for o in self.labelled.get(kind, []) if _has(o.get("Labels") or {}, wanted)]
+
+    def containers(self, label: str | list[str]) -> list[dict[str, Any]]:
+        return self._objects("containers", label)
+
+    def networks(self, label: str | list[str]) -> list[dict[str, Any]]:
+        return self._objects("networks", label)
+
+    def volumes(self, label: str | list[str]) -> list[dict[str, Any]]:
+        return self._objects("volumes", label)
+
+    def configs(self, label: str | list[str]) -> list[dict[str, Any]]:
+        return self._objects("configs", label)
+
+    def secrets(self, label: str | list[str]) -> list[dict[str, Any]]:
+        return self._objects("secrets", label)
+
+    def _remove(self, kind: str, key: str, value: str) -> None:
+        self.removed.append(value)
+        self.labelled[kind] = [o for o in self.labelled.get(kind, []) if o.get(key) != value]
+
+    def remove_service(self, service_id: str) -> None:
+        self.removed.append(service_id)
+        self._services = [s for s in self._services if s["ID"] != service_id]
+
+    def remove_network(self, network_id: str) -> bool:
+        self._remove("networks", "Id", network_id)
+        return True
+
+    def remove_container(self, container_id: str) -> None:
+        self._remove("containers", "Id", container_id)
+
+    def remove_volume(self, name: str) -> bool:
+        self._remove("volumes", "Name", name)
+        return True
+
+    def remove_config(self, config_id: str) -> None:
+        self._remove("configs", "ID", config_id)
+
+    def remove_secret(self, secret_id: str) -> None:
+        self._remove("secrets", "ID", secret_id)
+
+
+def _has(labels: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(k in labels and (not v or labels[k] == v) for k, v in wanted.items())
+
+
+class FakeProber:
+    """The HTTP seam: fixed answers per route name (a missing one is connection refused)."""
+
+    def __init__(self, answers: dict[str, int] | None = None) -> None:
+        self.answers = answers or {}
+        self.asked: list[str] = []
+
+    def probe(self, routes: Sequence[RouteConfig]) -> list[RouteObservation]:
+        self.asked += [r.name for r in routes]
+        return [
+            RouteObservation(r.name, r.url, self.answers[r.name], None, 0.002, 1)
+            if r.name in self.answers
+            else RouteObservation(r.name, r.url, None, None, 0.002, 3, "ConnectError: refused")
+            for r in routes
+        ]
+
+
+class FakeLogSource:
+    """The docker log seam: fixed lines, or unreadable with a reason."""
+
+    def __init__(self, lines: list[str] | None = None, unreadable: str | None = None) -> None:
+        self._lines, self.unreadable = lines or [], unreadable
+
+    def describe(self) -> str:
+        return "fake docker log"
+
+    def lines(self, since: datetime, until: datetime) -> Iterator[str]:
+        if self.unreadable:
+            raise LogUnreadable(self.unreadable)
+        yield from self._lines
+
+
+class FakeHost:
+    """The host-commands seam: commands run here, unchanged (and are recorded)."""
+
+    remote = False
+
+    def __init__(self) -> None:
+        self.ran: list[list[str]] = []
+
+    def describe(self) -> str:
+        return "the fake host"
+
+    def argv(self, argv: list[str]) -> list[str]:
+        self.ran.append(list(argv))
+        return list(argv)
+
+    def how(self, command: str) -> str:
+        return command
+
+    def failure(self, stderr: str) -> str:
+        return stderr
+
+
+class FakeDriver:
+    """The deploy-driver seam: returns a prepared outcome; `busy` lists other runs."""
+
+    def __init__(self, outcome: DeployOutcome, busy: list[str] | None = None) -> None:
+        self.outcome, self._busy, self.runs = outcome, busy or [], 0
+
+    def run(self) -> DeployOutcome:
+        self.runs += 1
+        return self.outcome
+
+    def busy(self) -> list[str]:
+        return list(self._busy)
+
+
+class FakeStacks:
+    """The stack-writer seam: records deploys; every service is running at once."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+        self.deployed: list[str] = []
+
+    def deploy(self, stack: str, spec: StackSpec) -> list[str]:
+        self.deployed.append(stack)
+        return [f"{stack}_{name}" for name in spec.services]
+
+    def wait_running(self, stack: str, timeout_s: float) -> dict[str, ServiceState]:
+        return {}
+
+
+def fake_seams(
+    swarm: FakeSwarm | None = None,
+    http: FakeProber | None = None,
+    logs: FakeLogSource | None = None,
+    host: FakeHost | None = None,
+    driver: FakeDriver | None = None,
+) -> Seams:
+    return Seams(
+        swarm=swarm or FakeSwarm(),
+        stacks=FakeStacks,
+        http=http or FakeProber(),
+        logs=logs or FakeLogSource(),
+        host=host or FakeHost(),
+        driver=driver,
+    )
 
 
 class DroneState:

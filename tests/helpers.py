@@ -14,6 +14,8 @@ from typing import Any
 
 import tomli_w
 
+from pvcheck.config import GuardConfig
+from pvcheck.records import Check
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +23,16 @@ LAB_CONFIG = ROOT / "lab" / "pvcheck.toml"
 CCCI_CONFIG = ROOT / "deployments" / "cc-ci.toml"
 
 PVFIX_DONE = "# STATUS — pvfix\n\n## DONE\n"
+
+
+def check_guard(cfg: GuardConfig) -> tuple[list[Check], list[str] | None]:
+    """The guard stage on its own, through the fake seams: its checks and the detection argv."""
+    from pvcheck import guard
+    from tests.fakes import fake_seams
+
+    settings = guard.Settings(cfg)
+    obs = guard.gather(fake_seams(), settings)
+    return guard.judge(obs, settings), obs.argv
 
 
 def lab_raw() -> dict[str, Any]:
@@ -77,7 +89,7 @@ def spawn_run(config: Path, log_path: Path, *extra: str) -> subprocess.Popen[str
     starts it. Output goes to a file: a pipe nobody reads would fill up and stall the run."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    argv = [sys.executable, "-m", "pvcheck.cli", "run", "--config", str(config), *extra]
+    argv = [sys.executable, "-m", "app.cli", "run", "--config", str(config), *extra]
     with open(log_path, "w") as log:
         return subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT

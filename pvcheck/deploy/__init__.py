@@ -1,21 +1,46 @@
-"""The deploy proof: one enrolled recipe deploys through the overlay, passes its tiers and
-tears down cleanly. Drivers gather what happened; `judge_outcome` turns it into checks.
+"""Stage deploy (M2): one enrolled recipe deploys through the overlay, passes its tiers and
+tears down cleanly, and nothing else runs beside it. Drivers (compose, a harness command,
+Drone) gather what happened through one interface; `judge` turns it into checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
+from pvcheck.config import Config, DeployConfig
+from pvcheck.deploy.active import wait_until_idle
 from pvcheck.deploy.attach import AttachmentSampler
-from pvcheck.records import Check, Status
+from pvcheck.facts import Attribution, NetworkFacts, attribute, parse_network, settle_network
+from pvcheck.records import Check, Family, Gate, Status, skipped
+from pvcheck.seams import DeployDriver, Seams
+from pvcheck.stacks import list_residue, residue_names
+from pvcheck.swarm import LABEL_STACK
 
-TIER_PASS, TIER_FAIL, TIER_SKIP, TIER_UNVERIFIED = "pass", "fail", "skip", "unver"
+if TYPE_CHECKING:
+    from pvcheck.swarm import Swarm
+
+
+class TierStatus(StrEnum):
+    """What a driver reports for a tier (a harness's results.json uses the same words)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+    UNVERIFIED = "unver"  # the driver cannot tell: never a pass
+
+    @property
+    def status(self) -> Status:
+        return {TierStatus.PASS: Status.PASS, TierStatus.SKIP: Status.SKIP}.get(self, Status.FAIL)
 
 
 @dataclass(frozen=True)
 class TierResult:
     tier: str
-    status: str  # pass | fail | skip | unver
+    status: TierStatus
     detail: str = ""
     not_applicable: bool = False  # declared N/A by the recipe: shown as skipped, never passed
 
@@ -44,8 +69,8 @@ def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: st
     if outcome.error:
         checks.append(
             Check(
-                "deploy.driver",
-                "M2",
+                Family.DEPLOY.id("driver"),
+                Gate.M2,
                 Status.ERROR,
                 f"{outcome.driver} driver completes",
                 outcome.error,
@@ -54,8 +79,8 @@ def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: st
         )
     checks.append(
         Check(
-            "deploy.attached",
-            "M2",
+            Family.DEPLOY.id("attached"),
+            Gate.M2,
             Status.PASS if outcome.attached else Status.FAIL,
             f"a service of {outcome.stack} seen attached to {network} during the run",
             outcome.attach_detail or ("attached" if outcome.attached else "never seen attached"),
@@ -67,20 +92,26 @@ def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: st
         if result is None:
             missing = f"the {outcome.driver} driver reported no {tier} tier"
             checks.append(
-                Check(f"deploy.tier.{tier}", "M2", Status.FAIL, "pass", "not reported", missing)
+                Check(
+                    Family.DEPLOY.id(f"tier.{tier}"),
+                    Gate.M2,
+                    Status.FAIL,
+                    "pass",
+                    "not reported",
+                    missing,
+                )
             )
             continue
-        status = {TIER_PASS: Status.PASS, TIER_SKIP: Status.SKIP}.get(result.status, Status.FAIL)
         detail = result.detail
         if result.not_applicable:
             detail = f"not applicable: {result.detail}"
         checks.append(
             Check(
-                f"deploy.tier.{tier}",
-                "M2",
-                status,
+                Family.DEPLOY.id(f"tier.{tier}"),
+                Gate.M2,
+                TierStatus(result.status).status,
                 "pass",
-                result.status,
+                str(result.status),
                 detail,
                 not_applicable=result.not_applicable,
             )
@@ -101,3 +132,176 @@ def fixed_stack(stack: str | None, pattern: str | None, recipe: str) -> str | No
     """The stack name a harness is configured to use; the recipe's name when neither a name
     nor a pattern is configured (harnesses that name the stack after the recipe)."""
     return stack or (None if pattern else recipe)
+
+
+# --- the stage -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    deploy: DeployConfig
+    network: str
+    control_plane: list[str]
+    settle_timeout_s: float  # how long released endpoints may take to go
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Settings | None:
+        if cfg.deploy is None:
+            return None
+        return cls(
+            cfg.deploy,
+            cfg.network.name,
+            list(cfg.services.control_plane),
+            cfg.allocator.settle_timeout_s,
+        )
+
+
+def not_configured() -> Check:
+    return skipped(
+        Family.DEPLOY.id("stage"),
+        Gate.M2,
+        "deploy proof runs",
+        "skipped: no [deploy] section in the config",
+    )
+
+
+def make_driver(swarm: Swarm, cfg: Config, run_id: str) -> DeployDriver | None:
+    """The configured driver; every one is built from (engine, config, run id)."""
+    if cfg.deploy is None:
+        return None
+    from pvcheck.deploy.command import CommandDriver
+    from pvcheck.deploy.compose import ComposeDriver
+    from pvcheck.deploy.drone import DroneDriver
+
+    drivers: dict[str, Callable[[Swarm, Config, str], DeployDriver]] = {
+        "compose": ComposeDriver,
+        "command": CommandDriver,
+        "drone": DroneDriver,
+    }
+    return drivers[cfg.deploy.driver](swarm, cfg, run_id)
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """Other recipe runs, harness stacks, Drone builds or sweeps still active after waiting."""
+
+    active: list[str]
+    seconds: float
+
+
+def gather_quiet(
+    seams: Seams, settings: Settings, on_wait: Callable[[list[str]], None] | None = None
+) -> Quiet:
+    """Wait (at most active_runs.wait_s) until nothing else is active."""
+    t0 = time.monotonic()
+    driver = seams.driver
+    active = wait_until_idle(
+        settings.deploy.active_runs,
+        seams.swarm,
+        extra=driver.busy if driver is not None else None,
+        host=seams.host,
+        stack_pattern=settings.deploy.stack_pattern,
+        control_plane=settings.control_plane,
+        on_wait=on_wait,
+    )
+    return Quiet(active, time.monotonic() - t0)
+
+
+def judge_quiet(quiet: Quiet) -> Check:
+    """Still busy: a skip, and the run creates nothing (its verdict is INCOMPLETE)."""
+    expected = "no other recipe run, Drone build or sweep in progress"
+    check_id = Family.DEPLOY.id("active")
+    if quiet.active:
+        reason = "another run or sweep is active (" + "; ".join(quiet.active[:5]) + ")"
+        return Check(check_id, Gate.M2, Status.SKIP, expected, "busy", reason, quiet.seconds)
+    return Check(check_id, Gate.M2, Status.PASS, expected, "none active", "", quiet.seconds)
+
+
+@dataclass(frozen=True)
+class Observation:
+    outcome: DeployOutcome
+    baseline: NetworkFacts | None  # the network before the deploy
+    after: NetworkFacts | None  # after the app was removed and the allocator settled
+    left: dict[str, list[str]]  # objects of the app's stacks still there, by kind
+    deploy_s: float
+    teardown_s: float
+
+    @property
+    def share(self) -> Attribution | None:
+        """Whose endpoints moved between the baseline and after."""
+        if self.baseline is None or self.after is None:
+            return None
+        return attribute(self.baseline, self.after, tuple(f"{s}_" for s in self.outcome.stacks))
+
+
+def gather(seams: Seams, settings: Settings) -> Observation:
+    """Drive the deploy, then check the teardown of the stacks the app really used (whatever
+    the driver said): no object of them left, and their endpoints released."""
+    assert seams.driver is not None, "a deploy section makes a driver"
+    net = settings.network
+    inspect = seams.swarm.network(net)
+    baseline = parse_network(inspect) if inspect else None
+    t0 = time.monotonic()
+    outcome = seams.driver.run()
+    t1 = time.monotonic()
+    if not outcome.stacks:
+        return Observation(outcome, baseline, None, {}, t1 - t0, 0.0)
+    prefixes = tuple(f"{s}_" for s in outcome.stacks)
+    after, _ = settle_network(
+        seams.swarm,
+        net,
+        lambda f: baseline is None or attribute(baseline, f, prefixes).leaked == 0,
+        timeout_s=settings.settle_timeout_s,
+    )
+    left: dict[str, list[str]] = {}
+    for stack in outcome.stacks:
+        for kind, names in list_residue(seams.swarm, f"{LABEL_STACK}={stack}").items():
+            left.setdefault(kind, []).extend(names)
+    return Observation(outcome, baseline, after, left, t1 - t0, time.monotonic() - t1)
+
+
+def judge(obs: Observation, settings: Settings) -> list[Check]:
+    checks = judge_outcome(obs.outcome, list(settings.deploy.tiers), settings.network)
+    # Driver checks share the deploy's time; the teardown check has its own.
+    checks = [replace(c, duration_s=c.duration_s or obs.deploy_s) for c in checks]
+    return [*checks, clean_teardown(obs)]
+
+
+def clean_teardown(obs: Observation) -> Check:
+    """Residue of the app's stacks is zero and no endpoint is left that only they could
+    explain (other services' churn on a shared network is reported, not blamed on the app).
+    No stack to watch is an error: a teardown check that watched nothing proves nothing."""
+    outcome, check_id = obs.outcome, Family.DEPLOY.id("teardown")
+    if not outcome.stacks:
+        described = outcome.stack or "the app"
+        return Check(
+            check_id,
+            Gate.M2,
+            Status.ERROR,
+            f"no object of {described} remains; no endpoint left behind",
+            "no stack to watch",
+            f"{described} was never seen on the network during the run",
+            obs.deploy_s,
+        )
+    stack = ", ".join(outcome.stacks)
+    names = residue_names(obs.left)
+    share = obs.share
+    leaked = share.leaked if share else 0
+    ok = not names and leaked == 0
+    found = f"{len(names)} objects left" + (f" ({', '.join(names)})" if names else "")
+    if share is not None and obs.after is not None:
+        found += (
+            f"; endpoints {obs.after.used}: {share.ours_left} still the app's, "
+            f"{share.unexplained} unexplained, {share.others:+d} from other services"
+        )
+    reported = outcome.clean_teardown_reported
+    detail = "" if reported is None else f"the driver reported clean_teardown={reported}"
+    if leaked:
+        detail = f"{leaked} endpoint(s) not released after the app was removed; " + detail
+    return Check(
+        check_id,
+        Gate.M2,
+        Status.PASS if ok else Status.FAIL,
+        f"no object of stack {stack} remains; no endpoint left behind",
+        found,
+        detail.strip("; "),
+        obs.teardown_s,
+    )

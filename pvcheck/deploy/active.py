@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from pvcheck.config import ActiveRunsConfig
-from pvcheck.hosts import Host, run_on
-from pvcheck.swarm import LABEL_RUN, LABEL_STACK, Swarm
+from pvcheck.hosts import run_on
+from pvcheck.seams import HostCommands, SwarmApi
+from pvcheck.swarm import LABEL_RUN, LABEL_STACK
 
 
-def _folder_entries(folder: Path, host: Host | None) -> tuple[list[str], str | None]:
+def _folder_entries(folder: Path, host: HostCommands | None) -> tuple[list[str], str | None]:
     """Names in the folder on the target host ([] when it does not exist), and why it could
     not be listed when it exists but cannot be read."""
     if host is None or not host.remote:
@@ -38,7 +39,7 @@ def _folder_entries(folder: Path, host: Host | None) -> tuple[list[str], str | N
     return [], err.strip()[-200:] or f"ls exited {rc}"
 
 
-def _present_markers(markers: list[Path], host: Host | None) -> list[str]:
+def _present_markers(markers: list[Path], host: HostCommands | None) -> list[str]:
     """The marker files that exist on the target host."""
     if not markers:
         return []
@@ -74,9 +75,9 @@ def harness_stacks(
 
 def active_runs(
     cfg: ActiveRunsConfig,
-    swarm: Swarm,
+    swarm: SwarmApi,
     extra: Callable[[], list[str]] | None = None,
-    host: Host | None = None,
+    host: HostCommands | None = None,
     stack_pattern: str | None = None,
     control_plane: list[str] | None = None,
 ) -> list[str]:
@@ -103,10 +104,10 @@ def active_runs(
 
 def wait_until_idle(
     cfg: ActiveRunsConfig,
-    swarm: Swarm,
+    swarm: SwarmApi,
     extra: Callable[[], list[str]] | None = None,
     poll_s: float = 5.0,
-    host: Host | None = None,
+    host: HostCommands | None = None,
     stack_pattern: str | None = None,
     control_plane: list[str] | None = None,
     on_wait: Callable[[list[str]], None] | None = None,

@@ -8,7 +8,7 @@ import re
 import threading
 from types import TracebackType
 
-from pvcheck.swarm import Swarm
+from pvcheck.seams import SwarmApi
 
 
 def stack_of(service: str, stack: str | None, pattern: str | None) -> str | None:
@@ -33,7 +33,7 @@ class AttachmentSampler:
 
     def __init__(
         self,
-        swarm: Swarm,
+        swarm: SwarmApi,
         network: str,
         stack: str | None,
         pattern: str | None = None,

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pvcheck.config import Config
-from pvcheck.deploy import DeployOutcome, TierResult, fixed_stack, watched_stacks
+from pvcheck.deploy import DeployOutcome, TierResult, TierStatus, fixed_stack, watched_stacks
 from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host, host_for, run_on
 from pvcheck.procs import MAX_LINE, child_env
 from pvcheck.safeio import read_capped
-from pvcheck.swarm import Swarm
+from pvcheck.seams import SwarmApi
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ TIER_NAMES = {
     "backup": "backup_restore",
     "functional": "functional",
 }
-STATUSES = {"pass", "fail", "skip", "unver"}
+STATUSES = {str(s) for s in TierStatus}
 # On a remote host the harness runs under coreutils `timeout`: it exits 124 when it sent TERM
 # at the deadline, 137 when the KILL after REMOTE_KILL_AFTER_S was needed.
 REMOTE_KILL_AFTER_S = 5.0
@@ -73,13 +73,13 @@ def parse_results(doc: Any) -> tuple[list[TierResult], bool | None, dict[str, st
         reason = str(stage.get("reason", ""))[:500]
         result = TierResult(
             tier,
-            status,
+            TierStatus(status),
             f"{count} tests" + (f"; {reason}" if reason else ""),
             # A recipe may declare a tier not applicable (no state to back up); never install.
-            not_applicable=status == "skip" and bool(reason) and tier != "install",
+            not_applicable=status == TierStatus.SKIP and bool(reason) and tier != "install",
         )
         # The same tier twice: a failing report wins, as a failing Drone step does.
-        if tier not in tiers or status == "fail":
+        if tier not in tiers or status == TierStatus.FAIL:
             tiers[tier] = result
     flags = doc.get("flags")
     clean = flags.get("clean_teardown") if isinstance(flags, dict) else None
@@ -171,10 +171,15 @@ def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple
 
 
 class CommandDriver:
-    def __init__(self, swarm: Swarm, cfg: Config, run_id: str) -> None:
+    def __init__(self, swarm: SwarmApi, cfg: Config, run_id: str) -> None:
         assert cfg.deploy is not None and cfg.deploy.command is not None
         self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
         self.deploy_cfg, self.command = cfg.deploy, cfg.deploy.command
+
+    def busy(self) -> list[str]:
+        from pvcheck.deploy.drone import running_builds
+
+        return running_builds(self.cfg)
 
     def run(self) -> DeployOutcome:
         deploy = self.deploy_cfg
@@ -237,6 +242,6 @@ class CommandDriver:
         outcome.info.update(info)
         if "stack" in info:
             outcome.stacks = watched_stacks(info["stack"], sampler)
-        if rc != 0 and all(t.status != "fail" for t in tiers):
+        if rc != 0 and all(t.status != TierStatus.FAIL for t in tiers):
             outcome.error = f"harness exited {rc} but reported no failing tier: {tail[-300:]}"
         return outcome

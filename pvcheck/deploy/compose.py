@@ -9,16 +9,9 @@ import time
 
 from pvcheck.composefile import load_stack
 from pvcheck.config import Config, RouteConfig
-from pvcheck.deploy import (
-    TIER_FAIL,
-    TIER_PASS,
-    TIER_SKIP,
-    TIER_UNVERIFIED,
-    DeployOutcome,
-    TierResult,
-)
+from pvcheck.deploy import DeployOutcome, TierResult, TierStatus
 from pvcheck.deploy.attach import AttachmentSampler
-from pvcheck.routes import RouteObservation, probe_routes
+from pvcheck.routes import RouteObservation, answered, probe_routes
 from pvcheck.stacks import StackDeployer, converged, remove_labelled
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK, POLL_S, Swarm
 
@@ -31,9 +24,9 @@ def recipe_stack_name(recipe: str, run_id: str) -> str:
 
 
 class ComposeDriver:
-    def __init__(self, swarm: Swarm, sampler_swarm: Swarm, cfg: Config, run_id: str) -> None:
+    def __init__(self, swarm: Swarm, cfg: Config, run_id: str) -> None:
         assert cfg.deploy is not None and cfg.deploy.compose is not None
-        self.swarm, self.sampler_swarm, self.cfg, self.run_id = swarm, sampler_swarm, cfg, run_id
+        self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
         self.deploy_cfg = cfg.deploy
         self.compose = cfg.deploy.compose
         self.stack = recipe_stack_name(cfg.deploy.recipe, run_id)
@@ -43,7 +36,7 @@ class ComposeDriver:
         route: RouteConfig = self.compose.route
         while True:
             (obs,) = probe_routes([route], self.cfg.http)
-            ok = obs.status in route.expect_status and obs.body_has_text is not False
+            ok = answered(route, obs)
             if ok or time.monotonic() >= deadline:
                 return ok, obs
             time.sleep(POLL_S)
@@ -54,17 +47,24 @@ class ComposeDriver:
         states = self.deployer.wait_running(self.stack, timeout)
         if not converged(states):
             shown = {name: str(state) for name, state in states.items()}
-            return TierResult(tier, TIER_FAIL, f"did not converge in {timeout:g}s: {shown}")
+            return TierResult(tier, TierStatus.FAIL, f"did not converge in {timeout:g}s: {shown}")
         ok, obs = self._route_answers(deadline)
         answer = obs.status if obs.status is not None else obs.error
         detail = f"{', '.join(states)} running; {self.compose.route.url} -> {answer}"
-        return TierResult(tier, TIER_PASS if ok else TIER_FAIL, detail)
+        return TierResult(tier, TierStatus.PASS if ok else TierStatus.FAIL, detail)
+
+    def busy(self) -> list[str]:
+        from pvcheck.deploy.drone import running_builds
+
+        return running_builds(self.cfg)
 
     def run(self) -> DeployOutcome:
         tiers = self.deploy_cfg.tiers
         outcome = DeployOutcome("compose", self.deploy_cfg.recipe, self.stack)
         net = self.cfg.network.name
-        with AttachmentSampler(self.sampler_swarm, net, self.stack) as sampler:
+        # The sampler polls on its own connection while this one deploys.
+        sampler_swarm = Swarm.for_target(self.cfg.target)
+        with AttachmentSampler(sampler_swarm, net, self.stack) as sampler:
             try:
                 log.info("docker stack deploy -c %s %s", self.compose.file, self.stack)
                 self.deployer.deploy(self.stack, load_stack(self.compose.file))
@@ -79,7 +79,7 @@ class ComposeDriver:
                     outcome.tiers.append(
                         TierResult(
                             "functional",
-                            TIER_UNVERIFIED,
+                            TierStatus.UNVERIFIED,
                             "the compose driver runs no functional tests",
                         )
                     )
@@ -100,22 +100,26 @@ class ComposeDriver:
         return outcome
 
     def _upgrade(self, install: TierResult) -> TierResult:
-        if install.status != TIER_PASS:
-            return TierResult("upgrade", TIER_FAIL, "not attempted: install did not pass")
+        if install.status != TierStatus.PASS:
+            return TierResult("upgrade", TierStatus.FAIL, "not attempted: install did not pass")
         if self.compose.upgrade_file is None:
-            return TierResult("upgrade", TIER_FAIL, "no upgrade_file configured for this recipe")
+            return TierResult(
+                "upgrade", TierStatus.FAIL, "no upgrade_file configured for this recipe"
+            )
         log.info("docker stack deploy -c %s %s  (upgrade)", self.compose.upgrade_file, self.stack)
         self.deployer.deploy(self.stack, load_stack(self.compose.upgrade_file))
         # Converged = the new spec's tasks run and swarm's update (with its monitor window)
         # completed; a paused or rolled-back update fails the tier.
         tier = self._converged_tier("upgrade")
-        detail = f"update completed; {tier.detail}" if tier.status == TIER_PASS else tier.detail
+        detail = (
+            f"update completed; {tier.detail}" if tier.status == TierStatus.PASS else tier.detail
+        )
         return TierResult("upgrade", tier.status, detail)
 
     def _backup_restore(self) -> TierResult:
         reason = self.compose.backup_restore
         if reason:
-            return TierResult("backup_restore", TIER_SKIP, reason, not_applicable=True)
+            return TierResult("backup_restore", TierStatus.SKIP, reason, not_applicable=True)
         return TierResult(
-            "backup_restore", TIER_UNVERIFIED, "the compose driver has no backup step"
+            "backup_restore", TierStatus.UNVERIFIED, "the compose driver has no backup step"
         )

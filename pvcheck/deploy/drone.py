@@ -20,11 +20,11 @@ import httpx
 
 from pvcheck import masking
 from pvcheck.config import Config, DroneDriverConfig
-from pvcheck.deploy import TIER_FAIL, DeployOutcome, TierResult, fixed_stack, watched_stacks
+from pvcheck.deploy import DeployOutcome, TierResult, TierStatus, fixed_stack, watched_stacks
 from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.deploy.command import TIER_NAMES
 from pvcheck.errors import ConfigError
-from pvcheck.swarm import Swarm
+from pvcheck.seams import SwarmApi
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ ANSWER_DEADLINE_S = 60.0
 FINISHED = {"success", "failure", "error", "killed", "skipped", "declined"}
 ACTIVE = {"pending", "running", "blocked", "waiting_on_dependencies"}
 STEP_STATUS = {
-    "success": "pass",
-    "failure": "fail",
-    "error": "fail",
-    "killed": "fail",
-    "skipped": "skip",
+    "success": TierStatus.PASS,
+    "failure": TierStatus.FAIL,
+    "error": TierStatus.FAIL,
+    "killed": TierStatus.FAIL,
+    "skipped": TierStatus.SKIP,
 }
 
 
@@ -72,9 +72,9 @@ def tiers_from_build(build: dict[str, Any]) -> list[TierResult]:
             tier = next((t for key, t in TIER_NAMES.items() if key in name), None)
             if tier is None:
                 continue
-            status = STEP_STATUS.get(str(step.get("status")), "unver")
+            status = STEP_STATUS.get(str(step.get("status")), TierStatus.UNVERIFIED)
             # A failing step of a tier wins over a passing one of the same tier.
-            if tier not in out or status == "fail":
+            if tier not in out or status == TierStatus.FAIL:
                 out[tier] = TierResult(
                     tier, status, f"step {step.get('name')}: {step.get('status')}"
                 )
@@ -155,14 +155,30 @@ class DroneClient:
         return f"{self.cfg.url.rstrip('/')}/{self.cfg.repo}/{number}"
 
 
+def running_builds(cfg: Config, client: DroneClient | None = None) -> list[str]:
+    """Running Drone builds, when a Drone API is configured and counts as active runs. An API
+    that cannot be asked is reported busy: pvcheck cannot tell that no build runs."""
+    deploy = cfg.deploy
+    if deploy is None or deploy.drone is None or not deploy.active_runs.drone_builds:
+        return []
+    try:
+        client = client or DroneClient(deploy.drone, drone_token(deploy.drone, str(cfg.source)))
+        return client.running()
+    except (DroneError, httpx.HTTPError) as exc:
+        return [f"Drone API cannot be asked ({type(exc).__name__}: {exc}); a build may run"]
+
+
 class DroneDriver:
     def __init__(
-        self, swarm: Swarm, cfg: Config, run_id: str, transport: httpx.BaseTransport | None = None
+        self, swarm: SwarmApi, cfg: Config, run_id: str, transport: httpx.BaseTransport | None = None
     ) -> None:
         assert cfg.deploy is not None and cfg.deploy.drone is not None
         self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
         self.deploy_cfg, self.drone = cfg.deploy, cfg.deploy.drone
         self.client = DroneClient(self.drone, drone_token(self.drone, str(cfg.source)), transport)
+
+    def busy(self) -> list[str]:
+        return running_builds(self.cfg, self.client)
 
     def run(self, poll_s: float | None = None) -> DeployOutcome:
         deploy = self.deploy_cfg
@@ -201,5 +217,7 @@ class DroneDriver:
         outcome.info["status"] = str(build["status"])
         log.info("Drone build %d finished: %s", number, build["status"])
         outcome.tiers = tiers_from_build(build)
-        if build["status"] != "success" and not any(t.status == TIER_FAIL for t in outcome.tiers):
+        if build["status"] != "success" and not any(
+            t.status == TierStatus.FAIL for t in outcome.tiers
+        ):
             outcome.error = f"Drone build {number} ended {build['status']}"

@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from pvcheck.cli import main
+from app.cli import main
 from pvcheck.config import Config
 from pvcheck.lab import _dockerd_pid, ensure_engine, wait_routes
 from pvcheck.stacks import list_residue
@@ -156,7 +156,7 @@ def traefik_back(lab: Config) -> Iterator[str]:
     """Whatever a test does to the lab's Traefik, it is back (and routing) afterwards."""
     assert lab.lab is not None
     yield lab.lab.traefik_service
-    docker.from_env().services.get(lab.lab.traefik_service).scale(1)
+    docker.from_env().services.get(lab.lab.traefik_service).scale(1)  # type: ignore[no-untyped-call]
     wait_routes(lab, 90)
 
 
@@ -181,7 +181,7 @@ def test_traefik_outage_mid_run_starts_no_new_traffic(
     log, out = tmp_path / "run.log", tmp_path / "report.json"
     proc = spawn_run(write_config(tmp_path, held_by_another_run), log, "--json", str(out))
     wait_for_line(log, "routes checked in", proc)
-    docker.from_env().services.get(traefik_back).scale(0)
+    docker.from_env().services.get(traefik_back).scale(0)  # type: ignore[no-untyped-call]
     deadline = time.monotonic() + 60
     while not _refused(18080):
         assert time.monotonic() < deadline, "Traefik kept answering after scale 0"

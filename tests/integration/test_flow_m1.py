@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from pvcheck.cli import main
+from app.cli import main
 from pvcheck.config import Config
 from pvcheck.facts import parse_network
 from pvcheck.lab import wait_routes
@@ -52,12 +52,12 @@ def test_healthy_lab_passes_m1_with_real_numbers(
 @pytest.fixture
 def reports_scaled_to_zero(lab: Config) -> Iterator[str]:
     client = docker.from_env()
-    service = client.services.get("lab-reports_app")
+    service = client.services.get("lab-reports_app")  # type: ignore[no-untyped-call]
     service.scale(0)
     try:
         yield "lab-reports_app"
     finally:
-        client.services.get("lab-reports_app").scale(1)
+        client.services.get("lab-reports_app").scale(1)  # type: ignore[no-untyped-call]
         wait_routes(lab, 60)
 
 
@@ -67,7 +67,7 @@ def test_scaled_down_standin_fails_m1_and_blocks_traffic(
 ) -> None:
     deadline = time.monotonic() + 30
     while (
-        docker.from_env()
+        docker.from_env()  # type: ignore[no-untyped-call]
         .services.get(reports_scaled_to_zero)
         .attrs.get("ServiceStatus", {})
         .get("RunningTasks", 1)

@@ -131,14 +131,14 @@ def decoys(engine: Swarm) -> Iterator[list[str]]:
     client = docker.from_env()
     image = client.images.get("local/busybox:1").id
     made = [
-        client.services.create(
+        client.services.create(  # type: ignore[no-untyped-call]
             image,
             ["sleep", "3600"],
             name="pvc-alloc-decoy-r1-1_app",
             networks=["proxy"],
             stop_signal="KILL",
         ),
-        client.services.create(
+        client.services.create(  # type: ignore[no-untyped-call]
             image,
             ["sleep", "3600"],
             name="pvc-alloc-decoy-r1-2_app",
@@ -174,7 +174,7 @@ def test_canary_shows_the_guard_detects_the_real_signature(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
     out = tmp_path / "report.json"
-    from pvcheck.cli import main
+    from app.cli import main
 
     rc = main(["run", "--config", str(write_config(tmp_path)), "--json", str(out), "--canary"])
     report = json.loads(out.read_text())
@@ -188,7 +188,7 @@ def test_canary_shows_the_guard_detects_the_real_signature(
 
 @pytest.mark.faults
 def test_canary_is_refused_off_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pvcheck.cli import main
+    from app.cli import main
 
     def not_lab(raw: dict[str, Any]) -> None:
         del raw["lab"]

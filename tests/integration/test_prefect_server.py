@@ -83,7 +83,7 @@ def served(
         [
             sys.executable,
             "-m",
-            "pvcheck.cli",
+            "app.cli",
             "serve",
             "--config",
             str(config),

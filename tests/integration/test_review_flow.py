@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from pvcheck.cli import main
+from app.cli import main
 from pvcheck.config import Config
 from pvcheck.lab import wait_routes
 from pvcheck.routes import probe_routes
@@ -78,7 +78,7 @@ def test_review_catches_leftover_edited_number_and_broken_route(
     leftover = client.networks.create(
         "pvc-alloc-leftover-net", driver="overlay", labels={LABEL_RUN: "pv-20260101000000-0ld0ne"}
     )
-    client.services.get("lab-dashboard_app").scale(0)
+    client.services.get("lab-dashboard_app").scale(0)  # type: ignore[no-untyped-call]
     try:
         dashboard = next(r for r in lab.routes if r.name == "dashboard")
         deadline = time.monotonic() + 60
@@ -87,7 +87,7 @@ def test_review_catches_leftover_edited_number_and_broken_route(
         rc, result = review(config, tmp_path)
     finally:
         leftover.remove()
-        client.services.get("lab-dashboard_app").scale(1)
+        client.services.get("lab-dashboard_app").scale(1)  # type: ignore[no-untyped-call]
         wait_routes(lab, 60)
     assert rc == 1
     assert result["gates"]["M1"]["status"] == "fail" and result["gates"]["M2"]["status"] == "fail"

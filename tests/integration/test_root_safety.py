@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pvcheck.cli import main
+from app.cli import main
 from pvcheck.config import Config
 from pvcheck.runs import LOCK_LABEL, LOCK_NAME
 from pvcheck.stacks import list_residue
@@ -52,9 +52,9 @@ def lock_held_elsewhere(engine: Swarm) -> Iterator[dict[str, str]]:
     try:
         yield labels
     finally:
-        for cfg in engine.api.configs(filters={"name": LOCK_NAME}):
+        for cfg in engine.api.configs(filters={"name": LOCK_NAME}):  # type: ignore[no-untyped-call]
             if cfg["ID"] == made["ID"]:
-                engine.api.remove_config(cfg["ID"])
+                engine.api.remove_config(cfg["ID"])  # type: ignore[no-untyped-call]
 
 
 def test_another_machines_run_on_the_engine_makes_this_one_step_aside(
@@ -87,7 +87,7 @@ def test_a_dead_holders_engine_lock_is_taken_over(
     out = tmp_path / "r.json"
     rc = main(["run", "--config", str(write_config(tmp_path)), "--json", str(out)])
     assert rc == 0, json.loads(out.read_text())["stages"]
-    assert engine.api.configs(filters={"name": LOCK_NAME}) == []  # released at the end
+    assert engine.api.configs(filters={"name": LOCK_NAME}) == []  # type: ignore[no-untyped-call]  # released at the end
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from app.cli import main
 from pvcheck.api import free_port
-from pvcheck.cli import main
 from pvcheck.config import ActiveRunsConfig, Config, LogsConfig, load_config
 from pvcheck.deploy import judge_outcome
 from pvcheck.deploy.active import active_runs
@@ -202,21 +202,21 @@ def test_harness_runs_on_the_host_and_its_results_come_back(sshd: Sshd, tmp_path
     # The harness reports, as its version, the SSH_CONNECTION sshd gave it.
     doc = f"{{**{results_doc(install='pass', upgrade='fail')!r}, 'version': os.environ.get('SSH_CONNECTION', 'not over ssh')}}"
     cfg = command_cfg(tmp_path, HARNESS.format(doc=doc, rc=1), 30, _over_ssh(sshd))
-    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
     checks = {c.id: str(c.status) for c in judge_outcome(outcome, ["install", "upgrade"], "proxy")}
     assert checks["deploy.tier.install"] == "pass" and checks["deploy.tier.upgrade"] == "fail"
     assert outcome.info["exit_code"] == "1" and outcome.info["recipe"] == "hello"
     assert outcome.info["version"].startswith("127.0.0.1 ")  # it ran in an ssh session
     # Without a results file on the host, the error says how an operator would look for it.
     (tmp_path / "harness.py").write_text("import sys; sys.exit(0)\n")
-    missing = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    missing = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
     assert missing.error and f"ssh -p {sshd.port}" in missing.error
     assert "wrote no results file" in missing.error
     # A broken file on the host is named by where it is there, not by a local copy.
     (tmp_path / "harness.py").write_text(
         "import os; open(os.environ['PVCHECK_RESULTS'], 'w').write('{\"stages\": [')\n"
     )
-    broken = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    broken = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
     assert broken.error and broken.error.startswith(f"ssh -p {sshd.port} ")
     assert f"cat {tmp_path / 'results.json'}': not valid JSON" in broken.error
 
@@ -231,7 +231,7 @@ def test_a_harness_past_its_timeout_is_stopped_on_the_host(sshd: Sshd, tmp_path:
         "time.sleep(300)\n"
     )
     cfg = command_cfg(tmp_path, script, 2, _over_ssh(sshd))
-    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
     assert outcome.info["exit_code"] == "timeout"
     assert outcome.error == "harness did not finish within 2s; killed"
     assert float(outcome.info["seconds"]) < 2 + 5 + 3  # the host's TERM, not the backstop

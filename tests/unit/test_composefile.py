@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pvcheck.cli import main
+from app.cli import main
 from pvcheck.composefile import parse_stack, service_kwargs
 from pvcheck.config import load_config
 from pvcheck.errors import ConfigError

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pvcheck.cli import main
+from app.cli import main
 from pvcheck.config import MAX_ALLOCATOR_BATCH, load_config
 from pvcheck.errors import ConfigError
 from tests.helpers import CCCI_CONFIG, LAB_CONFIG, write_config

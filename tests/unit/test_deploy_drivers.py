@@ -141,7 +141,7 @@ def test_command_driver_with_a_real_script(
 @pytest.mark.faults
 def test_command_driver_kills_a_harness_past_its_timeout(tmp_path: Path) -> None:
     cfg = command_cfg(tmp_path, "import time; time.sleep(60)", timeout_s=1)
-    outcome = CommandDriver(FakeSwarm(), cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    outcome = CommandDriver(FakeSwarm(), cfg, "pv-1-abc").run()
     assert outcome.error and "did not finish within 1s" in outcome.error
     assert outcome.info["exit_code"] == "timeout"
 
@@ -194,8 +194,9 @@ def test_active_runs_folder_and_stack_pattern(tmp_path: Path) -> None:
     from pvcheck.config import ActiveRunsConfig
 
     found = active_runs(
-        ActiveRunsConfig(folder=folder, stack_pattern="^recipe-"), FakeSwarm(services=services)
-    )  # type: ignore[arg-type]
+        ActiveRunsConfig(folder=folder, stack_pattern="^recipe-"),
+        FakeSwarm(services=services),  # type: ignore[arg-type]
+    )
     assert found == [f"{folder}/recipe.example.test", "stack recipe-x"]
 
 
@@ -254,7 +255,7 @@ def test_drone_driver_runs_one_build_to_its_end(
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
     caplog.set_level(logging.DEBUG)
     cfg = _drone_cfg(tmp_path, url)
-    outcome = DroneDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run(poll_s=0.05)  # type: ignore[arg-type]
+    outcome = DroneDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run(poll_s=0.05)
     checks = judge_outcome(outcome, ["install", "upgrade"], "proxy")
     assert {c.id: str(c.status) for c in checks if c.id in expect} == expect
     assert (
@@ -275,7 +276,7 @@ def test_drone_timeout_stops_the_build(
     state.polls_to_finish = 10_000
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
     cfg = _drone_cfg(tmp_path, url, timeout_s=0.3)
-    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1-abc").run(poll_s=0.05)  # type: ignore[arg-type]
+    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1-abc").run(poll_s=0.05)
     assert outcome.error and "did not finish within 0.3s" in outcome.error
     assert state.stopped == [42] and len(state.creates) == 1
 
@@ -286,7 +287,7 @@ def test_drone_401_is_a_clear_error_without_the_token(
 ) -> None:
     url, state = drone_server
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", "wrong-" + TOKEN)
-    outcome = DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, url), "pv-1-abc").run(poll_s=0.05)  # type: ignore[arg-type]
+    outcome = DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, url), "pv-1-abc").run(poll_s=0.05)
     assert outcome.error and "401 Unauthorized" in outcome.error
     assert TOKEN not in repr(outcome) and state.creates == []
 
@@ -297,7 +298,7 @@ def test_drone_token_must_be_in_the_environment(
 ) -> None:
     monkeypatch.delenv("PVCHECK_TEST_DRONE_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="PVCHECK_TEST_DRONE_TOKEN is not set"):
-        DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, "http://127.0.0.1:9/"), "pv-1")  # type: ignore[arg-type]
+        DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, "http://127.0.0.1:9/"), "pv-1")
 
 
 def test_tiers_from_build_failing_step_wins() -> None:
@@ -324,7 +325,7 @@ def _drone_answering(tmp_path: Path, build_answer: httpx.Response) -> DeployOutc
         return build_answer
 
     cfg = _drone_cfg(tmp_path, "http://127.0.0.1:9/")
-    driver = DroneDriver(FakeSwarm(), cfg, "pv-1-abc", transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    driver = DroneDriver(FakeSwarm(), cfg, "pv-1-abc", transport=httpx.MockTransport(handler))
     return driver.run(poll_s=0.01)
 
 
@@ -373,7 +374,7 @@ def test_drone_create_without_a_build_number_is_refused(
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"id": 1}))
     cfg = _drone_cfg(tmp_path, "http://127.0.0.1:9/")
-    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1", transport=transport).run(poll_s=0.01)  # type: ignore[arg-type]
+    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1", transport=transport).run(poll_s=0.01)
     assert outcome.error and "no build number" in outcome.error
 
 
@@ -500,10 +501,12 @@ def test_results_name_the_stack_by_stack_or_by_domain() -> None:
 
 
 def test_a_teardown_check_with_no_stack_to_watch_is_an_error() -> None:
-    from pvcheck import judge
+    from pvcheck import deploy
 
-    check = judge.clean_teardown([], {}, None, None, None, "a stack matching ^x$")
+    outcome = DeployOutcome("command", "x", "a stack matching ^x$")
+    check = deploy.clean_teardown(deploy.Observation(outcome, None, None, {}, 1.0, 0.0))
     assert check.status == Status.ERROR and check.found == "no stack to watch"
+    assert "a stack matching ^x$ was never seen" in check.detail
     assert judge_gate("M2", [check]).status == Status.FAIL
 
 

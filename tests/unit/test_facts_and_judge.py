@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pvcheck import judge
+from pvcheck import facts, preconditions, routes
 from pvcheck.config import NetworkConfig, RouteConfig
 from pvcheck.facts import (
     NetworkFacts,
@@ -109,12 +109,12 @@ def test_parse_services_counts_replicas_states_and_recent_failures() -> None:
 
 def test_network_check_names_expected_and_found_subnet() -> None:
     cfg = NetworkConfig(name="proxy", subnet="10.30.0.0/16")
-    check = judge.network_matches(cfg, parse_network(inspect_doc()))
+    check = preconditions.network_matches(cfg, parse_network(inspect_doc()))
     assert check.status == Status.FAIL
     assert "10.30.0.0/16" in check.expected and "10.20.0.0/16" in check.found
     assert check.detail == "expected subnet 10.30.0.0/16, found 10.20.0.0/16"
-    assert judge.network_matches(cfg, None).found == "network missing"
-    ok = judge.network_matches(
+    assert preconditions.network_matches(cfg, None).found == "network missing"
+    ok = preconditions.network_matches(
         NetworkConfig(name="proxy", subnet="10.20.0.0/16"), parse_network(inspect_doc())
     )
     assert ok.status == Status.PASS
@@ -123,24 +123,24 @@ def test_network_check_names_expected_and_found_subnet() -> None:
 @pytest.mark.faults
 def test_route_judgement() -> None:
     route = RouteConfig(name="drone", url="https://d.test/", expect_status=[303], verify_tls=False)
-    good = judge.route_answer(route, RouteObservation("drone", route.url, 303, None, 0.01, 1))
+    good = routes.route_answer(route, RouteObservation("drone", route.url, 303, None, 0.01, 1))
     assert good.status == Status.PASS and "TLS verification OFF" in good.detail
     assert "TLS verification OFF" in good.expected
-    bad = judge.route_answer(route, RouteObservation("drone", route.url, 502, None, 0.01, 3))
+    bad = routes.route_answer(route, RouteObservation("drone", route.url, 502, None, 0.01, 3))
     assert bad.status == Status.FAIL and "route drone" in bad.detail and bad.found == "HTTP 502"
-    down = judge.route_answer(
+    down = routes.route_answer(
         route, RouteObservation("drone", route.url, None, None, 5, 3, "no answer within 5s")
     )
     assert down.found == "no answer within 5s"
     body = RouteConfig(name="x", url="http://x.test/", body_contains="ok")
-    missing = judge.route_answer(body, RouteObservation("x", body.url, 200, False, 0.1, 1))
+    missing = routes.route_answer(body, RouteObservation("x", body.url, 200, False, 0.1, 1))
     assert missing.status == Status.FAIL and "body text missing" in missing.found
 
 
 def test_headroom_threshold() -> None:
     tiny = parse_network(inspect_doc("10.99.0.0/28"))  # 13 usable, 8 used
-    assert judge.headroom(tiny, 50).status == Status.FAIL
-    assert judge.headroom(parse_network(inspect_doc()), 25).status == Status.PASS
+    assert facts.headroom(tiny, 50).status == Status.FAIL
+    assert facts.headroom(parse_network(inspect_doc()), 25).status == Status.PASS
 
 
 def _c(cid: str, gate: str, status: Status) -> Check:
@@ -221,16 +221,26 @@ def _b_gone(facts: NetworkFacts) -> bool:
 def test_settle_waits_out_a_quiet_allocator_however_fast_it_polls() -> None:
     # Nothing changes for 0.6 s (many polls), then the addresses are freed: still seen.
     facts, done = settle_network(
-        _FreeingLater(0.6), "proxy", _b_gone, timeout_s=5, poll_s=0.01, stable_s=1.0
-    )  # type: ignore[arg-type]
+        _FreeingLater(0.6),  # type: ignore[arg-type]
+        "proxy",
+        _b_gone,
+        timeout_s=5,
+        poll_s=0.01,
+        stable_s=1.0,
+    )
     assert done and facts is not None and facts.task_ips == 2
 
 
 def test_settle_gives_up_after_the_stable_time_not_before() -> None:
     t0 = time.monotonic()
     _, done = settle_network(
-        _FreeingLater(60), "proxy", _b_gone, timeout_s=5, poll_s=0.01, stable_s=0.5
-    )  # type: ignore[arg-type]
+        _FreeingLater(60),  # type: ignore[arg-type]
+        "proxy",
+        _b_gone,
+        timeout_s=5,
+        poll_s=0.01,
+        stable_s=0.5,
+    )
     assert not done and 0.5 <= time.monotonic() - t0 < 2
 
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from pvcheck import judge
+from pvcheck import logscan
 from pvcheck.allocator import AllocatorResult, RoundFigures, judge_allocator, refusal
 from pvcheck.config import AllocatorConfig, GuardConfig
 from pvcheck.errors import HostBusy
 from pvcheck.facts import NetworkFacts
-from pvcheck.guard import check_guard, find_detection, find_section, pipelines
+from pvcheck.guard import find_detection, find_section, pipelines
 from pvcheck.logscan import LogScan
 from pvcheck.records import Status
 from pvcheck.runs import HostLock, RunRegistry
-from tests.helpers import ROOT, held_in_another_process
+from tests.helpers import ROOT, check_guard, held_in_another_process
 
 GUARD = ROOT / "lab" / "upgrade-all" / "SKILL.md"
 # The real /upgrade-all layout: one fenced bash block, numbered comment steps, the detection
@@ -171,7 +171,9 @@ def test_restart_forms_that_count() -> None:
 
 
 def _round(baseline: int, peak: int, after: int, allocated: bool = True) -> RoundFigures:
-    counts = lambda n: {"vips": n, "task_ips": 0, "lb_endpoints": 0, "containers": 0}  # noqa: E731
+    def counts(n: int) -> dict[str, int]:
+        return {"vips": n, "task_ips": 0, "lb_endpoints": 0, "containers": 0}
+
     leaked = max(0, after - baseline)
     return RoundFigures(
         1, 5, counts(baseline), counts(peak), counts(after), allocated, not leaked, 3.0, leaked
@@ -219,9 +221,9 @@ def test_refusal_below_headroom_floor() -> None:
 
 def test_fresh_logs_fail_only_on_the_vip_line() -> None:
     quiet = LogScan("f", "a", "b", {"vip_exhausted": 0, "key_modified": 3})
-    assert judge.fresh_logs("logs.fresh-run", quiet, "this run").status == Status.PASS
+    assert logscan.fresh_logs("logs.fresh-run", quiet, "this run").status == Status.PASS
     loud = LogScan("f", "a", "b", {"vip_exhausted": 1}, ["... could not find an available IP ..."])
-    check = judge.fresh_logs("logs.fresh-run", loud, "this run")
+    check = logscan.fresh_logs("logs.fresh-run", loud, "this run")
     assert check.status == Status.FAIL and "first:" in check.detail
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from pvcheck.judge import fresh_logs
 from pvcheck.logscan import (
     VIP_SIGNATURE,
     CommandLogSource,
     FileLogSource,
     LogUnreadable,
     error_family,
+    fresh_logs,
     line_time,
     scan_lines,
     unread_scan,

@@ -6,6 +6,7 @@ Regenerate the golden files after an intended change with PVCHECK_UPDATE_GOLDEN=
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ from pvcheck.evidence import (
 )
 from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
 from pvcheck.logscan import LogScan
-from pvcheck.records import Check, Status
+from pvcheck.allocator import AllocatorResult, RoundFigures
+from pvcheck.records import Check, Outcome, Stage, StageOutcome, Status
 from pvcheck.report import Report
 from tests.helpers import LAB_CONFIG
 
@@ -42,6 +44,7 @@ def facts(taken: str, used_tasks: int, drone_running: int) -> HostFacts:
 
 
 def sample_report(failing: bool) -> Report:
+    counts = {"vips": 5, "task_ips": 5, "lb_endpoints": 1, "containers": 0}
     checks = [
         Check("pre.pvfix-done", "M1", Status.PASS, "DONE", "## DONE present"),
         Check(
@@ -75,8 +78,8 @@ def sample_report(failing: bool) -> Report:
         finished_at="2026-11-26T12:00:09Z",
         checks=checks,
         stages={
-            "preconditions": "fail" if failing else "pass",
-            "traffic": "blocked" if failing else "allowed",
+            Stage.PRECONDITIONS: StageOutcome(Outcome.FAIL if failing else Outcome.PASS),
+            Stage.TRAFFIC: StageOutcome(Outcome.BLOCKED if failing else Outcome.ALLOWED),
         },
         facts_before=facts("2026-11-26T12:00:01Z", 5, 0 if failing else 1),
         facts_after=facts("2026-11-26T12:00:08Z", 5, 0 if failing else 1),
@@ -89,16 +92,21 @@ def sample_report(failing: bool) -> Report:
             # A failing run whose docker log could not be read says so instead of counts.
             error="/var/log/d.log: Permission denied" if failing else None,
         ),
-        extra={
-            "allocator": {
-                "capacity": 65533,
-                "leaked_total": 0,
-                "headroom_before_pct": 99.983,
-                "headroom_after_pct": 99.983,
-                "projected_rounds": None,
-                "rounds": [{"stacks": 5}],
-            }
-        },
+        run_logs=LogScan(
+            "file /var/log/d.log",
+            "2026-11-26T12:00:00Z",
+            "2026-11-26T12:00:07Z",
+            {"vip_exhausted": 0, "failed_allocation": 0},
+        ),
+        allocator=AllocatorResult(
+            "proxy",
+            65533,
+            11,
+            11,
+            datetime(2026, 11, 26, 12, 0, 2, tzinfo=UTC),
+            datetime(2026, 11, 26, 12, 0, 6, tzinfo=UTC),
+            [RoundFigures(1, 5, counts, counts, counts, True, True, 4.0)],
+        ),
     )
     return report
 

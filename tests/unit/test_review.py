@@ -16,15 +16,17 @@ from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
 from pvcheck.review import (
     Finding,
     GateClaim,
+    Recorded,
     Verdict,
     compare_evidence,
     done_rule,
     mark_gate_passed,
     merge_findings,
     parse_claims,
-    parse_evidence,
     parse_findings,
     parse_verdicts,
+    read_recorded,
+    recorded_from_json,
 )
 from pvcheck.statefiles import has_done
 from tests.helpers import LAB_CONFIG
@@ -48,9 +50,23 @@ def test_claims_and_evidence_round_trip(tmp_path: Path) -> None:
     assert claims["M1"].run_id == "pv-20261126120000-abc123"
     assert claims["M1"].commands[0].startswith("grep -x '## DONE'")
     assert claims["M2"].is_claim
-    evidence = parse_evidence(text, "S")
-    assert evidence["subnet"] == "10.20.0.0/16" and evidence["service VIPs"] == "5"
-    assert evidence["lab-drone_app"] == "1/1"
+    # The numbers come from the run's JSON report, not from STATUS's Markdown.
+    recorded = read_recorded(tmp_path / "REPORT-pvcheck.json")
+    assert recorded is not None and recorded.run_id == "pv-20261126120000-abc123"
+    assert recorded.network["subnet"] == "10.20.0.0/16" and recorded.network["service VIPs"] == "5"
+    assert recorded.services["lab-drone_app"] == "1/1"
+
+
+@pytest.mark.faults
+def test_a_report_pvcheck_did_not_write_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(StateFileError, match="R: not a pvcheck run report"):
+        recorded_from_json({"verdict": "pass"}, "R")
+    bad = tmp_path / "REPORT-pvcheck.json"
+    bad.write_text("{not json")
+    with pytest.raises(StateFileError, match="REPORT-pvcheck.json.*not JSON"):
+        read_recorded(bad)
+    odd = recorded_from_json({"run_id": "r", "facts": {"after": {"network": 5}}}, "R")
+    assert odd.network == {} and odd.used is None
 
 
 @pytest.mark.faults
@@ -85,21 +101,17 @@ def live(vips: int = 5, used_extra: int = 0, drone: str = "1/1") -> HostFacts:
 
 
 def test_compare_evidence_finds_edited_numbers_and_leaks() -> None:
-    recorded = {
-        "subnet": "10.20.0.0/16",
-        "service VIPs": "7",
-        "endpoints used": "11",
-        "lab-drone_app": "1/1",
+    network = {"subnet": "10.20.0.0/16", "service VIPs": "7"}
+    recorded = Recorded("r", network, {"lab-drone_app": "1/1"}, 11)
+    found = compare_evidence(recorded, live())
+    assert {(f.key, f.gate) for f in found} == {("report:service VIPs", "M2")}
+    assert found[0].title == "the run's report says service VIPs = 7, the host shows 5"
+    recorded = Recorded("r", {**network, "service VIPs": "5"}, {"lab-drone_app": "1/1"}, 11)
+    found = compare_evidence(recorded, live(used_extra=3, drone="0/1"))
+    assert {(f.key, f.gate) for f in found} == {
+        ("leak:endpoints", "M2"),
+        ("report:lab-drone_app", "M1"),
     }
-    keys = {f.key for f in compare_evidence(recorded, live())}
-    assert keys == {"status:service VIPs"}
-    keys = {
-        f.key
-        for f in compare_evidence(
-            {**recorded, "service VIPs": "5"}, live(used_extra=3, drone="0/1")
-        )
-    }
-    assert keys == {"leak:endpoints", "status:lab-drone_app"}
 
 
 def test_findings_are_kept_once_fixed_and_reopened() -> None:
@@ -230,7 +242,8 @@ def test_corrupt_review_is_reported_and_untouched(tmp_path: Path) -> None:
 def test_a_review_passes_only_the_claim_it_verified(tmp_path: Path) -> None:
     """A run may claim again while a review is running: the review's PASS must not land on
     the newer claim it never saw, even when both claims carry the same second."""
-    from flows.review import ReviewResult, write_review
+    from pvcheck.evidence import write_review
+    from pvcheck.review import ReviewResult
 
     cfg = load_config(LAB_CONFIG, {"docs": {"dir": str(tmp_path)}})
     text = status_text(tmp_path)

@@ -10,11 +10,11 @@ import pytest
 
 from pvcheck.config import GuardConfig
 from pvcheck.errors import StateFileError
-from pvcheck.guard import check_guard
 from pvcheck.history import append_history
 from pvcheck.runs import HostLock
 from pvcheck.safeio import atomic_write, read_capped, require_root_only
 from pvcheck.statefiles import append_journal, docs_lock, read_state, update_sections
+from tests.helpers import check_guard
 
 pytestmark = pytest.mark.faults
 
@@ -142,7 +142,7 @@ def test_as_root_folders_and_configs_others_can_write_are_refused(tmp_path: Path
 def test_a_config_another_user_owns_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pvcheck.cli import main
+    from app.cli import main
     from tests.helpers import write_config
 
     config = write_config(tmp_path)
@@ -167,8 +167,8 @@ def test_line_separators_cannot_break_an_owned_section(tmp_path: Path) -> None:
 def test_canary_with_a_target_override_exits_2_before_any_connection(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from app.cli import main
     from pvcheck import hosts
-    from pvcheck.cli import main
 
     def no_connection(*args: object, **kwargs: object) -> None:
         raise AssertionError("a connection was attempted")
@@ -192,7 +192,7 @@ def test_lab_actions_refuse_a_remote_engine(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, remote))
     for action in (lab_up, lab_down, lab_status):
         with pytest.raises(LabError, match="only on the local engine"):
-            action(cfg)  # type: ignore[operator]
+            action(cfg)
 
 
 def test_only_the_labs_own_network_on_the_local_socket_is_a_lab_engine() -> None:

@@ -25,7 +25,7 @@ from pvcheck.masking import masked_output
 from pvcheck.pinned import pin
 from pvcheck.records import Verdict
 from pvcheck.report import Report
-from pvcheck.routes import RouteObservation
+from pvcheck.routes import RouteObservation, answered
 from pvcheck.safeio import atomic_write
 
 DEFAULT_LAB_CONFIG = LAB_CONFIG
@@ -43,7 +43,7 @@ T = TypeVar("T")
 def _route_lines(cfg: Config, probes: list[RouteObservation]) -> tuple[list[str], bool]:
     lines, ok = [], True
     for route, probe in zip(cfg.routes, probes, strict=True):
-        good = probe.status in route.expect_status and probe.body_has_text is not False
+        good = answered(route, probe)
         ok &= good
         answer = probe.status if probe.status is not None else probe.error
         lines.append(
@@ -150,7 +150,8 @@ def _write_report(path: str | None, text: str) -> None:
 
 def cmd_review(args: argparse.Namespace) -> int:
     (name,) = pin([args.config])
-    from flows.review import ReviewParameters, ReviewResult, review
+    from flows.review import ReviewParameters, review
+    from pvcheck.review import ReviewResult
 
     ensure_prefect_api()
     state = review(ReviewParameters(config=name), return_state=True)
@@ -173,7 +174,7 @@ def cmd_done(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     decision = write_done(cfg)
     if decision.ok:
-        print(f"## DONE written to {cfg.docs.dir / f'STATUS-{cfg.docs.phase}.md'}")
+        print(f"## DONE written to {cfg.docs.paths.status}")
         return EXIT_PASS
     print("not done; nothing written:")
     for problem in decision.problems:

@@ -1,0 +1,1 @@
+"""The `pvcheck` command line: above the library (pvcheck/) and the flows, never below them."""
