@@ -23,7 +23,7 @@ from pvcheck.errors import (
 )
 from pvcheck.masking import masked_output
 from pvcheck.pinned import pin
-from pvcheck.records import Verdict
+from pvcheck.records import Status, Verdict
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation, answered
 from pvcheck.safeio import atomic_write
@@ -96,7 +96,7 @@ def print_verdict(report: Report) -> None:
     for gate in report.gates:
         print(f"  gate {gate.gate} {gate.status.upper():<5} {gate.title}")
     for check in report.checks:
-        if check.status != "pass":
+        if check.status != Status.PASS:
             print(
                 f"    {check.status.upper():<5} {check.id}: expected {check.expected}; "
                 f"found {check.found}. {check.detail}"

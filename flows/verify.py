@@ -169,13 +169,10 @@ class Verification:
         report.logs = logs_f.result()[0].scan
         report.stages[Stage.PRECONDITIONS] = stage_outcome([*pre, *services])
         report.stages[Stage.ROUTES] = stage_outcome(route_checks)
-        blocked = [c.id for c in [*pre, *services] if c.status != Status.PASS]
-        core = self.routes.core_ids
-        blocked += [c.id for c in route_checks if c.id in core and c.status != Status.PASS]
-        if not blocked:
+        reason = routes.traffic_blockers([*pre, *services], route_checks, self.routes)
+        if not reason:
             report.stages[Stage.TRAFFIC] = StageOutcome(Outcome.ALLOWED)
             return True
-        reason = "no new test traffic: fix routing first (" + ", ".join(blocked) + ")"
         report.stages[Stage.TRAFFIC] = StageOutcome(Outcome.BLOCKED)
         self.log.warning("%s", reason)
         self._skip_traffic_stages(reason)

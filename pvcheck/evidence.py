@@ -16,7 +16,7 @@ import jinja2
 from pvcheck.claims import m1_claim, m2_claim
 from pvcheck.config import Config
 from pvcheck.history import append_history, history_record, read_history, trend_svg
-from pvcheck.records import GATES, Check, Family, Status, parse_ts
+from pvcheck.records import GATES, Check, Family, Gate, Status, parse_ts
 from pvcheck.report import Report
 from pvcheck.review import (
     ReviewResult,
@@ -63,7 +63,7 @@ def _context(report: Report, cfg: Config) -> dict[str, Any]:
         "cfg": cfg,
         "phase": cfg.docs.phase,
         "gates": {g.gate: g for g in report.gates},
-        "claims": {"M1": m1_claim(cfg), "M2": m2_claim(report, cfg)},
+        "claims": {Gate.M1: m1_claim(cfg), Gate.M2: m2_claim(report, cfg)},
         "before": report.facts_before,
         "after": report.facts_after,
         "Status": Status,
@@ -74,8 +74,7 @@ def render_status_sections(report: Report, cfg: Config) -> dict[str, str]:
     ctx = _context(report, cfg)
     return {
         "summary": render("status_summary.md.j2", **ctx),
-        "gate-M1": render("status_gate.md.j2", gate="M1", **ctx),
-        "gate-M2": render("status_gate.md.j2", gate="M2", **ctx),
+        **{f"gate-{g}": render("status_gate.md.j2", gate=g, **ctx) for g in Gate},
         "evidence": render("status_evidence.md.j2", **ctx),
     }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pvcheck.config import Config, GuardConfig
 from pvcheck.errors import StateFileError
 from pvcheck.procs import PLAIN_ENV, run_bounded
-from pvcheck.records import Check, Family, Gate, Status, skipped
+from pvcheck.records import VIP_SIGNATURE, Check, Family, Gate, Status, skipped
 from pvcheck.seams import Seams
 from pvcheck.statefiles import read_state
 
@@ -24,8 +24,7 @@ _HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 SIGNATURE_SAMPLE = (
     'time="2026-06-10T03:12:44.512305123Z" level=error msg="Failed allocation for service '
-    'x7k2m9q0" error="could not find an available IP while allocating VIP" '
-    "module=node/agent/taskmanager\n"
+    f'x7k2m9q0" error="{VIP_SIGNATURE}" module=node/agent/taskmanager\n'
 )
 CLEAN_SAMPLE = (
     'time="2026-06-10T03:12:44.512305123Z" level=info msg="Loading containers: done."\n'

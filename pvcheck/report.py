@@ -124,7 +124,7 @@ class Report:
                     "testcase",
                     classname=gate.gate,
                     name=check.id,
-                    time=f"{check.duration_s:.3f}",
+                    time=f"{check.duration_s:.6f}",
                 )
                 text = f"expected: {check.expected}\nfound: {check.found}\n{check.detail}"
                 if check.status == Status.FAIL:

@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,18 @@ _REVIEW = re.compile(r"^## (M\d+) — .*: \*\*(PASS|FAIL)\*\* @ ?(\S+)\s*$")
 _REVIEWED = re.compile(r"^Reviewed the claim of run `([^`]+)`")
 
 
+class ClaimState(StrEnum):
+    """A gate's header in STATUS: claimed and awaiting review, passed by a review, or none."""
+
+    CLAIMED = "claimed"
+    PASSED = "pass"
+    NONE = "not claimed"
+
+
 @dataclass(frozen=True)
 class GateClaim:
     gate: Gate
-    state: str  # "claimed" | "pass" | "not claimed"
+    state: ClaimState
     claimed_at: datetime | None
     run_id: str | None
     commands: list[str] = field(default_factory=list)
@@ -37,7 +46,7 @@ class GateClaim:
 
     @property
     def is_claim(self) -> bool:
-        return self.state in ("claimed", "pass") and self.claimed_at is not None
+        return self.state != ClaimState.NONE and self.claimed_at is not None
 
 
 # A timestamp later than now by more than this is refused: a hand-written `PASS @2099…`
@@ -60,7 +69,7 @@ def _line_of(text: str, line: str) -> int:
 
 
 def parse_gate(body: str, gate: Gate, path: str = "STATUS", full_text: str = "") -> GateClaim:
-    state, claimed_at, run_id = "not claimed", None, None
+    state, claimed_at, run_id = ClaimState.NONE, None, None
     commands: list[str] = []
     expected: list[str] = []
     in_how = in_expected = False
@@ -70,9 +79,9 @@ def parse_gate(body: str, gate: Gate, path: str = "STATUS", full_text: str = "")
             if head.group(3):  # PASS @<UTC>
                 checked_ts(head.group(3), path, _line_of(full_text or body, line))
             state = (
-                "claimed"
+                ClaimState.CLAIMED
                 if head.group(2).startswith("CLAIMED")
-                else ("pass" if head.group(2).startswith("PASS") else "not claimed")
+                else (ClaimState.PASSED if head.group(2).startswith("PASS") else ClaimState.NONE)
             )
             continue
         claimed = _CLAIMED.match(line)

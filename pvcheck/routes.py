@@ -322,6 +322,17 @@ def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:
     )
 
 
+def traffic_blockers(gating: list[Check], route_checks: list[Check], settings: Settings) -> str:
+    """Pure: why no new test traffic may start ("" when it may): a failed precondition or
+    control-plane service, or a core route that is down."""
+    blocked = [c.id for c in gating if c.status != Status.PASS]
+    core = settings.core_ids
+    blocked += [c.id for c in route_checks if c.id in core and c.status != Status.PASS]
+    return (
+        "" if not blocked else "no new test traffic: fix routing first (" + ", ".join(blocked) + ")"
+    )
+
+
 def recheck(seams: Seams, settings: Settings, before: str) -> Check:
     """Re-probe the core routes right before a stage starts new test traffic, so an outage
     of the reverse proxy seen mid-run stops the run from adding load to a broken host."""

@@ -170,7 +170,11 @@ def running_builds(cfg: Config, client: DroneClient | None = None) -> list[str]:
 
 class DroneDriver:
     def __init__(
-        self, swarm: SwarmApi, cfg: Config, run_id: str, transport: httpx.BaseTransport | None = None
+        self,
+        swarm: SwarmApi,
+        cfg: Config,
+        run_id: str,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         assert cfg.deploy is not None and cfg.deploy.drone is not None
         self.swarm, self.cfg, self.run_id = swarm, cfg, run_id

@@ -23,11 +23,20 @@ from tests.helpers import spawn_run, wait_for_line, wait_for_throwaways, write_c
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+REPORT_KEYS = {
+    "verdict", "incomplete_reason", "run_id", "target", "config", "started_at", "finished_at",
+    "gates", "stages", "checks", "facts", "logs", "evidence", "target_via", "allocator",
+}  # fmt: skip
 
 
 def test_default_run_passes_m2_with_real_allocator_figures(lab: Config, tmp_path: Path) -> None:
     rc, report = run(write_config(tmp_path), tmp_path)
     assert rc == 0 and report["gates"]["M2"]["status"] == "pass", report["stages"]
+    # The report keeps the keys it always had, and every check that measured something
+    # (all but skips) carries how long that took.
+    assert set(report) >= REPORT_KEYS, REPORT_KEYS - set(report)
+    untimed = [c["id"] for c in report["checks"] if c["status"] != "skip" and c["duration_s"] <= 0]
+    assert not untimed, untimed
     alloc = report["allocator"]
     assert alloc["capacity"] == 65533 and len(alloc["rounds"]) == 1
     peak, base = alloc["rounds"][0]["peak"], alloc["rounds"][0]["baseline"]

@@ -71,9 +71,12 @@ def test_review_catches_leftover_edited_number_and_broken_route(
     assert run(config, tmp_path)[0] == 0
     docs = tmp_path / "docs"
     status = docs / "STATUS-pvcheck.md"
-    status.write_text(
-        status.read_text().replace("| capacity | 65533 | 65533 |", "| capacity | 65533 | 65534 |")
-    )
+    # The review compares the host with the numbers the run recorded in its JSON report.
+    recorded = docs / "REPORT-pvcheck.json"
+    original = recorded.read_text()
+    doc = json.loads(original)
+    doc["facts"]["after"]["network"]["capacity"] = 65534
+    recorded.write_text(json.dumps(doc))
     client = docker.from_env()
     leftover = client.networks.create(
         "pvc-alloc-leftover-net", driver="overlay", labels={LABEL_RUN: "pv-20260101000000-0ld0ne"}
@@ -92,7 +95,7 @@ def test_review_catches_leftover_edited_number_and_broken_route(
     assert rc == 1
     assert result["gates"]["M1"]["status"] == "fail" and result["gates"]["M2"]["status"] == "fail"
     titles = " | ".join(f["title"] for f in result["findings"])
-    assert "STATUS says capacity = 65534, the host shows 65533" in titles
+    assert "the run's report says capacity = 65534, the host shows 65533" in titles
     assert "leftover carrying a pvcheck run label: network pvc-alloc-leftover-net" in titles
     assert "route.dashboard" in titles
     review_text = (docs / "REVIEW-pvcheck.md").read_text()
@@ -103,9 +106,7 @@ def test_review_catches_leftover_edited_number_and_broken_route(
     status_text = status.read_text()
     assert "## Gate: M1 — CLAIMED, awaiting Adversary" in status_text  # not marked PASS
     # Fixed on the host: a second review marks the findings FIXED, and files none twice.
-    status.write_text(
-        status_text.replace("| capacity | 65533 | 65534 |", "| capacity | 65533 | 65533 |")
-    )
+    recorded.write_text(original)
     rc, result = review(config, tmp_path)
     backlog = (docs / "BACKLOG-pvcheck.md").read_text()
     assert backlog.count("[adversary] leftover carrying a pvcheck run label") == 1

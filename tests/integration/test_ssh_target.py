@@ -250,7 +250,7 @@ def test_the_active_runs_folder_is_read_on_the_host(sshd: Sshd, tmp_path: Path) 
     folder = tmp_path / "cc-ci-active"
 
     def found(path: Path) -> list[str]:
-        return active_runs(ActiveRunsConfig(folder=path), FakeSwarm(), host=host)  # type: ignore[arg-type]
+        return active_runs(ActiveRunsConfig(folder=path), FakeSwarm(), host=host)
 
     assert found(folder) == []  # no folder on the host: no run has registered
     folder.mkdir()

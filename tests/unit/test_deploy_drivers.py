@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from pvcheck.config import Config, load_config
-from pvcheck.deploy import DeployOutcome, TierResult, judge_outcome
+from pvcheck.deploy import DeployOutcome, TierResult, TierStatus, judge_outcome
 from pvcheck.deploy.active import active_runs
 from pvcheck.deploy.command import (
     MAX_RESULTS_BYTES,
@@ -25,7 +25,7 @@ from pvcheck.deploy.command import (
 )
 from pvcheck.deploy.drone import DroneDriver, tiers_from_build
 from pvcheck.errors import ConfigError
-from pvcheck.records import Status, judge_gate
+from pvcheck.records import Gate, Status, judge_gate
 from tests.fakes import DroneState, FakeSwarm
 from tests.fakes import drone_server as serve_drone
 from tests.helpers import drone_settings, write_config
@@ -127,7 +127,7 @@ def test_command_driver_with_a_real_script(
 ) -> None:
     cfg = command_cfg(tmp_path, HARNESS.format(doc=repr(doc), rc=rc))
     swarm = FakeSwarm(network_services=["hello_app"])
-    outcome = CommandDriver(swarm, cfg, "pv-1-abc").run()  # type: ignore[arg-type]
+    outcome = CommandDriver(swarm, cfg, "pv-1-abc").run()
     checks = {c.id: str(c.status) for c in judge_outcome(outcome, ["install", "upgrade"], "proxy")}
     for check_id, status in expect.items():
         assert checks[check_id] == status
@@ -153,8 +153,8 @@ def test_not_applicable_tier_is_skipped_but_does_not_block_the_gate() -> None:
         "s",
         attached=True,
         tiers=[
-            TierResult("install", "pass"),
-            TierResult("backup_restore", "skip", "no state", not_applicable=True),
+            TierResult("install", TierStatus.PASS),
+            TierResult("backup_restore", TierStatus.SKIP, "no state", not_applicable=True),
         ],
     )
     checks = judge_outcome(outcome, ["install", "backup_restore"], "proxy")
@@ -165,7 +165,7 @@ def test_not_applicable_tier_is_skipped_but_does_not_block_the_gate() -> None:
         "hello",
         "s",
         attached=True,
-        tiers=[TierResult("install", "pass"), TierResult("upgrade", "skip")],
+        tiers=[TierResult("install", TierStatus.PASS), TierResult("upgrade", TierStatus.SKIP)],
     )
     skipped = next(
         c
@@ -173,7 +173,7 @@ def test_not_applicable_tier_is_skipped_but_does_not_block_the_gate() -> None:
         if c.id == "deploy.tier.upgrade"
     )
     assert skipped.status == Status.SKIP and not skipped.not_applicable
-    assert judge_gate("M2", [skipped]).status == Status.SKIP
+    assert judge_gate(Gate.M2, [skipped]).status == Status.SKIP
 
 
 def test_active_runs_folder_and_stack_pattern(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_active_runs_folder_and_stack_pattern(tmp_path: Path) -> None:
 
     found = active_runs(
         ActiveRunsConfig(folder=folder, stack_pattern="^recipe-"),
-        FakeSwarm(services=services),  # type: ignore[arg-type]
+        FakeSwarm(services=services),
     )
     assert found == [f"{folder}/recipe.example.test", "stack recipe-x"]
 
@@ -205,7 +205,7 @@ def test_an_active_runs_folder_that_cannot_be_listed_counts_as_busy(tmp_path: Pa
     from pvcheck.config import ActiveRunsConfig
 
     def found(folder: Path) -> list[str]:
-        return active_runs(ActiveRunsConfig(folder=folder), FakeSwarm())  # type: ignore[arg-type]
+        return active_runs(ActiveRunsConfig(folder=folder), FakeSwarm())
 
     assert found(tmp_path / "absent") == []  # no folder: no run has registered
     (tmp_path / "a-file").write_text("")
@@ -429,12 +429,12 @@ def test_sweep_markers_and_running_builds_count_as_active(tmp_path: Path) -> Non
 
     lock = tmp_path / "upgrade-all.lock"
     cfg = ActiveRunsConfig(markers=[lock])
-    assert active_runs(cfg, FakeSwarm()) == []  # type: ignore[arg-type]
+    assert active_runs(cfg, FakeSwarm()) == []
     lock.write_text("")
-    assert active_runs(cfg, FakeSwarm()) == [f"sweep marker {lock}"]  # type: ignore[arg-type]
+    assert active_runs(cfg, FakeSwarm()) == [f"sweep marker {lock}"]
     builds = active_runs(
         ActiveRunsConfig(),
-        FakeSwarm(),  # type: ignore[arg-type]
+        FakeSwarm(),
         extra=lambda: ["Drone build 7 running"],
     )
     assert builds == ["Drone build 7 running"]
@@ -476,7 +476,7 @@ def test_sampler_finds_the_harness_stack_and_ignores_what_was_there() -> None:
     from pvcheck.deploy.attach import AttachmentSampler
 
     swarm = FakeSwarm(network_services=["bonf-000000_ci_commoninternet_net_app"])
-    sampler = AttachmentSampler(swarm, "proxy", None, CCCI_PATTERN)  # type: ignore[arg-type]
+    sampler = AttachmentSampler(swarm, "proxy", None, CCCI_PATTERN)
     sampler.sample()  # what runs before the deploy is not the deploy's
     swarm.network_services += ["cust-1a2b3c_ci_commoninternet_net_app", "lab-x_app"]
     sampler.sample()
@@ -507,7 +507,7 @@ def test_a_teardown_check_with_no_stack_to_watch_is_an_error() -> None:
     check = deploy.clean_teardown(deploy.Observation(outcome, None, None, {}, 1.0, 0.0))
     assert check.status == Status.ERROR and check.found == "no stack to watch"
     assert "a stack matching ^x$ was never seen" in check.detail
-    assert judge_gate("M2", [check]).status == Status.FAIL
+    assert judge_gate(Gate.M2, [check]).status == Status.FAIL
 
 
 @pytest.mark.faults

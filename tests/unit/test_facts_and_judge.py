@@ -18,7 +18,7 @@ from pvcheck.facts import (
     parse_stacks,
     settle_network,
 )
-from pvcheck.records import Check, Status, Verdict, judge_gate, verdict
+from pvcheck.records import Check, Gate, Status, Verdict, judge_gate, verdict
 from pvcheck.records import unproven as unproven_text
 from pvcheck.routes import RouteObservation
 from pvcheck.stacks import ServiceState, converged, stack_task_states
@@ -143,48 +143,50 @@ def test_headroom_threshold() -> None:
     assert facts.headroom(parse_network(inspect_doc()), 25).status == Status.PASS
 
 
-def _c(cid: str, gate: str, status: Status) -> Check:
+def _c(cid: str, gate: Gate, status: Status) -> Check:
     return Check(cid, gate, status, "e", "f")
 
 
 def test_gate_needs_every_required_family_and_no_skip() -> None:
     m1 = [
-        _c("pre.x", "M1", Status.PASS),
-        _c("svc.a", "M1", Status.PASS),
-        _c("route.r", "M1", Status.PASS),
+        _c("pre.x", Gate.M1, Status.PASS),
+        _c("svc.a", Gate.M1, Status.PASS),
+        _c("route.r", Gate.M1, Status.PASS),
     ]
-    assert judge_gate("M1", m1).status == Status.PASS
-    assert judge_gate("M1", m1[:2]).status == Status.SKIP  # no route checks: not proven
-    assert judge_gate("M1", [*m1, _c("route.q", "M1", Status.FAIL)]).status == Status.FAIL
-    m2 = [_c("teardown.residue", "M2", Status.PASS)]
-    assert judge_gate("M2", m2).status == Status.SKIP
-    skipped = [_c(p + "x", "M2", Status.PASS) for p in ("deploy.", "alloc.", "logs.", "teardown.")]
-    skipped.append(_c("guard.x", "M2", Status.SKIP))
-    assert judge_gate("M2", skipped).status == Status.SKIP  # a skip is never a pass
+    assert judge_gate(Gate.M1, m1).status == Status.PASS
+    assert judge_gate(Gate.M1, m1[:2]).status == Status.SKIP  # no route checks: not proven
+    assert judge_gate(Gate.M1, [*m1, _c("route.q", Gate.M1, Status.FAIL)]).status == Status.FAIL
+    m2 = [_c("teardown.residue", Gate.M2, Status.PASS)]
+    assert judge_gate(Gate.M2, m2).status == Status.SKIP
+    skipped = [
+        _c(p + "x", Gate.M2, Status.PASS) for p in ("deploy.", "alloc.", "logs.", "teardown.")
+    ]
+    skipped.append(_c("guard.x", Gate.M2, Status.SKIP))
+    assert judge_gate(Gate.M2, skipped).status == Status.SKIP  # a skip is never a pass
 
 
 def test_verdict() -> None:
     passed = judge_gate(
-        "M1",
+        Gate.M1,
         [
-            _c("pre.x", "M1", Status.PASS),
-            _c("svc.a", "M1", Status.PASS),
-            _c("route.r", "M1", Status.PASS),
+            _c("pre.x", Gate.M1, Status.PASS),
+            _c("svc.a", Gate.M1, Status.PASS),
+            _c("route.r", Gate.M1, Status.PASS),
         ],
     )
-    failed = judge_gate("M1", [_c("pre.x", "M1", Status.FAIL)])
-    unproven = judge_gate("M2", [])
+    failed = judge_gate(Gate.M1, [_c("pre.x", Gate.M1, Status.FAIL)])
+    unproven = judge_gate(Gate.M2, [])
     skipped = judge_gate(
-        "M2",
+        Gate.M2,
         [
-            _c(p + "x", "M2", Status.SKIP if p == "deploy." else Status.PASS)
+            _c(p + "x", Gate.M2, Status.SKIP if p == "deploy." else Status.PASS)
             for p in ("deploy.", "alloc.", "logs.", "teardown.", "guard.")
         ],
     )
     passed_m2 = judge_gate(
-        "M2",
+        Gate.M2,
         [
-            _c(p + "x", "M2", Status.PASS)
+            _c(p + "x", Gate.M2, Status.PASS)
             for p in ("deploy.", "alloc.", "logs.", "teardown.", "guard.")
         ],
     )
@@ -308,10 +310,10 @@ def test_an_incomplete_verdict_is_a_failed_state_named_incomplete_and_an_error_i
 
     report = Report("pv-1", "cc-ci", "c.toml", "2026-11-28T00:00:00Z")
     report.checks = [
-        _c("pre.x", "M1", Status.PASS),
-        _c("svc.a", "M1", Status.PASS),
-        _c("route.r", "M1", Status.PASS),
-        Check("deploy.active", "M2", Status.SKIP, "quiet", "busy", "another run is active"),
+        _c("pre.x", Gate.M1, Status.PASS),
+        _c("svc.a", Gate.M1, Status.PASS),
+        _c("route.r", Gate.M1, Status.PASS),
+        Check("deploy.active", Gate.M2, Status.SKIP, "quiet", "busy", "another run is active"),
     ]
     state = final_state(report)
     assert state.is_failed() and state.name == "Incomplete"
@@ -322,5 +324,5 @@ def test_an_incomplete_verdict_is_a_failed_state_named_incomplete_and_an_error_i
     assert doc["verdict"] == "incomplete" and doc["incomplete_reason"].startswith("M2 not")
     junit = report.to_junit()
     assert 'type="incomplete"' in junit and "INCOMPLETE" in junit
-    report.checks[-1] = Check("deploy.active", "M2", Status.FAIL, "quiet", "x")
+    report.checks[-1] = Check("deploy.active", Gate.M2, Status.FAIL, "quiet", "x")
     assert final_state(report).name == "Failed"

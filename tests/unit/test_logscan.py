@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from pvcheck.logscan import (
-    VIP_SIGNATURE,
     CommandLogSource,
     FileLogSource,
     LogUnreadable,
@@ -20,7 +19,7 @@ from pvcheck.logscan import (
     scan_lines,
     unread_scan,
 )
-from pvcheck.records import Status
+from pvcheck.records import VIP_SIGNATURE, Status
 
 SINCE = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
 UNTIL = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)

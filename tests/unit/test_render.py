@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pvcheck.allocator import AllocatorResult, RoundFigures
 from pvcheck.claims import curl_command
 from pvcheck.config import Config, load_config
 from pvcheck.evidence import (
@@ -23,8 +24,7 @@ from pvcheck.evidence import (
 )
 from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
 from pvcheck.logscan import LogScan
-from pvcheck.allocator import AllocatorResult, RoundFigures
-from pvcheck.records import Check, Outcome, Stage, StageOutcome, Status
+from pvcheck.records import Check, Gate, Outcome, Stage, StageOutcome, Status
 from pvcheck.report import Report
 from tests.helpers import LAB_CONFIG
 
@@ -46,19 +46,21 @@ def facts(taken: str, used_tasks: int, drone_running: int) -> HostFacts:
 def sample_report(failing: bool) -> Report:
     counts = {"vips": 5, "task_ips": 5, "lb_endpoints": 1, "containers": 0}
     checks = [
-        Check("pre.pvfix-done", "M1", Status.PASS, "DONE", "## DONE present"),
+        Check("pre.pvfix-done", Gate.M1, Status.PASS, "DONE", "## DONE present"),
         Check(
             "svc.lab-drone_app",
-            "M1",
+            Gate.M1,
             Status.FAIL if failing else Status.PASS,
             "running = desired",
             "lab-drone_app: 0/1 running" if failing else "1/1",
             "scaled to 0",
         ),
-        Check("route.dashboard", "M1", Status.PASS, "HTTP 200", "HTTP 200 | ok", duration_s=0.012),
+        Check(
+            "route.dashboard", Gate.M1, Status.PASS, "HTTP 200", "HTTP 200 | ok", duration_s=0.012
+        ),
     ]
     checks += [
-        Check(cid, "M2", Status.PASS, "e", found)
+        Check(cid, Gate.M2, Status.PASS, "e", found)
         for cid, found in [
             ("deploy.tier.install", "pass"),
             ("alloc.leak", "leaked 0 endpoints"),

@@ -13,7 +13,9 @@ from pvcheck.done import write_done
 from pvcheck.errors import StateFileError
 from pvcheck.evidence import render
 from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
+from pvcheck.records import Gate
 from pvcheck.review import (
+    ClaimState,
     Finding,
     GateClaim,
     Recorded,
@@ -63,7 +65,7 @@ def test_a_report_pvcheck_did_not_write_is_refused_naming_it(tmp_path: Path) -> 
         recorded_from_json({"verdict": "pass"}, "R")
     bad = tmp_path / "REPORT-pvcheck.json"
     bad.write_text("{not json")
-    with pytest.raises(StateFileError, match="REPORT-pvcheck.json.*not JSON"):
+    with pytest.raises(StateFileError, match=r"REPORT-pvcheck\.json.*not JSON"):
         read_recorded(bad)
     odd = recorded_from_json({"run_id": "r", "facts": {"after": {"network": 5}}}, "R")
     assert odd.network == {} and odd.used is None
@@ -115,8 +117,8 @@ def test_compare_evidence_finds_edited_numbers_and_leaks() -> None:
 
 
 def test_findings_are_kept_once_fixed_and_reopened() -> None:
-    a = Finding("residue:service x", "M2", "leftover x", "docker ps")
-    b = Finding("status:capacity", "M1", "capacity edited", "inspect")
+    a = Finding("residue:service x", Gate.M2, "leftover x", "docker ps")
+    b = Finding("status:capacity", Gate.M1, "capacity edited", "inspect")
     first = merge_findings([], [a, b], "T1")
     assert [(i.num, i.status) for i in first] == [("A1", "OPEN"), ("A2", "OPEN")]
     body = "\n".join(
@@ -130,7 +132,7 @@ def test_findings_are_kept_once_fixed_and_reopened() -> None:
 
 
 def claim(at: datetime | None) -> GateClaim:
-    return GateClaim("M1", "claimed", at, "pv-1")
+    return GateClaim(Gate.M1, ClaimState.CLAIMED, at, "pv-1")
 
 
 def test_done_rule() -> None:
@@ -154,7 +156,7 @@ def test_done_rule() -> None:
     failed = done_rule(claims, {**fresh, "M1": Verdict("FAIL", now)}, now, timedelta(hours=24))
     assert failed.problems == ["M1: the latest review is FAIL"]
     unclaimed = done_rule(
-        {"M1": claim(T0), "M2": GateClaim("M2", "not claimed", None, None)},
+        {"M1": claim(T0), "M2": GateClaim(Gate.M2, ClaimState.NONE, None, None)},
         fresh,
         now,
         timedelta(hours=24),
@@ -201,13 +203,13 @@ def test_verdicts_read_the_reviewed_run_from_the_rendered_review() -> None:
             title="t",
             verdict="PASS",
             at="2026-11-26T12:00:09Z",
-            claim=GateClaim(gate, "claimed", T0, run),
+            claim=GateClaim(gate, ClaimState.CLAIMED, T0, run),
             review_id="rv-1",
             checks=[],
             findings=[],
             repro=[],
         )
-        for gate, run in (("M1", "pv-a"), ("M2", "pv-b"))
+        for gate, run in ((Gate.M1, "pv-a"), (Gate.M2, "pv-b"))
     ]
     verdicts = parse_verdicts(
         "\n".join(sections) + "## Notes by hand\n\nReviewed the claim of run `x`\n"

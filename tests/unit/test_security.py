@@ -15,6 +15,7 @@ import pytest
 from pvcheck.claims import ColdCommand, m2_claim, unexplained_m2_commands
 from pvcheck.config import load_config
 from pvcheck.errors import StateFileError
+from pvcheck.records import Gate
 from pvcheck.review import parse_claims, parse_verdicts
 from tests.helpers import LAB_CONFIG
 from tests.unit.test_render import sample_report
@@ -76,7 +77,7 @@ def test_the_review_runs_host_commands_through_pvchecks_own_ssh() -> None:
 
     host = _RecordingSsh()
     cmd = ColdCommand("ssh cc-ci 'docker ps -q | wc -l'", "0", remote="docker ps -q | wc -l")
-    check = run_cold_command(cmd, "review.how.M2.1", "M2", host)  # type: ignore[arg-type]
+    check = run_cold_command(cmd, "review.how.M2.1", Gate.M2, host)  # type: ignore[arg-type]
     assert host.seen == [["sh", "-c", "docker ps -q | wc -l"]]  # never bash -c 'ssh …'
     assert str(check.status) == "pass"
 
@@ -108,7 +109,7 @@ def test_a_cold_command_past_its_deadline_takes_its_whole_pipeline_with_it() -> 
     marker = "31.4159"
     cmd = ColdCommand(f"sleep {marker} | sleep {marker} | wc -l", "0")
     started = time.monotonic()
-    check = run_cold_command(cmd, "review.how.M1.1", "M1", None, timeout_s=1)
+    check = run_cold_command(cmd, "review.how.M1.1", Gate.M1, None, timeout_s=1)
     assert time.monotonic() - started < 5
     assert check.found == "no answer within 1s"
     deadline = time.monotonic() + 5

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pvcheck.errors import StateFileError
+from pvcheck.safeio import atomic_write
 from pvcheck.statefiles import (
     append_journal,
-    atomic_write,
     has_done,
     read_state,
     replace_section,
