@@ -252,7 +252,8 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
     leaks = ", ".join(f"round {r.round}: {r.leaked_total}" for r in rounds)
     tolerance = cfg.leak_tolerance * len(rounds)
     projected = result.projected_rounds
-    seconds = sum(r.seconds for r in rounds)  # each check judges every round's figures
+    # Each check judges every round's figures: the reproduction's whole time.
+    seconds = (result.finished_at - result.started_at).total_seconds()
     return [
         Check(
             Family.ALLOC.id("allocated"),

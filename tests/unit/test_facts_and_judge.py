@@ -220,29 +220,26 @@ def _b_gone(facts: NetworkFacts) -> bool:
     return "b_app" not in facts.services
 
 
-def test_settle_waits_out_a_quiet_allocator_however_fast_it_polls() -> None:
-    # Nothing changes for 0.6 s (many polls), then the addresses are freed: still seen.
-    facts, done = settle_network(
-        _FreeingLater(0.6),  # type: ignore[arg-type]
+def _settle(frees_after_s: float, stable_s: float) -> tuple[NetworkFacts | None, bool]:
+    return settle_network(
+        _FreeingLater(frees_after_s),  # type: ignore[arg-type]
         "proxy",
         _b_gone,
         timeout_s=5,
         poll_s=0.01,
-        stable_s=1.0,
+        stable_s=stable_s,
     )
+
+
+def test_settle_waits_out_a_quiet_allocator_however_fast_it_polls() -> None:
+    # Nothing changes for 0.6 s (many polls), then the addresses are freed: still seen.
+    facts, done = _settle(0.6, stable_s=1.0)
     assert done and facts is not None and facts.task_ips == 2
 
 
 def test_settle_gives_up_after_the_stable_time_not_before() -> None:
     t0 = time.monotonic()
-    _, done = settle_network(
-        _FreeingLater(60),  # type: ignore[arg-type]
-        "proxy",
-        _b_gone,
-        timeout_s=5,
-        poll_s=0.01,
-        stable_s=0.5,
-    )
+    _, done = _settle(60, stable_s=0.5)
     assert not done and 0.5 <= time.monotonic() - t0 < 2
 
 
