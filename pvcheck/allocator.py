@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pvcheck.composefile import parse_stack
 from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
 from pvcheck.records import Check, Family, Gate, Status, format_ts, skipped
 from pvcheck.seams import Seams, SwarmApi
+from pvcheck.stackcli import StackError
+from pvcheck.stackfile import dump_compose, inject_labels
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class RoundFigures:
     seconds: float
     leaked_total: int = 0  # addresses only the throwaways can explain (see facts.attribute)
     others: int = 0  # change from unrelated services on the shared network (churn)
+    # The stacks' own networks (one each, beside the shared one) still there after the
+    # round: residue, by name; and what `docker stack rm` itself complained about.
+    networks_left: list[str] = field(default_factory=list)
+    rm_errors: list[str] = field(default_factory=list)
 
     @property
     def leaked(self) -> dict[str, int]:
@@ -99,22 +104,32 @@ def _counts(facts: NetworkFacts | None) -> dict[str, int]:
     return {k: int(getattr(facts, k)) if facts else 0 for k in KINDS}
 
 
-def throwaway_stack(name: str, image: str, network: str) -> Any:
-    """One service, a port published in ingress mode (a swarm-chosen port), on the overlay."""
+def throwaway_compose(stack: str, image: str, network: str, labels: dict[str, str]) -> str:
+    """A recipe-shaped stack, as the ones whose concurrent removal leaked endpoints: its own
+    overlay network beside the shared one, a port published in ingress mode (a swarm-chosen
+    port), and Traefik labels for a host nobody resolves. Every object carries `labels`."""
     doc = {
         "services": {
             "app": {
                 "image": image,
                 "command": ["sleep", "3600"],
-                "networks": [network],
+                "networks": ["proxy", "internal"],
                 "ports": [{"target": 80, "mode": "ingress"}],
                 "stop_signal": "KILL",  # busybox sleep as PID 1 ignores SIGTERM
                 "stop_grace_period": "1s",
+                "deploy": {
+                    "labels": {
+                        "traefik.enable": "true",
+                        f"traefik.http.routers.{stack}.rule": f"Host(`{stack}.pvcheck.invalid`)",
+                        f"traefik.http.services.{stack}.loadbalancer.server.port": "80",
+                    }
+                },
             }
         },
-        "networks": {network: {"external": True}},
+        "networks": {"proxy": {"external": True, "name": network}, "internal": {}},
     }
-    return parse_stack(doc, f"<throwaway {name}>")
+    labelled, _ = inject_labels(doc, labels, where=f"throwaway {stack}")
+    return dump_compose(labelled)
 
 
 def refusal(cfg: AllocatorConfig, before: NetworkFacts | None) -> str | None:
@@ -171,7 +186,7 @@ def reproduce(
     """Run the configured rounds; everything created carries the run label."""
     alloc, net, run_id, swarm = settings.allocator, settings.network, settings.run_id, seams.swarm
     suffix = run_id.rsplit("-", 1)[-1]
-    deployer = seams.stacks({LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
+    labels = {LABEL_RUN: run_id, LABEL_ROLE: "throwaway"}
     first = parse_network(swarm.network(net) or {})
     result = AllocatorResult(
         net, first.capacity, first.used, first.used, datetime.now(UTC), datetime.now(UTC)
@@ -184,9 +199,12 @@ def reproduce(
             f"round {rnd}: deploying {len(names)} throwaway stacks on {net} "
             f"({alloc.concurrency} at a time); baseline {baseline.used} endpoints"
         )
+        composes = [(n, throwaway_compose(n, alloc.image, net, labels)) for n in names]
         with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
             list(
-                pool.map(lambda n: deployer.deploy(n, throwaway_stack(n, alloc.image, net)), names)
+                pool.map(
+                    lambda nc: seams.stacks.stack_deploy(nc[0], nc[1], {}, "throwaway"), composes
+                )
             )
         allocated = _wait_allocated(swarm, run_id, len(names), alloc.settle_timeout_s)
         peak = parse_network(swarm.network(net) or {})
@@ -194,16 +212,18 @@ def reproduce(
             f"round {rnd}: peak {peak.used} endpoints ({peak.vips} VIPs, "
             f"{peak.task_ips} task IPs); all allocated: {allocated}"
         )
-        services = swarm.services({LABEL_RUN: run_id, LABEL_ROLE: "throwaway"})
+        # The incident's pattern: every stack removed at once, racing the allocator.
         with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
-            list(pool.map(lambda s: swarm.remove_service(s["ID"]), services))
+            rm_errors = [e for e in pool.map(lambda n: _stack_rm(seams, n), names) if e]
         progress(
-            f"round {rnd}: removed {len(services)} services concurrently; waiting for the allocator"
+            f"round {rnd}: docker stack rm of {len(names)} stacks concurrently "
+            f"({len(rm_errors)} complained); waiting for the allocator"
         )
         prefix = f"pvc-alloc-{suffix}-r{rnd}-"
         after, settled = settle_network(
             swarm, net, released(baseline, prefix), timeout_s=alloc.settle_timeout_s
         )
+        networks_left = _stack_networks_left(swarm, run_id, prefix, alloc.settle_timeout_s)
         share = attribute(baseline, after, prefix) if after else None
         figures = RoundFigures(
             rnd,
@@ -216,6 +236,8 @@ def reproduce(
             round(time.monotonic() - t0, 2),
             share.leaked if share else 0,
             share.others if share else 0,
+            networks_left,
+            rm_errors,
         )
         result.rounds.append(figures)
         result.used_after = after.used if after else result.used_after
@@ -225,6 +247,26 @@ def reproduce(
         )
     result.finished_at = datetime.now(UTC)
     return result
+
+
+def _stack_rm(seams: Seams, stack: str) -> str | None:
+    """`docker stack rm STACK`; what it complained about (a network still in use), or None."""
+    try:
+        seams.stacks.stack_rm([stack])
+    except StackError as exc:
+        return str(exc)
+    return None
+
+
+def _stack_networks_left(swarm: SwarmApi, run_id: str, prefix: str, timeout_s: float) -> list[str]:
+    """The round's stack networks still there once the engine had time to release them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = swarm.networks([f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}=throwaway"])
+        left = sorted(n["Name"] for n in found if str(n.get("Name", "")).startswith(prefix))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(POLL_S)
 
 
 def released(baseline: NetworkFacts, prefix: str) -> Callable[[NetworkFacts], bool]:
@@ -250,6 +292,7 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
     rounds = result.rounds
     stuck = [r.round for r in rounds if not r.allocated]
     leaks = ", ".join(f"round {r.round}: {r.leaked_total}" for r in rounds)
+    stacks_left = [n for r in rounds for n in r.networks_left]
     tolerance = cfg.leak_tolerance * len(rounds)
     projected = result.projected_rounds
     # Each check judges every round's figures: the reproduction's whole time.
@@ -272,6 +315,16 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
             f"leaked {result.leaked_total} endpoints ({leaks})",
             "projected rounds before exhaustion: "
             + ("unbounded (no leak)" if projected is None else str(projected)),
+            seconds,
+        ),
+        Check(
+            Family.ALLOC.id("networks"),
+            Gate.M2,
+            Status.FAIL if stacks_left else Status.PASS,
+            "every throwaway stack's own network is removed with it",
+            f"{sum(r.stacks for r in rounds)} stack networks created, "
+            + (f"left: {', '.join(stacks_left)}" if stacks_left else "all removed"),
+            "; ".join(e for r in rounds for e in r.rm_errors)[:500],
             seconds,
         ),
         Check(

@@ -216,8 +216,10 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
         projected = alloc.projected_rounds
         what.append(
             f"the bounded allocator reproduction ({len(alloc.rounds)} round(s) of "
-            f"{alloc.rounds[0].stacks if alloc.rounds else 0} published-port stacks) "
-            f"leaked {alloc.leaked_total} endpoint(s) of {alloc.capacity}; headroom "
+            f"{alloc.rounds[0].stacks if alloc.rounds else 0} recipe-shaped stacks, each with "
+            "its own network and a published port, removed by concurrent `docker stack rm`) "
+            f"leaked {alloc.leaked_total} endpoint(s) of {alloc.capacity}, left "
+            f"{sum(len(r.networks_left) for r in alloc.rounds)} stack network(s); headroom "
             f"{alloc.headroom_before_pct:.3f}% before, "
             f"{alloc.headroom_after_pct:.3f}% after; "
             "projected rounds to exhaustion: "

@@ -25,10 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-from pvcheck.composefile import load_stack
 from pvcheck.errors import ConfigError, StateFileError
 from pvcheck.records import VIP_SIGNATURE
 from pvcheck.safeio import read_capped, require_root_only
+from pvcheck.stackfile import load_compose, read_env_file, unset_variables
 from pvcheck.statefiles import DocsPaths
 
 # The built-in lab's config: the default of every command and flow parameter.
@@ -197,21 +197,50 @@ class LogsConfig(Section):
         return self
 
 
+# What abra gives every app beside its env file; a compose file may always use these.
+ABRA_VARIABLES = ("STACK_NAME", "DOMAIN")
+_DOMAIN_RE = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+
+
+class FunctionalCheck(Section):
+    """A page of the deployed app and text it must show. Placeholders: {stack}, {domain},
+    {secret_sha256:KEY} (the hash of the app secret KEY pvcheck generated)."""
+
+    path: str = Field(pattern=r"^/[A-Za-z0-9._~/-]*$", max_length=200)
+    body: str = Field(min_length=1, max_length=500)
+
+
 class ComposeDriverConfig(Section):
     file: ConfigPath
+    # The app's variables, as abra reads them (`KEY=VALUE` lines); STACK_NAME and DOMAIN
+    # are set by pvcheck.
+    env_file: ConfigPath | None = None
+    domain: str | None = Field(None, pattern=_DOMAIN_RE)
+    # The upgrade: the same recipe with these variables changed (a new version), and/or
+    # another compose file; upgrade_body is text the upgraded app's page shows.
     upgrade_file: ConfigPath | None = None
+    upgrade_env: dict[str, str] = Field(default_factory=dict, max_length=50)
+    upgrade_body: str | None = Field(None, max_length=500)
     route: RouteConfig
     backup_restore: str | None = Field(
         None, description="why backup/restore does not apply; None means not declared"
     )
+    functional: list[FunctionalCheck] = Field(default_factory=list, max_length=20)
 
     @model_validator(mode="after")
-    def _files_are_the_supported_subset(self) -> ComposeDriverConfig:
-        # Read now, so that a bad compose file stops the run before anything is deployed;
-        # its ConfigError names the compose file and key (not this config's field).
-        for path in (self.file, self.upgrade_file):
-            if path is not None:
-                load_stack(path)
+    def _files_deploy_with_this_env(self) -> ComposeDriverConfig:
+        # Read now, so that a compose file that cannot be read, or needs a variable the env
+        # file does not set, stops the run before anything is deployed; the ConfigError
+        # names the compose file (and the variable).
+        env = read_env_file(self.env_file) if self.env_file else {}
+        env |= dict.fromkeys(ABRA_VARIABLES, "x")
+        for path, extra in ((self.file, {}), (self.upgrade_file or self.file, self.upgrade_env)):
+            doc = load_compose(path)
+            missing = unset_variables(doc, {**env, **extra}, where=str(path))
+            if missing:
+                named = ", ".join(missing)
+                where = f"{self.env_file}" if self.env_file else "no env_file"
+                raise ConfigError(str(path), "", f"variables not set ({where}): {named}")
         return self
 
 

@@ -27,13 +27,14 @@ import docker.errors
 
 from pvcheck import twin
 from pvcheck.canary import lab_engine_problem
-from pvcheck.composefile import StackSpec, parse_stack
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, TargetUnreachable
 from pvcheck.routes import RouteObservation, answered, probe_routes
 from pvcheck.safeio import atomic_write
-from pvcheck.stacks import StackDeployer, list_residue, remove_labelled
-from pvcheck.swarm import LABEL_LAB, Swarm
+from pvcheck.stackcli import LABEL_SPEC, DockerCli, spec_hash
+from pvcheck.stackfile import dump_compose, inject_labels
+from pvcheck.stacks import list_residue, remove_labelled
+from pvcheck.swarm import LABEL_LAB, LABEL_STACK, Swarm
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,12 @@ BUSYBOX_IMAGE = "local/busybox:1"
 WEB_IMAGE = "local/pvcheck-web:1"
 TRAEFIK_IMAGE = "local/traefik:3.7"
 CACHE = Path(os.environ.get("PVCHECK_CACHE", "/var/cache/pvcheck"))
-BUSYBOX_APPLETS = ("sh", "httpd", "wget", "sleep", "nc", "cat", "echo", "printf", "ls")
+# What the stand-ins and the lab recipe run (the recipe's backup tier uses tar; its page
+# shows the secret's sha256).
+BUSYBOX_APPLETS = (
+    "sh", "httpd", "wget", "sleep", "nc", "cat", "echo", "printf", "ls",
+    "tar", "sha256sum", "cut", "mkdir",
+)  # fmt: skip
 
 # The stand-in sites. Drone answers / with 303 like the real one (busybox httpd runs
 # cgi-bin/index.cgi for "/" when there is no index.html; an NPH status line passes through).
@@ -307,7 +313,7 @@ def _router_labels(router: str, hosts: list[str], lab: LabConfig) -> dict[str, s
 TLS_MOUNT = "/etc/traefik/tls"
 
 
-def traefik_stack(cfg: Config, lab: LabConfig) -> StackSpec:
+def traefik_stack(cfg: Config, lab: LabConfig) -> dict[str, Any]:
     _, name = split_service(lab.traefik_service)
     router = f"{split_service(lab.traefik_service)[0].replace('_', '-')}-api"
     command = [
@@ -350,10 +356,10 @@ def traefik_stack(cfg: Config, lab: LabConfig) -> StackSpec:
         },
         "networks": {cfg.network.name: {"external": True}},
     }
-    return parse_stack(doc, "<lab traefik>")
+    return doc
 
 
-def standin_stack(cfg: Config, standin: StandinConfig) -> StackSpec:
+def standin_stack(cfg: Config, standin: StandinConfig) -> dict[str, Any]:
     assert cfg.lab is not None
     stack, name = split_service(standin.service)
     router = stack.replace(".", "-").replace("_", "-")
@@ -376,7 +382,23 @@ def standin_stack(cfg: Config, standin: StandinConfig) -> StackSpec:
         },
         "networks": {cfg.network.name: {"external": True}},
     }
-    return parse_stack(doc, f"<lab {standin.role}>")
+    return doc
+
+
+def deploy_unchanged(swarm: Swarm, cli: DockerCli, stack: str, doc: dict[str, Any]) -> bool:
+    """`docker stack deploy` of the lab stack, unless it already runs exactly this spec (a
+    second `lab up` changes no service). True when it deployed."""
+    digest = spec_hash(dump_compose(doc), {})
+    labelled, _ = inject_labels(doc, {**LAB_LABELS, LABEL_SPEC: digest}, where=f"lab {stack}")
+    running = swarm.services({LABEL_STACK: stack})
+    if (
+        running
+        and all((s["Spec"].get("Labels") or {}).get(LABEL_SPEC) == digest for s in running)
+        and len(running) == len(doc["services"])
+    ):
+        return False
+    cli.stack_deploy(stack, dump_compose(labelled), {}, where=f"lab {stack}")
+    return True
 
 
 def _lab(cfg: Config) -> LabConfig:
@@ -460,11 +482,11 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
         swarm.call(swarm.api.tag, image, repo, tag)
     if lab.tls_port is not None:
         twin.ensure_tls(lab)
-    deployer = StackDeployer(swarm, LAB_LABELS)
     stacks = [(split_service(lab.traefik_service)[0], traefik_stack(cfg, lab))]
     stacks += [(split_service(s.service)[0], standin_stack(cfg, s)) for s in lab.standins]
-    for stack, spec in stacks:
-        deployer.deploy(stack, spec)
+    cli = DockerCli(cfg.target.docker_host)
+    for stack, doc in stacks:
+        deploy_unchanged(swarm, cli, stack, doc)
     cfg.docs.dir.mkdir(parents=True, exist_ok=True)
     pvfix = cfg.docs.precondition_status
     if not pvfix.exists():

@@ -6,17 +6,15 @@ implementation (below, or the module named) and one small fake in tests/fakes.py
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from pvcheck.composefile import StackSpec
     from pvcheck.config import Config, HttpConfig, RouteConfig
     from pvcheck.deploy import DeployOutcome
     from pvcheck.logscan import LogSource
     from pvcheck.routes import RouteObservation
-    from pvcheck.stacks import ServiceState
     from pvcheck.swarm import Swarm
 
 
@@ -43,11 +41,14 @@ class SwarmApi(Protocol):
     def remove_secret(self, secret_id: str) -> None: ...
 
 
-class StackWriter(Protocol):
-    """Deploys stacks whose every object carries the given labels (pvcheck.stacks)."""
+class StackTool(Protocol):
+    """Stacks as operators deploy them: the docker CLI on the run's engine (pvcheck.stackcli).
+    The compose text is prepared first (pvcheck.stackfile: interpolated and labelled)."""
 
-    def deploy(self, stack: str, spec: StackSpec) -> list[str]: ...
-    def wait_running(self, stack: str, timeout_s: float) -> dict[str, ServiceState]: ...
+    def stack_deploy(
+        self, stack: str, compose: str, env: Mapping[str, str], where: str = ""
+    ) -> None: ...
+    def stack_rm(self, stacks: list[str]) -> None: ...
 
 
 class RouteProber(Protocol):
@@ -81,7 +82,7 @@ class DeployDriver(Protocol):
 @dataclass(frozen=True)
 class Seams:
     swarm: SwarmApi
-    stacks: Callable[[dict[str, str]], StackWriter]  # a writer labelling with these labels
+    stacks: StackTool
     http: RouteProber
     logs: LogSource
     host: HostCommands
@@ -111,14 +112,14 @@ def build_seams(cfg: Config, swarm: Swarm, run_id: str, with_driver: bool = True
     from pvcheck.deploy import make_driver
     from pvcheck.hosts import host_for
     from pvcheck.logscan import make_log_source
-    from pvcheck.stacks import StackDeployer
+    from pvcheck.stackcli import DockerCli
 
     host = host_for(cfg.target)
     lab_problem = lab_engine_problem(swarm, cfg.target.docker_host, cfg.network.name)
     lab = swarm if cfg.lab is not None and lab_problem is None else None
     return Seams(
         swarm=swarm,
-        stacks=lambda labels: StackDeployer(swarm, labels),
+        stacks=DockerCli(host.docker_url()),
         http=HttpProber(cfg.http, host),
         logs=make_log_source(cfg.logs, host),
         host=host,

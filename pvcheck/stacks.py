@@ -1,28 +1,22 @@
-"""Stacks deployed with docker-py, their convergence, and label-scoped removal.
+"""Stacks on the engine: their convergence, and label-scoped listing and removal.
 
-pvcheck deploys stacks itself (instead of shelling out to `docker stack deploy`) so that
-every object it creates carries its label and the same code works over ssh. What a compose
-file may say, and how it is checked, is in pvcheck.composefile. Objects get
-com.docker.stack.namespace, so `docker stack ls/ps/rm` see them as usual.
+Stacks are deployed and removed with the docker CLI (pvcheck.stackcli); what is read here
+goes through the swarm seam, and removal by label is the sweep behind every teardown.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
 
 import docker.errors
 
-from pvcheck.composefile import Network, StackSpec, service_kwargs
 from pvcheck.seams import SwarmApi
 from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
 
-LABEL_SPEC = "pvcheck.spec"  # hash of what was deployed, so a re-deploy of the same is a no-op
 RESIDUE_KINDS = ("services", "containers", "networks", "volumes", "configs", "secrets")
 
 
@@ -35,96 +29,19 @@ def local_image_ref(swarm: Swarm, image: str) -> str:
     return image if found.get("RepoDigests") else str(found["Id"])
 
 
-class StackDeployer:
-    """Deploys and removes stacks; every object carries `labels` (the run or lab label)."""
-
-    def __init__(self, swarm: Swarm, labels: dict[str, str]) -> None:
-        self.swarm = swarm
-        self.labels = labels
-        self._pins: dict[str, str] = {}
-
-    def deploy(self, stack: str, spec: StackSpec) -> list[str]:
-        """Create or update the stack's services; returns their full names."""
-        base = {LABEL_STACK: stack, **self.labels}
-        nets = self._ensure_networks(stack, spec, base)
-        vols = self._ensure_volumes(stack, spec, base)
-        existing = {s["Spec"]["Name"]: s for s in self.swarm.services({LABEL_STACK: stack})}
-        names = []
-        for name, svc in spec.services.items():
-            full = f"{stack}_{name}"
-            names.append(full)
-            service_spec = service_kwargs(full, svc, self._pinned(svc.image), nets, vols, base)
-            digest = hashlib.sha256(
-                json.dumps(service_spec, sort_keys=True, default=str).encode()
-            ).hexdigest()[:16]
-            service_spec["labels"][LABEL_SPEC] = digest
-            current = existing.get(full)
-            if current is None:
-                log.info("docker service create --name %s %s", full, svc.image)
-                self.swarm.call(self.swarm.api.create_service, **service_spec)
-            elif current["Spec"].get("Labels", {}).get(LABEL_SPEC) != digest:
-                # The whole spec is sent (no merge with the current one), like stack deploy.
-                log.info("docker service update %s (image %s)", full, svc.image)
-                self.swarm.call(
-                    self.swarm.api.update_service,
-                    current["ID"],
-                    current["Version"]["Index"],
-                    fetch_current_spec=False,
-                    **service_spec,
-                )
-        return names
-
-    def _ensure_networks(self, stack: str, spec: StackSpec, base: dict[str, str]) -> dict[str, str]:
-        names: dict[str, str] = {}
-        wanted = {n for svc in spec.services.values() for n in svc.networks}
-        for net in sorted(wanted):
-            decl = spec.networks.get(net, Network())
-            if decl.external:
-                names[net] = decl.name or net
-                continue
-            full = f"{stack}_{net}"
-            names[net] = full
-            if not self.swarm.call(self.swarm.api.networks, names=[full]):
-                log.info("docker network create -d overlay %s", full)
-                self.swarm.call(
-                    self.swarm.api.create_network,
-                    full,
-                    driver="overlay",
-                    labels=base,
-                    attachable=False,
-                    check_duplicate=True,
-                )
-        return names
-
-    def _ensure_volumes(self, stack: str, spec: StackSpec, base: dict[str, str]) -> dict[str, str]:
-        out = {}
-        for vol in spec.volumes:
-            full = f"{stack}_{vol}"
-            out[vol] = full
-            self.swarm.call(self.swarm.api.create_volume, full, labels=base)
-        return out
-
-    def _pinned(self, image: str) -> str:
-        if image not in self._pins:
-            self._pins[image] = local_image_ref(self.swarm, image)
-        return self._pins[image]
-
-    # --- convergence and removal -----------------------------------------------------------
-    def wait_running(
-        self, stack: str, timeout_s: float, poll_s: float = POLL_S
-    ) -> dict[str, ServiceState]:
-        """Poll until every service of the stack runs its current spec (an update included)
-        with all its replicas; returns the states."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            states = stack_task_states(self.swarm, stack)
-            if converged(states):
-                return states
-            if any(s.gave_up for s in states.values()):
-                return states  # swarm gave up on the update: waiting longer changes nothing
-            if time.monotonic() >= deadline:
-                return states
-            time.sleep(poll_s)
+def wait_running(
+    swarm: SwarmApi, stack: str, timeout_s: float, poll_s: float = POLL_S
+) -> dict[str, ServiceState]:
+    """Poll until every service of the stack runs its current spec (an update included)
+    with all its replicas, or swarm gave up on the update, or the deadline; the states."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = stack_task_states(swarm, stack)
+        if converged(states) or any(s.gave_up for s in states.values()):
+            return states
+        if time.monotonic() >= deadline:
+            return states
+        time.sleep(poll_s)
 
 
 # Update states in which a service has not (yet) settled on its current spec, and those of

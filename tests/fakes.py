@@ -5,18 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pvcheck.composefile import StackSpec
 from pvcheck.config import RouteConfig
 from pvcheck.deploy import DeployOutcome
 from pvcheck.logscan import LogUnreadable
 from pvcheck.routes import RouteObservation
 from pvcheck.seams import Seams
-from pvcheck.stacks import ServiceState
 
 
 class FakeSwarm:
@@ -181,18 +179,22 @@ class FakeDriver:
 
 
 class FakeStacks:
-    """The stack-writer seam: records deploys; every service is running at once."""
+    """The stack-tool seam (the docker CLI): records what was deployed and removed."""
 
-    def __init__(self, labels: dict[str, str]) -> None:
-        self.labels = labels
-        self.deployed: list[str] = []
+    def __init__(self) -> None:
+        self.deployed: dict[str, str] = {}  # stack -> the compose text it was given
+        self.removed: list[str] = []
+        self._lock = threading.Lock()  # the allocator deploys from a thread pool
 
-    def deploy(self, stack: str, spec: StackSpec) -> list[str]:
-        self.deployed.append(stack)
-        return [f"{stack}_{name}" for name in spec.services]
+    def stack_deploy(
+        self, stack: str, compose: str, env: Mapping[str, str], where: str = ""
+    ) -> None:
+        with self._lock:
+            self.deployed[stack] = compose
 
-    def wait_running(self, stack: str, timeout_s: float) -> dict[str, ServiceState]:
-        return {}
+    def stack_rm(self, stacks: list[str]) -> None:
+        with self._lock:
+            self.removed += stacks
 
 
 def fake_seams(
@@ -201,10 +203,11 @@ def fake_seams(
     logs: FakeLogSource | None = None,
     host: FakeHost | None = None,
     driver: FakeDriver | None = None,
+    stacks: FakeStacks | None = None,
 ) -> Seams:
     return Seams(
         swarm=swarm or FakeSwarm(),
-        stacks=FakeStacks,
+        stacks=stacks or FakeStacks(),
         http=http or FakeProber(),
         logs=logs or FakeLogSource(),
         host=host or FakeHost(),

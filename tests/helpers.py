@@ -40,8 +40,9 @@ def lab_raw() -> dict[str, Any]:
     raw = tomllib.loads(LAB_CONFIG.read_text(encoding="utf-8"))
     base = LAB_CONFIG.parent
     compose = raw["deploy"]["compose"]
-    for key in ("file", "upgrade_file"):
-        compose[key] = str(base / compose[key])
+    for key in ("file", "upgrade_file", "env_file"):
+        if key in compose:
+            compose[key] = str(base / compose[key])
     raw["guard"]["file"] = str(base / raw["guard"]["file"])
     return raw
 

@@ -1,26 +1,62 @@
-"""The built-in compose driver: deploy the recipe as a stack on the overlay, run its tiers
-(install, upgrade, backup/restore when declared), then remove it by this run's label.
+"""The built-in compose driver: deploy the recipe the way an operator does, with the docker CLI
+(`docker stack deploy` of the recipe's compose file, interpolated from its env file as abra
+does), run its four tiers for real, then `docker stack rm` it and remove what is left by this
+run's label.
+
+- install: deploy, wait until every service runs its spec and the route answers;
+- upgrade: deploy again with the upgrade's env (and file); the recipe's healthcheck gates the
+  start-first update, and swarm's rollback is a failed tier;
+- backup_restore: as backupbot does for a service labelled `backupbot.backup=true`: write a
+  marker into the backed-up path, back it up, remove the stack and its volumes, deploy again,
+  restore, and read the marker back through the route;
+- functional: the config (rendered by swarm) and the secret (generated here, as
+  `abra app secret generate` does) reached the app, read through the route.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from pvcheck.composefile import load_stack
-from pvcheck.config import Config, RouteConfig
+import yaml
+
+from pvcheck.config import ComposeDriverConfig, Config, RouteConfig
 from pvcheck.deploy import DeployOutcome, TierResult, TierStatus
 from pvcheck.deploy.attach import AttachmentSampler
+from pvcheck.hosts import host_for
 from pvcheck.routes import RouteObservation, answered, probe_routes
-from pvcheck.stacks import StackDeployer, converged, remove_labelled
-from pvcheck.swarm import LABEL_RUN, LABEL_STACK, POLL_S, Swarm
+from pvcheck.stackcli import DockerCli, StackError
+from pvcheck.stackfile import normalise_labels, prepare, read_env_file
+from pvcheck.stacks import converged, remove_labelled, wait_running
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
+
+MARKER_FILE = "pvcheck-marker.txt"
+BACKUP_LABEL, BACKUP_PATH_LABEL = "backupbot.backup", "backupbot.backup.path"
 
 
 def recipe_stack_name(recipe: str, run_id: str) -> str:
     """A name unique to the run, so a leftover can never be mistaken for a live recipe."""
     return f"pvc-{recipe}-{run_id.rsplit('-', 1)[-1]}"
+
+
+def app_env(compose: ComposeDriverConfig, stack: str) -> dict[str, str]:
+    """The app's variables as abra gives them: its env file, then STACK_NAME and DOMAIN."""
+    env = read_env_file(compose.env_file) if compose.env_file else {}
+    return {**env, "STACK_NAME": stack, "DOMAIN": compose.domain or env.get("DOMAIN", "")}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    text: str  # the compose file for the CLI
+    doc: dict[str, Any]  # the same, read back: what the recipe declares, interpolated
 
 
 class ComposeDriver:
@@ -30,10 +66,50 @@ class ComposeDriver:
         self.deploy_cfg = cfg.deploy
         self.compose = cfg.deploy.compose
         self.stack = recipe_stack_name(cfg.deploy.recipe, run_id)
-        self.deployer = StackDeployer(swarm, {LABEL_RUN: run_id})
+        self.labels = {LABEL_RUN: run_id, LABEL_ROLE: "recipe"}
+        self.cli = DockerCli(host_for(cfg.target).docker_url())
+        self.env = app_env(self.compose, self.stack)
+        self.secret_sha: dict[str, str] = {}  # compose key -> sha256 of the value made here
+        self.page = self.compose.route  # the app's page as the running version shows it
 
-    def _route_answers(self, deadline: float) -> tuple[bool, RouteObservation]:
-        route: RouteConfig = self.compose.route
+    def busy(self) -> list[str]:
+        from pvcheck.deploy.drone import running_builds
+
+        return running_builds(self.cfg)
+
+    # --- the steps -------------------------------------------------------------------------
+    def _prepare(self, path: Path, env: Mapping[str, str]) -> Prepared:
+        text, overridden = prepare(path, env, self.labels)
+        if overridden:
+            log.warning(
+                "%s sets pvcheck's own labels %s; pvcheck's values were kept", path, overridden
+            )
+        doc = yaml.safe_load(text)
+        return Prepared(text, doc if isinstance(doc, dict) else {})
+
+    def _deploy(self, prepared: Prepared, where: Path) -> None:
+        self._generate_secrets(prepared.doc)
+        self.cli.stack_deploy(self.stack, prepared.text, {}, where=str(where))
+
+    def _generate_secrets(self, doc: dict[str, Any]) -> None:
+        """The app's external secrets (named after its stack), made as `abra app secret
+        generate` does, once; the value is never logged or kept, only its hash."""
+        for key, decl in (doc.get("secrets") or {}).items():
+            name = str((decl or {}).get("name", key))
+            if not (decl or {}).get("external") or not name.startswith(f"{self.stack}_"):
+                continue  # not this app's own: abra would not generate it either
+            if key in self.secret_sha:
+                continue
+            value = secrets.token_urlsafe(32).encode()
+            self.cli.secret_create(name, value, self.labels)
+            self.secret_sha[key] = hashlib.sha256(value).hexdigest()
+
+    def _route(self, path: str = "/", body: str | None = None) -> RouteConfig:
+        base = self.compose.route
+        url = base.url.rstrip("/") + path
+        return base.model_copy(update={"url": url, "body_contains": body})
+
+    def _answers(self, route: RouteConfig, deadline: float) -> tuple[bool, RouteObservation]:
         while True:
             (obs,) = probe_routes([route], self.cfg.http)
             ok = answered(route, obs)
@@ -41,23 +117,24 @@ class ComposeDriver:
                 return ok, obs
             time.sleep(POLL_S)
 
-    def _converged_tier(self, tier: str) -> TierResult:
+    def _converged_tier(self, tier: str, route: RouteConfig | None = None) -> TierResult:
         timeout = self.deploy_cfg.converge_timeout_s
         deadline = time.monotonic() + timeout
-        states = self.deployer.wait_running(self.stack, timeout)
+        states = wait_running(self.swarm, self.stack, timeout)
         if not converged(states):
             shown = {name: str(state) for name, state in states.items()}
-            return TierResult(tier, TierStatus.FAIL, f"did not converge in {timeout:g}s: {shown}")
-        ok, obs = self._route_answers(deadline)
+            gave_up = any(s.gave_up for s in states.values())
+            why = "swarm rolled the update back" if gave_up else f"did not converge in {timeout:g}s"
+            return TierResult(tier, TierStatus.FAIL, f"{why}: {shown}")
+        route = route or self.page
+        ok, obs = self._answers(route, deadline)
         answer = obs.status if obs.status is not None else obs.error
-        detail = f"{', '.join(states)} running; {self.compose.route.url} -> {answer}"
+        detail = f"{', '.join(states)} running; {route.url} -> {answer}"
+        if not ok and route.body_contains:
+            detail += f" (expected {route.body_contains!r} in the page)"
         return TierResult(tier, TierStatus.PASS if ok else TierStatus.FAIL, detail)
 
-    def busy(self) -> list[str]:
-        from pvcheck.deploy.drone import running_builds
-
-        return running_builds(self.cfg)
-
+    # --- the run ---------------------------------------------------------------------------
     def run(self) -> DeployOutcome:
         tiers = self.deploy_cfg.tiers
         outcome = DeployOutcome("compose", self.deploy_cfg.recipe, self.stack)
@@ -66,60 +143,126 @@ class ComposeDriver:
         sampler_swarm = Swarm.for_target(self.cfg.target)
         with AttachmentSampler(sampler_swarm, net, self.stack) as sampler:
             try:
-                log.info("docker stack deploy -c %s %s", self.compose.file, self.stack)
-                self.deployer.deploy(self.stack, load_stack(self.compose.file))
+                current = self._prepare(self.compose.file, self.env)
+                self._deploy(current, self.compose.file)
                 install = self._converged_tier("install")
                 outcome.tiers.append(install)
                 sampler.sample()  # at least one sample while the app surely runs
                 if "upgrade" in tiers:
-                    outcome.tiers.append(self._upgrade(install))
+                    upgrade, current = self._upgrade(install, current)
+                    outcome.tiers.append(upgrade)
                 if "backup_restore" in tiers:
-                    outcome.tiers.append(self._backup_restore())
+                    outcome.tiers.append(self._backup_restore(current))
                 if "functional" in tiers:
-                    outcome.tiers.append(
-                        TierResult(
-                            "functional",
-                            TierStatus.UNVERIFIED,
-                            "the compose driver runs no functional tests",
-                        )
-                    )
+                    outcome.tiers.append(self._functional())
+            except StackError as exc:
+                outcome.error = str(exc)
             finally:
-                log.info(
-                    "docker stack rm %s  (by labels %s=%s)", self.stack, LABEL_RUN, self.run_id
-                )
-                left = remove_labelled(
-                    self.swarm,
-                    f"{LABEL_RUN}={self.run_id}",
-                    f"{LABEL_STACK}={self.stack}",
-                    timeout_s=self.deploy_cfg.converge_timeout_s,
-                )
-                outcome.clean_teardown_reported = not any(left.values())
+                outcome.clean_teardown_reported = self._remove()
         outcome.stacks = [self.stack]
         outcome.attached = bool(sampler.seen)
         outcome.attach_detail = sampler.describe()
         return outcome
 
-    def _upgrade(self, install: TierResult) -> TierResult:
-        if install.status != TierStatus.PASS:
-            return TierResult("upgrade", TierStatus.FAIL, "not attempted: install did not pass")
-        if self.compose.upgrade_file is None:
-            return TierResult(
-                "upgrade", TierStatus.FAIL, "no upgrade_file configured for this recipe"
-            )
-        log.info("docker stack deploy -c %s %s  (upgrade)", self.compose.upgrade_file, self.stack)
-        self.deployer.deploy(self.stack, load_stack(self.compose.upgrade_file))
-        # Converged = the new spec's tasks run and swarm's update (with its monitor window)
-        # completed; a paused or rolled-back update fails the tier.
-        tier = self._converged_tier("upgrade")
-        detail = (
-            f"update completed; {tier.detail}" if tier.status == TierStatus.PASS else tier.detail
+    def _remove(self) -> bool:
+        """`docker stack rm`, then whatever it leaves (volumes, the app's secrets) by label."""
+        try:
+            self.cli.stack_rm([self.stack])
+        except StackError as exc:
+            log.warning("%s", exc)
+        left = remove_labelled(
+            self.swarm,
+            f"{LABEL_RUN}={self.run_id}",
+            f"{LABEL_ROLE}=recipe",
+            timeout_s=self.deploy_cfg.converge_timeout_s,
         )
-        return TierResult("upgrade", tier.status, detail)
+        return not any(left.values())
 
-    def _backup_restore(self) -> TierResult:
+    def _upgrade(self, install: TierResult, current: Prepared) -> tuple[TierResult, Prepared]:
+        if install.status != TierStatus.PASS:
+            return TierResult(
+                "upgrade", TierStatus.FAIL, "not attempted: install did not pass"
+            ), current
+        env = {**self.env, **self.compose.upgrade_env}
+        path = self.compose.upgrade_file or self.compose.file
+        upgraded = self._prepare(path, env)
+        if upgraded.text == current.text:
+            why = "the upgrade deploys nothing new: set upgrade_env or upgrade_file"
+            return TierResult("upgrade", TierStatus.FAIL, why), current
+        self._deploy(upgraded, path)
+        # Converged = the new spec's tasks run (healthy: the healthcheck gates a start-first
+        # update) and swarm's update completed; a paused or rolled-back update fails.
+        expect = self.compose.upgrade_body
+        page = self._route("/", expect) if expect else self.page
+        tier = self._converged_tier("upgrade", page)
+        if tier.status != TierStatus.PASS:
+            return TierResult("upgrade", tier.status, tier.detail), current
+        self.page = page
+        return TierResult("upgrade", TierStatus.PASS, f"update completed; {tier.detail}"), upgraded
+
+    def _backed_up(self, doc: dict[str, Any]) -> tuple[str, str] | None:
+        """(service, path) of the service backupbot backs up, as its labels say."""
+        for name, svc in (doc.get("services") or {}).items():
+            labels = normalise_labels(((svc or {}).get("deploy") or {}).get("labels"))
+            if str(labels.get(BACKUP_LABEL, "")).lower() == "true" and labels.get(
+                BACKUP_PATH_LABEL
+            ):
+                return f"{self.stack}_{name}", str(labels[BACKUP_PATH_LABEL])
+        return None
+
+    def _backup_restore(self, current: Prepared) -> TierResult:
         reason = self.compose.backup_restore
         if reason:
             return TierResult("backup_restore", TierStatus.SKIP, reason, not_applicable=True)
-        return TierResult(
-            "backup_restore", TierStatus.UNVERIFIED, "the compose driver has no backup step"
+        target = self._backed_up(current.doc)
+        if target is None:
+            why = f"no service has {BACKUP_LABEL}=true and a {BACKUP_PATH_LABEL}"
+            return TierResult("backup_restore", TierStatus.SKIP, why, not_applicable=True)
+        service, path = target
+        marker = f"pvcheck-{self.run_id}-{secrets.token_hex(4)}"
+        write = ["sh", "-c", 'printf "%s\\n" "$1" > "$2/$3"', "sh", marker, path, MARKER_FILE]
+        self.cli.exec(self.cli.task_container(service), write)
+        archive = self.cli.exec(
+            self.cli.task_container(service), ["tar", "-C", path, "-cf", "-", "."]
         )
+        log.info("backup of %s:%s: %d bytes", service, path, len(archive))
+        # Gone entirely, volumes included, as after losing the host's data.
+        self.cli.stack_rm([self.stack])
+        left = remove_labelled(
+            self.swarm, f"{LABEL_STACK}={self.stack}", timeout_s=self.deploy_cfg.converge_timeout_s
+        )
+        if any(left.values()):
+            return TierResult("backup_restore", TierStatus.FAIL, f"stack not removed: {left}")
+        self._deploy(current, self.compose.file)
+        redeployed = self._converged_tier("backup_restore")
+        if redeployed.status != TierStatus.PASS:
+            return TierResult("backup_restore", TierStatus.FAIL, f"redeploy: {redeployed.detail}")
+        self.cli.exec(self.cli.task_container(service), ["tar", "-C", path, "-xf", "-"], archive)
+        served = path.rstrip("/").rsplit("/", 1)[-1]
+        route = self._route(f"/{served}/{MARKER_FILE}", marker)
+        ok, obs = self._answers(route, time.monotonic() + 30)
+        detail = (
+            f"marker written to {service}:{path}, backed up ({len(archive)} bytes), stack and "
+            f"volumes removed, redeployed, restored; {route.url} -> "
+            f"{obs.status if obs.status is not None else obs.error}"
+        )
+        return TierResult("backup_restore", TierStatus.PASS if ok else TierStatus.FAIL, detail)
+
+    def _functional(self) -> TierResult:
+        """The config swarm rendered and the secret pvcheck generated reached the app."""
+        checks = self.compose.functional
+        if not checks:
+            why = "the recipe declares no functional check (deploy.compose.functional)"
+            return TierResult("functional", TierStatus.SKIP, why, not_applicable=True)
+        failed = []
+        deadline = time.monotonic() + 30
+        for check in checks:
+            body = check.body.replace("{stack}", self.stack).replace("{domain}", self.env["DOMAIN"])
+            for key, sha in self.secret_sha.items():
+                body = body.replace(f"{{secret_sha256:{key}}}", sha)
+            ok, obs = self._answers(self._route(check.path, body), deadline)
+            if not ok:
+                failed.append(f"{check.path} -> {obs.status or obs.error}")
+        if failed:
+            return TierResult("functional", TierStatus.FAIL, "; ".join(failed))
+        return TierResult("functional", TierStatus.PASS, f"{len(checks)} checks through the route")

@@ -135,7 +135,7 @@ def test_command_driver_with_a_real_script(
     if doc is None:
         assert outcome.error and "wrote no results file" in outcome.error
         # The harness's last line helps the operator see why (HARNESS prints "deploying").
-        assert outcome.error.endswith("(harness exit code 0; its last line: deploying hello)")
+        assert outcome.error.endswith("(harness exit code 0; its last line: deploying notes)")
 
 
 @pytest.mark.faults
@@ -261,7 +261,7 @@ def test_drone_driver_runs_one_build_to_its_end(
     assert (
         len(state.creates) == 1
         and "branch=main" in state.creates[0]
-        and "RECIPE=hello" in state.creates[0]
+        and "RECIPE=notes" in state.creates[0]
     )
     assert outcome.info["build"] == "42" and outcome.info["link"].endswith("/coop/ci/42")
     everything = caplog.text + repr(outcome) + json.dumps([c.as_dict() for c in checks])

@@ -190,7 +190,12 @@ def _result(
 def test_allocator_judgement_tolerance_and_projection() -> None:
     cfg = AllocatorConfig(leak_tolerance=2, headroom_floor_pct=50)
     clean = _statuses(judge_allocator(_result(11, 11, [_round(11, 21, 11)]), cfg))
-    assert clean == {"alloc.allocated": "pass", "alloc.leak": "pass", "alloc.headroom": "pass"}
+    assert clean == {
+        "alloc.allocated": "pass",
+        "alloc.leak": "pass",
+        "alloc.networks": "pass",
+        "alloc.headroom": "pass",
+    }
     leaky = _result(11, 14, [_round(11, 21, 14)])
     checks = judge_allocator(leaky, cfg)
     leak = next(c for c in checks if c.id == "alloc.leak")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pytest
+import yaml
 from prefect import Task
 from prefect.logging import disable_run_logger
 
@@ -424,9 +425,14 @@ def test_deploy_quiet_task_waits_for_other_runs(
 ALLOC = allocator.Settings.from_config(CFG, RUN_ID)
 
 
-def figures(leaked: int = 0, allocated: bool = True, seconds: float = 1.5) -> RoundFigures:
+def figures(
+    leaked: int = 0, allocated: bool = True, seconds: float = 1.5, left: list[str] | None = None
+) -> RoundFigures:
     counts = dict.fromkeys(allocator.KINDS, 0)
-    return RoundFigures(1, 5, counts, counts, counts, allocated, True, seconds, leaked)
+    errors = [f"docker stack rm: network {n} has active endpoints" for n in left or []]
+    return RoundFigures(
+        1, 5, counts, counts, counts, allocated, True, seconds, leaked, 0, left or [], errors
+    )
 
 
 def result(*rounds: RoundFigures, capacity: int = 65533, used: int = 10) -> AllocatorResult:
@@ -437,20 +443,32 @@ def result(*rounds: RoundFigures, capacity: int = 65533, used: int = 10) -> Allo
 def test_allocator_judge_passes_rounds_without_a_leak() -> None:
     obs = allocator.Observation(None, result(figures(seconds=1.5), figures(1, seconds=2.0)))
     checks = allocator.judge(obs, ALLOC)
-    assert statuses(checks) == {"alloc.allocated": PASS, "alloc.leak": PASS, "alloc.headroom": PASS}
+    assert statuses(checks) == {
+        "alloc.allocated": PASS,
+        "alloc.leak": PASS,
+        "alloc.networks": PASS,
+        "alloc.headroom": PASS,
+    }
     # Every check judges the whole reproduction: its time, from start to finish.
     whole = (UNTIL - SINCE).total_seconds()
     assert gates(checks) == {Gate.M2} and {c.duration_s for c in checks} == {whole} and whole > 0
 
 
 def test_allocator_judge_fails_stuck_tasks_a_leak_and_low_headroom() -> None:
-    obs = allocator.Observation(None, result(figures(5, allocated=False), capacity=20))
+    stuck = figures(5, allocated=False, left=["pvc-alloc-abcdef-r1-3_internal"])
+    obs = allocator.Observation(None, result(stuck, capacity=20))
     checks = {c.id: c for c in allocator.judge(obs, ALLOC)}
     assert statuses(list(checks.values())) == {
         "alloc.allocated": FAIL,
         "alloc.leak": FAIL,
+        "alloc.networks": FAIL,
         "alloc.headroom": FAIL,
     }
+    # A stack network left behind is residue, named, with what `docker stack rm` said.
+    assert checks["alloc.networks"].found == (
+        "5 stack networks created, left: pvc-alloc-abcdef-r1-3_internal"
+    )
+    assert "has active endpoints" in checks["alloc.networks"].detail
     assert checks["alloc.leak"].found == "leaked 5 endpoints (round 1: 5)"
     assert checks["alloc.headroom"].found == "50.000% before, 25.000% after (15/20 used)"
 
@@ -461,28 +479,15 @@ def test_allocator_judge_skips_a_refused_reproduction() -> None:
     assert check.detail == "refused: the overlay network is missing"
 
 
-class StackRecorder:
-    """The stacks seam: every writer it made (each with the labels it stamps)."""
-
-    def __init__(self) -> None:
-        self.writers: list[FakeStacks] = []
-
-    def __call__(self, labels: dict[str, str]) -> FakeStacks:
-        self.writers.append(FakeStacks(labels))
-        return self.writers[-1]
-
-
 def test_allocator_task_refuses_below_the_headroom_floor() -> None:
     swarm = FakeSwarm(inspect=network_inspect("10.10.0.0/29", traefik_app=2))  # 3 of 5 used
-    stacks = StackRecorder()
-    obs, checks = run_task(
-        allocator_proof, dataclasses.replace(fake_seams(swarm), stacks=stacks), ALLOC
-    )
+    stacks = FakeStacks()
+    obs, checks = run_task(allocator_proof, fake_seams(swarm, stacks=stacks), ALLOC)
     assert obs.refused is not None and obs.refused.startswith(
         "headroom 40.00% is below the floor 50%"
     )
     assert statuses(checks) == {"alloc.stage": SKIP}
-    assert stacks.writers == [] and swarm.removed == []
+    assert stacks.deployed == {} and stacks.removed == [] and swarm.removed == []
 
 
 def test_allocator_task_runs_labelled_throwaways_and_removes_them() -> None:
@@ -491,16 +496,25 @@ def test_allocator_task_runs_labelled_throwaways_and_removes_them() -> None:
     swarm = FakeSwarm(
         inspect=network_inspect(), services=[service(n, labels=labels) for n in names]
     )
-    stacks = StackRecorder()
+    stacks = FakeStacks()
     settings = allocator.Settings(
-        AllocatorConfig(batch=2, concurrency=1, settle_timeout_s=1), "proxy", RUN_ID
+        AllocatorConfig(batch=2, concurrency=2, settle_timeout_s=1), "proxy", RUN_ID
     )
-    obs, checks = run_task(
-        allocator_proof, dataclasses.replace(fake_seams(swarm), stacks=stacks), settings
-    )
-    assert statuses(checks) == {"alloc.allocated": PASS, "alloc.leak": PASS, "alloc.headroom": PASS}
-    assert [(w.labels, w.deployed) for w in stacks.writers] == [(labels, names)]
-    assert swarm.removed == [f"id-{n}" for n in names]
+    obs, checks = run_task(allocator_proof, fake_seams(swarm, stacks=stacks), settings)
+    assert statuses(checks) == {
+        "alloc.allocated": PASS,
+        "alloc.leak": PASS,
+        "alloc.networks": PASS,
+        "alloc.headroom": PASS,
+    }
+    # Each throwaway is its own stack, deployed and removed with `docker stack rm`; its
+    # compose carries the run labels on the service and on its own network.
+    assert sorted(stacks.deployed) == names and sorted(stacks.removed) == names
+    for compose in stacks.deployed.values():
+        doc = yaml.safe_load(compose)
+        assert doc["services"]["app"]["deploy"]["labels"].items() >= labels.items()
+        assert doc["networks"]["internal"]["labels"] == labels
+        assert doc["networks"]["proxy"] == {"external": True, "name": "proxy"}
     assert obs.result is not None
     whole = (obs.result.finished_at - obs.result.started_at).total_seconds()
     assert whole > 0 and all(c.duration_s == whole for c in checks)
