@@ -39,8 +39,10 @@ class RoundFigures:
     seconds: float
     leaked_total: int = 0  # addresses only the throwaways can explain (see facts.attribute)
     others: int = 0  # change from unrelated services on the shared network (churn)
-    # The stacks' own networks (one each, beside the shared one) still there after the
-    # round: residue, by name; and what `docker stack rm` itself complained about.
+    # The stacks' own networks (one each, beside the shared one): those `docker stack rm`
+    # left behind (a task still held them: the race), and those still there once their
+    # tasks were gone and pvcheck removed the orphans by label: residue, by name.
+    networks_orphaned: list[str] = field(default_factory=list)
     networks_left: list[str] = field(default_factory=list)
     rm_errors: list[str] = field(default_factory=list)
 
@@ -214,7 +216,10 @@ def reproduce(
         )
         # The incident's pattern: every stack removed at once, racing the allocator.
         with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
-            rm_errors = [e for e in pool.map(lambda n: _stack_rm(seams, n), names) if e]
+            complaints = dict(
+                zip(names, pool.map(lambda n: _stack_rm(seams, n), names), strict=True)
+            )
+        rm_errors = [e for e in complaints.values() if e]
         progress(
             f"round {rnd}: docker stack rm of {len(names)} stacks concurrently "
             f"({len(rm_errors)} complained); waiting for the allocator"
@@ -223,7 +228,9 @@ def reproduce(
         after, settled = settle_network(
             swarm, net, released(baseline, prefix), timeout_s=alloc.settle_timeout_s
         )
-        networks_left = _stack_networks_left(swarm, run_id, prefix, alloc.settle_timeout_s)
+        # A network `docker stack rm` could not remove: a task still held it (the race).
+        orphaned = [f"{n}_internal" for n, e in complaints.items() if e and "network" in e]
+        networks_left = _remove_orphans(swarm, run_id, prefix, alloc.settle_timeout_s)
         share = attribute(baseline, after, prefix) if after else None
         figures = RoundFigures(
             rnd,
@@ -236,6 +243,7 @@ def reproduce(
             round(time.monotonic() - t0, 2),
             share.leaked if share else 0,
             share.others if share else 0,
+            orphaned,
             networks_left,
             rm_errors,
         )
@@ -258,12 +266,14 @@ def _stack_rm(seams: Seams, stack: str) -> str | None:
     return None
 
 
-def _stack_networks_left(swarm: SwarmApi, run_id: str, prefix: str, timeout_s: float) -> list[str]:
-    """The round's stack networks still there once the engine had time to release them."""
+def _remove_orphans(swarm: SwarmApi, run_id: str, prefix: str, timeout_s: float) -> list[str]:
+    """Remove the round's stack networks `docker stack rm` left (by this run's label), as an
+    operator would once the tasks are gone; those still held past the deadline are left."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = swarm.networks([f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}=throwaway"])
-        left = sorted(n["Name"] for n in found if str(n.get("Name", "")).startswith(prefix))
+        mine = [n for n in found if str(n.get("Name", "")).startswith(prefix)]
+        left = sorted(str(n["Name"]) for n in mine if not swarm.remove_network(n["Id"]))
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(POLL_S)
@@ -293,6 +303,7 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
     stuck = [r.round for r in rounds if not r.allocated]
     leaks = ", ".join(f"round {r.round}: {r.leaked_total}" for r in rounds)
     stacks_left = [n for r in rounds for n in r.networks_left]
+    orphaned = [n for r in rounds for n in r.networks_orphaned]
     tolerance = cfg.leak_tolerance * len(rounds)
     projected = result.projected_rounds
     # Each check judges every round's figures: the reproduction's whole time.
@@ -321,8 +332,13 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
             Family.ALLOC.id("networks"),
             Gate.M2,
             Status.FAIL if stacks_left else Status.PASS,
-            "every throwaway stack's own network is removed with it",
-            f"{sum(r.stacks for r in rounds)} stack networks created, "
+            "every throwaway stack's own network is released once its tasks are gone",
+            f"{sum(r.stacks for r in rounds)} stack networks created; "
+            + (
+                f"docker stack rm left {len(orphaned)} in use ({', '.join(orphaned)}); "
+                if orphaned
+                else ""
+            )
             + (f"left: {', '.join(stacks_left)}" if stacks_left else "all removed"),
             "; ".join(e for r in rounds for e in r.rm_errors)[:500],
             seconds,

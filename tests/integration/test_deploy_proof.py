@@ -1,37 +1,107 @@
-"""The deploy proof on the real lab: the compose driver deploys the hello recipe through proxy."""
+"""The deploy proof on the real lab: the compose driver deploys the notes recipe (shaped like a
+Co-op Cloud recipe) with `docker stack deploy` through proxy, and runs its four tiers."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
-from pvcheck.composefile import load_stack
+from app.cli import main
 from pvcheck.config import Config
-from pvcheck.stacks import StackDeployer, converged, list_residue, remove_labelled
-from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.helpers import write_config
+from pvcheck.stackcli import DockerCli
+from pvcheck.stackfile import prepare, read_env_file
+from pvcheck.stacks import converged, list_residue, remove_labelled, wait_running
+from pvcheck.swarm import LABEL_RUN, LABEL_STACK, Swarm
+from tests.helpers import LAB_CONFIG, write_config
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
+NOTES = LAB_CONFIG.parent / "recipes" / "notes"
 
-def test_compose_deploy_proof_passes_and_leaves_nothing(
+
+def events(since: datetime, kind: str) -> list[tuple[str, str]]:
+    """(action, name) of the engine's events of one kind since then."""
+    client = docker.from_env()
+    found = client.events(since=since, until=datetime.now(UTC), filters={"type": kind}, decode=True)
+    # A volume's event names it by its ID (its name); the others carry a name attribute.
+    return [(e["Action"], e["Actor"]["Attributes"].get("name", e["Actor"]["ID"])) for e in found]
+
+
+def test_the_recipe_passes_all_four_tiers_through_proxy_and_leaves_nothing(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
+    since = datetime.now(UTC)
     rc, report = run(write_config(tmp_path), tmp_path)
     assert rc == 0, report["stages"]
     assert report["stages"]["deploy"] == "pass"
-    for tier in ("install", "upgrade"):
-        assert check(report, f"deploy.tier.{tier}")["status"] == "pass"
-    assert "http://hello.lab.test/ -> 200" in check(report, "deploy.tier.upgrade")["detail"]
-    br = check(report, "deploy.tier.backup_restore")
-    assert br["status"] == "skip" and br["detail"].startswith("not applicable:")
+    tiers = {
+        t: check(report, f"deploy.tier.{t}")
+        for t in ("install", "upgrade", "backup_restore", "functional")
+    }
+    assert {t: c["status"] for t, c in tiers.items()} == dict.fromkeys(tiers, "pass")
+    assert tiers["upgrade"]["detail"].startswith("update completed;")
+    assert "stack and volumes removed, redeployed, restored" in tiers["backup_restore"]["detail"]
+    assert "/data/pvcheck-marker.txt -> 200" in tiers["backup_restore"]["detail"]
+    assert tiers["functional"]["detail"] == "2 checks through the route"
     attached = check(report, "deploy.attached")
-    assert attached["status"] == "pass" and "_app seen on proxy" in attached["found"]
+    (service,) = re.findall(r"(pvc-notes-\w+_app) seen on proxy", attached["found"])
+    stack = service.removesuffix("_app")
     teardown = check(report, "deploy.teardown")
     assert teardown["status"] == "pass" and teardown["found"].startswith("0 objects left")
+    assert not any(list_residue(engine, f"{LABEL_RUN}={report['run_id']}").values())
+    assert not any(list_residue(engine, f"{LABEL_STACK}={stack}").values())
+    # The app's own network, its volume (removed and made again by backup/restore), its
+    # rendered config and the secret pvcheck generated: created, and all gone again.
+    made = {name for action, name in events(since, "network") if action == "create"}
+    assert f"{stack}_internal" in made
+    volumes = [a for a, n in events(since, "volume") if n == f"{stack}_content"]
+    # Removed with its stack for the restore, then at teardown (an update's new task
+    # mounting it is a `create` event too, so creates are not counted).
+    assert volumes.count("destroy") == 2 and volumes[0] == "create", volumes
+    secrets = [a for a, n in events(since, "secret") if n == f"{stack}_api_key_v1"]
+    assert secrets == ["create", "remove"]
+
+
+def test_a_variable_the_env_file_lacks_fails_before_anything_is_created(
+    lab: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = tmp_path / "notes.env"
+    env.write_text((NOTES / ".env.sample").read_text().replace("SECRET_API_KEY_VERSION=v1\n", ""))
+
+    def without(raw: dict[str, Any]) -> None:
+        raw["deploy"]["compose"]["env_file"] = str(env)
+
+    since = datetime.now(UTC)
+    config = write_config(tmp_path, without)
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(NOTES / "compose.yml") in err and "SECRET_API_KEY_VERSION" in err
+    assert not [
+        e for kind in ("service", "network", "secret", "config") for e in events(since, kind)
+    ]
+
+
+def test_a_healthcheck_that_never_passes_fails_the_upgrade_and_swarm_rolls_back(
+    lab: Config, engine: Swarm, tmp_path: Path
+) -> None:
+    def unhealthy_upgrade(raw: dict[str, Any]) -> None:
+        # The next version answers a health path that does not exist: never healthy.
+        raw["deploy"]["compose"]["upgrade_env"] = {"APP_VERSION": "2", "HEALTH_PATH": "/missing"}
+        raw["deploy"]["tiers"] = ["install", "upgrade"]
+
+    rc, report = run(write_config(tmp_path, unhealthy_upgrade), tmp_path)
+    assert rc == 1
+    assert check(report, "deploy.tier.install")["status"] == "pass"
+    upgrade = check(report, "deploy.tier.upgrade")
+    assert upgrade["status"] == "fail" and "swarm rolled the update back" in upgrade["detail"]
+    assert "rollback_completed" in upgrade["detail"]
+    assert check(report, "deploy.teardown")["status"] == "pass"
     assert not any(list_residue(engine, f"{LABEL_RUN}={report['run_id']}").values())
 
 
@@ -74,21 +144,31 @@ def test_active_run_makes_the_proof_wait_then_skip(lab: Config, tmp_path: Path) 
 
 
 def test_the_recipes_deploy_settings_reach_the_engine(lab: Config, engine: Swarm) -> None:
-    # What the compose file sets under deploy: is what swarm runs, not silently dropped.
-    recipe = Path(__file__).parents[2] / "lab" / "recipes" / "hello" / "compose.yml"
-    label = f"{LABEL_RUN}=test-deploy-settings"
-    deployer = StackDeployer(engine, dict([label.split("=")]))
+    # What the recipe sets is what swarm runs (through the CLI, not a re-implementation), and
+    # every object it makes carries the labels pvcheck injected.
+    stack, run_id = "pvc-settings", "test-deploy-settings"
+    labels = {LABEL_RUN: run_id}
+    env = {**read_env_file(NOTES / ".env.sample"), "STACK_NAME": stack, "DOMAIN": "s.lab.test"}
+    compose, overridden = prepare(NOTES / "compose.yml", env, labels)
+    assert overridden == []
+    cli = DockerCli(lab.target.docker_host)
     try:
-        (name,) = deployer.deploy("pvc-settings", load_stack(recipe))
-        states = deployer.wait_running("pvc-settings", 60)
-        assert converged(states) and list(states) == [name]
-        (svc,) = engine.services({LABEL_RUN: "test-deploy-settings"})
-        task = svc["Spec"]["TaskTemplate"]
-        assert task["RestartPolicy"]["Condition"] == "on-failure"
-        assert task["RestartPolicy"]["MaxAttempts"] == 3
-        assert task["Resources"]["Limits"]["MemoryBytes"] == 64 << 20
-        assert task["Placement"]["Constraints"] == ["node.role == manager"]
-        assert svc["Spec"]["UpdateConfig"]["Order"] == "start-first"
+        cli.secret_create(f"{stack}_api_key_v1", b"not-a-real-secret", labels)
+        cli.stack_deploy(stack, compose, {}, where="notes")
+        states = wait_running(engine, stack, 60)
+        assert converged(states) and list(states) == [f"{stack}_app"]
+        (svc,) = engine.services({LABEL_RUN: run_id})
+        spec = svc["Spec"]
+        assert spec["UpdateConfig"]["Order"] == "start-first"
+        assert spec["UpdateConfig"]["FailureAction"] == "rollback"
+        task = spec["TaskTemplate"]
+        assert task["ContainerSpec"]["Healthcheck"]["Test"][:2] == ["CMD", "wget"]
+        assert task["ContainerSpec"]["Labels"][LABEL_RUN] == run_id
+        assert spec["Labels"]["traefik.http.routers.pvc-settings.rule"] == "Host(`s.lab.test`)"
+        assert spec["Labels"]["backupbot.backup"] == "true"
+        for kind in ("networks", "volumes", "configs"):
+            assert getattr(engine, kind)(f"{LABEL_RUN}={run_id}"), kind
     finally:
-        left = remove_labelled(engine, label)
+        cli.stack_rm([stack])
+        left = remove_labelled(engine, f"{LABEL_RUN}={run_id}")
     assert not any(left.values())

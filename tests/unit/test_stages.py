@@ -431,7 +431,18 @@ def figures(
     counts = dict.fromkeys(allocator.KINDS, 0)
     errors = [f"docker stack rm: network {n} has active endpoints" for n in left or []]
     return RoundFigures(
-        1, 5, counts, counts, counts, allocated, True, seconds, leaked, 0, left or [], errors
+        1,
+        5,
+        counts,
+        counts,
+        counts,
+        allocated,
+        True,
+        seconds,
+        leaked,
+        networks_orphaned=left or [],
+        networks_left=left or [],
+        rm_errors=errors,
     )
 
 
@@ -466,7 +477,8 @@ def test_allocator_judge_fails_stuck_tasks_a_leak_and_low_headroom() -> None:
     }
     # A stack network left behind is residue, named, with what `docker stack rm` said.
     assert checks["alloc.networks"].found == (
-        "5 stack networks created, left: pvc-alloc-abcdef-r1-3_internal"
+        "5 stack networks created; docker stack rm left 1 in use "
+        "(pvc-alloc-abcdef-r1-3_internal); left: pvc-alloc-abcdef-r1-3_internal"
     )
     assert "has active endpoints" in checks["alloc.networks"].detail
     assert checks["alloc.leak"].found == "leaked 5 endpoints (round 1: 5)"
