@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ REPORT_KEYS = {
 }  # fmt: skip
 
 
-def test_default_run_passes_m2_with_real_allocator_figures(lab: Config, tmp_path: Path) -> None:
+def test_default_run_passes_m2_with_real_allocator_figures(
+    lab: Config, engine: Swarm, tmp_path: Path
+) -> None:
+    since = datetime.now(UTC)
     rc, report = run(write_config(tmp_path), tmp_path)
     assert rc == 0 and report["gates"]["M2"]["status"] == "pass", report["stages"]
     # The report keeps the keys it always had, and every check that measured something
@@ -56,6 +60,23 @@ def test_default_run_passes_m2_with_real_allocator_figures(lab: Config, tmp_path
     status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
     assert "## Gate: M2 — CLAIMED, awaiting Adversary" in status
     assert f"leaked {alloc['leaked_total']} endpoint(s) of 65533" in status
+    # Each throwaway is a recipe-shaped stack: `docker stack deploy` made one network of its
+    # own per stack, and every one of them was removed again, none left behind.
+    prefix = f"pvc-alloc-{report['run_id'].rsplit('-', 1)[-1]}-r1-"
+    own = [(a, n) for a, n in network_events(since) if n.startswith(prefix)]
+    stacks = {f"{prefix}{i}_internal" for i in range(1, 6)}
+    assert {n for a, n in own if a == "create"} == stacks, own
+    assert {n for a, n in own if a == "destroy"} == stacks, own
+    assert check(report, "alloc.networks")["status"] == "pass"
+    assert not [n for n in engine.networks(LABEL_RUN) if n["Name"].startswith(prefix)]
+
+
+def network_events(since: datetime) -> list[tuple[str, str]]:
+    client = docker.from_env()
+    found = client.events(
+        since=since, until=datetime.now(UTC), filters={"type": "network"}, decode=True
+    )
+    return [(e["Action"], e["Actor"]["Attributes"].get("name", "?")) for e in found]
 
 
 def _bigger_batch(raw: dict[str, Any]) -> None:
