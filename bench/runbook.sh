@@ -11,7 +11,7 @@ set -euo pipefail
 DOCS=${1:?machine-docs folder (with STATUS-pvfix.md)}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 NET=proxy
-SUBNET=10.20.0.0/16
+SUBNET=10.10.0.0/16
 PORT=18080
 LOG=/var/log/pvcheck-lab/dockerd.log
 BATCH=${BATCH:-5}
@@ -26,10 +26,11 @@ traefik.lab.test /api/version 200 Version"
 VIP='could not find an available IP while allocating VIP'
 
 fail() { echo "runbook: FAIL: $*" >&2; exit 1; }
-cleanup() { # whatever way it ends, the stacks it made go
+cleanup() { # whatever way it ends, what it made goes
   for stack in $(docker stack ls --format '{{.Name}}' | grep '^rb-'); do
     docker stack rm "$stack" > /dev/null
   done
+  docker secret rm rb-notes_api_key_v1 > /dev/null 2>&1 || true
 }
 trap cleanup EXIT
 endpoints() { docker network inspect -v "$NET" --format '{{range .Services}}{{len .Tasks}} {{end}}{{len .Containers}}' |
@@ -63,25 +64,49 @@ while read -r host path want body; do
   [ "$body" = "-" ] || grep -q "$body" /tmp/runbook.body || fail "route $host$path body"
 done <<< "$ROUTES"
 
-# 3. one recipe deploy (install, upgrade), its route, clean teardown
-web=$(docker image inspect -f '{{.Id}}' local/pvcheck-web:1)
-recipe() { sed "s|local/pvcheck-web:1|$web|" "$HERE/lab/recipes/hello/$1"; }
-hello_up() { [ "$(curl_route hello.lab.test /)" = 200 ] && grep -q "hello recipe" /tmp/runbook.body; }
+# 3. one recipe deploy, its four tiers, clean teardown (the notes recipe, as abra deploys it:
+#    the env file plus STACK_NAME and DOMAIN, its secret generated first)
+NOTES=$HERE/lab/recipes/notes
+STACK=rb-notes
+HOST=notes.lab.test
+KEY=$(head -c 32 /dev/urandom | base64)
+notes() { # APP_VERSION: docker stack deploy interpolates from this environment
+  (set -a; . "$NOTES/.env.sample"; STACK_NAME=$STACK; DOMAIN=$HOST; APP_VERSION=$1; set +a
+   cd "$NOTES" && deploy "$STACK" < compose.yml); }
+page() { [ "$(curl_route "$HOST" "$1")" = 200 ] && grep -q "$2" /tmp/runbook.body; }
+updated() { [ "$(docker service inspect ${STACK}_app --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}')" = completed ]; }
+task() { docker ps -q --filter label=com.docker.swarm.service.name=${STACK}_app --filter status=running | head -1; }
 before=$(endpoints)
-recipe compose.yml | deploy rb-hello
-wait_for 90 hello_up || fail "recipe route never answered"
-recipe compose.upgrade.yml | deploy rb-hello
-# The same convergence check as pvcheck's: swarm says the update completed, then the route.
-updated() { [ "$(docker service inspect rb-hello_app --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}')" = completed ]; }
-wait_for 90 updated || fail "the upgrade did not complete"
-wait_for 90 hello_up || fail "recipe route after upgrade"
-docker stack rm rb-hello > /dev/null
-gone() { [ -z "$(docker service ls -q --filter label=com.docker.stack.namespace="$1")" ] && [ "$(endpoints)" -le "$before" ]; }
-wait_for 60 gone rb-hello || fail "recipe left endpoints"
-echo "deploy: install + upgrade answered, teardown clean"
+printf %s "$KEY" | docker secret create "${STACK}_api_key_v1" - > /dev/null
+notes 1
+wait_for 90 page / "notes 1 on $HOST" || fail "install: the recipe's page never answered"
+notes 2
+wait_for 90 updated || fail "upgrade: the update did not complete"
+wait_for 90 page / "notes 2 on $HOST" || fail "upgrade: the new version's page"
+marker=rb-$RANDOM$RANDOM
+docker exec "$(task)" sh -c "echo $marker > /srv/www/data/pvcheck-marker.txt"
+docker exec "$(task)" tar -C /srv/www/data -cf - . > /tmp/runbook.tar
+docker stack rm "$STACK" > /dev/null
+gone() { [ -z "$(docker ps -aq --filter label=com.docker.stack.namespace="$1")" ] && [ -z "$(docker service ls -q --filter label=com.docker.stack.namespace="$1")" ]; }
+wait_for 90 gone "$STACK" || fail "backup: the stack did not go"
+wait_for 60 docker volume rm "${STACK}_content" > /dev/null 2>&1 || fail "backup: the volume"
+notes 2
+wait_for 90 page / "notes 2 on $HOST" || fail "restore: redeploy"
+docker exec -i "$(task)" tar -C /srv/www/data -xf - < /tmp/runbook.tar
+wait_for 30 page /data/pvcheck-marker.txt "$marker" || fail "restore: the marker"
+page /config.txt "config rendered for ${STACK}_app on $HOST" || fail "functional: config"
+page /secret.sha256 "$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)" || fail "functional: secret"
+docker stack rm "$STACK" > /dev/null
+wait_for 90 gone "$STACK" || fail "teardown"
+wait_for 60 docker volume rm "${STACK}_content" > /dev/null 2>&1 || fail "teardown: volume"
+docker secret rm "${STACK}_api_key_v1" > /dev/null
+released() { [ "$(endpoints)" -le "$before" ]; }
+wait_for 60 released || fail "recipe left endpoints"
+echo "deploy: install, upgrade, backup/restore, functional; teardown clean"
 
-# 4. the allocator reproduction: throwaway published-port stacks, serially
-busybox=$(docker image inspect -f '{{.Id}}' local/busybox:1)
+# 4. the allocator reproduction: recipe-shaped throwaway stacks (own network, published port),
+#    deployed one after another, removed by concurrent `docker stack rm`
+busybox=local/busybox:1
 base=$(endpoints)
 for i in $(seq 1 "$BATCH"); do
   cat <<YAML | deploy "rb-alloc-$i"
@@ -89,20 +114,26 @@ services:
   app:
     image: $busybox
     command: ["sleep", "3600"]
-    networks: [$NET]
+    networks: [proxy, internal]
     ports: [{target: 80, mode: ingress}]
     stop_signal: KILL
     stop_grace_period: 1s
+    deploy:
+      labels: {traefik.enable: "true", traefik.http.routers.rb-alloc-$i.rule: "Host(\`rb-alloc-$i.pvcheck.invalid\`)", traefik.http.services.rb-alloc-$i.loadbalancer.server.port: "80"}
 networks:
-  $NET: {external: true}
+  proxy: {external: true, name: $NET}
+  internal: {}
 YAML
 done
 running() { [ "$(docker service ls --filter name=rb-alloc- --format '{{.Replicas}}' | grep -c '^1/1')" -eq "$BATCH" ]; }
 wait_for 120 running || fail "throwaways never ran"
 peak=$(endpoints)
-for i in $(seq 1 "$BATCH"); do docker stack rm "rb-alloc-$i" > /dev/null; done
-released() { [ "$(endpoints)" -le "$base" ]; }
+for i in $(seq 1 "$BATCH"); do docker stack rm "rb-alloc-$i" > /dev/null 2>&1 & done; wait
 wait_for 120 released || fail "the allocator kept endpoints"
+for i in $(seq 1 "$BATCH"); do
+  wait_for 60 sh -c "docker network rm rb-alloc-${i}_internal > /dev/null 2>&1 || ! docker network inspect rb-alloc-${i}_internal > /dev/null 2>&1" ||
+    fail "rb-alloc-$i left its network"
+done
 echo "allocator: $base -> $peak -> $(endpoints) endpoints"
 
 # 5. fresh logs and the upgrade guard
