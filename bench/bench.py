@@ -41,7 +41,7 @@ from pvcheck.seams import build_seams
 from pvcheck.stackfile import prepare
 from pvcheck.stacks import remove_labelled
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.helpers import write_config
+from tests.helpers import all_tiers, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -98,7 +98,7 @@ def prefect_server(port: int = 4299) -> Iterator[str]:
 
 # --- 1, 6, 7: whole runs -------------------------------------------------------------------
 def full_runs(repeat: int, api_url: str, work: Path) -> dict[str, Figure]:
-    config = write_config(work)
+    config = write_config(work, all_tiers)  # the recipe's four tiers, as the runbook does
     env_server = {
         **os.environ,
         "PREFECT_API_URL": api_url,

@@ -32,6 +32,9 @@ cleanup() { # whatever way it ends, what it made goes
   done
   docker secret rm rb-notes_api_key_v1 > /dev/null 2>&1 || true
 }
+# Only on the lab's own engine: its proxy network carries the lab label.
+[ "$(docker network inspect "$NET" --format '{{index .Labels "pvcheck.lab"}}' 2>/dev/null)" = 1 ] ||
+  fail "$NET on this engine was not made by the lab; nothing done"
 trap cleanup EXIT
 endpoints() { docker network inspect -v "$NET" --format '{{range .Services}}{{len .Tasks}} {{end}}{{len .Containers}}' |
   awk '{n=0; for(i=1;i<=NF;i++) n+=$i; print n}'; }
@@ -70,9 +73,12 @@ NOTES=$HERE/lab/recipes/notes
 STACK=rb-notes
 HOST=notes.lab.test
 KEY=$(head -c 32 /dev/urandom | base64)
-notes() { # APP_VERSION: docker stack deploy interpolates from this environment
-  (set -a; . "$NOTES/.env.sample"; STACK_NAME=$STACK; DOMAIN=$HOST; APP_VERSION=$1; set +a
-   cd "$NOTES" && deploy "$STACK" < compose.yml); }
+app_env() { # the env file's KEY=VALUE lines, read (never run as shell code)
+  grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$NOTES/.env.sample" | sed -e 's/[[:space:]]*#.*$//'; }
+notes() { # APP_VERSION: docker stack deploy interpolates from this environment only
+  (cd "$NOTES" && mapfile -t vars < <(app_env) &&
+   env -i PATH="$PATH" "${vars[@]}" STACK_NAME=$STACK DOMAIN=$HOST APP_VERSION="$1" \
+     docker stack deploy --resolve-image never -c - "$STACK" < compose.yml 2> >(grep -v -e 'detach' >&2) > /dev/null); }
 page() { [ "$(curl_route "$HOST" "$1")" = 200 ] && grep -q "$2" /tmp/runbook.body; }
 updated() { [ "$(docker service inspect ${STACK}_app --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}')" = completed ]; }
 task() { docker ps -q --filter label=com.docker.swarm.service.name=${STACK}_app --filter status=running | head -1; }

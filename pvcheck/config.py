@@ -7,6 +7,7 @@ Relative paths are resolved against the config file's folder.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 import types
@@ -55,7 +56,9 @@ def _docker_name(value: str) -> str:
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base")
     if base is not None and not value.is_absolute():
-        return (Path(base) / value).resolve()
+        # Normalised, not resolved: a link stays a link, so the reader that refuses links
+        # (safeio) sees it instead of its target.
+        return Path(os.path.normpath(Path(base) / value))
     return value
 
 
@@ -225,6 +228,9 @@ class ComposeDriverConfig(Section):
     backup_restore: str | None = Field(
         None, description="why backup/restore does not apply; None means not declared"
     )
+    # Where the app serves its backed-up path (the lab recipe: /data/); unset, the restored
+    # marker is read inside the app instead of through the route.
+    backup_served_at: str | None = Field(None, pattern=r"^/[A-Za-z0-9._~/-]*$", max_length=200)
     functional: list[FunctionalCheck] = Field(default_factory=list, max_length=20)
 
     @model_validator(mode="after")
@@ -233,6 +239,8 @@ class ComposeDriverConfig(Section):
         # file does not set, stops the run before anything is deployed; the ConfigError
         # names the compose file (and the variable).
         env = read_env_file(self.env_file) if self.env_file else {}
+        if not (self.domain or env.get("DOMAIN")):
+            raise ValueError("the app needs a domain: set domain, or DOMAIN in env_file")
         env |= dict.fromkeys(ABRA_VARIABLES, "x")
         for path, extra in ((self.file, {}), (self.upgrade_file or self.file, self.upgrade_env)):
             doc = load_compose(path)

@@ -33,12 +33,13 @@ from pvcheck.routes import RouteObservation, answered, probe_routes
 from pvcheck.safeio import atomic_write
 from pvcheck.stackcli import LABEL_SPEC, DockerCli, spec_hash
 from pvcheck.stackfile import dump_compose, inject_labels
-from pvcheck.stacks import list_residue, remove_labelled
+from pvcheck.stacks import list_residue, local_image_ref, remove_labelled
 from pvcheck.swarm import LABEL_LAB, LABEL_STACK, Swarm
 
 log = logging.getLogger(__name__)
 
 LAB_LABELS = {LABEL_LAB: "1"}
+LAB_ENGINE = "unix:///var/run/docker.sock"  # the only engine the lab is built on
 BUSYBOX_IMAGE = "local/busybox:1"
 WEB_IMAGE = "local/pvcheck-web:1"
 TRAEFIK_IMAGE = "local/traefik:3.7"
@@ -84,7 +85,7 @@ def _dockerd_pid() -> int | None:
 def ensure_engine(lab: LabConfig, timeout_s: float = 90.0) -> Swarm:
     """Use the running engine, or (as root on Debian) install docker.io and start dockerd."""
     try:
-        return Swarm.connect("unix:///var/run/docker.sock", timeout_s=30)
+        return Swarm.connect(LAB_ENGINE, timeout_s=30)
     except TargetUnreachable:
         pass
     if os.geteuid() != 0:
@@ -116,7 +117,7 @@ def ensure_engine(lab: LabConfig, timeout_s: float = 90.0) -> Swarm:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return Swarm.connect("unix:///var/run/docker.sock", timeout_s=30)
+            return Swarm.connect(LAB_ENGINE, timeout_s=30)
         except TargetUnreachable:
             if time.monotonic() > deadline:
                 raise LabError(f"dockerd did not answer within {timeout_s:g}s") from None
@@ -388,7 +389,9 @@ def standin_stack(cfg: Config, standin: StandinConfig) -> dict[str, Any]:
 def deploy_unchanged(swarm: Swarm, cli: DockerCli, stack: str, doc: dict[str, Any]) -> bool:
     """`docker stack deploy` of the lab stack, unless it already runs exactly this spec (a
     second `lab up` changes no service). True when it deployed."""
-    digest = spec_hash(dump_compose(doc), {})
+    # The images' IDs count too: a re-imported image under the same tag is a new spec.
+    images = {s["image"]: local_image_ref(swarm, s["image"]) for s in doc["services"].values()}
+    digest = spec_hash(dump_compose(doc), images)
     labelled, _ = inject_labels(doc, {**LAB_LABELS, LABEL_SPEC: digest}, where=f"lab {stack}")
     running = swarm.services({LABEL_STACK: stack})
     if (
@@ -484,7 +487,7 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
         twin.ensure_tls(lab)
     stacks = [(split_service(lab.traefik_service)[0], traefik_stack(cfg, lab))]
     stacks += [(split_service(s.service)[0], standin_stack(cfg, s)) for s in lab.standins]
-    cli = DockerCli(cfg.target.docker_host)
+    cli = DockerCli(LAB_ENGINE)  # the engine proven above, never the config's target
     for stack, doc in stacks:
         deploy_unchanged(swarm, cli, stack, doc)
     cfg.docs.dir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ class StackTool(Protocol):
     The compose text is prepared first (pvcheck.stackfile: interpolated and labelled)."""
 
     def stack_deploy(
-        self, stack: str, compose: str, env: Mapping[str, str], where: str = ""
+        self, stack: str, compose: str, env: Mapping[str, str] | None = None, where: str = ""
     ) -> None: ...
     def stack_rm(self, stacks: list[str]) -> None: ...
 
@@ -119,7 +119,7 @@ def build_seams(cfg: Config, swarm: Swarm, run_id: str, with_driver: bool = True
     lab = swarm if cfg.lab is not None and lab_problem is None else None
     return Seams(
         swarm=swarm,
-        stacks=DockerCli(host.docker_url()),
+        stacks=DockerCli.for_target(cfg.target),
         http=HttpProber(cfg.http, host),
         logs=make_log_source(cfg.logs, host),
         host=host,

@@ -20,6 +20,7 @@ MAX_ENV_BYTES = 256 * 1024
 # safe_load shares aliased nodes, so a small file can stand for a huge tree (a "billion
 # laughs"); every walk below copies the tree, so its size and depth are bounded first.
 MAX_NODES = 200_000
+MAX_EXPANDED = 4 * 1024 * 1024  # bytes of text once aliases are expanded
 MAX_DEPTH = 64
 
 DOC = "compose file"  # the default name in errors when the caller does not give one
@@ -281,6 +282,8 @@ def _parsed(text: str, path: _Loc, where: str) -> tuple[_Node, ...]:
         return _parse(text)
     except _TemplateError as exc:
         raise ConfigError(where, _field(path), exc.problem) from None
+    except RecursionError:  # `${A:-${A:-…` thousands deep
+        raise ConfigError(where, _field(path), "variables nested too deeply") from None
 
 
 def references(doc: Any, *, where: str = DOC) -> set[Reference]:
@@ -566,6 +569,104 @@ def _bind_source(mount: Any, base: str) -> Any:
     return mount
 
 
+# --- what a recipe may reach ----------------------------------------------------------------
+MAX_RECIPE_FILE = 1024 * 1024
+# Service keys that reach past the container: pvcheck (root on a shared host) refuses them.
+_HOST_KEYS = (
+    "privileged", "cap_add", "devices", "sysctls", "pid", "ipc", "network_mode",
+    "userns_mode", "security_opt", "cgroup_parent",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What one deploy of a recipe may touch: objects named after its stack, the shared
+    network, and files inside its folder (copied, as read without following links, into
+    `files_to`, a private folder the deploy reads them from)."""
+
+    stack: str
+    recipe_dir: Path
+    files_to: Path
+    shared_network: str
+
+
+def confine(doc: Mapping[str, Any], c: Confinement, *, where: str = DOC) -> dict[str, Any]:
+    """A copy the recipe cannot use to reach beyond its own stack: host-level service keys
+    and bind mounts are refused; an external object must be the app's own (named
+    `<stack>_…`, as abra names secrets) or the shared network; a named object must carry the
+    stack's prefix (else the CLI would update, label and later remove someone else's); files
+    must lie inside the recipe folder and are read without following links."""
+    out: dict[str, Any] = _copy(doc)
+    own = f"{c.stack}_"
+    for name, service in _declared(out, "services", where):
+        at = f"services.{name}"
+        for key in _HOST_KEYS:
+            if key in service:
+                raise ConfigError(where, f"{at}.{key}", "reaches the host; refused")
+        for i, mount in enumerate(service.get("volumes") or []):
+            if _is_bind(mount):
+                raise ConfigError(
+                    where, f"{at}.volumes[{i}]", "a bind mount of a host path; refused"
+                )
+        env_files = service.get("env_file")
+        if env_files:
+            paths = [env_files] if isinstance(env_files, str) else list(env_files)
+            service["env_file"] = [
+                _copy_in(
+                    p if isinstance(p, str) else str((p or {}).get("path", "")),
+                    c,
+                    f"{at}.env_file",
+                    where,
+                )
+                for p in paths
+            ]
+    for section in _DECLARED:
+        for name, decl in _declared(out, section, where):
+            at = f"{section}.{name}"
+            named = str(decl.get("name", ""))
+            if _external(decl):
+                shared = section == "networks" and (named or name) == c.shared_network
+                if not shared and not (section in ("secrets", "configs") and named.startswith(own)):
+                    raise ConfigError(
+                        where,
+                        at,
+                        f"an external {section[:-1]} that is not this app's ({own}…); refused",
+                    )
+                continue
+            if named and not named.startswith(own):
+                raise ConfigError(
+                    where, f"{at}.name", f"must start with {own} (the stack's own); refused"
+                )
+            if isinstance(decl.get("file"), str):
+                decl["file"] = _copy_in(decl["file"], c, f"{at}.file", where)
+    return out
+
+
+def _is_bind(mount: Any) -> bool:
+    if isinstance(mount, str):
+        return mount.partition(":")[0].startswith((".", "/", "~"))
+    return isinstance(mount, dict) and mount.get("type") == "bind"
+
+
+def _copy_in(path: str, c: Confinement, at: str, where: str) -> str:
+    """The file, read inside the recipe folder without following links, as a private copy."""
+    relative = os.path.normpath(path)
+    if os.path.isabs(relative) or relative == ".." or relative.startswith("../"):
+        raise ConfigError(where, at, f"{path!r} is outside the recipe folder; refused")
+    source = c.recipe_dir / relative
+    try:
+        data = read_capped(source, MAX_RECIPE_FILE)
+    except StateFileError as exc:
+        raise ConfigError(where, at, exc.problem) from None
+    if data is None:
+        raise ConfigError(where, at, f"{source} not found")
+    copy = c.files_to / f"{len(list(c.files_to.iterdir()))}-{source.name}"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return str(copy)
+
+
 def resolve_environment(
     doc: Mapping[str, Any], env: Mapping[str, str], *, where: str = DOC
 ) -> dict[str, Any]:
@@ -610,11 +711,50 @@ def _read_text(path: Path, cap: int) -> str:
         raise ConfigError(str(path), "", f"not UTF-8 text: {exc}") from None
 
 
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML as the docker CLI reads it (YAML 1.2-like): `22:22` stays a string, not PyYAML's
+    base-60 1342, and a key given twice is an error, not the last one silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+# Without the YAML 1.1 sexagesimal forms (`1:20` is text), as yaml.v2 reads ports and times.
+_ComposeLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ComposeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_ComposeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_compose(path: Path) -> dict[str, Any]:
     """The compose file as a mapping with a `services` mapping (ConfigError naming the file)."""
     where = str(path)
     try:
-        doc = yaml.safe_load(_read_text(path, MAX_COMPOSE_BYTES))
+        # A SafeLoader (no Python objects), with the YAML the docker CLI reads.
+        doc = yaml.load(_read_text(path, MAX_COMPOSE_BYTES), Loader=_ComposeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(where, "", f"not valid YAML: {exc}") from None
     except RecursionError:
@@ -637,13 +777,15 @@ def load_compose(path: Path) -> dict[str, Any]:
 
 
 def _bounded(doc: Any, where: str) -> None:
-    """Refuse a tree (as the walks see it, aliases expanded) past MAX_NODES or MAX_DEPTH."""
+    """Refuse a tree (as the walks see it, aliases expanded) past MAX_NODES, MAX_DEPTH or
+    MAX_EXPANDED bytes of text: a small file of aliases can expand to gigabytes."""
     stack: list[tuple[Any, int]] = [(doc, 0)]
-    seen = 0
+    seen = size = 0
     while stack:
         node, depth = stack.pop()
         seen += 1
-        if seen > MAX_NODES or depth > MAX_DEPTH:
+        size += len(node) if isinstance(node, str) else 8
+        if seen > MAX_NODES or depth > MAX_DEPTH or size > MAX_EXPANDED:
             raise ConfigError(
                 where, "", f"too large or nested too deeply (aliases expand past {MAX_NODES})"
             )
@@ -673,7 +815,11 @@ def dump_compose(doc: Mapping[str, Any]) -> str:
 
 
 def prepare(
-    path: Path, env: Mapping[str, str], labels: Mapping[str, str], where: str | None = None
+    path: Path,
+    env: Mapping[str, str],
+    labels: Mapping[str, str],
+    where: str | None = None,
+    confinement: Confinement | None = None,
 ) -> tuple[str, list[str]]:
     """The compose file ready for `docker stack deploy -c`, and the label keys the recipe
     tried to set itself (ours won). Refuses, naming each, variables the file needs that env
@@ -689,7 +835,10 @@ def prepare(
         raise ConfigError(where, "", f"variables not set in the env: {named}")
     doc = interpolate(doc, env, where, escape=False)
     doc = resolve_environment(doc, env, where=where)
-    doc = absolutize_files(doc, path.absolute().parent, where=where)
+    if confinement is not None:
+        doc = confine(doc, confinement, where=where)
+    else:
+        doc = absolutize_files(doc, path.absolute().parent, where=where)
     doc, overridden = inject_labels(doc, labels, where=where)
     # Escaped once, last: labels normalised from list items become mapping keys, which the
     # CLI does not interpolate, so they must not carry a doubled `$`.

@@ -187,7 +187,7 @@ class FakeStacks:
         self._lock = threading.Lock()  # the allocator deploys from a thread pool
 
     def stack_deploy(
-        self, stack: str, compose: str, env: Mapping[str, str], where: str = ""
+        self, stack: str, compose: str, env: Mapping[str, str] | None = None, where: str = ""
     ) -> None:
         with self._lock:
             self.deployed[stack] = compose

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,16 +31,16 @@ import yaml
 from pvcheck.config import ComposeDriverConfig, Config, RouteConfig
 from pvcheck.deploy import DeployOutcome, TierResult, TierStatus
 from pvcheck.deploy.attach import AttachmentSampler
-from pvcheck.hosts import host_for
 from pvcheck.routes import RouteObservation, answered, probe_routes
 from pvcheck.stackcli import DockerCli, StackError
-from pvcheck.stackfile import normalise_labels, prepare, read_env_file
+from pvcheck.stackfile import Confinement, normalise_labels, prepare, read_env_file
 from pvcheck.stacks import converged, remove_labelled, wait_running
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "pvcheck-marker.txt"
+MAX_BACKUP_BYTES = 64 * 1024 * 1024  # the backup tier's archive is held in memory
 BACKUP_LABEL, BACKUP_PATH_LABEL = "backupbot.backup", "backupbot.backup.path"
 
 
@@ -67,9 +69,12 @@ class ComposeDriver:
         self.compose = cfg.deploy.compose
         self.stack = recipe_stack_name(cfg.deploy.recipe, run_id)
         self.labels = {LABEL_RUN: run_id, LABEL_ROLE: "recipe"}
-        self.cli = DockerCli(host_for(cfg.target).docker_url())
+        self.cli = DockerCli.for_target(cfg.target)
         self.env = app_env(self.compose, self.stack)
-        self.secret_sha: dict[str, str] = {}  # compose key -> sha256 of the value made here
+        self._folders: list[Path] = []
+        # sha256 of each secret value made here, by the secret's name and by its compose key
+        self.secret_sha: dict[str, str] = {}
+        self.secret_of_key: dict[str, str] = {}
         self.page = self.compose.route  # the app's page as the running version shows it
 
     def busy(self) -> list[str]:
@@ -79,7 +84,12 @@ class ComposeDriver:
 
     # --- the steps -------------------------------------------------------------------------
     def _prepare(self, path: Path, env: Mapping[str, str]) -> Prepared:
-        text, overridden = prepare(path, env, self.labels)
+        # The recipe reaches only its own stack's objects, the shared network and files in
+        # its folder (copied, unfollowed, into this run's private folder).
+        files_to = Path(tempfile.mkdtemp(prefix="pvcheck-recipe-"))
+        self._folders.append(files_to)
+        confined = Confinement(self.stack, path.parent, files_to, self.cfg.network.name)
+        text, overridden = prepare(path, env, self.labels, confinement=confined)
         if overridden:
             log.warning(
                 "%s sets pvcheck's own labels %s; pvcheck's values were kept", path, overridden
@@ -98,11 +108,11 @@ class ComposeDriver:
             name = str((decl or {}).get("name", key))
             if not (decl or {}).get("external") or not name.startswith(f"{self.stack}_"):
                 continue  # not this app's own: abra would not generate it either
-            if key in self.secret_sha:
-                continue
-            value = secrets.token_urlsafe(32).encode()
-            self.cli.secret_create(name, value, self.labels)
-            self.secret_sha[key] = hashlib.sha256(value).hexdigest()
+            if name not in self.secret_sha:  # a new version (an upgrade) is a new secret
+                value = secrets.token_urlsafe(32).encode()
+                self.cli.secret_create(name, value, self.labels)
+                self.secret_sha[name] = hashlib.sha256(value).hexdigest()
+            self.secret_of_key[key] = name
 
     def _route(self, path: str = "/", body: str | None = None) -> RouteConfig:
         base = self.compose.route
@@ -159,6 +169,8 @@ class ComposeDriver:
                 outcome.error = str(exc)
             finally:
                 outcome.clean_teardown_reported = self._remove()
+                for folder in self._folders:
+                    shutil.rmtree(folder, ignore_errors=True)
         outcome.stacks = [self.stack]
         outcome.attached = bool(sampler.seen)
         outcome.attach_detail = sampler.describe()
@@ -207,7 +219,9 @@ class ComposeDriver:
             if str(labels.get(BACKUP_LABEL, "")).lower() == "true" and labels.get(
                 BACKUP_PATH_LABEL
             ):
-                return f"{self.stack}_{name}", str(labels[BACKUP_PATH_LABEL])
+                # backupbot takes a comma-separated list; the first path is enough for a proof.
+                first = str(labels[BACKUP_PATH_LABEL]).split(",")[0].strip()
+                return f"{self.stack}_{name}", first
         return None
 
     def _backup_restore(self, current: Prepared) -> TierResult:
@@ -219,17 +233,23 @@ class ComposeDriver:
             why = f"no service has {BACKUP_LABEL}=true and a {BACKUP_PATH_LABEL}"
             return TierResult("backup_restore", TierStatus.SKIP, why, not_applicable=True)
         service, path = target
+        run_label = f"{LABEL_RUN}={self.run_id}"
         marker = f"pvcheck-{self.run_id}-{secrets.token_hex(4)}"
         write = ["sh", "-c", 'printf "%s\\n" "$1" > "$2/$3"', "sh", marker, path, MARKER_FILE]
-        self.cli.exec(self.cli.task_container(service), write)
+        self.cli.exec(self.cli.task_container(service, run_label), write)
         archive = self.cli.exec(
-            self.cli.task_container(service), ["tar", "-C", path, "-cf", "-", "."]
+            self.cli.task_container(service, run_label),
+            ["tar", "-C", path, "-cf", "-", "."],
+            max_stdout=MAX_BACKUP_BYTES,
         )
         log.info("backup of %s:%s: %d bytes", service, path, len(archive))
         # Gone entirely, volumes included, as after losing the host's data.
         self.cli.stack_rm([self.stack])
         left = remove_labelled(
-            self.swarm, f"{LABEL_STACK}={self.stack}", timeout_s=self.deploy_cfg.converge_timeout_s
+            self.swarm,
+            run_label,
+            f"{LABEL_STACK}={self.stack}",
+            timeout_s=self.deploy_cfg.converge_timeout_s,
         )
         if any(left.values()):
             return TierResult("backup_restore", TierStatus.FAIL, f"stack not removed: {left}")
@@ -237,15 +257,27 @@ class ComposeDriver:
         redeployed = self._converged_tier("backup_restore")
         if redeployed.status != TierStatus.PASS:
             return TierResult("backup_restore", TierStatus.FAIL, f"redeploy: {redeployed.detail}")
-        self.cli.exec(self.cli.task_container(service), ["tar", "-C", path, "-xf", "-"], archive)
-        served = path.rstrip("/").rsplit("/", 1)[-1]
-        route = self._route(f"/{served}/{MARKER_FILE}", marker)
-        ok, obs = self._answers(route, time.monotonic() + 30)
-        detail = (
+        restored = self.cli.task_container(service, run_label)
+        self.cli.exec(restored, ["tar", "-C", path, "-xf", "-"], archive)
+        done = (
             f"marker written to {service}:{path}, backed up ({len(archive)} bytes), stack and "
-            f"volumes removed, redeployed, restored; {route.url} -> "
-            f"{obs.status if obs.status is not None else obs.error}"
+            "volumes removed, redeployed, restored"
         )
+        served_at = self.compose.backup_served_at
+        if served_at is None:
+            # Where the recipe does not serve the path, the marker is read inside the app.
+            back = self.cli.exec(restored, ["cat", f"{path}/{MARKER_FILE}"]).decode().strip()
+            ok = back == marker
+            got = "the marker" if ok else repr(back[:80])
+            return TierResult(
+                "backup_restore",
+                TierStatus.PASS if ok else TierStatus.FAIL,
+                f"{done}; read back inside {service}: {got}",
+            )
+        route = self._route(f"{served_at.rstrip('/')}/{MARKER_FILE}", marker)
+        ok, obs = self._answers(route, time.monotonic() + 30)
+        answer = obs.status if obs.status is not None else obs.error
+        detail = f"{done}; {route.url} -> {answer}"
         return TierResult("backup_restore", TierStatus.PASS if ok else TierStatus.FAIL, detail)
 
     def _functional(self) -> TierResult:
@@ -258,8 +290,8 @@ class ComposeDriver:
         deadline = time.monotonic() + 30
         for check in checks:
             body = check.body.replace("{stack}", self.stack).replace("{domain}", self.env["DOMAIN"])
-            for key, sha in self.secret_sha.items():
-                body = body.replace(f"{{secret_sha256:{key}}}", sha)
+            for key, name in self.secret_of_key.items():
+                body = body.replace(f"{{secret_sha256:{key}}}", self.secret_sha[name])
             ok, obs = self._answers(self._route(check.path, body), deadline)
             if not ok:
                 failed.append(f"{check.path} -> {obs.status or obs.error}")

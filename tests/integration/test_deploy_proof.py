@@ -17,7 +17,7 @@ from pvcheck.stackcli import DockerCli
 from pvcheck.stackfile import prepare, read_env_file
 from pvcheck.stacks import converged, list_residue, remove_labelled, wait_running
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK, Swarm
-from tests.helpers import LAB_CONFIG, write_config
+from tests.helpers import LAB_CONFIG, all_tiers, write_config
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
@@ -37,7 +37,7 @@ def test_the_recipe_passes_all_four_tiers_through_proxy_and_leaves_nothing(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
     since = datetime.now(UTC)
-    rc, report = run(write_config(tmp_path), tmp_path)
+    rc, report = run(write_config(tmp_path, all_tiers), tmp_path)
     assert rc == 0, report["stages"]
     assert report["stages"]["deploy"] == "pass"
     tiers = {
@@ -109,6 +109,7 @@ def test_recipe_whose_route_never_answers_fails_and_still_tears_down(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
     def wrong_route(raw: dict[str, Any]) -> None:
+        all_tiers(raw)
         raw["deploy"]["converge_timeout_s"] = 8
         raw["deploy"]["compose"]["route"]["url"] = "http://never.lab.test/"
 

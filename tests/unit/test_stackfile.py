@@ -6,6 +6,7 @@ paths keep pointing at the recipe folder."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 from pvcheck.errors import ConfigError
 from pvcheck.stackfile import (
     MAX_ENV_BYTES,
+    Confinement,
     Reference,
     absolutize_files,
+    confine,
     dump_compose,
     escape_dollars,
     inject_labels,
@@ -685,3 +688,103 @@ def test_dump_writes_aliased_values_in_full_and_keeps_the_order() -> None:
     assert "&" not in text and "*" not in text
     assert list(yaml.safe_load(text)["services"]) == ["b", "a"]
     assert yaml.safe_load(text) == doc
+
+
+# --- what a recipe may reach (pvcheck runs the CLI as root) --------------------------------
+def _confinement(tmp_path: Path) -> Confinement:
+    recipe = tmp_path / "recipe"
+    recipe.mkdir(exist_ok=True)
+    (recipe / "nginx.conf.tmpl").write_text("server {}\n")
+    files_to = tmp_path / "private"
+    files_to.mkdir(exist_ok=True)
+    return Confinement("pvc-notes-abc123", recipe, files_to, "proxy")
+
+
+def _app(**service: Any) -> dict[str, Any]:
+    return {"services": {"app": {"image": "nginx", **service}}}
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        (_app(privileged=True), "services.app.privileged"),
+        (_app(cap_add=["SYS_ADMIN"]), "services.app.cap_add"),
+        (_app(sysctls={"net.ipv4.ip_forward": 1}), "services.app.sysctls"),
+        (_app(volumes=["/:/host"]), "services.app.volumes[0]"),
+        (_app(volumes=["./data:/data"]), "services.app.volumes[0]"),
+        (
+            _app(volumes=[{"type": "bind", "source": "/etc", "target": "/x"}]),
+            "services.app.volumes[0]",
+        ),
+        (
+            {**_app(), "secrets": {"db": {"external": True, "name": "prodapp_db_password_v1"}}},
+            "secrets.db",
+        ),
+        (
+            {**_app(), "volumes": {"data": {"external": True, "name": "prodapp_data"}}},
+            "volumes.data",
+        ),
+        ({**_app(), "networks": {"other": {"external": True}}}, "networks.other"),
+        ({**_app(), "configs": {"c": {"name": "traefik_conf_v1", "file": "x"}}}, "configs.c.name"),
+        ({**_app(), "volumes": {"v": {"name": "someones_volume"}}}, "volumes.v.name"),
+        ({**_app(), "configs": {"c": {"file": "../../etc/shadow"}}}, "configs.c.file"),
+        ({**_app(), "configs": {"c": {"file": "/etc/shadow"}}}, "configs.c.file"),
+        (_app(env_file=["/root/.env"]), "services.app.env_file"),
+    ],
+)
+def test_a_recipe_cannot_reach_past_its_own_stack(
+    tmp_path: Path, doc: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^compose\.yml: {re.escape(field)}: .*refused"):
+        confine(doc, _confinement(tmp_path), where="compose.yml")
+
+
+def test_its_own_objects_and_files_pass_and_files_are_private_copies(tmp_path: Path) -> None:
+    c = _confinement(tmp_path)
+    doc = {
+        **_app(networks=["proxy", "internal"]),
+        "networks": {"proxy": {"external": True}, "internal": {}},
+        "secrets": {"key": {"external": True, "name": "pvc-notes-abc123_key_v1"}},
+        "configs": {"conf": {"name": "pvc-notes-abc123_conf_v1", "file": "nginx.conf.tmpl"}},
+        "volumes": {"content": None},
+    }
+    out = confine(doc, c, where="compose.yml")
+    copy = Path(out["configs"]["conf"]["file"])
+    assert copy.parent == c.files_to and copy.read_text() == "server {}\n"
+    assert oct(copy.stat().st_mode & 0o777) == "0o600"
+    assert out["secrets"] == doc["secrets"] and out["networks"] == doc["networks"]
+
+
+@pytest.mark.faults
+def test_a_recipe_file_that_is_a_link_is_refused_unread(tmp_path: Path) -> None:
+    c = _confinement(tmp_path)
+    (tmp_path / "other.env").write_text("PASSWORD=theirs\n")
+    (c.recipe_dir / "app.env").symlink_to(tmp_path / "other.env")
+    with pytest.raises(ConfigError, match=r"services\.app\.env_file"):
+        confine(_app(env_file="app.env"), c, where="compose.yml")
+    assert list(c.files_to.iterdir()) == []
+
+
+def test_yaml_is_read_as_the_docker_cli_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_text(
+        "services:\n  app:\n    image: x\n    ports: [22:22]\n    environment: {T: 12:30}\n"
+    )
+    doc = load_compose(path)
+    # PyYAML's YAML 1.1 would make these 1342 and 750 (base 60); the CLI keeps the text.
+    assert doc["services"]["app"]["ports"] == ["22:22"]
+    assert doc["services"]["app"]["environment"] == {"T": "12:30"}
+    path.write_text("services:\n  app:\n    image: x\n    image: y\n")
+    with pytest.raises(ConfigError, match="key 'image' given twice"):
+        load_compose(path)
+
+
+@pytest.mark.faults
+def test_aliases_that_expand_to_megabytes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yml"
+    big = "x" * 100_000
+    aliases = ", ".join(["*b"] * 100)  # 100 KB of text, expanding to 10 MB
+    path.write_text(f"x-big: &b {big}\nservices:\n  app:\n    image: x\n    command: [{aliases}]\n")
+    with pytest.raises(ConfigError, match="too large"):
+        load_compose(path)
