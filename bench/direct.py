@@ -12,7 +12,7 @@ from typing import Any
 from prefect.logging.loggers import disable_run_logger
 
 import flows.verify as verify_flow
-import tasks.deploy as deploy_tasks
+import tasks.engine as engine_tasks
 from pvcheck.config import load_config
 from pvcheck.report import Report
 from pvcheck.runs import HostLock
@@ -20,21 +20,21 @@ from pvcheck.runs import HostLock
 # The names each module binds to a Prefect task.
 TASK_NAMES = {
     verify_flow: [
-        "deploy_proof",
-        "publish_artifacts",
-        "write_evidence_files",
-        "capture_facts",
-        "connect_engine",
-        "read_precondition_phase",
-        "scan_docker_log",
         "allocator_proof",
-        "guard_proof",
-        "reap_dead_runs",
+        "capture_facts",
+        "check_preconditions",
         "check_routes",
+        "deploy_proof",
+        "guard_proof",
+        "publish_artifacts",
+        "reap_dead_runs",
         "recheck_core_routes",
-        "teardown",
+        "scan_docker_log",
+        "teardown_task",
+        "wait_for_quiet_host",
+        "write_evidence_files",
     ],
-    deploy_tasks: ["recheck_core_routes"],
+    engine_tasks: ["connect_engine"],
 }
 
 
