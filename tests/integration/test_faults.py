@@ -235,7 +235,11 @@ def test_dockerd_restart_mid_reproduction_ends_with_a_verdict_and_zero_residue(
         report = json.loads(out.read_text())
         assert report["verdict"] in ("pass", "fail") and report["stages"]["teardown"] == "clean"
         assert not any(list_residue(engine, f"{LABEL_RUN}={run_id}").values())
-        assert "retrying docker call" in log.read_text(), f"engine away {away:.1f}s"
+        # A call that met the restart waited it out (the swarm seam's or the CLI's retry);
+        # when the restart fell between two calls, there was nothing to retry.
+        text = log.read_text()
+        retried = "retrying docker call" in text or "the engine does not answer" in text
+        assert retried or "stopped answering" not in text, f"engine away {away:.1f}s"
     finally:
         wait_routes(lab, 180)
     # The next run finds nothing of the first one left and passes on the recovered lab.
