@@ -14,15 +14,20 @@ from prefect.states import Completed, Failed
 from pydantic import BaseModel, ConfigDict, Field
 
 from pvcheck import facts, guard, logscan, preconditions, routes
-from pvcheck.claims import m1_claim, residue_commands, unexplained_m2_commands
+from pvcheck.claims import differing_commands, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.evidence import write_review
+from pvcheck.facts import HostFacts
+from pvcheck.history import read_history
 from pvcheck.pinned import pinned_path
 from pvcheck.records import Check, Family, Gate, format_ts
 from pvcheck.review import (
+    Comparison,
     Finding,
     GateClaim,
+    Recorded,
     ReviewResult,
+    compare_allocator,
     compare_evidence,
     parse_claims,
     read_recorded,
@@ -30,7 +35,7 @@ from pvcheck.review import (
 from pvcheck.seams import Seams
 from pvcheck.stacks import list_residue, residue_names
 from pvcheck.statefiles import read_state
-from pvcheck.swarm import LABEL_RUN
+from pvcheck.swarm import LABEL_RUN, LABEL_STACK
 from pvcheck.teardown import Observation as Residue
 from pvcheck.teardown import Settings as ResidueSettings
 from pvcheck.teardown import judge as judge_residue
@@ -51,6 +56,20 @@ class ReviewParameters(BaseModel):
     )
 
 
+def _how_finding(gate: Gate, odd: list[str]) -> list[Finding]:
+    if not odd:
+        return []
+    return [
+        Finding(
+            f"how:{gate}",
+            gate,
+            f"STATUS's {gate} HOW commands differ from what pvcheck generates for this "
+            "config and run: " + "; ".join(o[:120] for o in odd[:3]),
+            "pvcheck run --config CONFIG  # regenerates the claim",
+        )
+    ]
+
+
 def live_m1(
     cfg: Config, seams: Seams, health: list[Check], claim: GateClaim
 ) -> tuple[list[Check], list[Finding]]:
@@ -58,22 +77,38 @@ def live_m1(
     checks = check_preconditions(seams, preconditions.Settings.from_config(cfg))
     checks += [c for c in health if c.family == Family.SVC] + routes_f.result()
     regenerated = m1_claim(cfg).commands
-    findings = []
-    if claim.is_claim and claim.commands != [c.command for c in regenerated]:
-        findings.append(
-            Finding(
-                "how:M1",
-                Gate.M1,
-                "STATUS's M1 HOW commands differ from what pvcheck generates for this config",
-                "pvcheck run --config CONFIG  # regenerates the claim",
-            )
-        )
+    findings = _how_finding(
+        Gate.M1, differing_commands(claim.commands, regenerated) if claim.is_claim else []
+    )
     checks += run_cold_commands(regenerated, Gate.M1, seams.host)
     return checks, findings
 
 
+def deploy_stacks_gone(seams: Seams, recorded: Recorded) -> list[Finding]:
+    """The deploy proof's stacks stay gone: no object of theirs is back or left."""
+    log = get_run_logger()
+    findings = []
+    for stack in recorded.deploy_stacks:
+        left = residue_names(list_residue(seams.swarm, f"{LABEL_STACK}={stack}"))
+        log.info("objects labelled %s=%s -> %s", LABEL_STACK, stack, left or "nothing")
+        findings += [
+            Finding(
+                f"deploy:{stack}:{name}",
+                Gate.M2,
+                f"the deploy proof's stack {stack} is not gone: {name}",
+                f"docker stack ps {stack}",
+            )
+            for name in left
+        ]
+    return findings
+
+
 def live_m2(
-    cfg: Config, seams: Seams, claim: GateClaim, since: datetime | None
+    cfg: Config,
+    seams: Seams,
+    claim: GateClaim,
+    since: datetime | None,
+    recorded: Recorded | None,
 ) -> tuple[list[Check], list[Finding]]:
     log = get_run_logger()
     # Any pvcheck run's label, not only the claim's: listed, never removed by a review.
@@ -103,20 +138,42 @@ def live_m2(
     if settings is not None:
         checks += guard_proof(seams, settings)
     if claim.run_id:
-        checks += run_cold_commands(residue_commands(cfg, claim.run_id), Gate.M2, seams.host)
-        # People paste M2's HOW block too: what pvcheck would not write there is a finding.
-        odd = unexplained_m2_commands(cfg, claim.run_id, claim.commands) if claim.is_claim else []
-        if odd:
-            findings.append(
-                Finding(
-                    "how:M2",
-                    Gate.M2,
-                    "STATUS's M2 HOW commands differ from what pvcheck generates: "
-                    + "; ".join(o[:120] for o in odd[:3]),
-                    "pvcheck run --config CONFIG  # regenerates the claim",
+        # The claim's commands, regenerated from the config and the run's own JSON report
+        # (its log window), and run; what STATUS shows instead is a finding.
+        same_run = recorded is not None and recorded.run_id == claim.run_id
+        run_window = recorded.run_logs if recorded is not None and same_run else None
+        regenerated = m2_commands(cfg, claim.run_id, run_window)
+        checks += run_cold_commands(regenerated, Gate.M2, seams.host)
+        if claim.is_claim:
+            findings += _how_finding(Gate.M2, differing_commands(claim.commands, regenerated))
+            if recorded is not None and not same_run:
+                findings.append(
+                    Finding(
+                        "report:run",
+                        Gate.M2,
+                        f"the JSON report is of run {recorded.run_id}, the M2 claim of run "
+                        f"{claim.run_id}",
+                        "pvcheck run --config CONFIG  # writes claim and report together",
+                    )
                 )
-            )
+    if recorded is not None:
+        findings += deploy_stacks_gone(seams, recorded)
     return checks, findings
+
+
+def compare_with_report(
+    cfg: Config, seams: Seams, recorded: Recorded, live: HostFacts
+) -> Comparison:
+    """The host now against the run's JSON report (endpoints attributed per service), and
+    the report's allocator figures against the run's history record."""
+    log = get_run_logger()
+    ours = set(list_residue(seams.swarm, LABEL_RUN)["services"])
+    compared = compare_evidence(recorded, live, ours)
+    history = read_history(cfg.docs.paths.history, limit=200)
+    findings = compared.findings + compare_allocator(recorded, history)
+    for line in compared.churn:
+        log.info("churn since run %s (not pvcheck's): %s", recorded.run_id, line)
+    return Comparison(findings, compared.churn)
 
 
 @flow(name="pvcheck-review", log_prints=False)
@@ -141,16 +198,21 @@ def review(params: ReviewParameters | None = None) -> State:
     live, health = capture_facts(seams, facts.Settings.from_config(cfg), "review")
     m1_checks, m1_findings = live_m1(cfg, seams, health, claims[Gate.M1])
     since = claims[Gate.M2].claimed_at or claims[Gate.M1].claimed_at
-    m2_checks, m2_findings = live_m2(cfg, seams, claims[Gate.M2], since)
+    m2_checks, m2_findings = live_m2(cfg, seams, claims[Gate.M2], since, recorded)
     result.checks = m1_checks + m2_checks
     if recorded is not None:
-        result.findings += compare_evidence(recorded, live.facts)
+        compared = compare_with_report(cfg, seams, recorded, live.facts)
+        result.findings += compared.findings
+        result.churn = compared.churn
     result.findings += m1_findings + m2_findings
     result.at = format_ts(datetime.now(UTC))
     result.judge()
     for gate, verdict in result.verdicts.items():
         log.info("gate %s: %s", gate, verdict)
-    result.evidence = write_review(result, cfg)
+    written = write_review(result, cfg)
+    result.evidence, result.docs = written.paths, written.docs
+    for line in written.docs.lines():
+        log.warning("%s", line)
     message = ", ".join(f"{g} {v}" for g, v in result.verdicts.items())
     if result.verdict != "pass":
         return Failed(message=f"pvcheck review: {message}", data=result)

@@ -219,9 +219,8 @@ class Verification:
             )
             return
         if self._routes_still_up(Stage.DEPLOY, Family.DEPLOY, "deploy proof runs"):
-            report.stages[Stage.DEPLOY] = stage_outcome(
-                report.add(deploy_proof(self.seams, self.deploy))
-            )
+            checks, report.deploy_stacks = deploy_proof(self.seams, self.deploy)
+            report.stages[Stage.DEPLOY] = stage_outcome(report.add(checks))
 
     def allocator_stage(self) -> None:
         report = self.report
@@ -317,7 +316,8 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
     try:
         seams = connect(cfg, run_id)
     except TargetUnreachable as exc:
-        write_unreachable(cfg, run_id, utc_now(), exc)
+        for line in write_unreachable(cfg, run_id, utc_now(), exc).lines():
+            log.warning("%s", line)
         raise
     assert isinstance(seams.swarm, Swarm)
     with EngineLock(seams.swarm, run_id):
@@ -359,7 +359,8 @@ def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, seams: Se
             registry.finish(run_id)
         run.after_facts()
         report.finished_at = utc_now()
-        report.evidence = write_evidence_files(report, cfg)
+        written = write_evidence_files(report, cfg)
+        report.evidence, report.docs = written.paths, written.docs
         publish_artifacts(report)
 
     gates = ", ".join(f"{g.gate} {g.status}" for g in report.gates)

@@ -25,6 +25,8 @@ from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S
 log = logging.getLogger(__name__)
 
 KINDS = ("vips", "task_ips", "lb_endpoints", "containers")
+# baseline, peak and after of a reproduction, as recorded in the report and the history.
+FIGURES = ("used_before", "peak", "used_after", "leaked_total")
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,19 @@ class AllocatorResult:
             return None
         return int((self.capacity - self.used_after) / self.leak_per_round)
 
+    @property
+    def peak(self) -> int:
+        """The most endpoints the network held during any round."""
+        return max((sum(r.peak.values()) for r in self.rounds), default=self.used_before)
+
+    def figures(self) -> dict[str, int]:
+        """The figures a review holds the run's report and its history record to."""
+        return {k: int(getattr(self, k)) for k in FIGURES}
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "network": self.network,
+            "peak": self.peak,
             "capacity": self.capacity,
             "used_before": self.used_before,
             "used_after": self.used_after,

@@ -9,13 +9,16 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pvcheck.config import Config, RouteConfig
+from pvcheck.facts import NetworkFacts
 from pvcheck.hosts import host_for
 from pvcheck.records import GATES, VIP_SIGNATURE, Gate
 from pvcheck.report import Report
 from pvcheck.routes import curl_argv
 from pvcheck.seams import HostCommands
+from pvcheck.statefiles import repo_root
 from pvcheck.swarm import LABEL_RUN
 
 q = shlex.quote
@@ -31,6 +34,18 @@ class ColdCommand:
     # The command as the target host runs it (`command` is then `ssh HOST '<remote>'`): the
     # review runs it through pvcheck's own ssh options, never by pasting into a shell.
     remote: str | None = None
+    # Where it runs: the docs repository's root when it names a file there by a relative
+    # path (so it pastes from a fresh clone of that repository).
+    cwd: str | None = None
+
+
+def doc_ref(cfg: Config, path: Path) -> tuple[str, str | None]:
+    """How a HOW command names a local file: relative to the root of the docs repository
+    when it lies inside it (with that root as the working folder), else by its path."""
+    root = repo_root(cfg.docs.dir)
+    if root is not None and path.is_relative_to(root):
+        return q(str(path.relative_to(root))), str(root)
+    return q(str(path)), None
 
 
 def host_command(
@@ -69,11 +84,11 @@ def route_cold_command(host: HostCommands, route: RouteConfig) -> ColdCommand:
 
 
 def m1_claim(cfg: Config) -> Claim:
-    pvfix = cfg.docs.precondition_status
+    pvfix, cwd = doc_ref(cfg, cfg.docs.precondition_status)
     net = q(cfg.network.name)
     names = "|".join(re.escape(s) for s in cfg.services.control_plane)
     commands = [
-        ColdCommand(f"grep -x '## DONE' {q(str(pvfix))}", "## DONE"),
+        ColdCommand(f"grep -x '## DONE' {pvfix}", "## DONE", cwd=cwd),
         host_command(
             cfg,
             (
@@ -139,8 +154,15 @@ def residue_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
     ]
 
 
-def m2_fixed_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
-    """M2's HOW commands that do not depend on the run's figures (all but the log window)."""
+def m2_commands(
+    cfg: Config,
+    run_id: str,
+    window: tuple[str, str] | None,
+    after: NetworkFacts | None = None,
+) -> list[ColdCommand]:
+    """M2's HOW commands for a run: residue by its label, the network's counts, the docker
+    log over the run's own window, the guard's lines. The review regenerates them from the
+    run's JSON report and runs every one."""
     net = q(cfg.network.name)
     commands = [
         *residue_commands(cfg, run_id),
@@ -151,58 +173,33 @@ def m2_fixed_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
                 "{{if .VIP}}vip{{println}}{{end}}{{range .Tasks}}task{{println}}{{end}}{{end}}'"
                 " | sort | uniq -c"
             ),
-            "task and vip counts as after the run",
+            f"{after.task_ips} task, {after.vips} vip (as after the run)"
+            if after
+            else "task and vip counts as after the run",
             exact=False,
         ),
     ]
+    if window is not None:
+        commands.append(host_command(cfg, _log_window_command(cfg, *window), "0"))
     if cfg.guard is not None:
+        guard, cwd = doc_ref(cfg, cfg.guard.file)
         commands.append(
             ColdCommand(
-                f"grep -n -e 'allocating VIP' -e 'restart docker' {q(str(cfg.guard.file))}",
+                f"grep -n -e 'allocating VIP' -e 'restart docker' {guard}",
                 f"the detection and the recovery lines of section {cfg.guard.section!r}",
                 exact=False,
+                cwd=cwd,
             )
         )
     return commands
 
 
-def m2_window_command(cfg: Config, since: str, until: str) -> ColdCommand:
-    return host_command(cfg, _log_window_command(cfg, since, until), "0")
-
-
-_TS_IN_COMMAND = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})")
-
-
-def unexplained_m2_commands(cfg: Config, run_id: str, written: list[str]) -> list[str]:
-    """Pure: the M2 HOW lines in STATUS that pvcheck would not write for this config and run
-    (a pasted command that differs is a finding), plus the fixed ones that are missing."""
-    fixed = [c.command for c in m2_fixed_commands(cfg, run_id)]
-    odd = [f"missing: {c}" for c in fixed if c not in written]
-    for line in written:
-        if line in fixed:
-            continue
-        stamps = [f"{d}T{t}Z" for d, t in _TS_IN_COMMAND.findall(line)]
-        if len(stamps) >= 2 and line == m2_window_command(cfg, stamps[0], stamps[1]).command:
-            continue
-        odd.append(line)
-    return odd
-
-
 def m2_claim(report: Report, cfg: Config) -> Claim:
     """The M2 claim carries this run's numbers; commands check what the run left behind."""
     after = report.facts_after.network if report.facts_after else None
-    commands = m2_fixed_commands(cfg, report.run_id)
-    inspect = commands[len(residue_commands(cfg, report.run_id))]
-    commands[commands.index(inspect)] = ColdCommand(
-        inspect.command,
-        f"{after.task_ips} task, {after.vips} vip (as after the run)" if after else "n/a",
-        exact=False,
-        remote=inspect.remote,
-    )
-    if report.run_logs is not None:
-        position = len(commands) - (cfg.guard is not None)
-        window = m2_window_command(cfg, report.run_logs.since, report.run_logs.until)
-        commands.insert(position, window)
+    logs = report.run_logs
+    window = (logs.since, logs.until) if logs is not None else None
+    commands = m2_commands(cfg, report.run_id, window, after)
     alloc = report.allocator
     deploy = cfg.deploy
     what = []
@@ -233,3 +230,12 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
         "recovery action (restart docker)",
     ]
     return Claim(Gate.M2, what, commands)
+
+
+def differing_commands(written: list[str], regenerated: list[ColdCommand]) -> list[str]:
+    """Pure: HOW lines in STATUS that pvcheck would not write for this config and run (people
+    paste them), and the ones it would write that are missing."""
+    fresh = [c.command for c in regenerated]
+    return [f"missing: {c}" for c in fresh if c not in written] + [
+        line for line in written if line not in fresh
+    ]

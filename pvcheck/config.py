@@ -333,16 +333,30 @@ class GuardConfig(Section):
     detect_command: list[str] | None = None
 
 
+# `Name <email>`: no quotes, angle brackets or control characters inside either part.
+_AUTHOR_RE = r"^[^<>\x00-\x1f\x7f\"]{1,100} <[^<>\s\x00-\x1f\x7f\"]{1,100}>$"
+
+
 class DocsConfig(Section):
     dir: ConfigPath
     phase: Name = "pvcheck"
     precondition_phase: Name = "pvfix"
     # `pvcheck done` accepts a review PASS at most this old (and newer than the claim).
     freshness_h: float = Field(24.0, gt=0, le=24 * 30)
+    # "latest": a new claim withdraws `## DONE` until the review passes it (DONE always
+    # speaks for the newest evidence); "first": DONE stays while later runs pass.
+    done_follows: Literal["latest", "first"] = "latest"
+    # Commit pvcheck's own files when the folder is inside a git work tree (never pushed
+    # unless push = true; never with --no-verify).
+    commit: bool = False
+    push: bool = False
+    author: str = Field("pvcheck <pvcheck@localhost>", pattern=_AUTHOR_RE, max_length=200)
+    # REVIEW's size bound: older entries roll over to REVIEW-<phase>.archive.md.
+    review_max_kb: int = Field(256, ge=4, le=16 * 1024)
 
     @property
     def paths(self) -> DocsPaths:
-        return DocsPaths(self.dir, self.phase)
+        return DocsPaths(self.dir, self.phase, self.review_max_kb * 1024)
 
     @property
     def precondition_status(self) -> Path:

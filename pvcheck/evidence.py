@@ -6,6 +6,7 @@ function that touches machine-docs/, through statefiles (atomic, sections kept, 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,22 @@ import jinja2
 
 from pvcheck.claims import m1_claim, m2_claim
 from pvcheck.config import Config
+from pvcheck.gitdocs import commit_docs
 from pvcheck.history import append_history, history_record, read_history, trend_svg
-from pvcheck.records import GATES, Check, Family, Gate, Status, parse_ts
-from pvcheck.report import Report
+from pvcheck.masking import redact
+from pvcheck.protocol import (
+    Veto,
+    append_entries,
+    entry_gate,
+    entry_name,
+    find_vetoes,
+    has_own_done,
+    roll_over,
+    stray_done_lines,
+    without_done,
+)
+from pvcheck.records import GATES, Check, Family, Gate, Status, Verdict, parse_ts
+from pvcheck.report import DocsOutcome, Report
 from pvcheck.review import (
     ReviewResult,
     mark_gate_passed,
@@ -25,11 +39,14 @@ from pvcheck.review import (
     parse_claims,
     parse_findings,
 )
-from pvcheck.safeio import atomic_write
+from pvcheck.safeio import append, atomic_write
 from pvcheck.statefiles import (
+    DocsPaths,
     append_journal,
     docs_lock,
+    one_line_breaks,
     read_state,
+    replace_section,
     section_body,
     sections,
     update_sections,
@@ -57,8 +74,9 @@ def render(template: str, **context: Any) -> str:
     return _env().get_template(template).render(**context)
 
 
-def _context(report: Report, cfg: Config) -> dict[str, Any]:
+def _context(report: Report, cfg: Config, vetoes: list[str] | None = None) -> dict[str, Any]:
     return {
+        "vetoes": vetoes or [],
         "report": report,
         "cfg": cfg,
         "phase": cfg.docs.phase,
@@ -70,8 +88,10 @@ def _context(report: Report, cfg: Config) -> dict[str, Any]:
     }
 
 
-def render_status_sections(report: Report, cfg: Config) -> dict[str, str]:
-    ctx = _context(report, cfg)
+def render_status_sections(
+    report: Report, cfg: Config, vetoes: list[str] | None = None
+) -> dict[str, str]:
+    ctx = _context(report, cfg, vetoes)
     return {
         "summary": render("status_summary.md.j2", **ctx),
         **{f"gate-{g}": render("status_gate.md.j2", gate=g, **ctx) for g in Gate},
@@ -137,11 +157,69 @@ def _item(num: str, check: Check, report: Report) -> BacklogItem:
     return BacklogItem(num, check.id, False, text)
 
 
-def write_evidence(report: Report, cfg: Config) -> dict[str, str]:
+@dataclass(frozen=True)
+class Written:
+    paths: dict[str, str]  # kind -> file
+    docs: DocsOutcome
+
+
+def vetoes(paths: DocsPaths) -> list[Veto]:
+    """The VETOs standing in REVIEW and STATUS (a person's; pvcheck never removes one)."""
+    return find_vetoes(
+        (read_state(paths.review), str(paths.review)),
+        (read_state(paths.status), str(paths.status)),
+    )
+
+
+def withdraw_done(paths: DocsPaths, why: str, at: str) -> str | None:
+    """Remove pvcheck's `## DONE` from STATUS and say why in JOURNAL; call under the docs
+    lock. Returns the reason when something was withdrawn."""
+    text = read_state(paths.status)
+    if text is None or not has_own_done(text, str(paths.status)):
+        return None
+    atomic_write(paths.status, without_done(text, str(paths.status)))
+    entry = f"## {at} — DONE withdrawn\n\nDONE withdrawn @{at}: {why}\n"
+    stray = stray_done_lines(text, str(paths.status))
+    if stray:
+        entry += (
+            f"\nA `## DONE` line outside pvcheck's section stays at {paths.status.name} line "
+            f"{stray[0]}: pvcheck does not edit text it did not write; remove it by hand.\n"
+        )
+    append_journal(paths.journal, render("journal_header.md.j2", phase=paths.phase), entry)
+    return why
+
+
+def run_withdraws_done(report: Report, follows: str, standing: list[Veto]) -> str | None:
+    """Pure: why this run's evidence withdraws `## DONE` (None: DONE may stay)."""
+    if standing:
+        return f"VETO at {standing[0].quoted()}"
+    if report.verdict == Verdict.FAIL:
+        failing = ", ".join(c.id for c in report.failing[:5])
+        return f"run {report.run_id} verdict FAIL ({failing})"
+    if report.verdict == Verdict.INCOMPLETE:
+        return f"run {report.run_id} verdict INCOMPLETE: {report.incomplete_reason}"
+    if follows == "latest":
+        return (
+            f"run {report.run_id} made a new claim ({' '.join(g.gate for g in report.gates)}) "
+            'that awaits review (docs.done_follows = "latest")'
+        )
+    return None
+
+
+def claim_message(report: Report, phase: str) -> str:
+    """The docs commit's subject for a run: `claim(…)` when it claims a gate."""
+    claimed = [g.gate for g in report.gates if g.status == Status.PASS]
+    if claimed:
+        tail = "" if report.verdict == Verdict.PASS else f" (verdict {report.verdict.upper()})"
+        return f"claim({phase}): {' '.join(claimed)} by run {report.run_id}{tail}"
+    return f"evidence({phase}): run {report.run_id} {report.verdict.upper()}"
+
+
+def write_evidence(report: Report, cfg: Config) -> Written:
     """Write STATUS and BACKLOG sections, the run's JSON report, append the JOURNAL entry and
-    the history record, and redraw the trend chart; returns the paths."""
+    the history record, redraw the trend chart, withdraw `## DONE` when the run says so and
+    commit pvcheck's files when configured; returns the paths and what the protocol did."""
     paths = cfg.docs.paths
-    ctx = _context(report, cfg)
     written = {
         "status": paths.status,
         "backlog": paths.backlog,
@@ -155,21 +233,27 @@ def write_evidence(report: Report, cfg: Config) -> dict[str, str]:
         status_text = read_state(paths.status)
         if status_text is not None:
             sections(status_text, str(paths.status))
+        standing = vetoes(paths)
+        quoted = [v.quoted() for v in standing]
+        ctx = _context(report, cfg, quoted)
         backlog_text = read_state(paths.backlog)
         items = merge_backlog(
             parse_backlog(section_body(backlog_text or "", "build-backlog", str(paths.backlog))),
             report,
         )
         read_state(paths.journal)
+        why = run_withdraws_done(report, cfg.docs.done_follows, standing)
+        will_withdraw = why if has_own_done(status_text, str(paths.status)) else None
+        docs = DocsOutcome(quoted, will_withdraw)
         append_history(paths.history, history_record(report, _seconds(report)))
         records = read_history(paths.history, limit=30)
         atomic_write(paths.trend, trend_svg(records))
-        atomic_write(paths.report, report.to_json())
+        atomic_write(paths.report, dataclasses.replace(report, docs=docs).to_json())
         trend = render("status_trend.md.j2", records=records[-10:], svg_name=paths.trend.name)
         update_sections(
             paths.status,
             render("status_header.md.j2", **ctx),
-            {**render_status_sections(report, cfg), "trend": trend},
+            {**render_status_sections(report, cfg, quoted), "trend": trend},
         )
         update_sections(
             paths.backlog,
@@ -181,11 +265,16 @@ def write_evidence(report: Report, cfg: Config) -> dict[str, str]:
             render("journal_header.md.j2", **ctx),
             render_journal_entry(report, cfg),
         )
-    return {kind: str(path) for kind, path in written.items()}
+        if why:
+            withdraw_done(paths, why, report.finished_at)
+        committed = commit_docs(cfg.docs, claim_message(report, cfg.docs.phase))
+    docs = dataclasses.replace(docs, committed=str(committed) if committed else None)
+    return Written({kind: str(path) for kind, path in written.items()}, docs)
 
 
-def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> None:
-    """The only thing written when the target cannot be reached: a JOURNAL entry."""
+def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> DocsOutcome:
+    """What is written when the target cannot be reached: a JOURNAL entry (and DONE goes:
+    a run that proved nothing leaves no DONE standing)."""
     paths = cfg.docs.paths
     with docs_lock(paths.folder):  # the folder's checks, as for every write there
         append_journal(
@@ -194,6 +283,11 @@ def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> None
             f"## {at} — run `{run_id}`: UNREACHABLE\n\n- Target `{cfg.target.name}` "
             f"({cfg.target.docker_host}) could not be reached: {exc}. Nothing was checked.\n",
         )
+        withdrawn = withdraw_done(
+            paths, f"run {run_id} could not reach target {cfg.target.name}", at
+        )
+        committed = commit_docs(cfg.docs, f"evidence({cfg.docs.phase}): run {run_id} UNREACHABLE")
+    return DocsOutcome([], withdrawn, str(committed) if committed else None)
 
 
 def _seconds(report: Report) -> float | None:
@@ -201,13 +295,27 @@ def _seconds(report: Report) -> float | None:
     return round((end - start).total_seconds(), 1) if start and end else None
 
 
-def write_review(result: ReviewResult, cfg: Config) -> dict[str, str]:
-    """REVIEW's gate sections, the Adversary findings in BACKLOG, the PASS header of the claim
-    the review verified in STATUS, and a JOURNAL entry."""
-    paths = cfg.docs.paths
-    sections = {}
+def review_message(result: ReviewResult, phase: str) -> str:
+    return f"review({phase}): " + ", ".join(f"{g} {v}" for g, v in result.verdicts.items())
+
+
+def review_withdraws_done(result: ReviewResult, standing: list[Veto]) -> str | None:
+    """Pure: why this review withdraws `## DONE` (a failed gate or a standing VETO)."""
+    if standing:
+        return f"VETO at {standing[0].quoted()}"
+    failed = [g for g, v in result.verdicts.items() if v != "PASS"]
+    if not failed:
+        return None
+    found = [f.title for f in result.findings if f.gate in failed][:3]
+    return f"review {result.review_id} failed {' '.join(failed)}" + (
+        ": " + "; ".join(found) if found else ""
+    )
+
+
+def render_review_entries(result: ReviewResult) -> dict[str, str]:
+    """Pure: one dated REVIEW entry per gate (`## M1 — <title>: **PASS** @<UTC>`)."""
+    entries = {}
     for gate in GATES:
-        claim = result.claims[gate]
         checks = [c for c in result.checks if c.gate == gate]
         findings = [f for f in result.findings if f.gate == gate]
         repro = [
@@ -216,18 +324,50 @@ def write_review(result: ReviewResult, cfg: Config) -> dict[str, str]:
             if c.status != Status.PASS and c.id.startswith(Family.REVIEW.id("how"))
         ]
         repro += [f.repro for f in findings]
-        sections[f"review-{gate}"] = render(
+        entries[entry_name(result.review_id, gate)] = render(
             "review_gate.md.j2",
             gate=gate,
             title=GATES[gate],
             verdict=result.verdicts[gate],
             at=result.at,
-            claim=claim,
+            claim=result.claims[gate],
             review_id=result.review_id,
             checks=checks,
             findings=findings,
+            churn=result.churn if gate == Gate.M2 else [],
             repro=repro,
         )
+    return entries
+
+
+def _append_review(paths: DocsPaths, entries: dict[str, str], at: str) -> int:
+    """Append the entries to REVIEW and roll its oldest ones over to the archive when it
+    outgrows its bound (archive first: a crash in between duplicates, never loses).
+    Returns how many entries moved."""
+    text = read_state(paths.review)
+    where = str(paths.review)
+    new = render("review_header.md.j2", phase=paths.phase) if text is None else text
+    new = append_entries(new, {k: one_line_breaks(redact(v)) for k, v in entries.items()}, where)
+    rolled = roll_over(new, where, paths.review_max_bytes, entry_gate(new, where))
+    if rolled.moved:
+        head = ""
+        if read_state(paths.review_archive) is None:
+            head = render("review_archive_header.md.j2", paths=paths)
+        blocks = "".join("\n" + block for block in rolled.moved)
+        append(paths.review_archive, (head + blocks).encode("utf-8"))
+        note = f"{len(rolled.moved)} older entries moved to `{paths.review_archive.name}` @{at}.\n"
+        new = replace_section(rolled.kept, "archive-note", note, where)
+    if new != text:
+        atomic_write(paths.review, new)
+    return len(rolled.moved)
+
+
+def write_review(result: ReviewResult, cfg: Config) -> Written:
+    """REVIEW's dated entries, the Adversary findings in BACKLOG, the PASS header of the
+    claim the review verified in STATUS, a JOURNAL entry; DONE withdrawn on a failed gate or
+    a VETO; the commit when configured."""
+    paths = cfg.docs.paths
+    entries = render_review_entries(result)
     with docs_lock(paths.folder):
         backlog_text = read_state(paths.backlog)
         items = merge_findings(
@@ -238,7 +378,8 @@ def write_review(result: ReviewResult, cfg: Config) -> dict[str, str]:
             result.at,
         )
         status_text = read_state(paths.status)
-        update_sections(paths.review, render("review_header.md.j2", phase=paths.phase), sections)
+        standing = vetoes(paths)
+        moved = _append_review(paths, entries, result.at)
         update_sections(
             paths.backlog,
             render("backlog_header.md.j2", phase=paths.phase),
@@ -262,8 +403,19 @@ def write_review(result: ReviewResult, cfg: Config) -> dict[str, str]:
             f"{g} {v}" for g, v in result.verdicts.items()
         )
         entry += "".join(f"\n- finding: {f.title}" for f in result.findings)
+        entry += "".join(f"\n- churn (not pvcheck's): {line}" for line in result.churn)
+        if moved:
+            entry += f"\n- {moved} older REVIEW entries moved to {paths.review_archive.name}"
         append_journal(
             paths.journal, render("journal_header.md.j2", phase=paths.phase), entry + "\n"
         )
+        why = review_withdraws_done(result, standing)
+        withdrawn = withdraw_done(paths, why, result.at) if why else None
+        committed = commit_docs(cfg.docs, review_message(result, cfg.docs.phase))
     written = {"status": paths.status, "review": paths.review, "backlog": paths.backlog}
-    return {k: str(v) for k, v in {**written, "journal": paths.journal}.items()}
+    if moved:
+        written["review_archive"] = paths.review_archive
+    docs = DocsOutcome(
+        [v.quoted() for v in standing], withdrawn, str(committed) if committed else None
+    )
+    return Written({k: str(v) for k, v in {**written, "journal": paths.journal}.items()}, docs)

@@ -63,7 +63,6 @@ class NetworkFacts:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["per_service"]
         out.update(used=self.used, headroom_pct=round(self.headroom_pct, 3))
         return out
 

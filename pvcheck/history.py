@@ -27,6 +27,7 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
         "endpoints": after.used if after else None,
         "headroom_pct": round(after.headroom_pct, 3) if after else None,
         "leaked": alloc.leaked_total if alloc else None,
+        "allocator": alloc.figures() if alloc else None,
         "seconds": seconds,
         "stage_seconds": {c.id: round(c.duration_s, 2) for c in report.checks if c.duration_s >= 1},
     }

@@ -69,11 +69,13 @@ def run_bounded(
     stdin: bytes | None = None,
     max_stdout: int = MAX_OUTPUT,
     env: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Finished:
     """Run argv; stdout kept up to max_stdout (the command is stopped past it). Its
     environment is `env`, or pvcheck's without the secrets it holds."""
     proc = subprocess.Popen(
         argv,
+        cwd=cwd,
         env=env if env is not None else child_env(),
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,

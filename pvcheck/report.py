@@ -27,6 +27,26 @@ from pvcheck.records import (
 
 
 @dataclass
+class DocsOutcome:
+    """What the protocol did with machine-docs when the run or review wrote its evidence."""
+
+    vetoes: list[str] = field(default_factory=list)  # each standing VETO, quoted
+    withdrawn: str | None = None  # why `## DONE` was withdrawn now
+    committed: str | None = None  # the docs commit, or why it was not made (None: not asked)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"VETO ({v}): `pvcheck done` is blocked until it is removed by hand"
+            for v in self.vetoes
+        ]
+        if self.withdrawn:
+            out.append(f"## DONE withdrawn: {self.withdrawn}")
+        if self.committed:
+            out.append(f"docs commit: {self.committed}")
+        return out
+
+
+@dataclass
 class Report:
     run_id: str
     target: str
@@ -41,7 +61,9 @@ class Report:
     logs: LogScan | None = None  # the window before the run (logs.window_h)
     run_logs: LogScan | None = None  # the run's own window (logs.fresh-run)
     allocator: AllocatorResult | None = None  # None: the reproduction did not run
+    deploy_stacks: list[str] = field(default_factory=list)  # the stacks the deploy proof used
     evidence: dict[str, str] = field(default_factory=dict)
+    docs: DocsOutcome = field(default_factory=DocsOutcome)
 
     def add(self, checks: list[Check]) -> list[Check]:
         self.checks += checks
@@ -93,6 +115,8 @@ class Report:
             "evidence": self.evidence,
             "target_via": self.target_via,
             "run_logs": self.run_logs.__dict__ if self.run_logs else None,
+            "deploy": {"stacks": self.deploy_stacks},
+            "docs": self.docs.__dict__,
             **({"allocator": self.allocator.as_dict()} if self.allocator else {}),
         }
 

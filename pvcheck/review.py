@@ -13,9 +13,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pvcheck.allocator import FIGURES
 from pvcheck.errors import StateFileError
-from pvcheck.facts import HostFacts
+from pvcheck.facts import HostFacts, NetworkFacts
 from pvcheck.records import GATES, Check, Gate, Status, format_ts, parse_ts
+from pvcheck.report import DocsOutcome
 from pvcheck.safeio import read_capped
 from pvcheck.statefiles import section_body
 
@@ -133,7 +135,8 @@ def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, Verdict]
             gate, result, when = match.groups()
             at, current = checked_ts(when, path, no), None
             latest = out.get(gate)
-            if latest is None or (at and (latest.at is None or at > latest.at)):
+            # Entries are appended in order: of two in the same second, the later one wins.
+            if latest is None or (at and (latest.at is None or at >= latest.at)):
                 out[gate], current = Verdict(result, at), gate
             continue
         reviewed = _REVIEWED.match(line)
@@ -156,12 +159,20 @@ class Finding:
 
 @dataclass(frozen=True)
 class Recorded:
-    """The numbers a run recorded after it finished (its JSON report's `facts.after`)."""
+    """What a run recorded when it finished (its JSON report): the numbers a review
+    re-measures, never the Markdown."""
 
     run_id: str
     network: dict[str, str]  # fact -> value, as STATUS's evidence table names them
     services: dict[str, str]  # control-plane service -> "running/desired"
     used: int | None
+    # Addresses per service on the network after the run; None in a report from before
+    # pvcheck recorded them (the review then compares the total only).
+    per_service: dict[str, int] | None = None
+    containers: int = 0
+    deploy_stacks: list[str] = field(default_factory=list)
+    allocator: dict[str, int] | None = None  # allocator.FIGURES
+    run_logs: tuple[str, str] | None = None  # the run's own log window (since, until)
 
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -173,7 +184,15 @@ _NETWORK_FACTS = {
     "LB endpoints": "lb_endpoints",
     "other containers": "containers",
 }
-_M1_FACTS = {"subnet", "capacity"}  # the network's shape; endpoint counts are M2's
+_M1_FACTS = {"subnet", "capacity"}  # the network's shape; endpoint counts are attributed
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _ints(value: Any) -> dict[str, int]:
+    return {str(k): v for k, v in _obj(value).items() if isinstance(v, int)}
 
 
 def recorded_from_json(doc: Any, path: str) -> Recorded:
@@ -181,12 +200,8 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
     naming the field."""
     if not isinstance(doc, dict) or not isinstance(doc.get("run_id"), str):
         raise StateFileError(path, "not a pvcheck run report (no run_id)")
-
-    def obj(value: Any) -> dict[str, Any]:
-        return value if isinstance(value, dict) else {}
-
-    after = obj(obj(doc.get("facts")).get("after"))
-    net = obj(after.get("network"))
+    after = _obj(_obj(doc.get("facts")).get("after"))
+    net = _obj(after.get("network"))
     network = {fact: str(net[key]) for fact, key in _NETWORK_FACTS.items() if key in net}
     listed = after.get("services")
     listed = listed if isinstance(listed, list) else []
@@ -196,7 +211,23 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
         if isinstance(s, dict) and "name" in s
     }
     used = net.get("used")
-    return Recorded(doc["run_id"], network, services, used if isinstance(used, int) else None)
+    stacks = _obj(doc.get("deploy")).get("stacks")
+    alloc = doc.get("allocator")
+    logs = _obj(doc.get("run_logs"))
+    since, until = logs.get("since"), logs.get("until")
+    return Recorded(
+        doc["run_id"],
+        network,
+        services,
+        used if isinstance(used, int) else None,
+        _ints(net["per_service"]) if isinstance(net.get("per_service"), dict) else None,
+        net["containers"] if isinstance(net.get("containers"), int) else 0,
+        [str(s) for s in stacks] if isinstance(stacks, list) else [],
+        {k: v for k in FIGURES if isinstance(v := _obj(alloc).get(k), int)}
+        if isinstance(alloc, dict)
+        else None,
+        (since, until) if isinstance(since, str) and isinstance(until, str) else None,
+    )
 
 
 def read_recorded(path: Path) -> Recorded | None:
@@ -211,57 +242,156 @@ def read_recorded(path: Path) -> Recorded | None:
     return recorded_from_json(doc, str(path))
 
 
-def compare_evidence(recorded: Recorded, live: HostFacts) -> list[Finding]:
-    """Pure: every number of the run's report that the host does not show now."""
+@dataclass(frozen=True)
+class Endpoints:
+    """The network's endpoints now versus after the run, attributed per service as the
+    allocator does: pvcheck's own, other services' churn, and what nothing explains."""
+
+    recorded: int
+    now: int
+    ours: dict[str, int]  # pvcheck's services (a run label, the deploy proof's stacks) now
+    churn: dict[str, int]  # other services' change since the run, by name (new ones too)
+    containers: int  # change of plain containers (`docker run --network`)
+    unexplained: int
+
+    def churn_lines(self) -> list[str]:
+        lines = [f"service {name}: {n:+d} endpoint(s)" for name, n in self.churn.items() if n]
+        if self.containers:
+            lines.append(f"plain containers: {self.containers:+d}")
+        return lines
+
+
+def attribute_endpoints(
+    recorded: Recorded, live: NetworkFacts, ours: set[str], stacks: list[str]
+) -> Endpoints | None:
+    """Pure: split the change since the run; None when the report has no per-service figures."""
+    if recorded.per_service is None or recorded.used is None:
+        return None
+    prefixes = tuple(f"{s}_" for s in stacks)
+
+    def is_ours(name: str) -> bool:
+        return name in ours or (bool(prefixes) and name.startswith(prefixes))
+
+    before, now = recorded.per_service, live.per_service
+    names = sorted(set(before) | set(now))
+    change = {n: now.get(n, 0) - before.get(n, 0) for n in names}
+    mine = {n: now[n] for n in names if is_ours(n) and now.get(n)}
+    churn = {n: d for n, d in change.items() if d and not is_ours(n)}
+    containers = live.containers - recorded.containers
+    explained = sum(change.values()) + containers
+    unexplained = live.used - recorded.used - explained
+    return Endpoints(recorded.used, live.used, mine, churn, containers, unexplained)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    findings: list[Finding]
+    churn: list[str]  # reported, never failing a gate
+
+
+def compare_evidence(
+    recorded: Recorded, live: HostFacts, ours: set[str] | None = None
+) -> Comparison:
+    """Pure: the run's report against the host now. The network's shape and the control
+    plane must be as recorded (M1); endpoints are attributed: pvcheck's own or unexplained
+    ones fail M2, other services' churn since the run is only reported."""
     net = live.network
     if net is None:
-        return [
-            Finding(
-                "report:network",
-                Gate.M1,
-                "the network recorded by the run is gone",
-                "docker network ls",
-            )
-        ]
-    now_network = {
-        "subnet": net.subnet,
-        "capacity": str(net.capacity),
-        "service VIPs": str(net.vips),
-        "task IPs": str(net.task_ips),
-        "LB endpoints": str(net.lb_endpoints),
-        "other containers": str(net.containers),
-    }
+        return Comparison(
+            [
+                Finding(
+                    "report:network",
+                    Gate.M1,
+                    "the network recorded by the run is gone",
+                    "docker network ls",
+                )
+            ],
+            [],
+        )
+    now_network = {"subnet": net.subnet, "capacity": str(net.capacity)}
     now_services = {s.name: f"{s.running}/{s.desired}" for s in live.services}
-    findings = []
     differing = [
-        (fact, Gate.M1 if fact in _M1_FACTS else Gate.M2, said, now_network[fact])
+        (fact, said, now_network[fact])
         for fact, said in recorded.network.items()
-        if said != now_network[fact]
+        if fact in _M1_FACTS and said != now_network[fact]
     ]
     differing += [
-        (name, Gate.M1, said, now_services[name])
+        (name, said, now_services[name])
         for name, said in recorded.services.items()
         if name in now_services and said != now_services[name]
     ]
-    for fact, gate, said, now in differing:
-        findings.append(
-            Finding(
-                f"report:{fact}",
-                gate,
-                f"the run's report says {fact} = {said}, the host shows {now}",
-                f"docker network inspect --verbose {net.name}  # {fact}: expected {said}",
-            )
+    findings = [
+        Finding(
+            f"report:{fact}",
+            Gate.M1,
+            f"the run's report says {fact} = {said}, the host shows {now}",
+            f"docker network inspect --verbose {net.name}  # {fact}: expected {said}",
         )
-    if recorded.used is not None and net.used > recorded.used:
+        for fact, said, now in differing
+    ]
+    inspect = f"docker network inspect --verbose {net.name}"
+    split = attribute_endpoints(recorded, net, ours or set(), recorded.deploy_stacks)
+    if split is None:  # an older report: the total is all there is to compare
+        if recorded.used is not None and net.used > recorded.used:
+            findings.append(
+                Finding(
+                    "leak:endpoints",
+                    Gate.M2,
+                    f"{net.used} endpoints on {net.name} now, above the run's recorded "
+                    f"{recorded.used}",
+                    inspect,
+                )
+            )
+        return Comparison(findings, [])
+    findings += [
+        Finding(
+            f"leak:ours:{name}",
+            Gate.M2,
+            f"{n} endpoint(s) on {net.name} still held by pvcheck's {name}",
+            f"{inspect}  # service {name}",
+        )
+        for name, n in split.ours.items()
+    ]
+    if split.unexplained > 0:
+        churn = f"; churn {sum(split.churn.values()) + split.containers:+d}" if split.churn else ""
         findings.append(
             Finding(
-                "leak:endpoints",
+                "leak:unexplained",
                 Gate.M2,
-                f"{net.used} endpoints on {net.name} now, above the run's recorded {recorded.used}",
-                f"docker network inspect --verbose {net.name}",
+                f"{split.unexplained} endpoint(s) on {net.name} that no service accounts for "
+                f"(after the run {split.recorded}, now {split.now}{churn})",
+                inspect,
             )
         )
-    return findings
+    return Comparison(findings, split.churn_lines())
+
+
+def compare_allocator(recorded: Recorded, history: list[dict[str, Any]]) -> list[Finding]:
+    """Pure: the allocator figures of the run's report against its history record (written
+    by the same run, read back independently): a figure edited in one is a finding."""
+    if recorded.allocator is None:
+        return []
+    record = next((r for r in reversed(history) if r.get("run_id") == recorded.run_id), None)
+    kept = _ints(record.get("allocator")) if record else {}
+    if not kept:
+        return [
+            Finding(
+                "report:allocator",
+                Gate.M2,
+                f"no allocator figures for run {recorded.run_id} in the history record",
+                "tail -n 5 HISTORY file  # the run's record",
+            )
+        ]
+    return [
+        Finding(
+            f"report:allocator.{key}",
+            Gate.M2,
+            f"the run's report says allocator {key} = {said}, its history record {kept.get(key)}",
+            "compare REPORT json .allocator with the HISTORY record of the run",
+        )
+        for key, said in recorded.allocator.items()
+        if kept.get(key) != said
+    ]
 
 
 @dataclass(frozen=True)
@@ -275,12 +405,14 @@ def done_rule(
     verdicts: dict[str, Verdict],
     now: datetime,
     freshness: timedelta,
+    follows: str = "latest",
 ) -> DoneDecision:
     """Pure: every gate needs a PASS of its latest claim, within the freshness window.
 
     A verdict from `pvcheck review` names the claim's run it verified, which settles "newer
     than the claim" even when both fall in the same second. A verdict without that line (one
-    written by hand) must carry a timestamp strictly after the claim's.
+    written by hand) must carry a timestamp strictly after the claim's. With `follows =
+    "first"` a fresh PASS of an earlier claim still counts while the gate stays claimed.
     """
     problems = []
     for gate in GATES:
@@ -295,6 +427,8 @@ def done_rule(
         at = verdict.at
         if verdict.result != "PASS" or at is None:
             problems.append(f"{gate}: the latest review is {verdict.result}")
+        elif follows == "first" and now - at <= freshness:
+            continue
         elif verdict.reviewed_run is not None and verdict.reviewed_run != claim.run_id:
             problems.append(
                 f"{gate}: the PASS reviewed run {verdict.reviewed_run}, "
@@ -399,6 +533,8 @@ class ReviewResult:
     findings: list[Finding] = field(default_factory=list)
     verdicts: dict[str, str] = field(default_factory=dict)
     evidence: dict[str, str] = field(default_factory=dict)
+    churn: list[str] = field(default_factory=list)  # others' change since the claim
+    docs: DocsOutcome = field(default_factory=DocsOutcome)
 
     @property
     def verdict(self) -> str:
@@ -433,7 +569,9 @@ class ReviewResult:
             },
             "checks": [c.as_dict() for c in self.checks],
             "findings": [f.__dict__ for f in self.findings],
+            "churn": self.churn,
             "evidence": self.evidence,
+            "docs": self.docs.__dict__,
         }
 
 

@@ -29,6 +29,7 @@ class DocsPaths:
 
     folder: Path
     phase: str
+    review_max_bytes: int = 256 * 1024  # REVIEW's roll-over bound (docs.review_max_kb)
 
     def _file(self, kind: str, suffix: str = "md") -> Path:
         return self.folder / f"{kind}-{self.phase}.{suffix}"
@@ -50,6 +51,11 @@ class DocsPaths:
         return self._file("REVIEW")
 
     @property
+    def review_archive(self) -> Path:
+        """Older REVIEW entries, moved here when REVIEW outgrows its bound; only appended to."""
+        return self.folder / f"REVIEW-{self.phase}.archive.md"
+
+    @property
     def history(self) -> Path:
         return self._file("HISTORY", "jsonl")
 
@@ -64,6 +70,29 @@ class DocsPaths:
 
     def precondition_status(self, phase: str) -> Path:
         return self.folder / f"STATUS-{phase}.md"
+
+    @property
+    def owned(self) -> list[Path]:
+        """Every file pvcheck writes here: what a docs commit may contain, and nothing else."""
+        return [
+            self.status,
+            self.backlog,
+            self.journal,
+            self.review,
+            self.review_archive,
+            self.history,
+            self.trend,
+            self.report,
+        ]
+
+
+def repo_root(folder: Path) -> Path | None:
+    """The git work tree the docs folder lies in (the nearest parent holding `.git`), or None.
+    Read from the file system only: no git runs to draw a claim's HOW commands."""
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate / ".git"):
+            return candidate
+    return None
 
 
 _MARKER = re.compile(r"^<!-- pvcheck:(begin|end) ([A-Za-z0-9_.-]+) -->$")

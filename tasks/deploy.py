@@ -32,7 +32,9 @@ def wait_for_quiet_host(seams: Seams, settings: deploy.Settings) -> Check:
 
 
 @task(name="deploy-proof", cache_policy=NO_CACHE)
-def deploy_proof(seams: Seams, settings: deploy.Settings) -> list[Check]:
+def deploy_proof(seams: Seams, settings: deploy.Settings) -> tuple[list[Check], list[str]]:
+    """The deploy stage's checks, and the stacks the app really used (the review checks
+    they stay gone)."""
     log = get_run_logger()
     d = settings.deploy
     log.info("deploy proof: driver %s, recipe %s, network %s", d.driver, d.recipe, settings.network)
@@ -50,4 +52,4 @@ def deploy_proof(seams: Seams, settings: deploy.Settings) -> list[Check]:
         settings.network,
         checks[-1].found,
     )
-    return checks
+    return checks, outcome.stacks

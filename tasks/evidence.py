@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck.config import Config
-from pvcheck.evidence import render, write_evidence
+from pvcheck.evidence import Written, render, write_evidence
 from pvcheck.history import read_history
 from pvcheck.masking import redact
 from pvcheck.report import Report
@@ -19,11 +19,14 @@ ARTIFACT_KEYS = ("pvcheck-verdict", "pvcheck-network-facts", "pvcheck-allocator"
 
 
 @task(name="write-evidence", cache_policy=NO_CACHE)
-def write_evidence_files(report: Report, cfg: Config) -> dict[str, str]:
-    paths = write_evidence(report, cfg)
-    for kind, path in paths.items():
-        get_run_logger().info("wrote %s: %s", kind, path)
-    return paths
+def write_evidence_files(report: Report, cfg: Config) -> Written:
+    written = write_evidence(report, cfg)
+    log = get_run_logger()
+    for kind, path in written.paths.items():
+        log.info("wrote %s: %s", kind, path)
+    for line in written.docs.lines():
+        log.warning("%s", line)
+    return written
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)

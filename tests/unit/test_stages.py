@@ -388,9 +388,10 @@ def test_deploy_judge_reports_a_driver_error_and_nothing_to_watch_as_errors() ->
 def test_deploy_task_drives_the_deploy_and_checks_its_teardown() -> None:
     driver = FakeDriver(outcome())
     seams = fake_seams(FakeSwarm(inspect=network_inspect()), driver=driver)
-    checks = run_task(deploy_proof, seams, DEPLOY)
+    checks, stacks = run_task(deploy_proof, seams, DEPLOY)
     assert statuses(checks) == deploy_checks(PASS)
     assert driver.runs == 1
+    assert stacks == outcome().stacks and stacks
     assert checks[-1].found.startswith("0 objects left; endpoints 2: 0 still the app's")
     assert all(c.duration_s > 0 for c in checks)
 
@@ -400,7 +401,7 @@ def test_deploy_task_fails_the_teardown_of_a_stack_left_behind() -> None:
     swarm = FakeSwarm(inspect=network_inspect(traefik_app=1, app1_app=1), services=[left])
     seams = fake_seams(swarm, driver=FakeDriver(outcome()))
     settings = dataclasses.replace(DEPLOY, settle_timeout_s=0.1)
-    check = run_task(deploy_proof, seams, settings)[-1]
+    check = run_task(deploy_proof, seams, settings)[0][-1]
     assert (check.id, check.status) == ("deploy.teardown", FAIL)
     assert check.found.startswith(
         "1 objects left (service app1_app); endpoints 4: 2 still the app's"
