@@ -105,6 +105,8 @@ def print_verdict(report: Report) -> None:
         print(f"  stage {stage}: {outcome}")
     for kind, path in report.evidence.items():
         print(f"  evidence {kind}: {path}")
+    for line in report.docs.lines():
+        print(f"  {line}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -163,8 +165,12 @@ def cmd_review(args: argparse.Namespace) -> int:
         print(f"  gate {gate} {verdict:<4} (claim: {claim.state}, run {claim.run_id or '-'})")
     for finding in result.findings:
         print(f"    finding [{finding.gate}] {finding.title}")
+    for line in result.churn:
+        print(f"    churn since the claim (not pvcheck's): {line}")
     for kind, path in result.evidence.items():
         print(f"  evidence {kind}: {path}")
+    for line in result.docs.lines():
+        print(f"  {line}")
     return EXIT_PASS if result.verdict == "pass" else EXIT_GATE_FAILED
 
 
@@ -172,14 +178,18 @@ def cmd_done(args: argparse.Namespace) -> int:
     from pvcheck.done import write_done
 
     cfg = load_config(args.config)
-    decision = write_done(cfg)
-    if decision.ok:
+    done = write_done(cfg)
+    if done.ok:
         print(f"## DONE written to {cfg.docs.paths.status}")
-        return EXIT_PASS
-    print("not done; nothing written:")
-    for problem in decision.problems:
-        print(f"  {problem}")
-    return EXIT_GATE_FAILED
+    else:
+        print("not done:")
+        for problem in done.problems:
+            print(f"  {problem}")
+        if done.withdrawn:
+            print(f"  ## DONE withdrawn from {cfg.docs.paths.status} (JOURNAL says why)")
+    if done.committed:
+        print(f"  docs commit: {done.committed}")
+    return EXIT_PASS if done.ok else EXIT_GATE_FAILED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
