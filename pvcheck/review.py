@@ -74,7 +74,7 @@ def parse_gate(body: str, gate: Gate, path: str = "STATUS", full_text: str = "")
     state, claimed_at, run_id = ClaimState.NONE, None, None
     commands: list[str] = []
     expected: list[str] = []
-    in_how = in_expected = False
+    in_how = in_expected = fenced = False
     for line in body.splitlines():
         head = _GATE_HEADER.match(line)
         if head:
@@ -92,8 +92,11 @@ def parse_gate(body: str, gate: Gate, path: str = "STATUS", full_text: str = "")
             run_id = claimed.group(2)
         if line.startswith("### "):
             in_how, in_expected = line.startswith("### HOW"), line.startswith("### EXPECTED")
+            fenced = False
             continue
-        if in_how and line and not line.startswith("```"):
+        if in_how and line.startswith("```"):
+            fenced = not fenced
+        elif in_how and fenced and line:  # the commands are the fenced block's lines
             commands.append(line)
         if in_expected:
             row = re.match(r"^\| (\d+) \| (.*) \|$", line)

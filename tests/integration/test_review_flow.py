@@ -48,10 +48,10 @@ def test_run_review_done_on_a_healthy_lab_keeps_notes(lab: Config, tmp_path: Pat
     assert result["gates"]["M1"]["status"] == "pass" and result["gates"]["M2"]["status"] == "pass"
     review_text = (docs / "REVIEW-pvcheck.md").read_text()
     assert re.search(
-        r"^## M1 — Control plane and routing verified: \*\*PASS\*\* @ \S+Z$", review_text, re.M
+        r"^## M1 — Control plane and routing verified: \*\*PASS\*\* @\S+Z$", review_text, re.M
     )
     assert re.search(
-        r"^## M2 — Real CI and allocator proof verified: \*\*PASS\*\* @ \S+Z$", review_text, re.M
+        r"^## M2 — Real CI and allocator proof verified: \*\*PASS\*\* @\S+Z$", review_text, re.M
     )
     status = (docs / "STATUS-pvcheck.md").read_text()
     assert "## Gate: M1 — PASS @" in status and "## Gate: M2 — PASS @" in status
@@ -59,9 +59,15 @@ def test_run_review_done_on_a_healthy_lab_keeps_notes(lab: Config, tmp_path: Pat
     for name, text in notes.items():
         assert text in (docs / f"{name}-pvcheck.md").read_text()
     assert has_done((docs / "STATUS-pvcheck.md").read_text())
-    # A newer claim makes the PASS stale: done refuses until the next review.
+    # A newer claim withdraws DONE (docs.done_follows = "latest") until the next review.
     assert run(config, tmp_path)[0] == 0
+    assert not has_done((docs / "STATUS-pvcheck.md").read_text())
+    assert (
+        "awaits review" in (docs / "JOURNAL-pvcheck.md").read_text().split("DONE withdrawn @")[-1]
+    )
     assert main(["done", "--config", str(config)]) == 1
+    for name, text in notes.items():
+        assert text in (docs / f"{name}-pvcheck.md").read_text()
 
 
 def test_review_catches_leftover_edited_number_and_broken_route(
