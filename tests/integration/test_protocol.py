@@ -45,7 +45,7 @@ def on_proxy() -> Iterator[list[str]]:
     yield names
     for name in names:
         for service in client.services.list(filters={"name": name}):
-            service.remove()
+            service.remove()  # type: ignore[no-untyped-call]
 
 
 def start_on_proxy(names: list[str], name: str, labels: dict[str, str] | None = None) -> None:
@@ -135,7 +135,7 @@ def test_claim_review_done_withdraw_veto_as_commits(
     assert "pvc-planted_app" in withdrawn
 
     # A VETO blocks done, though the review passes again once the leftover is gone.
-    docker.from_env().services.get("pvc-planted_app").remove()
+    docker.from_env().services.get("pvc-planted_app").remove()  # type: ignore[no-untyped-call]
     on_proxy.remove("pvc-planted_app")
     with review_md.open("a") as fh:
         fh.write("\n## VETO\n\nNot until the dashboard's backups are checked by hand.\n")
