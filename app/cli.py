@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import builtins
+import functools
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
+from pvcheck import __version__
 from pvcheck.api import ensure_prefect_api
 from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.errors import (
@@ -23,12 +27,13 @@ from pvcheck.errors import (
 )
 from pvcheck.masking import masked_output
 from pvcheck.pinned import pin
-from pvcheck.records import Status, Verdict
+from pvcheck.records import Status, Verdict, parse_ts
 from pvcheck.report import Report
 from pvcheck.routes import RouteObservation, answered
 from pvcheck.safeio import atomic_write
 
 DEFAULT_LAB_CONFIG = LAB_CONFIG
+CONFIG_HELP = f"the config to use (the built-in lab's: {LAB_CONFIG})"
 # `pvcheck lab up --profile NAME`: which lab to build. cc-ci: a twin of the real host, whose
 # config is the shipped deployments/cc-ci.toml with only locations changed.
 LAB_PROFILES = {"default": LAB_CONFIG, "cc-ci": LAB_CONFIG.parent / "cc-ci-twin.toml"}
@@ -89,8 +94,19 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_PASS if ok and rows else 1
 
 
-def print_verdict(report: Report) -> None:
+def count_line(report: Report) -> str:
+    """`35 checks: 34 pass, 1 skip, 17.2 s` — what a terminal reader looks for first."""
+    counts = Counter(str(c.status) for c in report.checks)
+    parts = ", ".join(f"{counts[s]} {s}" for s in ("pass", "fail", "error", "skip") if counts[s])
+    start, end = parse_ts(report.started_at), parse_ts(report.finished_at)
+    took = f", {(end - start).total_seconds():.1f} s" if start and end else ""
+    return f"{len(report.checks)} checks: {parts or 'none'}{took}"
+
+
+def print_verdict(report: Report, out: TextIO | None = None) -> None:
+    print = functools.partial(builtins.print, file=out or sys.stdout)
     print(f"pvcheck {report.verdict.upper()}  run {report.run_id}  target {report.target}")
+    print(f"  {count_line(report)}")
     if report.incomplete_reason:
         print(f"  incomplete: {report.incomplete_reason}")
     for gate in report.gates:
@@ -127,10 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = _flow_result(state, Report)
     for kind, path in (("json", args.json), ("junit", args.junit)):
         if path:
-            report.evidence[kind] = path
+            report.evidence[kind] = "(stdout)" if path == "-" else path
     _write_report(args.json, report.to_json())
     _write_report(args.junit, report.to_junit())
-    print_verdict(report)
+    # With a report on stdout, the verdict for people goes to stderr: stdout stays parseable.
+    print_verdict(report, sys.stderr if "-" in (args.json, args.junit) else sys.stdout)
     return VERDICT_EXIT[report.verdict]
 
 
@@ -145,7 +162,10 @@ def _flow_result(state: Any, kind: type[T]) -> T:
 
 
 def _write_report(path: str | None, text: str) -> None:
-    if path:
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    elif path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(path), text)
 
@@ -159,6 +179,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     state = review(ReviewParameters(config=name), return_state=True)
     result = _flow_result(state, ReviewResult)
     _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")
+    # With the JSON on stdout, the text for people goes to stderr.
+    print = functools.partial(builtins.print, file=sys.stderr if args.json == "-" else sys.stdout)
     print(f"pvcheck review {result.verdict.upper()}  {result.review_id}")
     for gate, verdict in result.verdicts.items():
         claim = result.claims[gate]
@@ -193,7 +215,7 @@ def cmd_done(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    configs = pin([args.config])  # the served deployments may run these configs only
+    configs = pin(args.config)  # the served deployments may run these configs only
     from flows.serving import serve_all
 
     serve_all(configs, args.cron, args.timezone)
@@ -202,8 +224,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pvcheck", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pvcheck {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every docker call")
+    # The same flag after the subcommand (`pvcheck run -v`); SUPPRESS keeps the one before.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     config = sub.add_parser("config", help="validate a config file")
     config_sub = config.add_subparsers(dest="action", required=True)
@@ -215,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     run = sub.add_parser("run", help="run the verification flow and print the verdict")
-    run.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
-    run.add_argument("--json", help="write the JSON report here")
-    run.add_argument("--junit", help="write a JUnit XML report here")
+    run.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    run.add_argument("--json", metavar="FILE", help="write the JSON report here (- for stdout)")
+    run.add_argument("--junit", metavar="FILE", help="write JUnit XML here (- for stdout)")
     run.add_argument(
         "--canary",
         action="store_true",
@@ -232,16 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     rev = sub.add_parser("review", help="the independent review run (the Adversary)")
-    rev.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
-    rev.add_argument("--json", help="write the JSON review here")
+    rev.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    rev.add_argument("--json", metavar="FILE", help="write the JSON review here (- for stdout)")
     rev.set_defaults(func=cmd_review)
 
     done = sub.add_parser("done", help="write ## DONE when every gate has a fresh review PASS")
-    done.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    done.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     done.set_defaults(func=cmd_done)
 
     srv = sub.add_parser("serve", help="serve the Prefect deployments (starts a server if none)")
-    srv.add_argument("--config", default=str(DEFAULT_LAB_CONFIG))
+    srv.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help=CONFIG_HELP + "; repeat it to serve a fleet (one set of deployments per target)",
+    )
     srv.add_argument(
         "--cron",
         default="17 1 * * *",

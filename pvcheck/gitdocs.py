@@ -87,7 +87,8 @@ def commit_docs(docs: DocsConfig, message: str) -> Committed | None:
     unsafe = unsafe_git_dir(git_dir)
     if unsafe:
         return Committed(False, unsafe)
-    ours = [str(p.relative_to(top)) for p in docs.paths.owned if p.exists()]
+    # git names the work tree by its real path; the docs folder may be reached by a link.
+    ours = [str(p.resolve().relative_to(top)) for p in docs.paths.owned if p.exists()]
     staged = _git(top, env, "diff", "--cached", "--name-only", "-z")
     if staged.rc != 0:
         return Committed(False, f"git diff --cached: {_said(staged)}")
@@ -101,6 +102,8 @@ def commit_docs(docs: DocsConfig, message: str) -> Committed | None:
                 return Committed(True, "nothing to commit")
         done = _git(top, env, *step)
         if done.rc != 0:
+            # Unstaged again: a person's next `git commit` must not take them unknowingly.
+            _git(top, env, "reset", "-q", "--", *ours)
             return Committed(False, f"git {step[0]} refused: {_said(done)}")
     head = _git(top, env, "log", "-1", "--format=%h %s")
     detail = head.stdout.decode("utf-8", errors="replace").strip()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pvcheck.statefiles import outside_fences, replace_section, sections
+from pvcheck.statefiles import FENCE as _FENCE
+from pvcheck.statefiles import replace_section, sections
 
 DONE_SECTION = "done"
 _VETO = re.compile(r"^## VETO\b")
@@ -30,29 +31,40 @@ class Veto:
         return f"{self.path} line {self.line}: {self.text or '(no reason given)'}"
 
 
-def _owned_lines(text: str, path: str) -> set[int]:
-    """Line numbers inside pvcheck's own sections (their markers included)."""
-    owned: set[int] = set()
-    for start, end in sections(text, path).values():
-        first = text.count("\n", 0, start) + 1
-        owned.update(range(first, first + text[start:end].count("\n")))
-    return owned
+def person_lines(text: str, path: str) -> list[tuple[int, str | None]]:
+    """(line number, line) of what a person wrote: outside pvcheck's sections and outside
+    code blocks; a line inside pvcheck's sections is (number, None), a boundary. Lines are
+    numbered as str.splitlines() splits them (the way sections() reads the file), and code
+    fences are tracked in a person's text only, so nothing rendered from a host can open or
+    close one."""
+    spans = sorted(sections(text, path).values())
+    out: list[tuple[int, str | None]] = []
+    offset, fenced = 0, False
+    for no, raw in enumerate(text.splitlines(keepends=True), 1):
+        owned = any(start <= offset < end for start, end in spans)
+        offset += len(raw)
+        line = raw.rstrip("\r\n")
+        if owned:
+            out.append((no, None))
+        elif _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced:
+            out.append((no, line))
+    return out
 
 
 def find_veto(text: str | None, path: str) -> Veto | None:
-    """The first `## VETO` heading written by a person (outside code blocks and outside
-    pvcheck's sections, so nothing pvcheck renders from a host can raise one), with its text
-    up to the next heading, folded onto one line."""
+    """The first `## VETO` heading a person wrote (outside code blocks and outside pvcheck's
+    sections), with its text up to the next heading or pvcheck section, on one line."""
     if not text:
         return None
-    owned = _owned_lines(text, path)
-    lines = [(no, line) for no, line in outside_fences(text) if no not in owned]
+    lines = person_lines(text, path)
     for i, (no, line) in enumerate(lines):
-        if not _VETO.match(line):
+        if line is None or not _VETO.match(line):
             continue
         body = [line.removeprefix("## VETO").strip(" :—-")]
         for _, following in lines[i + 1 :]:
-            if _HEADING.match(following):
+            if following is None or _HEADING.match(following):
                 break
             body.append(following.strip())
         said = " ".join(b for b in body if b)
@@ -89,10 +101,7 @@ def stray_done_lines(text: str | None, path: str) -> list[int]:
     them, but says so when it withdraws its own."""
     if not text:
         return []
-    owned = _owned_lines(text, path)
-    return [
-        no for no, line in outside_fences(text) if line.rstrip() == "## DONE" and no not in owned
-    ]
+    return [no for no, line in person_lines(text, path) if (line or "").rstrip() == "## DONE"]
 
 
 # REVIEW entries: one owned section per review and gate, appended in the order written.

@@ -19,7 +19,7 @@ from pvcheck.facts import HostFacts, NetworkFacts
 from pvcheck.records import GATES, Check, Gate, Status, format_ts, parse_ts
 from pvcheck.report import DocsOutcome
 from pvcheck.safeio import read_capped
-from pvcheck.statefiles import section_body
+from pvcheck.statefiles import outside_fences, section_body
 
 _GATE_HEADER = re.compile(
     r"^## Gate: (M\d+) — (CLAIMED, awaiting Adversary|PASS @(\S+)|NOT CLAIMED.*)$"
@@ -132,7 +132,7 @@ def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, Verdict]
     """Gate -> its verdict in REVIEW; the latest per gate wins."""
     out: dict[str, Verdict] = {}
     current: str | None = None  # the gate whose verdict the following lines belong to
-    for no, line in enumerate(review_text.splitlines(), 1):
+    for no, line in outside_fences(review_text):  # a fenced example is not a verdict
         match = _REVIEW.match(line)
         if match:
             gate, result, when = match.groups()
@@ -226,7 +226,7 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
         _ints(net["per_service"]) if isinstance(net.get("per_service"), dict) else None,
         net["containers"] if isinstance(net.get("containers"), int) else 0,
         [str(s) for s in stacks] if isinstance(stacks, list) else [],
-        {k: v for k in FIGURES if isinstance(v := _obj(alloc).get(k), int)}
+        {k: v for k, v in _ints(alloc).items() if k in FIGURES}
         if isinstance(alloc, dict)
         else None,
         (since, until) if isinstance(since, str) and isinstance(until, str) else None,
@@ -256,11 +256,14 @@ class Endpoints:
     churn: dict[str, int]  # other services' change since the run, by name (new ones too)
     containers: int  # change of plain containers (`docker run --network`)
     unexplained: int
+    lb: int = 0  # change of load-balancer endpoints (one per node with a task there)
 
     def churn_lines(self) -> list[str]:
         lines = [f"service {name}: {n:+d} endpoint(s)" for name, n in self.churn.items() if n]
         if self.containers:
             lines.append(f"plain containers: {self.containers:+d}")
+        if self.lb:
+            lines.append(f"load-balancer endpoints (nodes with a task there): {self.lb:+d}")
         return lines
 
 
@@ -281,9 +284,12 @@ def attribute_endpoints(
     mine = {n: now[n] for n in names if is_ours(n) and now.get(n)}
     churn = {n: d for n, d in change.items() if d and not is_ours(n)}
     containers = live.containers - recorded.containers
-    explained = sum(change.values()) + containers
+    # One load-balancer endpoint per node holding a task on the network: a node that joins
+    # (or gets its first task there) moves it; that is the swarm's shape, not a leak.
+    lb = live.lb_endpoints - int(recorded.network.get("LB endpoints", live.lb_endpoints))
+    explained = sum(change.values()) + containers + lb
     unexplained = live.used - recorded.used - explained
-    return Endpoints(recorded.used, live.used, mine, churn, containers, unexplained)
+    return Endpoints(recorded.used, live.used, mine, churn, containers, unexplained, lb)
 
 
 @dataclass(frozen=True)
@@ -319,9 +325,9 @@ def compare_evidence(
         if fact in _M1_FACTS and said != now_network[fact]
     ]
     differing += [
-        (name, said, now_services[name])
+        (name, said, now_services.get(name, "gone"))
         for name, said in recorded.services.items()
-        if name in now_services and said != now_services[name]
+        if said != now_services.get(name, "gone")
     ]
     findings = [
         Finding(
@@ -356,7 +362,8 @@ def compare_evidence(
         for name, n in split.ours.items()
     ]
     if split.unexplained > 0:
-        churn = f"; churn {sum(split.churn.values()) + split.containers:+d}" if split.churn else ""
+        moved = sum(split.churn.values()) + split.containers + split.lb
+        churn = f"; churn {moved:+d}" if moved else ""
         findings.append(
             Finding(
                 "leak:unexplained",
@@ -385,15 +392,17 @@ def compare_allocator(recorded: Recorded, history: list[dict[str, Any]]) -> list
                 "tail -n 5 HISTORY file  # the run's record",
             )
         ]
+    said = recorded.allocator
     return [
         Finding(
             f"report:allocator.{key}",
             Gate.M2,
-            f"the run's report says allocator {key} = {said}, its history record {kept.get(key)}",
+            f"the run's report says allocator {key} = {said.get(key, 'nothing')}, its history "
+            f"record {kept.get(key, 'nothing')}",
             "compare REPORT json .allocator with the HISTORY record of the run",
         )
-        for key, said in recorded.allocator.items()
-        if kept.get(key) != said
+        for key in FIGURES
+        if key not in said or kept.get(key) != said[key]
     ]
 
 

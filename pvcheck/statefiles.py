@@ -96,7 +96,7 @@ def repo_root(folder: Path) -> Path | None:
 
 
 _MARKER = re.compile(r"^<!-- pvcheck:(begin|end) ([A-Za-z0-9_.-]+) -->$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
+FENCE = re.compile(r"^\s*(```|~~~)")
 
 
 def read_state(path: Path) -> str | None:
@@ -129,7 +129,7 @@ def outside_fences(text: str) -> list[tuple[int, str]]:
     """(line number, line) of every line not inside a fenced code block."""
     out, fenced = [], False
     for no, line in enumerate(text.splitlines(), 1):
-        if _FENCE.match(line):
+        if FENCE.match(line):
             fenced = not fenced
             continue
         if not fenced:

@@ -169,13 +169,16 @@ def test_canary_with_a_target_override_exits_2_before_any_connection(
 ) -> None:
     from app.cli import main
     from pvcheck import hosts
+    from tests.helpers import LAB_CONFIG
 
     def no_connection(*args: object, **kwargs: object) -> None:
         raise AssertionError("a connection was attempted")
 
     monkeypatch.setattr(hosts, "host_for", no_connection)
     monkeypatch.setattr("pvcheck.swarm.Swarm.connect", no_connection)
-    rc = main(["run", "--target", "ssh://root@cc-ci.example:22", "--canary"])
+    rc = main(
+        ["run", "--config", str(LAB_CONFIG), "--target", "ssh://root@cc-ci.example:22", "--canary"]
+    )
     assert rc == 2
     assert "--canary: not with --target" in capsys.readouterr().err
 
