@@ -6,14 +6,13 @@ import argparse
 import builtins
 import functools
 import json
-import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from pvcheck import __version__
+from pvcheck import __version__, runlog
 from pvcheck.api import ensure_prefect_api
 from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.errors import (
@@ -308,10 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Prefect's console handler stays (task names on each line); pvcheck's module loggers
+    # go through the run's logger.
+    runlog.install(verbose=args.verbose)
     with masked_output():
         return _dispatch(args)
 
