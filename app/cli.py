@@ -32,6 +32,7 @@ from pvcheck.routes import RouteObservation, answered
 from pvcheck.safeio import atomic_write
 
 DEFAULT_LAB_CONFIG = LAB_CONFIG
+NIGHTLY = "17 1 * * *"  # flows.serving.NIGHTLY_CRON, without importing Prefect's flows here
 CONFIG_HELP = f"the config to use (the built-in lab's: {LAB_CONFIG})"
 # `pvcheck lab up --profile NAME`: which lab to build. cc-ci: a twin of the real host, whose
 # config is the shipped deployments/cc-ci.toml with only locations changed.
@@ -133,9 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(args.config, "--canary", "not with --target: the canary is lab-only")
     (name,) = pin([args.config])  # the flow runs this config and no other
     params = RunParameters(config=name, canary=args.canary, docker_host=args.target)
-    load_config(args.config, params.overrides())  # fail fast (exit 2) before the engine starts
+    cfg = load_config(args.config, params.overrides())  # fail fast (exit 2) before connecting
+    form = RunParameters.form(cfg) | {"canary": args.canary, "docker_host": args.target or ""}
     ensure_prefect_api()
-    state = verify(params, return_state=True)
+    state = verify(**form, return_state=True)
     if state.is_cancelled():
         print(f"pvcheck: {state.message}", file=sys.stderr)
         return EXIT_BUSY
@@ -171,11 +173,11 @@ def _write_report(path: str | None, text: str) -> None:
 
 def cmd_review(args: argparse.Namespace) -> int:
     (name,) = pin([args.config])
-    from flows.review import ReviewParameters, review
+    from flows.review import review
     from pvcheck.review import ReviewResult
 
     ensure_prefect_api()
-    state = review(ReviewParameters(config=name), return_state=True)
+    state = review(target=name, return_state=True)
     result = _flow_result(state, ReviewResult)
     _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")
     # With the JSON on stdout, the text for people goes to stderr.
@@ -218,6 +220,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serving import serve_all
 
     serve_all(configs, args.cron, args.timezone)
+    return EXIT_PASS
+
+
+def cmd_prefect_yaml(args: argparse.Namespace) -> int:
+    from flows.serving import prefect_yaml
+
+    configs = {c.target.name: c for c in map(load_config, args.config)}
+    if len(configs) != len(args.config):
+        raise ConfigError(args.config[-1], "target.name", "two configs name the same target")
+    sys.stdout.write(prefect_yaml(configs, args.cron, args.timezone, args.pool))
+    return EXIT_PASS
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    pin(args.config)  # the worker's flow runs may run these configs only
+    from flows.serving import start_worker
+
+    start_worker(args.pool)  # replaces this process
     return EXIT_PASS
 
 
@@ -283,11 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument(
         "--cron",
-        default="17 1 * * *",
+        default=NIGHTLY,
         help="nightly schedule (default 01:17, clear of the Saturday 03:00 UTC upgrade sweep)",
     )
     srv.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
     srv.set_defaults(func=cmd_serve)
+
+    yml = sub.add_parser(
+        "prefect-yaml", help="print prefect.yaml with the deployments serve would build"
+    )
+    yml.add_argument("--config", required=True, action="append", metavar="FILE", help=CONFIG_HELP)
+    yml.add_argument("--cron", default=NIGHTLY, help="nightly schedule (as for serve)")
+    yml.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
+    yml.add_argument("--pool", default="pvcheck", help="the process work pool's name")
+    yml.set_defaults(func=cmd_prefect_yaml)
+
+    wrk = sub.add_parser(
+        "worker", help="run `prefect worker start` for a process pool with the configs pinned"
+    )
+    wrk.add_argument("--config", required=True, action="append", metavar="FILE", help=CONFIG_HELP)
+    wrk.add_argument("--pool", default="pvcheck", help="the process work pool's name")
+    wrk.set_defaults(func=cmd_worker)
 
     labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")
     labp.add_argument("action", choices=["up", "down", "status"])

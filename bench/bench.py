@@ -145,11 +145,11 @@ def overhead(repeat: int, api_url: str, work: Path) -> dict[str, Figure]:
     from pvcheck.pinned import pin
 
     config = str(write_config(work))
-    (name,) = pin([config])
+    (cfg,) = pin([config]).values()
     engine, direct = Figure("engine", "s"), Figure("direct", "s")
     for _ in range(repeat):
         t0 = time.monotonic()
-        state = verify(RunParameters(config=name), return_state=True)
+        state = verify(**RunParameters.form(cfg), return_state=True)
         engine.values.append(time.monotonic() - t0)
         assert state.is_completed(), state
         t0 = time.monotonic()

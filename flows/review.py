@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 from prefect import State, flow, get_run_logger
 from prefect.states import Completed, Failed
-from pydantic import BaseModel, ConfigDict, Field
 
-from pvcheck import facts, guard, logscan, preconditions, routes
+from flows.params import TARGET, Host
+from pvcheck import facts, guard, logscan, preconditions, routes, runlog
 from pvcheck.claims import differing_commands, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.evidence import write_review
@@ -46,14 +46,6 @@ from tasks.logs import scan_docker_log
 from tasks.preconditions import check_preconditions
 from tasks.review import run_cold_commands
 from tasks.routes import check_routes
-
-
-class ReviewParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a stale or made-up field is an error
-
-    config: str = Field(
-        "", description="which served config, by its target name (empty: the first)", max_length=63
-    )
 
 
 def _how_finding(gate: Gate, odd: list[str]) -> list[Finding]:
@@ -177,9 +169,11 @@ def compare_with_report(
 
 
 @flow(name="pvcheck-review", log_prints=False)
-def review(params: ReviewParameters | None = None) -> State:
-    params = params or ReviewParameters()
-    cfg = load_config(pinned_path(params.config))
+def review(target: Host = TARGET) -> State:
+    """Re-verify the claimed gates from the live host and the run's JSON report (the
+    Adversary); append the verdicts to REVIEW; end Failed when a gate fails."""
+    runlog.install()
+    cfg = load_config(pinned_path(target))
     log = get_run_logger()
     paths = cfg.docs.paths
     claims = parse_claims(read_state(paths.status) or "", str(paths.status))

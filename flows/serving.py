@@ -4,6 +4,8 @@
 - `pvcheck-verify/nightly`: the same on a cron schedule (a quiet hour, in a time zone);
 - `pvcheck-review/review`: the independent review run;
 - `pvcheck-janitor/janitor`: reaps dead runs (the crash automation runs it).
+Serving several configs (a fleet) gives each host its own four, named `manual-<target>` …,
+with nightly schedules STAGGER_MIN minutes apart.
 Each has concurrency limit 1 with new runs cancelled on collision; runs of different
 deployments against one host are serialized by the host lock (a colliding run ends Cancelled).
 """
@@ -12,15 +14,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
-from pydantic import BaseModel
 
-from flows.janitor import JanitorParameters, janitor
-from flows.review import ReviewParameters, review
+from flows.janitor import janitor
+from flows.review import review
 from flows.verify import RunParameters, verify
 from pvcheck.api import (
     accepts_anonymous,
@@ -46,35 +49,176 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(
 )
 
 
+STAGGER_MIN = 20  # a fleet's hosts start their nightly checks this many minutes apart
+
+
+def stagger(cron: str, index: int) -> str:
+    """Pure: the cron moved `index` * STAGGER_MIN minutes later (carrying into the hour when
+    both fields are plain numbers; a cron with ranges or steps is kept as given)."""
+    fields = cron.split()
+    if index == 0 or len(fields) != 5 or not (fields[0].isdigit() and fields[1].isdigit()):
+        return cron
+    total = int(fields[1]) * 60 + int(fields[0]) + index * STAGGER_MIN
+    fields[0], fields[1] = str(total % 60), str((total // 60) % 24)
+    return " ".join(fields)
+
+
+def deployment_name(kind: str, target: str, fleet: bool) -> str:
+    """`manual` for one served host; `manual-<target>` for each host of a fleet."""
+    return f"{kind}-{target}" if fleet else kind
+
+
+def deployment_table(
+    configs: dict[str, Config], cron: str = NIGHTLY_CRON, timezone: str = "UTC"
+) -> list[dict[str, Any]]:
+    """Pure: every deployment `serve` builds (and prefect.yaml declares): flow, name,
+    parameters (the config's values; a target name, never a path), schedule, description."""
+    fleet = len(configs) > 1
+    table = []
+    for index, (name, cfg) in enumerate(configs.items()):
+        nightly = stagger(cron, index)
+        host = f"`{name}` ({cfg.target.docker_host})"
+        rows: list[tuple[Any, str, dict[str, Any], str | None, str]] = [
+            (
+                verify,
+                "manual",
+                RunParameters.form(cfg),
+                None,
+                f"Verify {host} now: control plane and routing (M1), a real recipe deploy "
+                "and the allocator reproduction (M2). The form's limits are pvcheck's hard "
+                "caps. One run per host at a time; a second one is cancelled.",
+            ),
+            (
+                verify,
+                "nightly",
+                RunParameters.form(cfg),
+                nightly,
+                f"Re-check {host} every night: cron `{nightly}` in time zone {timezone} "
+                "(clear of cc-ci's Saturday 03:00 UTC upgrade sweep; a run that meets a "
+                "sweep waits, then ends INCOMPLETE).",
+            ),
+            (
+                review,
+                "review",
+                {"target": name},
+                None,
+                f"Independent review of {host}'s claimed gates (the Adversary): re-measures "
+                "the host, writes REVIEW; `pvcheck done` reads it.",
+            ),
+            (
+                janitor,
+                "janitor",
+                {"target": name},
+                None,
+                f"Remove what killed or crashed pvcheck runs left on {host}, by their run "
+                "labels only.",
+            ),
+        ]
+        for flow, kind, parameters, schedule, description in rows:
+            table.append(
+                {
+                    "flow": flow,
+                    "name": deployment_name(kind, name, fleet),
+                    "parameters": parameters,
+                    "cron": schedule,
+                    "timezone": timezone,
+                    "description": description,
+                    "tags": ["pvcheck", f"host:{name}"],
+                }
+            )
+    return table
+
+
+ENTRYPOINTS = {
+    "pvcheck-verify": "flows/verify.py:verify",
+    "pvcheck-review": "flows/review.py:review",
+    "pvcheck-janitor": "flows/janitor.py:janitor",
+}
+WORK_POOL = "pvcheck"
+
+
+def prefect_yaml(
+    configs: dict[str, Config],
+    cron: str = NIGHTLY_CRON,
+    timezone: str = "UTC",
+    pool: str = WORK_POOL,
+) -> str:
+    """Pure: prefect.yaml declaring the deployments `serve` builds, for a process work pool
+    (`prefect deploy --all`, then `pvcheck worker`). Flow runs start in the checkout named by
+    PVCHECK_HOME in the worker's environment."""
+    deployments = []
+    for row in deployment_table(configs, cron, timezone):
+        entry: dict[str, Any] = {
+            "name": row["name"],
+            "entrypoint": ENTRYPOINTS[row["flow"].name],
+            "description": row["description"],
+            "tags": row["tags"],
+            "parameters": row["parameters"],
+            "work_pool": {"name": pool},
+            "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"},
+            "schedules": (
+                [{"cron": row["cron"], "timezone": row["timezone"], "active": True}]
+                if row["cron"]
+                else []
+            ),
+        }
+        deployments.append(entry)
+    doc = {
+        "name": "pvcheck",
+        "prefect-version": "3",
+        "build": None,
+        "push": None,
+        "pull": [
+            {
+                "prefect.deployments.steps.set_working_directory": {
+                    "directory": "{{ $PVCHECK_HOME }}"
+                }
+            }
+        ],
+        "deployments": deployments,
+    }
+    header = (
+        "# Generated by `pvcheck prefect-yaml`; a test keeps it equal to what `pvcheck serve`\n"
+        "# builds for the same configs. `prefect deploy --all`, then `pvcheck worker` (README).\n"
+    )
+    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+
+
 def build_deployments(
     configs: dict[str, Config], cron: str = NIGHTLY_CRON, timezone: str = "UTC"
 ) -> list[Any]:
-    """The deployments; their parameters name a pinned config, never a path."""
-    first = next(iter(configs))
-    nightly = {"schedule": Cron(cron, timezone=timezone)}
-    table: list[tuple[Any, str, type[BaseModel], dict[str, Any], str]] = [
-        (
-            verify,
-            "manual",
-            RunParameters,
-            {},
-            "Verify the host now (the form holds the capped knobs).",
-        ),
-        (verify, "nightly", RunParameters, nightly, "Nightly re-check."),
-        (review, "review", ReviewParameters, {}, "Independent review of the claimed gates."),
-        (janitor, "janitor", JanitorParameters, {}, "Reap what dead pvcheck runs left."),
-    ]
+    """The deployments `pvcheck serve` runs, one set per served config."""
     return [
-        flow.to_deployment(
-            name=name,
-            parameters={"params": params(config=first).model_dump()},
-            description=description,
+        row["flow"].to_deployment(
+            name=row["name"],
+            parameters=row["parameters"],
+            description=row["description"],
             concurrency_limit=ONE_AT_A_TIME,
-            tags=["pvcheck"],
-            **extra,
+            tags=row["tags"],
+            **({"schedule": Cron(row["cron"], timezone=row["timezone"])} if row["cron"] else {}),
         )
-        for flow, name, params, extra, description in table
+        for row in deployment_table(configs, cron, timezone)
     ]
+
+
+def require_guarded_api() -> str:
+    """PREFECT_API_URL, which must answer and refuse calls without credentials (a worker
+    runs whatever the API hands it, as root)."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        raise PvcheckError(
+            "set PREFECT_API_URL (and PREFECT_API_AUTH_STRING) to the Prefect server the "
+            "worker takes its runs from"
+        )
+    if not api_healthy(url):
+        raise PrefectUnavailable(f"PREFECT_API_URL={url} does not answer /health")
+    if accepts_anonymous(url):
+        raise PvcheckError(
+            f"the Prefect API at {url} accepts calls without credentials: any local user "
+            "could start runs as root. Set PREFECT_SERVER_API_AUTH_STRING on the server "
+            "and PREFECT_API_AUTH_STRING here"
+        )
+    return url
 
 
 def ensure_server(
@@ -86,17 +230,8 @@ def ensure_server(
     An API anyone on the machine can call would let any local user start runs as root; a
     port someone else already listens on could be theirs: both are refused.
     """
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        if not api_healthy(url):
-            raise PrefectUnavailable(f"PREFECT_API_URL={url} does not answer /health")
-        if accepts_anonymous(url):
-            raise PvcheckError(
-                f"the Prefect API at {url} accepts calls without credentials: any local user "
-                "could start runs as root. Set PREFECT_SERVER_API_AUTH_STRING on the server "
-                "and PREFECT_API_AUTH_STRING here"
-            )
-        return url
+    if os.environ.get("PREFECT_API_URL"):
+        return require_guarded_api()
     url = f"http://{host}:{port}/api"
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:
@@ -128,3 +263,13 @@ def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
     print(f"serving pvcheck deployments on {url} (nightly cron {cron!r} {timezone})", flush=True)
     # Schedules stay active when the server goes away or this process restarts.
     serve(*build_deployments(configs, cron, timezone), pause_on_shutdown=False)
+
+
+def start_worker(pool: str) -> None:
+    """Become `prefect worker start` for a process pool, with the pinned configs in the
+    environment its flow runs inherit, and PVCHECK_HOME (where prefect.yaml's pull step
+    starts them) set to this installation unless given."""
+    require_guarded_api()
+    os.environ.setdefault("PVCHECK_HOME", str(Path(__file__).resolve().parent.parent))
+    prefect = str(Path(sys.executable).parent / "prefect")
+    os.execv(prefect, [prefect, "worker", "start", "--pool", pool, "--type", "process"])

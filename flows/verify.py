@@ -19,7 +19,30 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, ConfigDict, Field
 
-from pvcheck import allocator, deploy, facts, guard, logscan, preconditions, routes, teardown
+from flows.params import (
+    BATCH,
+    CANARY,
+    CONCURRENCY,
+    DOCKER_HOST,
+    ROUNDS,
+    TARGET,
+    Batch,
+    Concurrency,
+    Engine,
+    Host,
+    Rounds,
+)
+from pvcheck import (
+    allocator,
+    deploy,
+    facts,
+    guard,
+    logscan,
+    preconditions,
+    routes,
+    runlog,
+    teardown,
+)
 from pvcheck.config import (
     MAX_ALLOCATOR_BATCH,
     MAX_ALLOCATOR_CONCURRENCY,
@@ -63,28 +86,38 @@ log = logging.getLogger(__name__)
 
 
 class RunParameters(BaseModel):
-    """What the Prefect UI form offers. Caps are the config's hard limits: never raisable."""
+    """One run's choices, as the flow's parameters give them. Caps are the config's hard
+    limits: never raisable."""
 
     model_config = ConfigDict(extra="forbid")  # a stale or made-up field is an error
 
-    config: str = Field(
-        "",
-        description="which served config to run, by its target name (empty: the first); "
-        "configs are pinned by `pvcheck serve`, never given as a path here",
-        max_length=63,
-    )
+    config: str = Field("", max_length=63)  # a pinned config's target name, never a path
     allocator_batch: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_BATCH)
     allocator_concurrency: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_CONCURRENCY)
     allocator_rounds: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_ROUNDS)
-    canary: bool = Field(
-        False, description="lab only: make the real allocator log the VIP signature"
-    )
-    docker_host: str | None = Field(
-        None,
-        description="verify this engine instead of the config's: unix://…, tcp://… or "
-        "ssh://user@host[:port] (validated like the config field)",
-        max_length=300,
-    )
+    canary: bool = False
+    docker_host: str | None = Field(None, max_length=300)
+
+    @staticmethod
+    def form(cfg: Config) -> dict[str, Any]:
+        """The flow's parameters with the config's own values: what the served form shows and
+        what `pvcheck run` passes (a parameter left out would take the flow's default)."""
+        return {
+            "target": cfg.target.name,
+            "allocator_batch": cfg.allocator.batch,
+            "allocator_concurrency": cfg.allocator.concurrency,
+            "allocator_rounds": cfg.allocator.rounds,
+            "canary": False,
+            "docker_host": "",
+        }
+
+    @classmethod
+    def from_flow(cls, parameters: dict[str, Any]) -> RunParameters:
+        """From the flow run's parameters (the UI form's names)."""
+        flat = dict(parameters)
+        flat["config"] = flat.pop("target", "")
+        flat["docker_host"] = flat.get("docker_host") or None
+        return cls.model_validate(flat)
 
     def overrides(self) -> dict[str, Any]:
         alloc = {
@@ -112,10 +145,9 @@ def utc_now() -> str:
 
 def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
     """Cancellation/crash hook: remove what this run created, by its label only."""
-    raw = (flow_run.parameters or {}).get("params") or {}
     try:
         # The engine the run used: the config's, or the run's override of it.
-        params = RunParameters.model_validate(raw)
+        params = RunParameters.from_flow(flow_run.parameters or {})
         cfg = load_config(pinned_path(params.config), params.overrides())
         obs = teardown.sweep(Swarm.for_target(cfg.target), teardown.Settings(str(flow_run.name)))
         log.warning(
@@ -288,9 +320,25 @@ def _run_name() -> str:
     on_cancellation=[_sweep_after_abort],
     on_crashed=[_sweep_after_abort],
 )
-def verify(params: RunParameters | None = None) -> State:
-    """Verify the host named by the config; write evidence; end Failed when a gate fails."""
-    params = params or RunParameters()
+def verify(
+    target: Host = TARGET,
+    allocator_batch: Batch = BATCH,
+    allocator_concurrency: Concurrency = CONCURRENCY,
+    allocator_rounds: Rounds = ROUNDS,
+    canary: bool = CANARY,
+    docker_host: Engine = DOCKER_HOST,
+) -> State:
+    """Verify one host: control plane and routing (M1), a real recipe deploy and the
+    allocator reproduction (M2); write the evidence; the run ends Failed when a gate fails."""
+    runlog.install()
+    params = RunParameters(
+        config=target,
+        allocator_batch=allocator_batch,
+        allocator_concurrency=allocator_concurrency,
+        allocator_rounds=allocator_rounds,
+        canary=canary,
+        docker_host=docker_host or None,
+    )
     cfg = load_config(pinned_path(params.config), params.overrides())
     if params.canary and (cfg.lab is None or params.docker_host):
         raise ConfigError(

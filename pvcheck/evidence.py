@@ -249,7 +249,7 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         records = read_history(paths.history, limit=30)
         atomic_write(paths.trend, trend_svg(records))
         atomic_write(paths.report, dataclasses.replace(report, docs=docs).to_json())
-        trend = render("status_trend.md.j2", records=records[-10:], svg_name=paths.trend.name)
+        trend = render("status_trend.md.j2", records=records[-10:], svg_src=paths.trend.name)
         update_sections(
             paths.status,
             render("status_header.md.j2", **ctx),

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pvcheck import progress
 from pvcheck.config import Config
 from pvcheck.records import Check, Family, Gate, Status, format_ts
 from pvcheck.seams import Seams, SwarmApi
@@ -268,10 +269,12 @@ def settle_network(
     right after a removal would report a leak that is not one; stability is judged over
     time, not over a number of polls, so a faster poll never ends the wait sooner.
     """
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     last: NetworkFacts | None = None
     changed_at = time.monotonic()
     while True:
+        progress.report(f"waiting for {network}'s addresses to settle", started, deadline)
         inspect = swarm.network(network)
         facts = parse_network(inspect) if inspect else None
         if facts is not None and done(facts):

@@ -46,3 +46,12 @@ def pinned_path(name: str = "") -> Path:
     if name not in table:
         raise ConfigError("<pinned>", "config", f"{name!r} is not one of {sorted(table)}")
     return Path(table[name])
+
+
+def pinned_all() -> dict[str, Path]:
+    """Every pinned config by target name (empty when none is pinned)."""
+    try:
+        table = json.loads(os.environ.get(ENV, "{}"))
+    except ValueError:
+        return {}
+    return {str(k): Path(v) for k, v in table.items()} if isinstance(table, dict) else {}

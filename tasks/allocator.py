@@ -10,6 +10,7 @@ from pvcheck.config import MAX_ALLOCATOR_BATCH, MAX_ALLOCATOR_CONCURRENCY, MAX_A
 from pvcheck.records import Check
 from pvcheck.seams import Seams
 from pvcheck.swarm import LABEL_RUN
+from tasks.progress import progress_artifacts
 
 
 @task(name="allocator-proof", cache_policy=NO_CACHE)
@@ -30,7 +31,8 @@ def allocator_proof(
         LABEL_RUN,
         settings.run_id,
     )
-    obs = allocator.gather(seams, settings, progress=log.info)
+    with progress_artifacts():
+        obs = allocator.gather(seams, settings, progress=log.info)
     if obs.refused:
         log.warning("allocator reproduction refused: %s", obs.refused)
     checks = allocator.judge(obs, settings)

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from pvcheck import deploy
 from pvcheck.records import Check, Status
 from pvcheck.seams import Seams
+from tasks.progress import progress_artifacts
 
 
 @task(name="wait-for-quiet-host", cache_policy=NO_CACHE)
@@ -22,7 +23,8 @@ def wait_for_quiet_host(seams: Seams, settings: deploy.Settings) -> Check:
             log.info("waiting (at most %gs) for: %s", wait_s, "; ".join(found))
             last[:] = found
 
-    check = deploy.judge_quiet(deploy.gather_quiet(seams, settings, on_wait=waiting))
+    with progress_artifacts():
+        check = deploy.judge_quiet(deploy.gather_quiet(seams, settings, on_wait=waiting))
     if check.status == Status.PASS:
         log.info("host quiet after %.1fs: no active run, harness stack, build or sweep",
                  check.duration_s)  # fmt: skip
@@ -38,7 +40,8 @@ def deploy_proof(seams: Seams, settings: deploy.Settings) -> tuple[list[Check], 
     log = get_run_logger()
     d = settings.deploy
     log.info("deploy proof: driver %s, recipe %s, network %s", d.driver, d.recipe, settings.network)
-    obs = deploy.gather(seams, settings)
+    with progress_artifacts():
+        obs = deploy.gather(seams, settings)
     outcome = obs.outcome
     for key, value in outcome.info.items():
         log.info("%s: %s", key, value)

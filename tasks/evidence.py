@@ -3,16 +3,20 @@ the UI shows each one's history)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pvcheck.config import Config
+from pvcheck.config import Config, load_config
+from pvcheck.errors import PvcheckError
 from pvcheck.evidence import Written, render, write_evidence
-from pvcheck.history import read_history
+from pvcheck.history import read_history, trend_svg
 from pvcheck.masking import redact
+from pvcheck.pinned import pinned_all
 from pvcheck.report import Report
 
 ARTIFACT_KEYS = ("pvcheck-verdict", "pvcheck-network-facts", "pvcheck-allocator", "pvcheck-trend")
@@ -29,6 +33,79 @@ def write_evidence_files(report: Report, cfg: Config) -> Written:
     return written
 
 
+def svg_data_uri(svg: str) -> str:
+    """An image the artifact page shows by itself: no file for the browser to resolve."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+def allocator_rows(report: Report) -> list[dict[str, Any]]:
+    alloc = report.allocator
+    return [
+        {
+            "round": r.round,
+            "stacks": r.stacks,
+            "endpoints before": sum(r.baseline.values()),
+            "peak": sum(r.peak.values()),
+            "after": sum(r.after.values()),
+            "leaked": r.leaked_total,
+            "other services": r.others,
+            "stack networks orphaned by stack rm": len(r.networks_orphaned),
+            "still left": ", ".join(r.networks_left) or "none",
+            "settled": r.settled,
+            "seconds": r.seconds,
+        }
+        for r in (alloc.rounds if alloc else [])
+    ]
+
+
+def history_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "finished": r.get("at"),
+            "run": r.get("run_id"),
+            "verdict": str(r.get("verdict", "")).upper(),
+            "endpoints": r.get("endpoints"),
+            "headroom %": r.get("headroom_pct"),
+            "leaked": r.get("leaked"),
+            "seconds": r.get("seconds"),
+        }
+        for r in reversed(records)
+    ]
+
+
+def fleet_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Pure: each served host's latest verdict, headroom and leak trend (last runs)."""
+    rows = []
+    for host, records in histories.items():
+        last = records[-1] if records else {}
+        leaks = [r["leaked"] for r in records if isinstance(r.get("leaked"), int)]
+        rows.append(
+            {
+                "host": host,
+                "latest verdict": str(last.get("verdict", "no run yet")).upper(),
+                "finished": last.get("at"),
+                "headroom %": last.get("headroom_pct"),
+                "endpoints": last.get("endpoints"),
+                f"leaked (last {len(leaks)} runs)": " ".join(map(str, leaks)) or "n/a",
+                "leak trend": "none"
+                if not any(leaks)
+                else ("rising" if leaks[-1] > leaks[0] else "present"),
+            }
+        )
+    return rows
+
+
+def fleet_histories() -> dict[str, list[dict[str, Any]]]:
+    """The history of every host this process serves (its pinned configs)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, path in pinned_all().items():
+        try:
+            out[name] = read_history(load_config(path).docs.paths.history, limit=10)
+        except PvcheckError:
+            out[name] = []
+    return out
+
+
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(report: Report) -> None:
     history = report.evidence.get("history")
@@ -43,14 +120,17 @@ def publish_artifacts(report: Report) -> None:
         ),
         "pvcheck-allocator": render("allocator.md.j2", report=report, alloc=report.allocator),
         "pvcheck-trend": render(
-            "status_trend.md.j2",
-            records=records,
-            svg_name=Path(report.evidence.get("trend", "")).name,
+            "status_trend.md.j2", records=records, svg_src=svg_data_uri(trend_svg(records))
         ),
     }
+    description = f"pvcheck {report.verdict} run {report.run_id}"
     for key in ARTIFACT_KEYS:
-        create_markdown_artifact(
-            key=key,
-            markdown=redact(bodies[key]),
-            description=f"pvcheck {report.verdict} run {report.run_id}",
-        )
+        create_markdown_artifact(key=key, markdown=redact(bodies[key]), description=description)
+    tables = {
+        "pvcheck-allocator-rounds": allocator_rows(report),
+        "pvcheck-history": history_rows(records),
+        "pvcheck-fleet": fleet_rows(fleet_histories()),
+    }
+    for key, rows in tables.items():
+        if rows:
+            create_table_artifact(key=key, table=rows, description=description)

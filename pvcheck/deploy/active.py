@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pvcheck import progress
 from pvcheck.config import ActiveRunsConfig
 from pvcheck.hosts import run_on
 from pvcheck.seams import HostCommands, SwarmApi
@@ -113,11 +114,13 @@ def wait_until_idle(
     on_wait: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
     """Wait at most cfg.wait_s for other runs to end; returns those still active (or [])."""
-    deadline = time.monotonic() + cfg.wait_s
+    started = time.monotonic()
+    deadline = started + cfg.wait_s
     while True:
         found = active_runs(cfg, swarm, extra, host, stack_pattern, control_plane)
         if not found or time.monotonic() >= deadline:
             return found
         if on_wait is not None:
             on_wait(found)
+        progress.report("waiting for other runs: " + "; ".join(found), started, deadline)
         time.sleep(min(poll_s, max(0.1, deadline - time.monotonic())))

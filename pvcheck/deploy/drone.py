@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from pvcheck import masking
+from pvcheck import masking, progress
 from pvcheck.config import Config, DroneDriverConfig
 from pvcheck.deploy import DeployOutcome, TierResult, TierStatus, fixed_stack, watched_stacks
 from pvcheck.deploy.attach import AttachmentSampler
@@ -207,8 +207,10 @@ class DroneDriver:
         number = int(build["number"])
         outcome.info.update(build=str(number), link=self.client.link(number))
         log.info("Drone build %d started: %s", number, outcome.info["link"])
-        deadline = time.monotonic() + self.drone.timeout_s
+        started = time.monotonic()
+        deadline = started + self.drone.timeout_s
         while build.get("status") not in FINISHED:
+            progress.report(f"Drone build {number}: {build.get('status')}", started, deadline)
             if time.monotonic() >= deadline:
                 self.client.stop(number)
                 outcome.error = (

@@ -20,6 +20,7 @@ from pvcheck.config import Config
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import ROOT, write_config
+from tests.integration.cdp import CHROMIUM, chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -179,14 +180,30 @@ def test_the_served_api_refuses_anonymous_calls_and_takes_no_config_path(
     for name, dep in _deployments(url).items():
         schema = dep["parameter_openapi_schema"]
         assert "config_path" not in str(schema), name
-        params = schema["definitions"][next(iter(schema["definitions"]))]["properties"]
-        assert "config" in params and params["config"]["type"] == "string"
-    # A run that names a config of its own is refused; nothing else can choose one.
+        # A flat form: top-level fields, no nested model and no `| None` toggle.
+        assert not schema.get("definitions") and "anyOf" not in str(schema), name
+        assert schema["properties"]["target"]["type"] == "string"
+        assert dep["parameters"]["target"] == "lab"
+    form = _deployments(url)["manual"]["parameter_openapi_schema"]["properties"]
+    batch = form["allocator_batch"]
+    assert (batch["minimum"], batch["maximum"], batch["type"]) == (1, 20, "integer")
+    assert batch["title"] == "Throwaway stacks per round" and "1 to 20" in batch["description"]
+    # Out of bounds, as the UI's form submits it: the server says why, and no run starts.
     dep = _deployments(url)["manual"]
+    refused = httpx.post(
+        f"{url}/deployments/{dep['id']}/create_flow_run",
+        json={"parameters": {"allocator_batch": 50}},
+        headers=AUTH_HEADER,
+        timeout=30,
+        trust_env=False,
+    )
+    assert refused.status_code in (409, 422), refused.text
+    assert "50 is greater than the maximum of 20" in refused.text
+    # A run that names a config of its own is refused; nothing else can choose one.
     run = _post(
         url,
         f"/deployments/{dep['id']}/create_flow_run",
-        {"parameters": {"params": {"config": "/tmp/mine.toml"}}},
+        {"parameters": {"target": "/tmp/mine.toml"}},
     )
     final = _wait(url, str(run["id"]))
     assert final["state_type"] in ("FAILED", "CRASHED"), final["state"]
@@ -217,16 +234,24 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
     while _run(url, first)["state_type"] != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)
     second = _trigger(url, "manual")  # while the first runs
+    janitor = _trigger(url, "janitor")  # the host lock is the first run's: it steps aside
     done = _wait(url, first)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert "pvcheck verdict PASS" in done["state"]["message"]
     assert _wait(url, second)["state_type"] == "CANCELLED"
+    assert _wait(url, janitor)["state_type"] == "CANCELLED"
     wanted = [
         "docker network inspect --verbose proxy",
         "proxy subnet 10.10.0.0/16",
         "round 1: peak",
         "guard.detects: pass",
         "residue with label",
+        # pvcheck's own modules reach the task logs: the deploy stage's CLI command and
+        # what the stage found.
+        "stackcli: docker stack deploy --compose-file - --resolve-image never",
+        "stackcli: docker stack rm",
+        "tier install: pass",
+        "attachment:",
     ]
     # A run's last log lines reach the server a moment after its final state: poll.
     deadline = time.monotonic() + 60
@@ -242,7 +267,17 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
         "pvcheck-network-facts",
         "pvcheck-allocator",
         "pvcheck-trend",
+        "pvcheck-allocator-rounds",
+        "pvcheck-history",
+        "pvcheck-fleet",
     } <= keys
+    by_key = {a["key"]: a for a in artifacts if a["key"]}
+    # The chart is inside the artifact (a browser resolves no file next to it).
+    assert "](data:image/svg+xml;base64," in by_key["pvcheck-trend"]["data"]
+    assert by_key["pvcheck-allocator-rounds"]["type"] == "table"
+    fleet = by_key["pvcheck-fleet"]["data"]
+    assert "lab" in str(fleet) and "PASS" in str(fleet)
+    assert any(a["type"] == "progress" and a["data"] == 100.0 for a in artifacts)
     assert not any(list_residue(engine, f"{LABEL_RUN}={done['name']}").values())
 
 
@@ -280,3 +315,24 @@ def test_two_runs_append_two_history_records_and_the_chart_shows_both(
     svg = (tmp / "docs" / "TREND-pvcheck.svg").read_text()
     assert svg.startswith("<svg") and svg.count('fill="#1f5fbf"') >= 2
     assert "## Trend (last" in (tmp / "docs" / "STATUS-pvcheck.md").read_text()
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/bootstrap installs it)"
+)
+def test_the_run_form_in_a_real_browser_shows_titles_and_bounds(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = served
+    ui = url.removesuffix("/api")
+    dep = _deployments(url)["manual"]
+    with chromium(tmp_path / "profile") as page:
+        # Log in as the UI's own login page does (the server requires the auth string).
+        page.goto(f"{ui}/")
+        page.wait_for_text("")
+        page.evaluate(f"localStorage.setItem('prefect-password', btoa({AUTH!r}))")
+        page.goto(f"{ui}/deployments/deployment/{dep['id']}/run")
+        shown = page.wait_for_text(
+            "Throwaway stacks per round", "(1 to 20)", "Stacks at once", "(1 to 10)", "Host"
+        )
+    assert "RunParameters" not in shown and "params" not in shown.split()

@@ -126,11 +126,14 @@ def test_served_parameters_name_a_pinned_config_never_a_path(tmp_path: Path) -> 
     from flows.verify import verify
 
     for flow in (verify, review, janitor):  # the schema the server shows the UI form
-        schema = json.dumps(parameter_schema(flow).model_dump())
-        assert '"config"' in schema and "config_path" not in schema
+        schema = parameter_schema(flow).model_dump()
+        props = schema["properties"]
+        assert props["target"]["type"] == "string" and props["target"]["maxLength"] == 63
+        assert "config" not in props and "config_path" not in json.dumps(schema)
+        assert schema["definitions"] == {}  # flat: no nested model, no `| None` toggle
     for dep in build_deployments(configs):
         assert str(tmp_path) not in json.dumps(dep.parameters)
-        assert dep.parameters["params"]["config"] == "lab"
+        assert dep.parameters["target"] == "lab"
     assert pinned_path("lab") == config.resolve()
     from pvcheck.errors import ConfigError
 
@@ -139,7 +142,7 @@ def test_served_parameters_name_a_pinned_config_never_a_path(tmp_path: Path) -> 
     from flows.verify import RunParameters
 
     with pytest.raises(ValueError, match="config_path"):
-        RunParameters.model_validate({"config_path": "/tmp/mine.toml"})
+        RunParameters.from_flow({"config_path": "/tmp/mine.toml"})
 
 
 @pytest.mark.faults

@@ -182,13 +182,17 @@ def test_overrides_cannot_pass_the_hard_caps(tmp_path: Path) -> None:
     [("allocator_batch", 21), ("allocator_concurrency", 11), ("allocator_rounds", 6)],
 )
 def test_the_ui_form_cannot_raise_the_caps(field: str, value: int) -> None:
-    from pydantic import ValidationError
+    from prefect.exceptions import ParameterTypeError
+    from prefect.utilities.callables import parameter_schema
 
-    from flows.verify import RunParameters
+    from flows.verify import RunParameters, verify
 
-    with pytest.raises(ValidationError, match=field):
-        RunParameters(**{field: value})
-    assert RunParameters(**{field: value - 1}).overrides()["allocator"]
+    with pytest.raises(ParameterTypeError, match=field):
+        verify.validate_parameters({field: value})
+    assert verify.validate_parameters({field: value - 1})[field] == value - 1
+    # The form shows the same bound the validator enforces.
+    assert parameter_schema(verify).model_dump()["properties"][field]["maximum"] == value - 1
+    assert RunParameters.from_flow({field: value - 1}).overrides()["allocator"]
 
 
 # --- configs built on a base (the cc-ci twin overlays the shipped cc-ci config) ----------

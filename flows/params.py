@@ -1,0 +1,58 @@
+"""The flows' parameters as the Prefect UI's run form shows them: a title, a description for
+an operator, and bounds the form shows and Prefect's validator explains."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from pvcheck.config import MAX_ALLOCATOR_BATCH, MAX_ALLOCATOR_CONCURRENCY, MAX_ALLOCATOR_ROUNDS
+
+
+def _shown(default: Any, title: str, description: str) -> Any:
+    """A parameter's default with the title and help text the form shows (Prefect keeps
+    a default Field's description; the bounds must sit on the type)."""
+    return Field(default, description=description, json_schema_extra={"title": title})
+
+
+# A served config's target name, never a path: `pvcheck serve` pins the configs, so whoever
+# can reach the Prefect API cannot make root run a config of theirs.
+Host = Annotated[str, Field(max_length=63)]
+TARGET = _shown(
+    "",
+    "Host",
+    "The host, by the name its config gives it (`target.name`). The configs are fixed when "
+    "pvcheck is served; empty means the first served host.",
+)
+Batch = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_BATCH)]
+BATCH = _shown(
+    5,
+    "Throwaway stacks per round",
+    "How many recipe-shaped throwaway stacks each round of the allocator reproduction deploys "
+    f"and removes with `docker stack rm` (1 to {MAX_ALLOCATOR_BATCH}).",
+)
+Concurrency = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_CONCURRENCY)]
+CONCURRENCY = _shown(
+    5,
+    "Stacks at once",
+    "How many throwaway stacks are deployed or removed at the same time "
+    f"(1 to {MAX_ALLOCATOR_CONCURRENCY}).",
+)
+Rounds = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_ROUNDS)]
+ROUNDS = _shown(
+    1, "Rounds", f"Deploy-then-remove rounds of the reproduction (1 to {MAX_ALLOCATOR_ROUNDS})."
+)
+CANARY = _shown(
+    False,
+    "Canary (lab only)",
+    "On the built-in lab only: make the real allocator log the VIP-exhaustion line and prove "
+    "the upgrade guard counts it. Refused against any other engine.",
+)
+Engine = Annotated[str, Field(max_length=300)]
+DOCKER_HOST = _shown(
+    "",
+    "Other engine",
+    "Verify this engine instead of the config's: unix://…, tcp://… or ssh://user@host[:port]. "
+    "Empty: the config's own engine.",
+)
