@@ -5,7 +5,6 @@ its own deployments, lock, staggered night and evidence, and a fleet table of bo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,10 +16,10 @@ import pytest
 from pvcheck.config import Config
 from tests.helpers import ROOT, write_config
 from tests.integration.test_prefect_server import (  # noqa: F401 - `server` is a fixture
-    AUTH,
     _deployments,
     _post,
     _wait,
+    api_env,
     server,
 )
 from tests.integration.test_ssh_target import Sshd, _over_ssh, sshd  # noqa: F401
@@ -50,13 +49,7 @@ def test_one_server_verifies_two_hosts_with_their_own_deployments(
         write_config(local, _named("lab")),
         write_config(remote, _named("lab-ssh", _over_ssh(sshd))),
     ]
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": server,
-        "PREFECT_API_AUTH_STRING": AUTH,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = api_env(server)
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
     argv = [sys.executable, "-m", "app.cli", "serve", "--cron", "17 3 * * *"]
     for config in configs:

@@ -31,6 +31,18 @@ AUTH = "pvcheck-test:0f3c5a9b7e21d4"
 AUTH_HEADER = {"Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode()}
 
 
+def api_env(url: str, **extra: str) -> dict[str, str]:
+    """The environment of a process that talks to the test server (serve, a worker)."""
+    return {
+        **os.environ,
+        "PREFECT_API_URL": url,
+        "PREFECT_API_AUTH_STRING": AUTH,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home")
@@ -72,13 +84,7 @@ def served(
 ) -> Iterator[tuple[str, Path]]:
     tmp = tmp_path_factory.mktemp("served")
     config = write_config(tmp)
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": server,
-        "PREFECT_API_AUTH_STRING": AUTH,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = api_env(server)
     log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
         [

@@ -3,7 +3,6 @@ pool, and `pvcheck worker` (a real `prefect worker`) running one of its deployme
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,10 @@ import pytest
 from pvcheck.config import Config
 from tests.helpers import ROOT, write_config
 from tests.integration.test_prefect_server import (  # noqa: F401 - `server` is a fixture
-    AUTH,
     _deployments,
     _post,
     _wait,
+    api_env,
     server,
 )
 
@@ -29,14 +28,7 @@ def test_a_process_worker_runs_a_deployment_declared_in_prefect_yaml(
     tmp_path: Path,
 ) -> None:
     config = write_config(tmp_path)
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": server,
-        "PREFECT_API_AUTH_STRING": AUTH,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PVCHECK_HOME": str(ROOT),
-    }
+    env = api_env(server, PREFECT_WORKER_QUERY_SECONDS="2", PVCHECK_HOME=str(ROOT))
     prefect = str(Path(sys.executable).parent / "prefect")
     for argv in (
         [prefect, "work-pool", "create", "pvcheck", "--type", "process"],
