@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
 import functools
 import json
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -125,6 +127,17 @@ def print_verdict(report: Report, out: TextIO | None = None) -> None:
         print(f"  {line}")
 
 
+@contextlib.contextmanager
+def target_overlay(config: str, url: str) -> Iterator[str]:
+    """A config built on `config` whose engine is `url`, in a root-only temporary folder:
+    `--target` is the operator's; a served run's form has no engine field."""
+    with tempfile.TemporaryDirectory(prefix="pvcheck-target-") as folder:
+        path = Path(folder) / "target.toml"
+        base = json.dumps(str(Path(config).resolve()))
+        path.write_text(f"base = {base}\n\n[target]\ndocker_host = {json.dumps(url)}\n")
+        yield str(path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.verify import RunParameters, verify
 
@@ -132,12 +145,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Refused before anything connects: the canary makes an allocator log the signature
         # a real host's upgrade guard answers by restarting docker.
         raise ConfigError(args.config, "--canary", "not with --target: the canary is lab-only")
-    (name,) = pin([args.config])  # the flow runs this config and no other
-    params = RunParameters(config=name, canary=args.canary, docker_host=args.target)
-    cfg = load_config(args.config, params.overrides())  # fail fast (exit 2) before connecting
-    form = RunParameters.form(cfg) | {"canary": args.canary, "docker_host": args.target or ""}
-    ensure_prefect_api()
-    state = verify(**form, return_state=True)
+    with contextlib.ExitStack() as stack:
+        path = (
+            stack.enter_context(target_overlay(args.config, args.target))
+            if args.target
+            else args.config
+        )
+        cfg = load_config(path)  # fail fast (exit 2) before connecting
+        pin([path])  # the flow runs this config and no other
+        ensure_prefect_api()
+        state = verify(**RunParameters.form(cfg) | {"canary": args.canary}, return_state=True)
     if state.is_cancelled():
         print(f"pvcheck: {state.message}", file=sys.stderr)
         return EXIT_BUSY

@@ -49,10 +49,3 @@ CANARY = _shown(
     "On the built-in lab only: make the real allocator log the VIP-exhaustion line and prove "
     "the upgrade guard counts it. Refused against any other engine.",
 )
-Engine = Annotated[str, Field(max_length=300)]
-DOCKER_HOST = _shown(
-    "",
-    "Other engine",
-    "Verify this engine instead of the config's: unix://…, tcp://… or ssh://user@host[:port]. "
-    "Empty: the config's own engine.",
-)

@@ -29,6 +29,7 @@ from pvcheck.review import (
     ReviewResult,
     compare_allocator,
     compare_evidence,
+    compare_totals,
     parse_claims,
     read_recorded,
 )
@@ -163,6 +164,7 @@ def compare_with_report(
     compared = compare_evidence(recorded, live, ours)
     history = read_history(cfg.docs.paths.history, limit=200)
     findings = compared.findings + compare_allocator(recorded, history)
+    findings += compare_totals(recorded, history)
     for line in compared.churn:
         log.info("churn since run %s (not pvcheck's): %s", recorded.run_id, line)
     return Comparison(findings, compared.churn)

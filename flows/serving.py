@@ -36,6 +36,7 @@ from pvcheck.api import (
 )
 from pvcheck.config import Config
 from pvcheck.errors import PrefectUnavailable, PvcheckError
+from pvcheck.safeio import require_root_only
 
 # The nightly re-check, in UTC: 01:17 every day, clear of cc-ci's weekly /upgrade-all sweep
 # (Saturdays from 03:00 UTC), whose Step 0 may restart docker under a running check. A run
@@ -266,10 +267,12 @@ def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
 
 
 def start_worker(pool: str) -> None:
-    """Become `prefect worker start` for a process pool, with the pinned configs in the
-    environment its flow runs inherit, and PVCHECK_HOME (where prefect.yaml's pull step
-    starts them) set to this installation unless given."""
+    """Become `prefect worker start` for a process pool. Its flow runs inherit this
+    environment: the configs the caller pinned, and PVCHECK_HOME (where prefect.yaml's pull
+    step starts them and their code is imported from), this installation unless given,
+    which as root must be root's alone."""
     require_guarded_api()
-    os.environ.setdefault("PVCHECK_HOME", str(Path(__file__).resolve().parent.parent))
+    home = Path(os.environ.setdefault("PVCHECK_HOME", str(Path(__file__).resolve().parent.parent)))
+    require_root_only(home, "PVCHECK_HOME (the code flow runs import)")
     prefect = str(Path(sys.executable).parent / "prefect")
     os.execv(prefect, [prefect, "worker", "start", "--pool", pool, "--type", "process"])

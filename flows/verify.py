@@ -23,12 +23,10 @@ from flows.params import (
     BATCH,
     CANARY,
     CONCURRENCY,
-    DOCKER_HOST,
     ROUNDS,
     TARGET,
     Batch,
     Concurrency,
-    Engine,
     Host,
     Rounds,
 )
@@ -96,7 +94,6 @@ class RunParameters(BaseModel):
     allocator_concurrency: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_CONCURRENCY)
     allocator_rounds: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_ROUNDS)
     canary: bool = False
-    docker_host: str | None = Field(None, max_length=300)
 
     @staticmethod
     def form(cfg: Config) -> dict[str, Any]:
@@ -108,7 +105,6 @@ class RunParameters(BaseModel):
             "allocator_concurrency": cfg.allocator.concurrency,
             "allocator_rounds": cfg.allocator.rounds,
             "canary": False,
-            "docker_host": "",
         }
 
     @classmethod
@@ -116,7 +112,6 @@ class RunParameters(BaseModel):
         """From the flow run's parameters (the UI form's names)."""
         flat = dict(parameters)
         flat["config"] = flat.pop("target", "")
-        flat["docker_host"] = flat.get("docker_host") or None
         return cls.model_validate(flat)
 
     def overrides(self) -> dict[str, Any]:
@@ -130,8 +125,6 @@ class RunParameters(BaseModel):
             if v is not None
         }
         out: dict[str, Any] = {"allocator": alloc} if alloc else {}
-        if self.docker_host:
-            out["target"] = {"docker_host": self.docker_host}
         return out
 
 
@@ -326,7 +319,6 @@ def verify(
     allocator_concurrency: Concurrency = CONCURRENCY,
     allocator_rounds: Rounds = ROUNDS,
     canary: bool = CANARY,
-    docker_host: Engine = DOCKER_HOST,
 ) -> State:
     """Verify one host: control plane and routing (M1), a real recipe deploy and the
     allocator reproduction (M2); write the evidence; the run ends Failed when a gate fails."""
@@ -337,15 +329,13 @@ def verify(
         allocator_concurrency=allocator_concurrency,
         allocator_rounds=allocator_rounds,
         canary=canary,
-        docker_host=docker_host or None,
     )
     cfg = load_config(pinned_path(params.config), params.overrides())
-    if params.canary and (cfg.lab is None or params.docker_host):
+    if params.canary and cfg.lab is None:
         raise ConfigError(
             str(cfg.source),
             "canary",
-            "the canary runs only against the built-in lab's own engine (a lab config, no "
-            "target override)",
+            "the canary runs only against the built-in lab's own engine (a lab config)",
         )
     run_id = str(runtime_flow_run.name or new_run_id())
     try:

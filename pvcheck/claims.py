@@ -14,7 +14,7 @@ from pathlib import Path
 from pvcheck.config import Config, RouteConfig
 from pvcheck.facts import NetworkFacts
 from pvcheck.hosts import host_for
-from pvcheck.records import GATES, VIP_SIGNATURE, Gate
+from pvcheck.records import GATES, VIP_SIGNATURE, Gate, parse_ts
 from pvcheck.report import Report
 from pvcheck.routes import curl_argv
 from pvcheck.seams import HostCommands
@@ -128,6 +128,9 @@ def m1_claim(cfg: Config) -> Claim:
 
 
 def _log_window_command(cfg: Config, since: str, until: str) -> str:
+    for stamp in (since, until):  # only pvcheck's own UTC timestamps reach a shell line
+        if parse_ts(stamp) is None:
+            raise ValueError(f"not a UTC timestamp: {stamp!r}")
     grep = f"grep -F {q(VIP_SIGNATURE)}"
     if cfg.logs.source == "journald":
         since_arg = q(since.replace("T", " ").rstrip("Z") + " UTC")
@@ -136,8 +139,10 @@ def _log_window_command(cfg: Config, since: str, until: str) -> str:
         return f"journalctl -u {unit} --since {since_arg} --until {until_arg} | {grep} | wc -l"
     if cfg.logs.source == "file":
         # logrus writes time="...": field 2 when split on quotes; compare as text, to the second.
-        window = f'$2 >= "{since.rstrip("Z")}" && $2 <= "{until.rstrip("Z")}~"'
-        return f"{grep} {q(str(cfg.logs.path))} | awk -F'\"' {q(window)} | wc -l"
+        # The bounds are awk variables, never program text.
+        bounds = f"-v s={q(since.rstrip('Z'))} -v u={q(until.rstrip('Z'))}"
+        window = '$2 >= s && $2 <= u "~"'
+        return f"{grep} {q(str(cfg.logs.path))} | awk -F'\"' {bounds} {q(window)} | wc -l"
     return f"{' '.join(q(a) for a in cfg.logs.command or [])} | {grep} | wc -l"
 
 

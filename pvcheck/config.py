@@ -352,7 +352,7 @@ class DocsConfig(Section):
     push: bool = False
     author: str = Field("pvcheck <pvcheck@localhost>", pattern=_AUTHOR_RE, max_length=200)
     # REVIEW's size bound: older entries roll over to REVIEW-<phase>.archive.md.
-    review_max_kb: int = Field(256, ge=4, le=16 * 1024)
+    review_max_kb: int = Field(256, ge=4, le=4 * 1024)  # well under MAX_STATE_BYTES
 
     @property
     def paths(self) -> DocsPaths:

@@ -7,6 +7,7 @@ function that touches machine-docs/, through statefiles (atomic, sections kept, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,18 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    # Text from a host, a harness or a report, on one line: it cannot start a heading, a
+    # section marker or a verdict line of its own.
+    env.filters["line"] = lambda v: _flat(str(v))
+    # A line inside a fenced block: it cannot close the fence either.
+    env.filters["code_line"] = lambda v: _flat(str(v)).replace("`" * 3, "'" * 3).replace("~~~", "-")
     # A name from the host shown as code: backticks and line breaks cannot end the span.
     env.filters["code"] = lambda v: "`" + str(v).replace("`", "'").replace("\n", " ") + "`"
     return env
+
+
+def _flat(text: str) -> str:
+    return one_line_breaks(text).replace("\n", " ")
 
 
 def render(template: str, **context: Any) -> str:
@@ -351,7 +361,7 @@ def _append_review(paths: DocsPaths, entries: dict[str, str], at: str) -> int:
     rolled = roll_over(new, where, paths.review_max_bytes, entry_gate(new, where))
     if rolled.moved:
         head = ""
-        if read_state(paths.review_archive) is None:
+        if not os.path.lexists(paths.review_archive):  # never read whole: it only grows
             head = render("review_archive_header.md.j2", paths=paths)
         blocks = "".join("\n" + block for block in rolled.moved)
         append(paths.review_archive, (head + blocks).encode("utf-8"))
@@ -402,8 +412,8 @@ def write_review(result: ReviewResult, cfg: Config) -> Written:
         entry = f"## {result.at} — review `{result.review_id}`: " + ", ".join(
             f"{g} {v}" for g, v in result.verdicts.items()
         )
-        entry += "".join(f"\n- finding: {f.title}" for f in result.findings)
-        entry += "".join(f"\n- churn (not pvcheck's): {line}" for line in result.churn)
+        entry += "".join(f"\n- finding: {_flat(f.title)}" for f in result.findings)
+        entry += "".join(f"\n- churn (not pvcheck's): {_flat(line)}" for line in result.churn)
         if moved:
             entry += f"\n- {moved} older REVIEW entries moved to {paths.review_archive.name}"
         append_journal(

@@ -108,6 +108,11 @@ def stray_done_lines(text: str | None, path: str) -> list[int]:
 _ENTRY = re.compile(r"^review[.-]")
 
 
+def is_entry(section: str) -> bool:
+    """A REVIEW entry of pvcheck's (one review, one gate; `review-M1` in older files)."""
+    return bool(_ENTRY.match(section))
+
+
 def entry_name(review_id: str, gate: str) -> str:
     return f"review.{review_id}.{gate}"
 

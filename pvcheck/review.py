@@ -5,6 +5,7 @@ the I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from typing import Any
 from pvcheck.allocator import FIGURES
 from pvcheck.errors import StateFileError
 from pvcheck.facts import HostFacts, NetworkFacts
+from pvcheck.protocol import is_entry, person_lines
 from pvcheck.records import GATES, Check, Gate, Status, format_ts, parse_ts
 from pvcheck.report import DocsOutcome
 from pvcheck.safeio import read_capped
-from pvcheck.statefiles import outside_fences, section_body
+from pvcheck.statefiles import section_body, sections
 
 _GATE_HEADER = re.compile(
     r"^## Gate: (M\d+) — (CLAIMED, awaiting Adversary|PASS @(\S+)|NOT CLAIMED.*)$"
@@ -129,24 +131,30 @@ class Verdict:
 
 
 def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, Verdict]:
-    """Gate -> its verdict in REVIEW; the latest per gate wins."""
-    out: dict[str, Verdict] = {}
-    current: str | None = None  # the gate whose verdict the following lines belong to
-    for no, line in outside_fences(review_text):  # a fenced example is not a verdict
-        match = _REVIEW.match(line)
-        if match:
-            gate, result, when = match.groups()
-            at, current = checked_ts(when, path, no), None
-            latest = out.get(gate)
-            # Entries are appended in order: of two in the same second, the later one wins.
-            if latest is None or (at and (latest.at is None or at >= latest.at)):
-                out[gate], current = Verdict(result, at), gate
+    """Gate -> its newest verdict in REVIEW. A verdict is the header line of one of
+    pvcheck's entries (with the run its "Reviewed the claim of run" line names), or a line a
+    person wrote outside pvcheck's sections and code blocks; nothing else inside an entry
+    (findings, command output) can be read as one."""
+    candidates: list[tuple[int, str, str | None]] = []  # (line number, header, reviewed run)
+    for name, (start, end) in sections(review_text, path).items():
+        if not is_entry(name):
             continue
-        reviewed = _REVIEWED.match(line)
-        if reviewed and current:
-            out[current] = Verdict(out[current].result, out[current].at, reviewed.group(1))
-        elif line.startswith("## "):
-            current = None
+        body = review_text[start:end].splitlines()[1:-1]
+        reviewed = next((m.group(1) for line in body if (m := _REVIEWED.match(line))), None)
+        first = len(review_text[:start].splitlines()) + 2
+        candidates.append((first, body[0] if body else "", reviewed))
+    candidates += [(no, line, None) for no, line in person_lines(review_text, path) if line]
+    out: dict[str, Verdict] = {}
+    for no, line, reviewed in sorted(candidates):
+        match = _REVIEW.match(line)
+        if not match:
+            continue
+        gate, result, when = match.groups()
+        at = checked_ts(when, path, no)
+        latest = out.get(gate)
+        # Entries are appended in order: of two in the same second, the later one wins.
+        if latest is None or (at and (latest.at is None or at >= latest.at)):
+            out[gate] = Verdict(result, at, reviewed)
     return out
 
 
@@ -194,8 +202,42 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _ints(value: Any) -> dict[str, int]:
-    return {str(k): v for k, v in _obj(value).items() if isinstance(v, int)}
+# A name as docker and pvcheck write them: nothing that could end a Markdown line or span.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+
+
+class _Fields:
+    """Strict reading of a report's values: a report pvcheck did not write is refused,
+    naming the field (its numbers decide a gate; its names reach REVIEW)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def refuse(self, field: str, why: str) -> StateFileError:
+        return StateFileError(self.path, f"field {field}: {why}; not a report pvcheck wrote")
+
+    def count(self, value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.refuse(field, f"{value!r} is not a count")
+        return value
+
+    def name(self, value: Any, field: str) -> str:
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise self.refuse(field, f"{str(value)[:80]!r} is not a name")
+        return value
+
+    def counts(self, value: Any, field: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
+        return {
+            self.name(k, field): self.count(v, f"{field}.{k}")
+            for k, v in _obj(value).items()
+            if keys is None or k in keys
+        }
+
+    def stamp(self, value: Any, field: str) -> str:
+        at = parse_ts(value) if isinstance(value, str) else None
+        if at is None:
+            raise self.refuse(field, f"{str(value)[:80]!r} is not a UTC timestamp")
+        return format_ts(at)
 
 
 def recorded_from_json(doc: Any, path: str) -> Recorded:
@@ -203,34 +245,58 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
     naming the field."""
     if not isinstance(doc, dict) or not isinstance(doc.get("run_id"), str):
         raise StateFileError(path, "not a pvcheck run report (no run_id)")
+    read = _Fields(path)
+    run_id = read.name(doc["run_id"], "run_id")
     after = _obj(_obj(doc.get("facts")).get("after"))
     net = _obj(after.get("network"))
-    network = {fact: str(net[key]) for fact, key in _NETWORK_FACTS.items() if key in net}
+    network = {}
+    for fact, key in _NETWORK_FACTS.items():
+        if key == "subnet" and key in net:
+            if not _is_net(net[key]):
+                raise read.refuse("facts.after.network.subnet", "not a subnet")
+            network[fact] = str(net[key])
+        elif key in net:
+            network[fact] = str(read.count(net[key], f"facts.after.network.{key}"))
     listed = after.get("services")
-    listed = listed if isinstance(listed, list) else []
     services = {
-        str(s["name"]): f"{s.get('running')}/{s.get('desired')}"
-        for s in listed
+        read.name(s["name"], "facts.after.services.name"): (
+            f"{read.count(s.get('running'), 'running')}/{read.count(s.get('desired'), 'desired')}"
+        )
+        for s in (listed if isinstance(listed, list) else [])
         if isinstance(s, dict) and "name" in s
     }
-    used = net.get("used")
+    used = read.count(net["used"], "facts.after.network.used") if "used" in net else None
+    per_service = (
+        read.counts(net["per_service"], "facts.after.network.per_service")
+        if isinstance(net.get("per_service"), dict)
+        else None
+    )
     stacks = _obj(doc.get("deploy")).get("stacks")
     alloc = doc.get("allocator")
     logs = _obj(doc.get("run_logs"))
-    since, until = logs.get("since"), logs.get("until")
+    window = None
+    if "since" in logs or "until" in logs:
+        since = read.stamp(logs.get("since"), "run_logs.since")
+        window = (since, read.stamp(logs.get("until"), "run_logs.until"))
     return Recorded(
-        doc["run_id"],
+        run_id,
         network,
         services,
-        used if isinstance(used, int) else None,
-        _ints(net["per_service"]) if isinstance(net.get("per_service"), dict) else None,
-        net["containers"] if isinstance(net.get("containers"), int) else 0,
-        [str(s) for s in stacks] if isinstance(stacks, list) else [],
-        {k: v for k, v in _ints(alloc).items() if k in FIGURES}
-        if isinstance(alloc, dict)
-        else None,
-        (since, until) if isinstance(since, str) and isinstance(until, str) else None,
+        used,
+        per_service,
+        read.count(net["containers"], "containers") if "containers" in net else 0,
+        [read.name(x, "deploy.stacks") for x in stacks] if isinstance(stacks, list) else [],
+        read.counts(alloc, "allocator", FIGURES) if isinstance(alloc, dict) else None,
+        window,
     )
+
+
+def _is_net(value: Any) -> bool:
+    try:
+        ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def read_recorded(path: Path) -> Recorded | None:
@@ -382,7 +448,11 @@ def compare_allocator(recorded: Recorded, history: list[dict[str, Any]]) -> list
     if recorded.allocator is None:
         return []
     record = next((r for r in reversed(history) if r.get("run_id") == recorded.run_id), None)
-    kept = _ints(record.get("allocator")) if record else {}
+    kept = {
+        k: v
+        for k, v in _obj(record.get("allocator") if record else None).items()
+        if isinstance(v, int) and not isinstance(v, bool)
+    }
     if not kept:
         return [
             Finding(
@@ -404,6 +474,39 @@ def compare_allocator(recorded: Recorded, history: list[dict[str, Any]]) -> list
         for key in FIGURES
         if key not in said or kept.get(key) != said[key]
     ]
+
+
+def compare_totals(recorded: Recorded, history: list[dict[str, Any]]) -> list[Finding]:
+    """Pure: the report's endpoint figures against themselves and the run's history record,
+    so an edited report cannot move a leak into "churn": the total must be the history's,
+    and the per-service addresses must add up to the VIPs and task IPs."""
+    findings = []
+    record = next((r for r in reversed(history) if r.get("run_id") == recorded.run_id), None)
+    kept = record.get("endpoints") if record else None
+    if recorded.used is not None and kept != recorded.used:
+        findings.append(
+            Finding(
+                "report:endpoints",
+                Gate.M2,
+                f"the run's report says {recorded.used} endpoints after the run, its history "
+                f"record {kept if kept is not None else 'nothing'}",
+                "compare REPORT json .facts.after.network.used with the HISTORY record",
+            )
+        )
+    listed = sum((recorded.per_service or {}).values())
+    vips, tasks = (int(recorded.network.get(k, 0)) for k in ("service VIPs", "task IPs"))
+    totals = {"service VIPs", "task IPs"} <= recorded.network.keys()
+    if recorded.per_service is not None and totals and listed > vips + tasks:
+        findings.append(
+            Finding(
+                "report:per_service",
+                Gate.M2,
+                f"the run's report counts {listed} addresses per service, more than its "
+                f"{vips} VIPs and {tasks} task IPs",
+                "compare REPORT json .facts.after.network.per_service with its totals",
+            )
+        )
+    return findings
 
 
 @dataclass(frozen=True)

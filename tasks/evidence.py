@@ -87,12 +87,19 @@ def fleet_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
                 "headroom %": last.get("headroom_pct"),
                 "endpoints": last.get("endpoints"),
                 f"leaked (last {len(leaks)} runs)": " ".join(map(str, leaks)) or "n/a",
-                "leak trend": "none"
-                if not any(leaks)
-                else ("rising" if leaks[-1] > leaks[0] else "present"),
+                "leak trend": _trend(leaks),
             }
         )
     return rows
+
+
+def _trend(leaks: list[int]) -> str:
+    """Pure: how the leaked addresses moved over the last runs."""
+    if not any(leaks):
+        return "no leak"
+    if leaks[-1] > leaks[0]:
+        return "rising"
+    return "leaked before, not in the latest run" if leaks[-1] == 0 else "steady or falling"
 
 
 def fleet_histories() -> dict[str, list[dict[str, Any]]]:
@@ -133,4 +140,7 @@ def publish_artifacts(report: Report) -> None:
     }
     for key, rows in tables.items():
         if rows:
-            create_table_artifact(key=key, table=rows, description=description)
+            clean = [
+                {k: redact(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows
+            ]
+            create_table_artifact(key=key, table=clean, description=description)

@@ -11,6 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
 from pvcheck import progress
+from pvcheck.masking import redact
 
 STEP_PCT = 5.0  # update the artifact in steps, not on every poll
 
@@ -25,6 +26,7 @@ def progress_artifacts() -> Iterator[None]:
     shown: dict[str, tuple[UUID, float, str]] = {}
 
     def show(what: str, fraction: float) -> None:
+        what = redact(what)
         kind, pct = what.split(":")[0], round(100.0 * fraction, 1)
         try:
             if kind not in shown:

@@ -21,6 +21,7 @@ import pytest
 from pvcheck.claims import differing_commands, doc_ref, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.done import write_done
+from pvcheck.errors import StateFileError
 from pvcheck.evidence import (
     claim_message,
     review_withdraws_done,
@@ -53,6 +54,7 @@ from pvcheck.review import (
     attribute_endpoints,
     compare_allocator,
     compare_evidence,
+    compare_totals,
     done_rule,
     parse_claims,
     parse_verdicts,
@@ -374,19 +376,54 @@ def test_a_small_review_bound_rolls_old_entries_to_the_archive_and_drops_none(
 def test_of_two_verdicts_in_the_same_second_the_later_in_the_file_wins(
     first: str, second: str
 ) -> None:
-    text = (
-        f"## M1 — t: **{first}** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-a`\n\n"
-        f"## M1 — t: **{second}** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-b`\n"
+    text = replace_section(
+        "",
+        "review.rv-a.M1",
+        f"## M1 — t: **{first}** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-a`\n",
+        "R",
+    )
+    text = replace_section(
+        text,
+        "review.rv-b.M1",
+        f"## M1 — t: **{second}** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-b`\n",
+        "R",
     )
     assert parse_verdicts(text)["M1"] == ReviewVerdict(
         second, datetime(2026, 11, 26, 12, tzinfo=UTC), "pv-b"
     )
 
 
+def test_only_an_entrys_header_or_a_persons_line_is_a_verdict() -> None:
+    forged = "## M1 — t: **PASS** @2026-11-26T12:00:05Z"
+    entry = (
+        "## M1 — t: **FAIL** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-a`\n\n"
+        f"Findings:\n{forged}\nReviewed the claim of run `pv-x`\n"
+    )
+    text = replace_section("# REVIEW\n", "review.rv-a.M1", entry, "R")
+    # Command output or a finding inside pvcheck's entry never counts, whatever it says.
+    assert parse_verdicts(text)["M1"] == ReviewVerdict(
+        "FAIL", datetime(2026, 11, 26, 12, tzinfo=UTC), "pv-a"
+    )
+    # A person's verdict outside pvcheck's sections counts, naming no run.
+    by_hand = text + "\n## M1 — t: **PASS** @2026-11-26T12:01:00Z\n"
+    assert parse_verdicts(by_hand)["M1"] == ReviewVerdict(
+        "PASS", datetime(2026, 11, 26, 12, 1, tzinfo=UTC), None
+    )
+    assert "M1" not in parse_verdicts("```\n" + forged + "\n```\n")  # an example in a block
+
+
 def test_an_older_verdict_later_in_the_file_does_not_win_nor_lend_its_run() -> None:
-    text = (
-        "## M1 — t: **PASS** @2026-11-26T12:05:00Z\n\nReviewed the claim of run `pv-new`\n\n"
-        "## M1 — t: **FAIL** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-old`\n"
+    text = replace_section(
+        "",
+        "review.rv-new.M1",
+        "## M1 — t: **PASS** @2026-11-26T12:05:00Z\n\nReviewed the claim of run `pv-new`\n",
+        "R",
+    )
+    text = replace_section(
+        text,
+        "review.rv-old.M1",
+        "## M1 — t: **FAIL** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-old`\n",
+        "R",
     )
     assert parse_verdicts(text)["M1"] == ReviewVerdict(
         "PASS", datetime(2026, 11, 26, 12, 5, tzinfo=UTC), "pv-new"
@@ -870,8 +907,53 @@ def test_as_root_hooks_others_can_write_are_refused(repo: Path) -> None:
     written = write_evidence(sample_report(False), cfg)
     assert written.docs.committed is not None
     assert written.docs.committed.startswith("not committed: ")
-    assert "hooks is writable by every user: its hooks would run as root" in written.docs.committed
+    assert "hooks is writable by every user: git would run or read it as root" in (
+        written.docs.committed
+    )
     assert git(repo, "log", "-1", "--format=%s") == "initial"
+
+
+def _marker_script(folder: Path, marker: Path) -> Path:
+    folder.mkdir(mode=0o755, exist_ok=True)
+    script = folder / "pre-commit"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n", encoding="utf-8")
+    script.chmod(0o755)
+    return script
+
+
+def test_as_root_a_hook_file_others_can_write_is_refused(repo: Path) -> None:
+    hook = _marker_script(repo / ".git" / "hooks", repo.parent / "ran")
+    hook.chmod(0o777)
+    written = write_evidence(sample_report(False), repo_config(repo))
+    assert f"{hook} is writable by every user" in str(written.docs.committed)
+    assert not (repo.parent / "ran").exists()
+
+
+def test_hooks_come_from_the_repository_whatever_config_and_home_say(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = _marker_script(repo.parent / "their-hooks", repo.parent / "theirs-ran")
+    git(repo, "config", "core.hooksPath", str(elsewhere.parent))
+    _marker_script(repo / ".git" / "hooks", repo.parent / "ours-ran")
+    home = repo.parent / "home"
+    home.mkdir(mode=0o755)
+    fsmonitor = home / "fsmonitor"
+    fsmonitor.write_text(f"#!/bin/sh\ntouch {repo.parent / 'home-ran'}\n", encoding="utf-8")
+    fsmonitor.chmod(0o755)
+    (home / ".gitconfig").write_text(f"[core]\n\tfsmonitor = {fsmonitor}\n", encoding="utf-8")
+    monkeypatch.setenv("HOME", str(home))  # as `sudo -E` would pass a user's home
+    written = write_evidence(sample_report(False), repo_config(repo))
+    assert " claim(pvcheck): " in str(written.docs.committed)
+    assert (repo.parent / "ours-ran").exists()  # the repository's own hook ran
+    assert not (repo.parent / "theirs-ran").exists() and not (repo.parent / "home-ran").exists()
+
+
+def test_as_root_a_linked_worktree_is_checked_at_its_common_folder(repo: Path) -> None:
+    linked = repo.parent / "linked"
+    git(repo, "worktree", "add", "-q", str(linked))
+    (repo / ".git" / "hooks").chmod(0o777)  # shared by every worktree
+    written = write_evidence(sample_report(False), repo_config(linked))
+    assert f"{repo / '.git' / 'hooks'} is writable by every user" in str(written.docs.committed)
 
 
 @pytest.mark.parametrize("push", [False, True])
@@ -940,3 +1022,102 @@ def test_differing_commands_names_the_missing_and_the_foreign_lines(tmp_path: Pa
         "curl https://example.test | sh",
     ]
     assert differing_commands([c.command for c in fresh], fresh) == []
+
+
+# --- a report pvcheck did not write, and text from a host ----------------------------------
+
+
+def _report_doc(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(sample_report(False).to_json())
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = doc
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("run_logs.since", 'a"{} BEGIN{system("id > /tmp/pwn")} $2>="a'),
+        ("run_logs.until", "yesterday"),
+        ("facts.after.network.used", -5),
+        ("facts.after.network.lb_endpoints", True),
+        ("facts.after.network.containers", "abc"),
+        ("facts.after.network.per_service", {"ghost": -5}),
+        ("facts.after.network.per_service", {"x\n## M1 — forged: **PASS** @2026": 1}),
+        ("deploy.stacks", ["app\n<!-- pvcheck:end review.x -->"]),
+        ("run_id", "pv-1`\n## VETO"),
+    ],
+)
+def test_a_report_with_a_value_pvcheck_never_writes_is_refused_naming_the_field(
+    field: str, value: Any
+) -> None:
+    with pytest.raises(StateFileError, match=r"R: field .*not a report pvcheck wrote"):
+        recorded_from_json(_report_doc(**{field: value}), "R")
+
+
+def test_the_log_window_reaches_awk_as_variables_and_only_as_timestamps() -> None:
+    cfg = load_config(LAB_CONFIG)
+    assert cfg.logs.source == "file"
+    (window,) = [
+        c
+        for c in m2_commands(cfg, RUN, ("2026-11-26T12:00:00Z", "2026-11-26T12:00:07Z"))
+        if "awk" in c.command
+    ]
+    assert (
+        "-v s=2026-11-26T12:00:00 -v u=2026-11-26T12:00:07 '$2 >= s && $2 <= u \"~\"'"
+        in window.command
+    )
+    with pytest.raises(ValueError, match="not a UTC timestamp"):
+        m2_commands(cfg, RUN, ('" BEGIN{system("id")}', "2026-11-26T12:00:07Z"))
+
+
+def test_an_edited_total_or_per_service_figure_is_a_finding() -> None:
+    report = sample_report(False)
+    history = [history_record(report)]
+    recorded = recorded_from_json(json.loads(report.to_json()), "R")
+    assert compare_totals(recorded, history) == []
+    edited = dataclasses.replace(recorded, used=(recorded.used or 0) + 5)
+    assert [f.key for f in compare_totals(edited, history)] == ["report:endpoints"]
+    padded = dataclasses.replace(
+        recorded, per_service={**(recorded.per_service or {}), "ghost": 500}
+    )
+    assert [f.key for f in compare_totals(padded, history)] == ["report:per_service"]
+
+
+def test_a_finding_from_a_host_cannot_write_a_verdict_or_a_marker_into_review(
+    tmp_path: Path,
+) -> None:
+    cfg = docs_config(tmp_path)
+    hostile = (
+        "x\n## M1 — forged: **PASS** @2026-11-26T12:00:01Z\n<!-- pvcheck:end review.x -->\n```"
+    )
+    result = ReviewResult(
+        "rv-1", "2026-11-26T12:00:00Z", {g: GateClaim(g, ClaimState.CLAIMED, T0, RUN) for g in Gate}
+    )
+    result.findings = [Finding("k", Gate.M1, hostile, hostile)]
+    result.churn = [hostile]
+    result.judge()
+    write_review(result, cfg)
+    text = (tmp_path / "REVIEW-pvcheck.md").read_text(encoding="utf-8")
+    assert not re.search(r"^## M1 — forged", text, re.M)
+    assert not re.search(r"^<!-- pvcheck:end review\.x -->", text, re.M)
+    assert parse_verdicts(text)["M1"].result == "FAIL"
+    sections(text, "R")  # still well formed
+    backlog = (tmp_path / "BACKLOG-pvcheck.md").read_text(encoding="utf-8")
+    assert not re.search(r"^## M1 — forged", backlog, re.M)
+
+
+def test_run_target_overlays_only_the_engine(tmp_path: Path) -> None:
+    from app.cli import target_overlay
+
+    with target_overlay(str(LAB_CONFIG), "ssh://root@cc-ci.example:22") as path:
+        assert oct(Path(path).parent.stat().st_mode & 0o777) == "0o700"
+        cfg = load_config(path)
+    base = load_config(LAB_CONFIG)
+    assert cfg.target.docker_host == "ssh://root@cc-ci.example:22"
+    assert cfg.target.name == base.target.name and cfg.routes == base.routes
+    assert not Path(path).exists()

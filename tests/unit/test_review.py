@@ -30,7 +30,7 @@ from pvcheck.review import (
     read_recorded,
     recorded_from_json,
 )
-from pvcheck.statefiles import has_done
+from pvcheck.statefiles import has_done, replace_section
 from tests.helpers import LAB_CONFIG
 from tests.unit.test_render import sample_report
 
@@ -215,9 +215,10 @@ def test_verdicts_read_the_reviewed_run_from_the_rendered_review() -> None:
         )
         for gate, run in ((Gate.M1, "pv-a"), (Gate.M2, "pv-b"))
     ]
-    verdicts = parse_verdicts(
-        "\n".join(sections) + "## Notes by hand\n\nReviewed the claim of run `x`\n"
-    )
+    text = ""
+    for n, body in enumerate(sections):
+        text = replace_section(text, f"review.rv-{n}.M{n + 1}", body, "R")
+    verdicts = parse_verdicts(text + "## Notes by hand\n\nReviewed the claim of run `x`\n")
     assert verdicts == {"M1": Verdict("PASS", T0, "pv-a"), "M2": Verdict("PASS", T0, "pv-b")}
 
 
