@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import builtins
 import contextlib
 import functools
 import json
@@ -35,7 +34,7 @@ from pvcheck.safeio import atomic_write
 
 DEFAULT_LAB_CONFIG = LAB_CONFIG
 NIGHTLY = "17 1 * * *"  # flows.serving.NIGHTLY_CRON, without importing Prefect's flows here
-CONFIG_HELP = f"the config to use (the built-in lab's: {LAB_CONFIG})"
+CONFIG_HELP = "the config to use (required; the built-in lab's is lab/pvcheck.toml)"
 # `pvcheck lab up --profile NAME`: which lab to build. cc-ci: a twin of the real host, whose
 # config is the shipped deployments/cc-ci.toml with only locations changed.
 LAB_PROFILES = {"default": LAB_CONFIG, "cc-ci": LAB_CONFIG.parent / "cc-ci-twin.toml"}
@@ -106,25 +105,25 @@ def count_line(report: Report) -> str:
 
 
 def print_verdict(report: Report, out: TextIO | None = None) -> None:
-    print = functools.partial(builtins.print, file=out or sys.stdout)
-    print(f"pvcheck {report.verdict.upper()}  run {report.run_id}  target {report.target}")
-    print(f"  {count_line(report)}")
+    say = functools.partial(print, file=out or sys.stdout)
+    say(f"pvcheck {report.verdict.upper()}  run {report.run_id}  target {report.target}")
+    say(f"  {count_line(report)}")
     if report.incomplete_reason:
-        print(f"  incomplete: {report.incomplete_reason}")
+        say(f"  incomplete: {report.incomplete_reason}")
     for gate in report.gates:
-        print(f"  gate {gate.gate} {gate.status.upper():<5} {gate.title}")
+        say(f"  gate {gate.gate} {gate.status.upper():<5} {gate.title}")
     for check in report.checks:
         if check.status != Status.PASS:
-            print(
+            say(
                 f"    {check.status.upper():<5} {check.id}: expected {check.expected}; "
                 f"found {check.found}. {check.detail}"
             )
     for stage, outcome in report.stages.items():
-        print(f"  stage {stage}: {outcome}")
+        say(f"  stage {stage}: {outcome}")
     for kind, path in report.evidence.items():
-        print(f"  evidence {kind}: {path}")
+        say(f"  evidence {kind}: {path}")
     for line in report.docs.lines():
-        print(f"  {line}")
+        say(f"  {line}")
 
 
 @contextlib.contextmanager
@@ -195,22 +194,25 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     ensure_prefect_api()
     state = review(target=name, return_state=True)
+    if state.is_cancelled():
+        print(f"pvcheck: {state.message}", file=sys.stderr)
+        return EXIT_BUSY
     result = _flow_result(state, ReviewResult)
     _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")
     # With the JSON on stdout, the text for people goes to stderr.
-    print = functools.partial(builtins.print, file=sys.stderr if args.json == "-" else sys.stdout)
-    print(f"pvcheck review {result.verdict.upper()}  {result.review_id}")
+    say = functools.partial(print, file=sys.stderr if args.json == "-" else sys.stdout)
+    say(f"pvcheck review {result.verdict.upper()}  {result.review_id}")
     for gate, verdict in result.verdicts.items():
         claim = result.claims[gate]
-        print(f"  gate {gate} {verdict:<4} (claim: {claim.state}, run {claim.run_id or '-'})")
+        say(f"  gate {gate} {verdict:<4} (claim: {claim.state}, run {claim.run_id or '-'})")
     for finding in result.findings:
-        print(f"    finding [{finding.gate}] {finding.title}")
+        say(f"    finding [{finding.gate}] {finding.title}")
     for line in result.churn:
-        print(f"    churn since the claim (not pvcheck's): {line}")
+        say(f"    churn since the claim (not pvcheck's): {line}")
     for kind, path in result.evidence.items():
-        print(f"  evidence {kind}: {path}")
+        say(f"  evidence {kind}: {path}")
     for line in result.docs.lines():
-        print(f"  {line}")
+        say(f"  {line}")
     return EXIT_PASS if result.verdict == "pass" else EXIT_GATE_FAILED
 
 
@@ -277,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="validate a config file")
     config_sub = config.add_subparsers(dest="action", required=True)
-    check = config_sub.add_parser("check", help="validate FILE and print what was understood")
+    check = config_sub.add_parser(
+        "check", parents=[common], help="validate FILE and print what was understood"
+    )
     check.add_argument("file")
     check.add_argument(
         "--json", action="store_true", help="print only the effective (merged) config as JSON"

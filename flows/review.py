@@ -10,12 +10,13 @@ import secrets
 from datetime import UTC, datetime
 
 from prefect import State, flow, get_run_logger
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from flows.params import TARGET, Host
 from pvcheck import facts, guard, logscan, preconditions, routes, runlog
 from pvcheck.claims import differing_commands, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
+from pvcheck.errors import HostBusy
 from pvcheck.evidence import write_review
 from pvcheck.facts import HostFacts
 from pvcheck.history import read_history
@@ -33,6 +34,7 @@ from pvcheck.review import (
     parse_claims,
     read_recorded,
 )
+from pvcheck.runs import HostLock
 from pvcheck.seams import Seams
 from pvcheck.stacks import list_residue, residue_names
 from pvcheck.statefiles import read_state
@@ -176,6 +178,16 @@ def review(target: Host = TARGET) -> State:
     Adversary); append the verdicts to REVIEW; end Failed when a gate fails."""
     runlog.install()
     cfg = load_config(pinned_path(target))
+    try:
+        # Not beside a verification run: its throwaway stacks would read as leftovers.
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host):
+            return _review(cfg)
+    except HostBusy as exc:
+        get_run_logger().warning("%s", exc)
+        return Cancelled(message=str(exc))
+
+
+def _review(cfg: Config) -> State:
     log = get_run_logger()
     paths = cfg.docs.paths
     claims = parse_claims(read_state(paths.status) or "", str(paths.status))

@@ -50,9 +50,12 @@ def test_shipped_automations_are_valid_prefect_automations() -> None:
     autos = [AutomationCore.model_validate(a) for a in yaml.safe_load(filled)["automations"]]
     kinds = {a.name: [type(x).__name__ for x in a.actions] for a in autos}
     assert kinds == {
-        "pvcheck nightly run failed or crashed": ["SendNotification"],
+        "pvcheck nightly run failed, crashed or incomplete": ["SendNotification"],
         "pvcheck janitor after a crashed run": ["RunDeployment"],
     }
+    # The event is named after the state: the INCOMPLETE verdict's state is "Incomplete".
+    expected = autos[0].trigger.expect  # type: ignore[union-attr]
+    assert {"prefect.flow-run.Failed", "prefect.flow-run.Incomplete"} <= set(expected)
 
 
 def test_the_default_nightly_schedule_misses_the_weekly_sweep() -> None:
