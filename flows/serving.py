@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
+from prefect.utilities.annotations import freeze
 
 from flows.janitor import janitor
 from flows.review import review
@@ -192,7 +193,9 @@ def build_deployments(
     return [
         row["flow"].to_deployment(
             name=row["name"],
-            parameters=row["parameters"],
+            # The host is the deployment's own: the form shows it read-only, and the server
+            # refuses a run that names another one.
+            parameters={**row["parameters"], "target": freeze(row["parameters"]["target"])},
             description=row["description"],
             concurrency_limit=ONE_AT_A_TIME,
             tags=row["tags"],

@@ -82,6 +82,11 @@ def start_server(host: str, port: int, auth: str, ui: bool = False) -> subproces
             *("--lifespan", "on"),
         ]
         env.update({"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"})
+        # Its own database: runs of a temporary API (a killed one stays "Running" for ever)
+        # never show in the UI of the server the operator serves from the default one.
+        if "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in os.environ:
+            own = Path(get_current_settings().home) / "pvcheck-temporary.db"
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{own}"
         env["PREFECT__SERVER_FINAL"] = "1"
     return subprocess.Popen(
         argv,

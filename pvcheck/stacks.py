@@ -157,13 +157,16 @@ def remove_labelled(swarm: SwarmApi, *labels: str, timeout_s: float = 90.0) -> d
         swarm.remove_config(cfg["ID"])
     for sec in swarm.secrets(wanted):
         swarm.remove_secret(sec["ID"])
+    removed: set[str] = set()
     while True:
         for ctr in swarm.containers(wanted):
             # Exited task containers of removed services linger; running ones are stopping.
             if ctr.get("State") != "running":
                 swarm.remove_container(ctr["Id"])
         for net in swarm.networks(wanted):
-            if swarm.remove_network(net["Id"]):
+            # A removed network can still be listed for a moment: said once.
+            if swarm.remove_network(net["Id"]) and net["Name"] not in removed:
+                removed.add(net["Name"])
                 log.info("docker network rm %s", net["Name"])
         for vol in swarm.volumes(wanted):
             swarm.remove_volume(vol["Name"])

@@ -31,7 +31,7 @@ def allocator_proof(
         LABEL_RUN,
         settings.run_id,
     )
-    with progress_artifacts():
+    with progress_artifacts("allocator reproduction"):
         obs = allocator.gather(seams, settings, progress=log.info)
     if obs.refused:
         log.warning("allocator reproduction refused: %s", obs.refused)

@@ -23,7 +23,7 @@ def wait_for_quiet_host(seams: Seams, settings: deploy.Settings) -> Check:
             log.info("waiting (at most %gs) for: %s", wait_s, "; ".join(found))
             last[:] = found
 
-    with progress_artifacts():
+    with progress_artifacts("quiet host"):
         check = deploy.judge_quiet(deploy.gather_quiet(seams, settings, on_wait=waiting))
     if check.status == Status.PASS:
         log.info("host quiet after %.1fs: no active run, harness stack, build or sweep",
@@ -40,7 +40,7 @@ def deploy_proof(seams: Seams, settings: deploy.Settings) -> tuple[list[Check], 
     log = get_run_logger()
     d = settings.deploy
     log.info("deploy proof: driver %s, recipe %s, network %s", d.driver, d.recipe, settings.network)
-    with progress_artifacts():
+    with progress_artifacts("deploy proof"):
         obs = deploy.gather(seams, settings)
     outcome = obs.outcome
     for key, value in outcome.info.items():

@@ -130,9 +130,23 @@ def publish_artifacts(report: Report) -> None:
             "status_trend.md.j2", records=records, svg_src=svg_data_uri(trend_svg(records))
         ),
     }
-    description = f"pvcheck {report.verdict} run {report.run_id}"
+    what = {
+        "pvcheck-verdict": "Verdict: gates and every check",
+        "pvcheck-network-facts": "Network and control plane, before and after",
+        "pvcheck-allocator": "Allocator reproduction",
+        "pvcheck-trend": "Trend of the last runs (chart)",
+        "pvcheck-allocator-rounds": "Allocator rounds (table)",
+        "pvcheck-history": "Run history (table)",
+        "pvcheck-fleet": "Every served host's latest verdict (table)",
+    }
+
+    def description(key: str) -> str:
+        return f"{what[key]} — run {report.run_id}, {report.verdict.upper()}"
+
     for key in ARTIFACT_KEYS:
-        create_markdown_artifact(key=key, markdown=redact(bodies[key]), description=description)
+        create_markdown_artifact(
+            key=key, markdown=redact(bodies[key]), description=description(key)
+        )
     tables = {
         "pvcheck-allocator-rounds": allocator_rows(report),
         "pvcheck-history": history_rows(records),
@@ -143,4 +157,4 @@ def publish_artifacts(report: Report) -> None:
             clean = [
                 {k: redact(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows
             ]
-            create_table_artifact(key=key, table=clean, description=description)
+            create_table_artifact(key=key, table=clean, description=description(key))

@@ -28,7 +28,13 @@ def scan_docker_log(
             scan.since,
             scan.until,
         )
-        log.info("docker log matches: %s", ", ".join(f"{k} {v}" for k, v in scan.counts.items()))
+        log.info(
+            "docker log matches between %s and %s (%s): %s",
+            scan.since,
+            scan.until,
+            settings.what,
+            ", ".join(f"{k} {v}" for k, v in scan.counts.items()),
+        )
         for line in scan.lines[:10]:
-            log.info("  %s", line)
+            log.info("  [%s .. %s] %s", scan.since, scan.until, line)
     return obs, logscan.judge(obs, settings)

@@ -17,17 +17,18 @@ STEP_PCT = 5.0  # update the artifact in steps, not on every poll
 
 
 @contextlib.contextmanager
-def progress_artifacts() -> Iterator[None]:
+def progress_artifacts(stage: str) -> Iterator[None]:
     """Inside a task: one progress artifact per kind of wait (the text before its ':'),
-    set to 100 % when the task's waiting is over. An API hiccup never stops the wait."""
+    named after the stage, set to 100 % when the task's waiting is over. An API hiccup never
+    stops the wait."""
     if TaskRunContext.get() is None and FlowRunContext.get() is None:
         yield  # called as a plain function (tests, the benchmark): no API to show it in
         return
     shown: dict[str, tuple[UUID, float, str]] = {}
 
     def show(what: str, fraction: float) -> None:
-        what = redact(what)
-        kind, pct = what.split(":")[0], round(100.0 * fraction, 1)
+        what = redact(f"{stage}: {what}")
+        kind, pct = ":".join(what.split(":")[:2]), round(100.0 * fraction, 1)
         try:
             if kind not in shown:
                 made = create_progress_artifact(pct, description=what)

@@ -207,14 +207,18 @@ def test_the_served_api_refuses_anonymous_calls_and_takes_no_config_path(
     )
     assert refused.status_code in (409, 422), refused.text
     assert "50 is greater than the maximum of 20" in refused.text
-    # A run that names a config of its own is refused; nothing else can choose one.
-    run = _post(
-        url,
-        f"/deployments/{dep['id']}/create_flow_run",
-        {"parameters": {"target": "/tmp/mine.toml"}},
+    # The host is the deployment's own (read-only in the form): a run naming a config of its
+    # own is refused by the server, before anything runs.
+    assert form["target"]["readOnly"] and form["target"]["enum"] == ["lab"]
+    mine = httpx.post(
+        f"{url}/deployments/{dep['id']}/create_flow_run",
+        json={"parameters": {"target": "/tmp/mine.toml"}},
+        headers=AUTH_HEADER,
+        timeout=30,
+        trust_env=False,
     )
-    final = _wait(url, str(run["id"]))
-    assert final["state_type"] in ("FAILED", "CRASHED"), final["state"]
+    assert mine.status_code in (409, 422), mine.text
+    assert "'/tmp/mine.toml' is not one of ['lab']" in mine.text
 
 
 def test_deployments_and_nightly_schedule(served: tuple[str, Path]) -> None:
