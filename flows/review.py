@@ -104,10 +104,10 @@ def live_m2(
     claim: GateClaim,
     since: datetime | None,
     recorded: Recorded | None,
+    left: dict[str, list[str]],
 ) -> tuple[list[Check], list[Finding]]:
+    """`left`: what carries any pvcheck run's label (listed once per review)."""
     log = get_run_logger()
-    # Any pvcheck run's label, not only the claim's: listed, never removed by a review.
-    left = list_residue(seams.swarm, LABEL_RUN)
     names = residue_names(left)
     checks = judge_residue(Residue(left, 0.0), ResidueSettings(run_id=""))
     log.info("docker ps/service/network ls --filter label=%s -> %s", LABEL_RUN, names or "nothing")
@@ -157,12 +157,12 @@ def live_m2(
 
 
 def compare_with_report(
-    cfg: Config, seams: Seams, recorded: Recorded, live: HostFacts
+    cfg: Config, recorded: Recorded, live: HostFacts, ours: set[str]
 ) -> Comparison:
-    """The host now against the run's JSON report (endpoints attributed per service), and
-    the report's allocator figures against the run's history record."""
+    """The host now against the run's JSON report (endpoints attributed per service; `ours`:
+    services carrying a pvcheck run label), and the report's figures against the run's
+    history record."""
     log = get_run_logger()
-    ours = set(list_residue(seams.swarm, LABEL_RUN)["services"])
     compared = compare_evidence(recorded, live, ours)
     history = read_history(cfg.docs.paths.history, limit=200)
     findings = compared.findings + compare_allocator(recorded, history)
@@ -206,10 +206,12 @@ def _review(cfg: Config) -> State:
     live, health = capture_facts(seams, facts.Settings.from_config(cfg), "review")
     m1_checks, m1_findings = live_m1(cfg, seams, health, claims[Gate.M1])
     since = claims[Gate.M2].claimed_at or claims[Gate.M1].claimed_at
-    m2_checks, m2_findings = live_m2(cfg, seams, claims[Gate.M2], since, recorded)
+    # Any pvcheck run's label, not only the claim's: listed once, never removed by a review.
+    left = list_residue(seams.swarm, LABEL_RUN)
+    m2_checks, m2_findings = live_m2(cfg, seams, claims[Gate.M2], since, recorded, left)
     result.checks = m1_checks + m2_checks
     if recorded is not None:
-        compared = compare_with_report(cfg, seams, recorded, live.facts)
+        compared = compare_with_report(cfg, recorded, live.facts, set(left["services"]))
         result.findings += compared.findings
         result.churn = compared.churn
     result.findings += m1_findings + m2_findings

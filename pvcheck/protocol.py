@@ -89,10 +89,15 @@ def without_done(text: str, path: str) -> str:
     spans = sections(text, path)
     if DONE_SECTION not in spans:
         return text
-    start, end = spans[DONE_SECTION]
+    return _cut(text, *spans[DONE_SECTION])
+
+
+def _cut(text: str, start: int, end: int) -> str:
+    """Pure: text without the owned block at [start, end) and the one blank line
+    replace_section put before it."""
     head = text[:start]
     if head.endswith("\n\n"):
-        head = head[:-1]  # replace_section put one blank line before the block
+        head = head[:-1]
     return head + text[end:]
 
 
@@ -153,11 +158,8 @@ def roll_over(text: str, path: str, max_bytes: int, gate_of: dict[str, str]) -> 
         size -= len(text[start:end].encode("utf-8"))
     moved = [text[start:end] for start, end in moving]
     kept = text
-    for start, end in reversed(moving):
-        head = kept[:start]
-        if head.endswith("\n\n"):
-            head = head[:-1]
-        kept = head + kept[end:]
+    for start, end in reversed(moving):  # from the end: earlier offsets stay valid
+        kept = _cut(kept, start, end)
     return RollOver(kept, moved)
 
 

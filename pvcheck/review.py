@@ -442,12 +442,17 @@ def compare_evidence(
     return Comparison(findings, split.churn_lines())
 
 
+def history_of(recorded: Recorded, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The history record the report's run wrote (its newest, should a run id repeat)."""
+    return next((r for r in reversed(history) if r.get("run_id") == recorded.run_id), None)
+
+
 def compare_allocator(recorded: Recorded, history: list[dict[str, Any]]) -> list[Finding]:
     """Pure: the allocator figures of the run's report against its history record (written
     by the same run, read back independently): a figure edited in one is a finding."""
     if recorded.allocator is None:
         return []
-    record = next((r for r in reversed(history) if r.get("run_id") == recorded.run_id), None)
+    record = history_of(recorded, history)
     kept = {
         k: v
         for k, v in _obj(record.get("allocator") if record else None).items()
@@ -481,7 +486,7 @@ def compare_totals(recorded: Recorded, history: list[dict[str, Any]]) -> list[Fi
     so an edited report cannot move a leak into "churn": the total must be the history's,
     and the per-service addresses must add up to the VIPs and task IPs."""
     findings = []
-    record = next((r for r in reversed(history) if r.get("run_id") == recorded.run_id), None)
+    record = history_of(recorded, history)
     kept = record.get("endpoints") if record else None
     if recorded.used is not None and kept != recorded.used:
         findings.append(

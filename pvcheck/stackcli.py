@@ -27,11 +27,20 @@ LABEL_SPEC = "pvcheck.spec"  # hash of the prepared compose: a re-deploy of the 
 CLI_TIMEOUT_S = 300.0
 MAX_CLI_OUTPUT = 4 * 1024 * 1024
 # What the CLI says when it cannot reach the engine (not when the engine refused a request).
+# An engine that is away, or back from a restart without its swarm role yet ("This node is
+# not a swarm manager" for a few seconds): waited for within the reconnect window, as the
+# swarm seam waits for the same answers from the API.
 _UNREACHABLE = re.compile(
     r"error during connect|Cannot connect to the Docker daemon|connection refused|"
-    r"Is the docker daemon running|connect: no such file or directory",
+    r"Is the docker daemon running|connect: no such file or directory|"
+    r"This node is not a swarm manager",
     re.IGNORECASE,
 )
+
+
+def engine_not_back(err: str) -> bool:
+    """The CLI's message says the engine is away or not back yet (not a real refusal)."""
+    return bool(_UNREACHABLE.search(err))
 
 
 class StackError(PvcheckError):
@@ -96,7 +105,7 @@ class DockerCli:
                 return done
             if done.rc is None:
                 raise StackError(f"{what}: no answer within {self.timeout_s:g}s; stopped")
-            if not _UNREACHABLE.search(err):
+            if not engine_not_back(err):
                 raise StackError(f"{what}: {err or f'exit {done.rc}, no message'}")
             if time.monotonic() >= deadline:
                 raise TargetUnreachable(f"{self.where} stopped answering: {err}")

@@ -60,3 +60,23 @@ def test_a_real_api_error_is_not_retried_as_a_restart() -> None:
     with pytest.raises(docker.errors.APIError):
         swarm.call(_flaky([docker.errors.APIError("name conflicts", response=response)]))
     assert swarm.requests == 1
+
+
+# What `docker stack deploy` printed when it ran while dockerd came back from a restart
+# (seen in tests/integration/test_faults.py): the CLI seam waits for it like the API seam.
+RESTARTED = (
+    "Since --detach=false was not specified, tasks will be created in the background.\n"
+    "In a future release, --detach=false will become the default.\n"
+    "failed to create network pvc-alloc-1da453-r1-6_internal: Error response from daemon: "
+    'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to '
+    "connect this node to swarm and try again."
+)
+
+
+def test_the_cli_waits_for_an_engine_back_without_its_swarm_role_yet() -> None:
+    from pvcheck.stackcli import engine_not_back
+
+    assert engine_not_back(RESTARTED)
+    assert engine_not_back("Cannot connect to the Docker daemon at unix:///var/run/docker.sock")
+    # A real refusal is reported at once.
+    assert not engine_not_back("services.app Additional property privileged2 is not allowed")
