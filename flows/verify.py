@@ -168,8 +168,14 @@ class Verification:
         self.deploy = deploy.Settings.from_config(cfg)
         self.log = get_run_logger()
 
-    def _logs(self, check_id: str, what: str, since: datetime) -> logscan.Settings:
-        return logscan.Settings.window(self.cfg, check_id, what, since, datetime.now(UTC))
+    def _logs(
+        self, check_id: str, what: str, since: datetime, judge_gc: bool = False
+    ) -> logscan.Settings:
+        alloc = self.report.allocator
+        ours = tuple(alloc.probe_ids) if alloc else ()
+        return logscan.Settings.window(
+            self.cfg, check_id, what, since, datetime.now(UTC), ours, judge_gc
+        )
 
     def read_only_stages(self) -> bool:
         """Preconditions, facts, routes and the log window, concurrently; True when test
@@ -261,7 +267,7 @@ class Verification:
             report.add(scan_docker_log(self.seams, window)[1])
 
     def finish_logs_and_guard(self, canary: bool) -> None:
-        window = self._logs(Family.LOGS.id("fresh-run"), "this run", self.started)
+        window = self._logs(Family.LOGS.id("fresh-run"), "this run", self.started, judge_gc=True)
         obs, checks = scan_docker_log(self.seams, window)
         self.report.run_logs = obs.scan
         self.report.add(checks)

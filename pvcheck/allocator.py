@@ -1,12 +1,21 @@
-"""Stage allocator (M2): the bounded allocator reproduction. Throwaway published-port stacks on
-the overlay, deployed and removed concurrently (the pattern that leaked endpoints in
-production), with the network's endpoints measured at baseline, at peak and after the
-allocator settles. `gather` refuses or runs it; `judge` (pure) checks the figures.
+"""Stage allocator (M2): the bounded allocator reproduction, and the allocator's own count.
+
+The incident's pattern: recipe-shaped throwaway stacks (an external shared overlay and an
+internal network each) deployed and removed by concurrent `docker stack rm`. The rounds run
+on a scratch overlay that plays the shared network's role, never on the real one: what the
+race leaks (about one address per removed task, invisible to `network inspect`) dies with
+the scratch network. After the rounds the allocator itself says what it still holds there
+(pvcheck.capacity): the engine's IPAM status, or a fill probe. Ingress is measured before
+anything is created. `gather` refuses or runs it; `judge` (pure) checks the figures, and
+forecasts when the real networks would run out at the measured leak.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,12 +23,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pvcheck.capacity import HeldCount, count_held, fill, ipam_status
 from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
 from pvcheck.records import Check, Family, Gate, Status, format_ts, skipped
 from pvcheck.seams import Seams, SwarmApi
 from pvcheck.stackcli import StackError
 from pvcheck.stackfile import dump_compose, inject_labels
+from pvcheck.stacks import remove_services_gently
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,35 @@ class AllocatorResult:
     started_at: datetime
     finished_at: datetime
     rounds: list[RoundFigures] = field(default_factory=list)
+    scratch: str = ""  # the overlay the rounds ran on, in the shared network's role
+    scratch_left: bool = False  # it could not be removed (residue)
+    removal: str = "concurrent"
+    # The allocator's own counts: the scratch network after the rounds (what the race
+    # leaked), and the shared network and ingress before and after.
+    scratch_count: HeldCount | None = None
+    shared_before: HeldCount | None = None
+    shared_after: HeldCount | None = None
+    ingress: HeldCount | None = None
+    probe_ids: list[str] = field(default_factory=list)  # refused probe services (log lines)
+    probe_s: float = 0.0  # seconds the capacity probes took
+    removals_per_day: float = 0.0  # the host's task removals a day, for the forecast
+    ingress_removals_per_day: float = 0.0  # of them, published-port tasks
+    rate_source: str = "config"
+
+    @property
+    def removed_tasks(self) -> int:
+        return sum(r.stacks for r in self.rounds)
+
+    @property
+    def engine_leaked(self) -> int | None:
+        """Addresses the allocator still held on the scratch network after every throwaway
+        was gone: the engine's leak under the incident's pattern (None: not counted)."""
+        return self.scratch_count.leaked if self.scratch_count else None
+
+    @property
+    def leak_per_removal(self) -> float | None:
+        leaked = self.engine_leaked
+        return None if leaked is None or not self.removed_tasks else leaked / self.removed_tasks
 
     @property
     def leaked_total(self) -> int:
@@ -111,6 +151,21 @@ class AllocatorResult:
             "started_at": format_ts(self.started_at),
             "finished_at": format_ts(self.finished_at),
             "rounds": [asdict(r) | {"leaked": r.leaked} for r in self.rounds],
+            "scratch": self.scratch,
+            "scratch_left": self.scratch_left,
+            "removal": self.removal,
+            "removed_tasks": self.removed_tasks,
+            "engine_leaked": self.engine_leaked,
+            "leak_per_removal": self.leak_per_removal,
+            "scratch_count": self.scratch_count.as_dict() if self.scratch_count else None,
+            "shared_before": self.shared_before.as_dict() if self.shared_before else None,
+            "shared_after": self.shared_after.as_dict() if self.shared_after else None,
+            "ingress": self.ingress.as_dict() if self.ingress else None,
+            "probe_ids": list(self.probe_ids),
+            "probe_s": self.probe_s,
+            "removals_per_day": self.removals_per_day,
+            "rate_source": self.rate_source,
+            "forecast": [f.as_dict() for f in forecasts(self)],
         }
 
 
@@ -118,35 +173,68 @@ def _counts(facts: NetworkFacts | None) -> dict[str, int]:
     return {k: int(getattr(facts, k)) if facts else 0 for k in KINDS}
 
 
-def throwaway_compose(stack: str, image: str, network: str, labels: dict[str, str]) -> str:
-    """A recipe-shaped stack, as the ones whose concurrent removal leaked endpoints: its own
-    overlay network beside the shared one, a port published in ingress mode (a swarm-chosen
-    port), and Traefik labels for a host nobody resolves. Every object carries `labels`."""
-    doc = {
-        "services": {
-            "app": {
-                "image": image,
-                "command": ["sleep", "3600"],
-                "networks": ["proxy", "internal"],
-                "ports": [{"target": 80, "mode": "ingress"}],
-                "stop_signal": "KILL",  # busybox sleep as PID 1 ignores SIGTERM
-                "stop_grace_period": "1s",
-                "deploy": {
-                    "labels": {
-                        "traefik.enable": "true",
-                        f"traefik.http.routers.{stack}.rule": f"Host(`{stack}.pvcheck.invalid`)",
-                        f"traefik.http.services.{stack}.loadbalancer.server.port": "80",
-                    }
-                },
+# Ends on SIGTERM as a real app does (busybox `sleep` as PID 1 ignores it): the task stops
+# inside its grace period, the way the incident's tasks stopped.
+APP_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+
+
+def throwaway_compose(
+    stack: str,
+    image: str,
+    network: str,
+    labels: dict[str, str],
+    *,
+    publish: bool = False,
+    grace_s: float = 10.0,
+) -> str:
+    """A recipe-shaped stack, as the ones whose concurrent removal leaked addresses: its own
+    overlay network beside the shared one (external), Traefik labels for a host nobody
+    resolves, and a port published in ingress mode only when `publish`. Every object
+    carries `labels`."""
+    app: dict[str, object] = {
+        "image": image,
+        "command": APP_COMMAND,
+        "networks": ["proxy", "internal"],
+        "stop_grace_period": f"{grace_s:g}s",
+        "deploy": {
+            "labels": {
+                "traefik.enable": "true",
+                f"traefik.http.routers.{stack}.rule": f"Host(`{stack}.pvcheck.invalid`)",
+                f"traefik.http.services.{stack}.loadbalancer.server.port": "80",
             }
         },
+    }
+    if publish:
+        app["ports"] = [{"target": 80, "mode": "ingress"}]
+    doc = {
+        "services": {"app": app},
         "networks": {"proxy": {"external": True, "name": network}, "internal": {}},
     }
     labelled, _ = inject_labels(doc, labels, where=f"throwaway {stack}")
     return dump_compose(labelled)
 
 
-def refusal(cfg: AllocatorConfig, before: NetworkFacts | None) -> str | None:
+def overlapping(subnet: str, networks: list[dict[str, Any]]) -> list[str]:
+    """Pure: names of the networks whose subnets overlap `subnet`."""
+    mine = ipaddress.ip_network(subnet)
+    hits = []
+    for net in networks:
+        for pool in (net.get("IPAM") or {}).get("Config") or []:
+            try:
+                other = ipaddress.ip_network(str(pool.get("Subnet", "")), strict=False)
+            except ValueError:
+                continue
+            if other.version == mine.version and other.overlaps(mine):
+                hits.append(str(net.get("Name", "?")))
+    return sorted(set(hits))
+
+
+def refusal(
+    cfg: AllocatorConfig,
+    before: NetworkFacts | None,
+    ingress: HeldCount | None = None,
+    clashes: list[str] | None = None,
+) -> str | None:
     """Pure: why the reproduction must not start, or None."""
     if before is None:
         return "the overlay network is missing"
@@ -154,6 +242,16 @@ def refusal(cfg: AllocatorConfig, before: NetworkFacts | None) -> str | None:
         return (
             f"headroom {before.headroom_pct:.2f}% is below the floor "
             f"{cfg.headroom_floor_pct:g}%: the reproduction would risk real exhaustion"
+        )
+    if ingress is not None and ingress.headroom_pct < cfg.headroom_floor_pct:
+        return (
+            f"ingress headroom {ingress.headroom_pct:.2f}% is below the floor "
+            f"{cfg.headroom_floor_pct:g}% ({ingress.summary()}): nothing is created"
+        )
+    if clashes:
+        return (
+            f"allocator.scratch_subnet {cfg.scratch_subnet} overlaps {', '.join(clashes)}: "
+            "choose a free range"
         )
     return None
 
@@ -173,23 +271,99 @@ class Settings:
 class Observation:
     refused: str | None  # why it did not start; None: it ran
     result: AllocatorResult | None
+    ingress: HeldCount | None = None  # measured before anything was created
 
 
 def gather(
     seams: Seams, settings: Settings, progress: Callable[[str], None] = log.info
 ) -> Observation:
-    inspect = seams.swarm.network(settings.network)
-    why = refusal(settings.allocator, parse_network(inspect) if inspect else None)
+    swarm, alloc = seams.swarm, settings.allocator
+    inspect = swarm.network(settings.network)
+    before = parse_network(inspect) if inspect else None
+    if before is None:
+        return Observation(refusal(alloc, None), None)
+    ingress, ingress_refused = measure_ingress(swarm, settings)
+    progress(f"ingress before the reproduction: {ingress.summary() if ingress else 'none'}")
+    clashes = overlapping(alloc.scratch_subnet, swarm.all_networks())
+    why = refusal(alloc, before, ingress, clashes)
     if why:
-        return Observation(why, None)
-    return Observation(None, reproduce(seams, settings, progress))
+        return Observation(why, None, ingress)
+    result = reproduce(seams, settings, progress)
+    result.ingress = ingress
+    result.probe_ids[:0] = ingress_refused
+    result.removals_per_day, result.rate_source = removal_rate(alloc)
+    result.ingress_removals_per_day = alloc.ingress_removals_per_day
+    return Observation(None, result, ingress)
+
+
+RATE_WINDOW_DAYS = 7
+MAX_RUN_ENTRIES = 100_000
+
+
+def removal_rate(cfg: AllocatorConfig, now: float | None = None) -> tuple[float, str]:
+    """Task removals a day on the host: the harness's run folders changed in the last week
+    (each run removes `tasks_per_run` tasks) when `runs_dir` is set and readable, else the
+    configured figure. Entries are counted, never followed or read."""
+    if cfg.runs_dir is None:
+        return cfg.removals_per_day, "allocator.removals_per_day"
+    cutoff = (now if now is not None else time.time()) - RATE_WINDOW_DAYS * 86400
+    recent = 0
+    try:
+        with os.scandir(cfg.runs_dir) as entries:
+            for n, entry in enumerate(entries):
+                if n >= MAX_RUN_ENTRIES:
+                    break
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    recent += 1
+    except OSError as exc:
+        log.warning("runs_dir %s unreadable (%s): using removals_per_day", cfg.runs_dir, exc)
+        return cfg.removals_per_day, f"allocator.removals_per_day ({cfg.runs_dir} unreadable)"
+    per_day = recent * cfg.tasks_per_run / RATE_WINDOW_DAYS
+    return per_day, f"{recent} runs in {cfg.runs_dir} over {RATE_WINDOW_DAYS} days"
 
 
 def judge(obs: Observation, settings: Settings) -> list[Check]:
     if obs.result is None:
         why = f"refused: {obs.refused}"
-        return [skipped(Family.ALLOC.id("stage"), Gate.M2, "the reproduction runs", why)]
+        checks = [skipped(Family.ALLOC.id("stage"), Gate.M2, "the reproduction runs", why)]
+        if obs.ingress is not None:
+            checks.append(_ingress_check(obs.ingress, settings.allocator, 0.0))
+        return checks
     return judge_allocator(obs.result, settings.allocator)
+
+
+def _probe_labels(run_id: str) -> dict[str, str]:
+    return {LABEL_RUN: run_id, LABEL_ROLE: "probe"}
+
+
+def measure_ingress(swarm: SwarmApi, settings: Settings) -> tuple[HeldCount | None, list[str]]:
+    """Ingress as the allocator holds it: the engine's IPAM status where it reports one;
+    else a fill probe bounded by what the floor needs (at most `ingress_probe_max`
+    services); else the endpoint list. None: this engine has no ingress network. Also the
+    probe service the allocator refused, if any (its VIP line is the probe's)."""
+    inspect = swarm.network("ingress")
+    if not inspect:
+        return None, []
+    facts = parse_network(inspect)
+    status = ipam_status(inspect)
+    alloc = settings.allocator
+    if status is None and alloc.ingress_probe_max > 0:
+        needed = math.ceil(facts.capacity * alloc.headroom_floor_pct / 100)
+        limit = min(alloc.ingress_probe_max, max(needed, 1), max(facts.capacity - facts.used, 0))
+        suffix = settings.run_id.rsplit("-", 1)[-1]
+        probe = fill(
+            swarm, None, limit, _probe_labels(settings.run_id), alloc.image, f"pvc-ing-{suffix}"
+        )
+        return count_held("ingress", facts.capacity, facts.used, None, probe), list(
+            probe.refused_ids
+        )
+    return count_held("ingress", facts.capacity, facts.used, status), []
+
+
+def _shared_count(swarm: SwarmApi, network: str) -> HeldCount:
+    inspect = swarm.network(network) or {}
+    facts = parse_network(inspect)
+    return count_held(network, facts.capacity, facts.used, ipam_status(inspect))
 
 
 def reproduce(
@@ -197,76 +371,158 @@ def reproduce(
     settings: Settings,
     progress: Callable[[str], None] = log.info,
 ) -> AllocatorResult:
-    """Run the configured rounds; everything created carries the run label."""
+    """Run the configured rounds on a scratch overlay, count what the allocator still holds
+    there, then remove it; everything created carries the run label."""
     alloc, net, run_id, swarm = settings.allocator, settings.network, settings.run_id, seams.swarm
     suffix = run_id.rsplit("-", 1)[-1]
-    labels = {LABEL_RUN: run_id, LABEL_ROLE: "throwaway"}
     first = parse_network(swarm.network(net) or {})
     result = AllocatorResult(
         net, first.capacity, first.used, first.used, datetime.now(UTC), datetime.now(UTC)
     )
-    for rnd in range(1, alloc.rounds + 1):
-        t0 = time.monotonic()
-        baseline = parse_network(swarm.network(net) or {})
-        names = [f"pvc-alloc-{suffix}-r{rnd}-{i}" for i in range(1, alloc.batch + 1)]
-        progress(
-            f"round {rnd}: deploying {len(names)} throwaway stacks on {net} "
-            f"({alloc.concurrency} at a time); baseline {baseline.used} endpoints"
-        )
-        composes = [(n, throwaway_compose(n, alloc.image, net, labels)) for n in names]
-        with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
-            list(
-                pool.map(
-                    lambda nc: seams.stacks.stack_deploy(nc[0], nc[1], {}, "throwaway"), composes
-                )
-            )
-        allocated = _wait_allocated(swarm, run_id, len(names), alloc.settle_timeout_s)
-        peak = parse_network(swarm.network(net) or {})
-        progress(
-            f"round {rnd}: peak {peak.used} endpoints ({peak.vips} VIPs, "
-            f"{peak.task_ips} task IPs); all allocated: {allocated}"
-        )
-        # The incident's pattern: every stack removed at once, racing the allocator.
-        with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
-            complaints = dict(
-                zip(names, pool.map(lambda n: _stack_rm(seams, n), names), strict=True)
-            )
-        rm_errors = [e for e in complaints.values() if e]
-        progress(
-            f"round {rnd}: docker stack rm of {len(names)} stacks concurrently "
-            f"({len(rm_errors)} complained); waiting for the allocator"
-        )
-        prefix = f"pvc-alloc-{suffix}-r{rnd}-"
-        after, settled = settle_network(
-            swarm, net, released(baseline, prefix), timeout_s=alloc.settle_timeout_s
-        )
-        # A network `docker stack rm` could not remove: a task still held it (the race).
-        orphaned = [f"{n}_internal" for n, e in complaints.items() if e and "network" in e]
-        networks_left = _remove_orphans(swarm, run_id, prefix, alloc.settle_timeout_s)
-        share = attribute(baseline, after, prefix) if after else None
-        figures = RoundFigures(
-            rnd,
-            len(names),
-            _counts(baseline),
-            _counts(peak),
-            _counts(after),
-            allocated,
-            settled,
-            round(time.monotonic() - t0, 2),
-            share.leaked if share else 0,
-            share.others if share else 0,
-            orphaned,
-            networks_left,
-            rm_errors,
-        )
-        result.rounds.append(figures)
-        result.used_after = after.used if after else result.used_after
-        progress(
-            f"round {rnd}: after {result.used_after} endpoints; leaked {figures.leaked_total} "
-            f"(raw change {figures.leaked}, other services {figures.others:+d})"
-        )
+    result.removal = alloc.removal
+    result.shared_before = _shared_count(swarm, net)
+    result.scratch = f"pvc-scratch-{suffix}"
+    scratch_id = swarm.create_overlay(
+        result.scratch, alloc.scratch_subnet, {LABEL_RUN: run_id, LABEL_ROLE: "scratch"}
+    )
+    progress(f"scratch overlay {result.scratch} ({alloc.scratch_subnet}) plays {net}'s role")
+    try:
+        for rnd in range(1, alloc.rounds + 1):
+            result.rounds.append(_round(seams, settings, result.scratch, rnd, progress))
+        result.scratch_count = _count_scratch(swarm, settings, result, scratch_id, progress)
+    finally:
+        result.scratch_left = not _remove_network(swarm, scratch_id, alloc.settle_timeout_s)
+    after = parse_network(swarm.network(net) or {})
+    result.used_after = after.used
+    result.shared_after = _shared_count(swarm, net)
     result.finished_at = datetime.now(UTC)
     return result
+
+
+def _round(
+    seams: Seams,
+    settings: Settings,
+    scratch: str,
+    rnd: int,
+    progress: Callable[[str], None],
+) -> RoundFigures:
+    alloc, run_id, swarm = settings.allocator, settings.run_id, seams.swarm
+    suffix = run_id.rsplit("-", 1)[-1]
+    labels = {LABEL_RUN: run_id, LABEL_ROLE: "throwaway"}
+    t0 = time.monotonic()
+    baseline = parse_network(swarm.network(scratch) or {})
+    names = [f"pvc-alloc-{suffix}-r{rnd}-{i}" for i in range(1, alloc.batch + 1)]
+    progress(
+        f"round {rnd}: deploying {len(names)} throwaway stacks on {scratch} "
+        f"({alloc.concurrency} at a time); baseline {baseline.used} endpoints"
+    )
+    composes = [
+        (
+            n,
+            throwaway_compose(
+                n,
+                alloc.image,
+                scratch,
+                labels,
+                publish=alloc.publish_ports,
+                grace_s=alloc.stop_grace_s,
+            ),
+        )
+        for n in names
+    ]
+    with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
+        list(
+            pool.map(lambda nc: seams.stacks.stack_deploy(nc[0], nc[1], {}, "throwaway"), composes)
+        )
+    allocated = _wait_allocated(swarm, run_id, len(names), alloc.settle_timeout_s)
+    peak = parse_network(swarm.network(scratch) or {})
+    progress(
+        f"round {rnd}: peak {peak.used} endpoints ({peak.vips} VIPs, "
+        f"{peak.task_ips} task IPs); all allocated: {allocated}"
+    )
+    if alloc.removal == "services-first":
+        slow = remove_services_gently(swarm, swarm.services(labels), alloc.settle_timeout_s)
+        if slow:
+            progress(f"round {rnd}: tasks of {', '.join(slow)} still there at the deadline")
+    # The incident's pattern: every stack removed at once, racing the allocator.
+    with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
+        complaints = dict(zip(names, pool.map(lambda n: _stack_rm(seams, n), names), strict=True))
+    rm_errors = [e for e in complaints.values() if e]
+    progress(
+        f"round {rnd}: docker stack rm of {len(names)} stacks concurrently "
+        f"({len(rm_errors)} complained; {alloc.removal}); waiting for the allocator"
+    )
+    prefix = f"pvc-alloc-{suffix}-r{rnd}-"
+    after, settled = settle_network(
+        swarm, scratch, released(baseline, prefix), timeout_s=alloc.settle_timeout_s
+    )
+    # A network `docker stack rm` could not remove: a task still held it (the race).
+    orphaned = [f"{n}_internal" for n, e in complaints.items() if e and "network" in e]
+    networks_left = _remove_orphans(swarm, run_id, prefix, alloc.settle_timeout_s)
+    share = attribute(baseline, after, prefix) if after else None
+    figures = RoundFigures(
+        rnd,
+        len(names),
+        _counts(baseline),
+        _counts(peak),
+        _counts(after),
+        allocated,
+        settled,
+        round(time.monotonic() - t0, 2),
+        share.leaked if share else 0,
+        share.others if share else 0,
+        orphaned,
+        networks_left,
+        rm_errors,
+    )
+    progress(
+        f"round {rnd}: endpoints listed after {after.used if after else '?'}; "
+        f"endpoint delta {figures.leaked_total} (raw change {figures.leaked}, "
+        f"other services {figures.others:+d})"
+    )
+    return figures
+
+
+def _count_scratch(
+    swarm: SwarmApi,
+    settings: Settings,
+    result: AllocatorResult,
+    scratch_id: str,
+    progress: Callable[[str], None],
+) -> HeldCount | None:
+    """What the allocator still holds on the scratch network now that every throwaway is
+    gone: its IPAM status, else a fill up to what the endpoint list leaves free."""
+    inspect = swarm.network(result.scratch) or {}
+    facts = parse_network(inspect)
+    status = ipam_status(inspect)
+    if status is None and not settings.allocator.capacity_probe:
+        return None
+    probe = None
+    if status is None:
+        suffix = settings.run_id.rsplit("-", 1)[-1]
+        limit = max(facts.capacity - facts.used, 0)
+        probe = fill(
+            swarm,
+            scratch_id,
+            limit,
+            _probe_labels(settings.run_id),
+            settings.allocator.image,
+            f"pvc-probe-{suffix}",
+        )
+        result.probe_ids.extend(probe.refused_ids)
+        result.probe_s += probe.seconds
+    held = count_held(result.scratch, facts.capacity, facts.used, status, probe)
+    progress(f"allocator count after {result.removed_tasks} removed tasks: {held.summary()}")
+    return held
+
+
+def _remove_network(swarm: SwarmApi, network_id: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not swarm.remove_network(network_id):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
 
 
 def _stack_rm(seams: Seams, stack: str) -> str | None:
@@ -309,18 +565,116 @@ def _wait_allocated(swarm: SwarmApi, run_id: str, expected: int, timeout_s: floa
         time.sleep(POLL_S)
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """Days until a network runs out at the measured leak and the host's removal rate."""
+
+    network: str
+    free: int
+    free_exact: bool
+    leak_per_day: float | None  # None: the leak was not counted
+
+    @property
+    def days(self) -> float | None:
+        """None: never at this rate (no leak), or not known (no count)."""
+        if not self.leak_per_day or self.leak_per_day <= 0:
+            return None
+        return self.free / self.leak_per_day
+
+    def text(self) -> str:
+        if self.leak_per_day is None:
+            return f"{self.network}: not forecast (the leak was not counted)"
+        if self.days is None:
+            return f"{self.network}: never at this rate ({self.free} free, no leak per day)"
+        bound = "" if self.free_exact else "at least "
+        return (
+            f"{self.network}: {self.days:.0f} days ({bound}{self.free} free, "
+            f"{self.leak_per_day:.2f} leaked a day)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"days": None if self.days is None else round(self.days, 1)}
+
+
+def forecasts(result: AllocatorResult) -> list[Forecast]:
+    """Pure: the shared network and ingress, at the leak per removed task measured on the
+    scratch network times each network's removals a day (ingress: published-port tasks)."""
+    per_removal = result.leak_per_removal
+    shared = result.shared_after
+    out = [
+        Forecast(
+            result.network,
+            shared.free if shared else result.capacity - result.used_after,
+            shared.exact if shared else True,
+            None if per_removal is None else per_removal * result.removals_per_day,
+        )
+    ]
+    if result.ingress is not None:
+        out.append(
+            Forecast(
+                "ingress",
+                result.ingress.free,
+                result.ingress.exact,
+                None if per_removal is None else per_removal * result.ingress_removals_per_day,
+            )
+        )
+    return out
+
+
+def _ingress_check(ingress: HeldCount, cfg: AllocatorConfig, seconds: float) -> Check:
+    ok = ingress.headroom_pct >= cfg.headroom_floor_pct
+    return Check(
+        Family.ALLOC.id("ingress"),
+        Gate.M2,
+        Status.PASS if ok else Status.FAIL,
+        f"ingress headroom >= {cfg.headroom_floor_pct:g}%",
+        f"{ingress.headroom_pct:.2f}%: {ingress.summary()}",
+        ""
+        if ok
+        else "published-port services take ingress addresses, which leak like the shared "
+        "network's: a nearly exhausted ingress refuses the next published port",
+        seconds,
+    )
+
+
+def engine_leak_text(result: AllocatorResult) -> str:
+    """What the reproduction found about the engine, in words for STATUS and the CLI."""
+    endpoint_delta = sum(r.leaked_total for r in result.rounds)
+    count = result.scratch_count
+    if count is None or result.engine_leaked is None:
+        return (
+            f"the allocator's count was not taken (no IPAM status, capacity probe off); "
+            f"endpoint delta {endpoint_delta}, which cannot see this leak"
+        )
+    per = result.leak_per_removal or 0.0
+    verdict = "leaks" if result.engine_leaked else "does not leak"
+    return (
+        f"the engine {verdict} under the incident's pattern ({result.removal} removal): "
+        f"{result.engine_leaked} address(es) held after {result.removed_tasks} removed "
+        f"task(s), {per:.2f} per removal ({count.method}); endpoint delta {endpoint_delta}"
+    )
+
+
 def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check]:
-    """Pure: the allocation, leak and headroom checks of the reproduction."""
+    """Pure: allocation, what the run left on the real networks, the stacks' networks,
+    headroom of the shared network and ingress, and the forecast."""
     rounds = result.rounds
     stuck = [r.round for r in rounds if not r.allocated]
-    leaks = ", ".join(f"round {r.round}: {r.leaked_total}" for r in rounds)
     stacks_left = [n for r in rounds for n in r.networks_left]
+    if result.scratch_left:
+        stacks_left.append(result.scratch)
     orphaned = [n for r in rounds for n in r.networks_orphaned]
     tolerance = cfg.leak_tolerance * len(rounds)
-    projected = result.projected_rounds
-    # Each check judges every round's figures: the reproduction's whole time.
+    before, after = result.shared_before, result.shared_after
+    # What the run left on the shared network: the allocator's count where the engine gives
+    # one (less what other services' endpoints explain), else nothing (rounds never join it).
+    left_shared = 0
+    if before is not None and after is not None and before.method == "ipam-status":
+        left_shared = max(0, (after.held - before.held) - (after.endpoints - before.endpoints))
     seconds = (result.finished_at - result.started_at).total_seconds()
-    return [
+    horizon = [f for f in forecasts(result) if f.days is not None and f.days < cfg.horizon_days]
+    headroom = after.headroom_pct if after else result.headroom_after_pct
+    checks = [
         Check(
             Family.ALLOC.id("allocated"),
             Gate.M2,
@@ -333,18 +687,20 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
         Check(
             Family.ALLOC.id("leak"),
             Gate.M2,
-            Status.PASS if result.leaked_total <= tolerance else Status.FAIL,
-            f"leaked <= {cfg.leak_tolerance} per round ({tolerance} over {len(rounds)} rounds)",
-            f"leaked {result.leaked_total} endpoints ({leaks})",
-            "projected rounds before exhaustion: "
-            + ("unbounded (no leak)" if projected is None else str(projected)),
+            Status.PASS if left_shared <= tolerance else Status.FAIL,
+            f"the run leaves {result.network} as it found it (<= {cfg.leak_tolerance} "
+            "per round); the race runs on a scratch network",
+            f"{result.network}: {left_shared} address(es) left by the run; "
+            + engine_leak_text(result),
+            f"scratch {result.scratch}: "
+            + (result.scratch_count.summary() if result.scratch_count else "not counted"),
             seconds,
         ),
         Check(
             Family.ALLOC.id("networks"),
             Gate.M2,
             Status.FAIL if stacks_left else Status.PASS,
-            "every throwaway stack's own network is released once its tasks are gone",
+            "every throwaway stack's own network and the scratch network are released",
             f"{sum(r.stacks for r in rounds)} stack networks created; "
             + (
                 f"docker stack rm left {len(orphaned)} in use ({', '.join(orphaned)}); "
@@ -358,11 +714,26 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
         Check(
             Family.ALLOC.id("headroom"),
             Gate.M2,
-            Status.PASS if result.headroom_after_pct >= cfg.headroom_floor_pct else Status.FAIL,
+            Status.PASS if headroom >= cfg.headroom_floor_pct else Status.FAIL,
             f"headroom after >= {cfg.headroom_floor_pct:g}%",
-            f"{result.headroom_before_pct:.3f}% before, {result.headroom_after_pct:.3f}% after "
-            f"({result.used_after}/{result.capacity} used)",
+            f"{result.headroom_before_pct:.3f}% before, {headroom:.3f}% after "
+            + (
+                f"({after.summary()})" if after else f"({result.used_after}/{result.capacity} used)"
+            ),
             "",
             seconds,
         ),
+        Check(
+            Family.ALLOC.id("forecast"),
+            Gate.M2,
+            Status.FAIL if horizon else Status.PASS,
+            f"no network runs out within {cfg.horizon_days:g} days at the measured leak",
+            "; ".join(f.text() for f in forecasts(result)),
+            f"{result.removals_per_day:g} task removals a day ({result.rate_source}); "
+            f"ingress {result.ingress_removals_per_day:g} published-port removals a day",
+            seconds,
+        ),
     ]
+    if result.ingress is not None:
+        checks.append(_ingress_check(result.ingress, cfg, seconds))
+    return checks

@@ -215,17 +215,19 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
             "not applicable is shown skipped) and tore down cleanly"
         )
     if alloc:
-        projected = alloc.projected_rounds
+        from pvcheck.allocator import engine_leak_text, forecasts
+
+        ports = "a published port" if cfg.allocator.publish_ports else "no published port"
         what.append(
             f"the bounded allocator reproduction ({len(alloc.rounds)} round(s) of "
             f"{alloc.rounds[0].stacks if alloc.rounds else 0} recipe-shaped stacks, each with "
-            "its own network and a published port, removed by concurrent `docker stack rm`) "
-            f"leaked {alloc.leaked_total} endpoint(s) of {alloc.capacity}, left "
-            f"{sum(len(r.networks_left) for r in alloc.rounds)} stack network(s); headroom "
-            f"{alloc.headroom_before_pct:.3f}% before, "
-            f"{alloc.headroom_after_pct:.3f}% after; "
-            "projected rounds to exhaustion: "
-            + ("unbounded" if projected is None else str(projected))
+            f"its own network and {ports}, on scratch overlay `{alloc.scratch}` in "
+            f"`{cfg.network.name}`'s role, {alloc.removal} removal): "
+            + engine_leak_text(alloc)
+            + f"; left {sum(len(r.networks_left) for r in alloc.rounds)} stack network(s); "
+            f"headroom {alloc.headroom_before_pct:.3f}% before, "
+            f"{alloc.headroom_after_pct:.3f}% after; days to exhaustion: "
+            + "; ".join(f.text() for f in forecasts(alloc))
         )
     what += [
         "no `could not find an available IP while allocating VIP` line in the docker log "

@@ -324,13 +324,84 @@ class AllocatorConfig(Section):
     )
     headroom_floor_pct: float = Field(50.0, ge=0, le=100)
     settle_timeout_s: float = Field(90.0, gt=0, le=1800)
+    # The leak rounds run on a throwaway overlay of this subnet that plays the shared
+    # network's role (external to every throwaway stack), never on the real one: what the
+    # race leaks dies with that network (moby#37338; swarmkit#3230).
+    scratch_subnet: Subnet = "10.254.0.0/24"
+    # Published ports take ingress addresses, which leak the same way: off unless asked for
+    # (and then only while ingress stays above the floor).
+    publish_ports: bool = False
+    # Throwaways stop as real apps do: SIGTERM, then this grace before SIGKILL.
+    stop_grace_s: float = Field(10.0, ge=1, le=120)
+    # "concurrent": every stack removed at once by `docker stack rm` (the incident's
+    # pattern); "services-first": services removed, their tasks waited for, then the stacks
+    # (docker/cli#7304's mitigation).
+    removal: Literal["concurrent", "services-first"] = "concurrent"
+    # After the rounds, fill the scratch network until the allocator refuses: the
+    # allocator's own count of what leaked, on engines without IPAM status (API < 1.52).
+    capacity_probe: bool = True
+    # Ingress headroom on engines without IPAM status: create at most this many minimal
+    # published-port services (never more than the floor needs), then remove them.
+    ingress_probe_max: int = Field(256, ge=0, le=1024)
+    # GC-race lines (`key modified`, `network … remove failed`) in the run's window: a
+    # warning, and a failure from this many on (None: never a failure).
+    gc_race_fail: int | None = Field(None, ge=1)
+    # M2 fails when either network would run out sooner than this at the measured leak.
+    horizon_days: float = Field(30.0, gt=0, le=3650)
+    # Task removals per day on the host, for the forecast: counted from the harness's run
+    # folders (entries changed in the last 7 days) when `runs_dir` is set, else this figure.
+    runs_dir: ConfigPath | None = None
+    removals_per_day: float = Field(20.0, ge=0, le=100000)
+    tasks_per_run: int = Field(2, ge=1, le=1000)
+    # Published-port task removals a day: what leaks on ingress (recipes behind a reverse
+    # proxy publish none).
+    ingress_removals_per_day: float = Field(0.0, ge=0, le=100000)
+
+    @model_validator(mode="after")
+    def _scratch_fits(self) -> AllocatorConfig:
+        room = (1 << (32 - ipaddress.ip_network(self.scratch_subnet).prefixlen)) - 3
+        need = 2 * self.batch * (self.rounds + 1)
+        if room < need:
+            raise ValueError(
+                f"scratch_subnet {self.scratch_subnet} holds {room} addresses; "
+                f"{self.rounds} round(s) of {self.batch} need {need} (a VIP and a task "
+                "address per stack, and room for what leaks)"
+            )
+        return self
+
+
+# The part of the VIP signature a guard's grep pattern must contain when none is configured:
+# its distinctive end. Shorter fragments count ordinary lines ("I", "VIP"), and with -i
+# "allocating vip" also counts swarm's "error deallocating vip".
+DEFAULT_SIGNATURE_PART = "while allocating VIP"
+
+
+def default_signature_part(signature: str) -> str:
+    """The default part for a signature: the VIP one's distinctive end, or all of another."""
+    return DEFAULT_SIGNATURE_PART if DEFAULT_SIGNATURE_PART in signature else signature
 
 
 class GuardConfig(Section):
     file: ConfigPath
     section: str = Field("0", min_length=1, max_length=200)
-    signature: str = VIP_SIGNATURE
+    signature: str = Field(VIP_SIGNATURE, min_length=10, max_length=500)
+    # What the Step-0 grep's pattern must contain (a part of `signature`); unset: see above.
+    signature_part: str | None = Field(None, min_length=10, max_length=500)
     detect_command: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _part_of_the_signature(self) -> GuardConfig:
+        if self.signature_part is not None and self.signature_part not in self.signature:
+            raise ValueError(
+                f"signature_part {self.signature_part!r} is not part of signature "
+                f"{self.signature!r}"
+            )
+        return self
+
+    @property
+    def detection_part(self) -> str:
+        """What the guard's grep pattern must contain."""
+        return self.signature_part or default_signature_part(self.signature)
 
 
 # `Name <email>`: no quotes, angle brackets or control characters inside either part.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from pvcheck.allocator import AllocatorResult
 from pvcheck.masking import redact
 from pvcheck.report import Report
 from pvcheck.safeio import append, read_capped
@@ -28,9 +29,18 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
         "headroom_pct": round(after.headroom_pct, 3) if after else None,
         "leaked": alloc.leaked_total if alloc else None,
         "allocator": alloc.figures() if alloc else None,
+        # The allocator's own count (not the endpoint list) and the forecast, for the trend.
+        "engine_leaked": alloc.engine_leaked if alloc else None,
+        "days_to_exhaustion": _days(alloc) if alloc else None,
         "seconds": seconds,
         "stage_seconds": {c.id: round(c.duration_s, 2) for c in report.checks if c.duration_s >= 1},
     }
+
+
+def _days(alloc: AllocatorResult) -> dict[str, float | None]:
+    from pvcheck.allocator import forecasts
+
+    return {f.network: None if f.days is None else round(f.days, 1) for f in forecasts(alloc)}
 
 
 def append_history(path: Path, record: dict[str, Any]) -> None:
@@ -66,8 +76,15 @@ def trend_svg(records: list[dict[str, Any]], width: int = 640, height: int = 220
     def xs(i: int) -> float:
         return pad_l + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
 
+    def value(record: dict[str, Any], key: str) -> float:
+        # Leaks as the allocator counts them; older records only have the endpoint delta.
+        got = record.get(key)
+        if got is None and key == "engine_leaked":
+            got = record.get("leaked")
+        return float(got) if isinstance(got, int | float) and not isinstance(got, bool) else 0.0
+
     def series(key: str) -> tuple[list[tuple[float, float]], float]:
-        values = [float(r.get(key) or 0) for r in records]
+        values = [value(r, key) for r in records]
         top = max([*values, 1.0])
         return [(xs(i), pad_t + plot_h * (1 - v / top)) for i, v in enumerate(values)], top
 
@@ -75,14 +92,14 @@ def trend_svg(records: list[dict[str, Any]], width: int = 640, height: int = 220
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{pad_l}" y="18" font-size="13">pvcheck trend: endpoints (blue) and '
-        f"leaked (red), last {n} run(s)</text>",
+        f'<text x="{pad_l}" y="18" font-size="13">pvcheck trend: endpoints (blue, left) and '
+        f"leaked by the allocator's count (red, right), last {n} run(s)</text>",
         f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" '
         f'y2="{pad_t + plot_h}" stroke="#888"/>',
     ]
     for key, colour, anchor, x_label in (
         ("endpoints", "#1f5fbf", "end", pad_l - 6),
-        ("leaked", "#c0392b", "start", pad_l + plot_w + 6),
+        ("engine_leaked", "#c0392b", "start", pad_l + plot_w + 6),
     ):
         points, top = series(key)
         if points:
@@ -103,5 +120,13 @@ def trend_svg(records: list[dict[str, Any]], width: int = 640, height: int = 220
             parts.append(
                 f'<text x="{xs(i):.1f}" y="{height - 20}" text-anchor="middle">{label}</text>'
             )
+    days = records[-1].get("days_to_exhaustion") if records else None
+    if isinstance(days, dict) and days:
+        text = "; ".join(
+            f"{k}: {'never' if v is None else f'{v:g} days'}" for k, v in sorted(days.items())
+        )
+        parts.append(
+            f'<text x="{pad_l}" y="{height - 4}">to exhaustion (last run): {escape(text)}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

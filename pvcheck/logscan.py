@@ -89,6 +89,14 @@ class LogScan:
         return self.counts.get("vip_exhausted", 0)
 
 
+# GC-race lines: the allocator lost track of an address while a network went away
+# (moby/moby#37338); evidence of the leak, a failure only past `allocator.gc_race_fail`.
+GC_RACE = ("network_remove_failed", "key_modified")
+# VIP lines naming one of pvcheck's own capacity-probe services: the probe met a refusal on
+# its scratch network (or ingress), which is the measurement, not the host's incident.
+PROBE = "vip_probe"
+
+
 def scan_lines(
     lines: Iterable[str],
     patterns: dict[str, str],
@@ -96,9 +104,13 @@ def scan_lines(
     until: datetime,
     max_lines: int,
     source: str,
+    ours: tuple[str, ...] = (),
 ) -> LogScan:
-    """Pure: count each pattern in the window; keep at most max_lines matching lines."""
+    """Pure: count each pattern in the window; keep at most max_lines matching lines. A VIP
+    line naming a service in `ours` counts as the probe's (PROBE), not as the signature."""
     counts = dict.fromkeys(patterns, 0)
+    if ours:
+        counts[PROBE] = 0
     kept: list[str] = []
     truncated = False
     for raw in lines:
@@ -108,6 +120,8 @@ def scan_lines(
         when = line_time(raw)
         if when is not None and not since <= when <= until:
             continue
+        if "vip_exhausted" in hits and any(sid in raw for sid in ours):
+            hits = [PROBE if h == "vip_exhausted" else h for h in hits]
         for pid in hits:
             counts[pid] += 1
         if len(kept) < max_lines:
@@ -264,13 +278,33 @@ class Settings:
     until: datetime
     network: str
     max_lines: int
+    ours: tuple[str, ...] = ()  # pvcheck's refused probe services (their VIP lines)
+    gc_race_fail: int | None = None  # GC-race lines from which the window fails
+    judge_gc: bool = False  # this window's GC-race lines are a check (the run's own)
 
     @classmethod
     def window(
-        cls, cfg: Config, check_id: str, what: str, since: datetime, until: datetime
+        cls,
+        cfg: Config,
+        check_id: str,
+        what: str,
+        since: datetime,
+        until: datetime,
+        ours: tuple[str, ...] = (),
+        judge_gc: bool = False,
     ) -> Settings:
         # A window never runs backwards (a clock or a claim time).
-        return cls(check_id, what, min(since, until), until, cfg.network.name, cfg.logs.max_lines)
+        return cls(
+            check_id,
+            what,
+            min(since, until),
+            until,
+            cfg.network.name,
+            cfg.logs.max_lines,
+            ours,
+            cfg.allocator.gc_race_fail,
+            judge_gc,
+        )
 
 
 @dataclass(frozen=True)
@@ -292,6 +326,7 @@ def gather(seams: Seams, settings: Settings) -> Observation:
             settings.until,
             settings.max_lines,
             source.describe(),
+            settings.ours,
         )
     except LogUnreadable as exc:
         scan = unread_scan(source.describe(), patterns, settings.since, settings.until, str(exc))
@@ -299,7 +334,29 @@ def gather(seams: Seams, settings: Settings) -> Observation:
 
 
 def judge(obs: Observation, settings: Settings) -> list[Check]:
-    return [fresh_logs(settings.check_id, obs.scan, settings.what, obs.seconds)]
+    checks = [fresh_logs(settings.check_id, obs.scan, settings.what, obs.seconds)]
+    if settings.judge_gc and not obs.scan.error:
+        checks.append(gc_race(obs.scan, settings.what, settings.gc_race_fail, obs.seconds))
+    return checks
+
+
+def gc_race(scan: LogScan, window: str, fail_at: int | None, seconds: float = 0.0) -> Check:
+    """GC-race lines in the window: counted and shown (a warning), a failure from `fail_at`
+    on. They mark addresses the allocator may never get back."""
+    count = sum(scan.counts.get(k, 0) for k in GC_RACE)
+    detail = ", ".join(f"{k} {scan.counts.get(k, 0)}" for k in GC_RACE)
+    failed = fail_at is not None and count >= fail_at
+    limit = "no limit set (allocator.gc_race_fail)" if fail_at is None else f"fails at {fail_at}"
+    return Check(
+        "logs.gc-race",
+        Gate.M2,
+        Status.FAIL if failed else Status.PASS,
+        f"GC-race lines during {window} counted; {limit}",
+        f"{count} GC-race line(s) ({detail})" + (": warning" if count and not failed else ""),
+        "lines where the allocator lost track of an address as a network went away "
+        "(moby/moby#37338): each may be an address never released",
+        seconds,
+    )
 
 
 def fresh_logs(check_id: str, scan: LogScan, window: str, seconds: float = 0.0) -> Check:
@@ -316,7 +373,11 @@ def fresh_logs(check_id: str, scan: LogScan, window: str, seconds: float = 0.0) 
             f"source {scan.source}: {scan.error}",
             seconds,
         )
-    others = ", ".join(f"{k} {v}" for k, v in scan.counts.items() if k != "vip_exhausted")
+    others = ", ".join(
+        f"{k} {v}" for k, v in scan.counts.items() if k not in ("vip_exhausted", PROBE)
+    )
+    if scan.counts.get(PROBE):
+        others += f"; {scan.counts[PROBE]} VIP line(s) of pvcheck's own capacity probe"
     return Check(
         check_id,
         Gate.M2,

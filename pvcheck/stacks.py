@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import docker.errors
 
-from pvcheck.seams import SwarmApi
+from pvcheck.seams import StackTool, SwarmApi
 from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
@@ -139,20 +140,50 @@ def _label_dict(labels: list[str]) -> dict[str, str]:
     return dict(label.partition("=")[::2] for label in labels)
 
 
+def remove_services_gently(
+    swarm: SwarmApi, services: list[dict[str, Any]], timeout_s: float
+) -> list[str]:
+    """Remove services, then wait until the engine has dropped every one of their tasks
+    before anything removes their networks. A task that ends after its network is gone is
+    never deallocated: one address lost per task (moby/moby#37338; docker/cli#7304 waits the
+    same way). Returns the services whose tasks were still there at the deadline."""
+    names = {str(s["ID"]): str(s["Spec"]["Name"]) for s in services}
+    for sid, name in names.items():
+        log.info("docker service rm %s", name)
+        swarm.remove_service(sid)
+    deadline = time.monotonic() + timeout_s
+    while names:
+        # Every task, filtered here: the engine answers 404 to a filter on a removed service.
+        left = {str(t.get("ServiceID")) for t in swarm.tasks()} & set(names)
+        if not left or time.monotonic() >= deadline:
+            return sorted(names[i] for i in left)
+        time.sleep(POLL_S)
+    return []
+
+
+def remove_stack_gently(
+    swarm: SwarmApi, stacks: StackTool, stack: str, timeout_s: float
+) -> list[str]:
+    """`docker stack rm` in the order that leaks nothing: the stack's services first, their
+    tasks waited for, then the rest of the stack (networks, configs, secrets)."""
+    slow = remove_services_gently(swarm, swarm.services({LABEL_STACK: stack}), timeout_s)
+    stacks.stack_rm([stack])
+    return slow
+
+
 def remove_labelled(swarm: SwarmApi, *labels: str, timeout_s: float = 90.0) -> dict[str, list[str]]:
     """Remove everything carrying all `labels`, services first; returns what is left at the
     deadline.
 
     Only objects the engine returns for the label filter are touched, whatever their names.
-    Networks are removable only once their task containers are gone, so this polls.
+    Networks are removed only once the services' tasks are gone, and this polls.
     """
     if not labels:
         raise ValueError("remove_labelled needs at least one label")
     wanted = list(labels)
     deadline = time.monotonic() + timeout_s
-    for svc in swarm.services(_label_dict(wanted)):
-        log.info("docker service rm %s", svc["Spec"]["Name"])
-        swarm.remove_service(svc["ID"])
+    # Services first and their tasks gone before a network is touched: nothing leaks.
+    remove_services_gently(swarm, swarm.services(_label_dict(wanted)), timeout_s)
     for cfg in swarm.configs(wanted):
         swarm.remove_config(cfg["ID"])
     for sec in swarm.secrets(wanted):

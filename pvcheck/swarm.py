@@ -176,7 +176,47 @@ class Swarm:
     def secrets(self, label: str | list[str]) -> list[dict[str, Any]]:
         return list(self.call(self.api.secrets, filters={"label": label}))
 
+    def all_networks(self) -> list[dict[str, Any]]:
+        """Every network the engine knows (their subnets: a scratch network must not overlap)."""
+        return list(self.call(self.api.networks))
+
+    def service(self, service_id: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.call(self.api.inspect_service, service_id)
+            return found
+        except docker.errors.NotFound:
+            return None
+
     # --- writes ----------------------------------------------------------------------------
+    def create_overlay(self, name: str, subnet: str, labels: dict[str, str]) -> str:
+        """A swarm overlay network of exactly `subnet`; its ID."""
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+        created = self.call(
+            self.api.create_network, name, driver="overlay", ipam=ipam, labels=labels
+        )
+        return str(created["Id"])
+
+    def create_probe_service(
+        self, name: str, image: str, labels: dict[str, str], network_id: str | None
+    ) -> str:
+        """A service with no task (0 replicas): it holds one VIP on `network_id`, or, with
+        no network, one on ingress for a swarm-chosen published port. No task, so its
+        removal cannot race the allocator."""
+        kwargs: dict[str, Any] = {}
+        if network_id:
+            kwargs["networks"] = [network_id]
+        else:
+            kwargs["endpoint_spec"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80}]}
+        created = self.call(
+            self.api.create_service,
+            docker.types.TaskTemplate(docker.types.ContainerSpec(image, ["true"])),
+            name=name,
+            labels=labels,
+            mode=docker.types.ServiceMode("replicated", replicas=0),
+            **kwargs,
+        )
+        return str(created["ID"])
+
     def remove_service(self, service_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             self.call(self.api.remove_service, service_id)

@@ -36,6 +36,7 @@ class FakeSwarm:
         self.removed: list[str] = []
         self.requests = 0
         self.lost = False
+        self.free = {}
 
     def info(self) -> dict[str, Any]:
         self.requests += 1
@@ -43,6 +44,9 @@ class FakeSwarm:
 
     def network(self, name: str) -> dict[str, Any] | None:
         self.requests += 1
+        made = [n for n in self.labelled.get("networks", []) if n.get("Name") == name]
+        if made and "IPAM" in made[0]:
+            return {"Name": name, "IPAM": made[0]["IPAM"], "Services": {}}
         if self._inspect is not None:
             return self._inspect if self._inspect.get("Name", name) == name else None
         return {
@@ -84,8 +88,48 @@ class FakeSwarm:
         self.removed.append(value)
         self.labelled[kind] = [o for o in self.labelled.get(kind, []) if o.get(key) != value]
 
+    # The allocator, as far as the probes see it: free addresses per network ID ("" is
+    # ingress); a probe service gets a VIP while its network has one free.
+    free: dict[str, int]
+
+    def all_networks(self) -> list[dict[str, Any]]:
+        self.requests += 1
+        return list(self.labelled.get("networks", []))
+
+    def create_overlay(self, name: str, subnet: str, labels: dict[str, str]) -> str:
+        net_id = f"net-{name}"
+        self.labelled.setdefault("networks", []).append(
+            {"Id": net_id, "Name": name, "Labels": labels, "IPAM": {"Config": [{"Subnet": subnet}]}}
+        )
+        self.free.setdefault(net_id, (1 << (32 - int(subnet.rsplit("/", 1)[1]))) - 3)
+        return net_id
+
+    def create_probe_service(
+        self, name: str, image: str, labels: dict[str, str], network_id: str | None
+    ) -> str:
+        key = network_id or ""
+        vips = []
+        if self.free.get(key, 0) > 0:
+            self.free[key] -= 1
+            vips = [{"NetworkID": key or "ingress", "Addr": "10.0.0.9/24"}]
+        svc = {
+            "ID": f"svc-{name}",
+            "Spec": {"Name": name, "Labels": labels},
+            "Endpoint": {"VirtualIPs": vips},
+            "_pool": key if vips else None,
+        }
+        self._services.append(svc)
+        return str(svc["ID"])
+
+    def service(self, service_id: str) -> dict[str, Any] | None:
+        self.requests += 1
+        return next((s for s in self._services if s["ID"] == service_id), None)
+
     def remove_service(self, service_id: str) -> None:
         self.removed.append(service_id)
+        for s in self._services:
+            if s["ID"] == service_id and s.get("_pool") is not None:
+                self.free[s["_pool"]] += 1
         self._services = [s for s in self._services if s["ID"] != service_id]
 
     def remove_network(self, network_id: str) -> bool:

@@ -34,7 +34,7 @@ from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.routes import RouteObservation, answered, probe_routes
 from pvcheck.stackcli import DockerCli, StackError
 from pvcheck.stackfile import Confinement, normalise_labels, prepare, read_env_file
-from pvcheck.stacks import converged, remove_labelled, wait_running
+from pvcheck.stacks import converged, remove_labelled, remove_stack_gently, wait_running
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,9 @@ class ComposeDriver:
     def _remove(self) -> bool:
         """`docker stack rm`, then whatever it leaves (volumes, the app's secrets) by label."""
         try:
-            self.cli.stack_rm([self.stack])
+            remove_stack_gently(
+                self.swarm, self.cli, self.stack, self.deploy_cfg.converge_timeout_s
+            )
         except StackError as exc:
             log.warning("%s", exc)
         left = remove_labelled(
@@ -244,7 +246,7 @@ class ComposeDriver:
         )
         log.info("backup of %s:%s: %d bytes", service, path, len(archive))
         # Gone entirely, volumes included, as after losing the host's data.
-        self.cli.stack_rm([self.stack])
+        remove_stack_gently(self.swarm, self.cli, self.stack, self.deploy_cfg.converge_timeout_s)
         left = remove_labelled(
             self.swarm,
             run_label,

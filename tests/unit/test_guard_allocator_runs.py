@@ -12,12 +12,13 @@ import pytest
 
 from pvcheck import logscan
 from pvcheck.allocator import AllocatorResult, RoundFigures, judge_allocator, refusal
+from pvcheck.capacity import HeldCount
 from pvcheck.config import AllocatorConfig, GuardConfig
 from pvcheck.errors import HostBusy
 from pvcheck.facts import NetworkFacts
 from pvcheck.guard import find_detection, find_section, pipelines
 from pvcheck.logscan import LogScan
-from pvcheck.records import Status
+from pvcheck.records import Check, Status
 from pvcheck.runs import HostLock, RunRegistry
 from tests.helpers import ROOT, check_guard, held_in_another_process
 
@@ -195,22 +196,20 @@ def test_allocator_judgement_tolerance_and_projection() -> None:
         "alloc.leak": "pass",
         "alloc.networks": "pass",
         "alloc.headroom": "pass",
+        "alloc.forecast": "pass",
     }
-    leaky = _result(11, 14, [_round(11, 21, 14)])
-    checks = judge_allocator(leaky, cfg)
-    leak = next(c for c in checks if c.id == "alloc.leak")
-    assert leak.status == Status.FAIL and "leaked 3 endpoints" in leak.found
-    assert (
-        leaky.projected_rounds == (65533 - 14) // 3 and str(leaky.projected_rounds) in leak.detail
-    )
-    small = next(
-        c
-        for c in judge_allocator(_result(11, 12, [_round(11, 21, 12)]), cfg)
-        if c.id == "alloc.leak"
-    )
-    assert (
-        small.status == Status.PASS and "leaked 1 endpoints" in small.found
-    )  # reported though tolerated
+
+    def leaving(held: int) -> list[Check]:
+        # The engine's count on the shared network rose by `held` with no endpoint behind it.
+        res = _result(11, 11, [_round(11, 21, 11)])
+        res.shared_before = HeldCount("proxy", 65533, 11, 65522, True, "ipam-status")
+        res.shared_after = HeldCount("proxy", 65533, 11, 65522 - held, True, "ipam-status")
+        return judge_allocator(res, cfg)
+
+    leak = next(c for c in leaving(3) if c.id == "alloc.leak")
+    assert leak.status == Status.FAIL and leak.found.startswith("proxy: 3 address(es) left")
+    small = next(c for c in leaving(1) if c.id == "alloc.leak")
+    assert small.status == Status.PASS and small.found.startswith("proxy: 1 address(es) left")
     stuck = _statuses(judge_allocator(_result(11, 11, [_round(11, 15, 11, allocated=False)]), cfg))
     assert stuck["alloc.allocated"] == "fail"
 
@@ -273,7 +272,7 @@ def test_lock_and_registry_belong_to_the_engine_not_the_name() -> None:
 
     assert engine_key("ssh://root@cc-ci") == engine_key("ssh://root@cc-ci:22/")
     assert engine_key("ssh://root@cc-ci:22") != engine_key("ssh://root@cc-ci:2222")
-    assert engine_key("unix:///var/run/docker.sock") == "unix_var_run_docker.sock"
+    assert engine_key("unix:///srv/none/docker.sock") == "unix_srv_none_docker.sock"
     assert "/" not in engine_key("tcp://../../etc:1") and ".." in engine_key("tcp://../../etc:1")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pvcheck.allocator import AllocatorResult, RoundFigures
+from pvcheck.capacity import HeldCount
 from pvcheck.claims import curl_command
 from pvcheck.config import Config, load_config
 from pvcheck.evidence import (
@@ -108,6 +109,9 @@ def sample_report(failing: bool) -> Report:
             datetime(2026, 11, 26, 12, 0, 2, tzinfo=UTC),
             datetime(2026, 11, 26, 12, 0, 6, tzinfo=UTC),
             [RoundFigures(1, 5, counts, counts, counts, True, True, 4.0)],
+            scratch="pvc-scratch-abc123",
+            scratch_count=HeldCount("pvc-scratch-abc123", 253, 0, 248, True, "fill-probe"),
+            removals_per_day=20.0,
         ),
     )
     return report

@@ -16,6 +16,7 @@ from prefect.logging import disable_run_logger
 
 from pvcheck import allocator, deploy, facts, guard, logscan, preconditions, routes, teardown
 from pvcheck.allocator import AllocatorResult, RoundFigures
+from pvcheck.capacity import HeldCount
 from pvcheck.config import AllocatorConfig, Config, GuardConfig, RouteConfig, load_config
 from pvcheck.deploy import DeployOutcome, TierResult, TierStatus
 from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts, parse_network
@@ -460,6 +461,7 @@ def test_allocator_judge_passes_rounds_without_a_leak() -> None:
         "alloc.leak": PASS,
         "alloc.networks": PASS,
         "alloc.headroom": PASS,
+        "alloc.forecast": PASS,
     }
     # Every check judges the whole reproduction: its time, from start to finish.
     whole = (UNTIL - SINCE).total_seconds()
@@ -468,13 +470,19 @@ def test_allocator_judge_passes_rounds_without_a_leak() -> None:
 
 def test_allocator_judge_fails_stuck_tasks_a_leak_and_low_headroom() -> None:
     stuck = figures(5, allocated=False, left=["pvc-alloc-abcdef-r1-3_internal"])
-    obs = allocator.Observation(None, result(stuck, capacity=20))
-    checks = {c.id: c for c in allocator.judge(obs, ALLOC)}
+    res = result(stuck, capacity=20)
+    # The engine's own count on the shared network: 5 more held, no endpoint explains them.
+    res.shared_before = HeldCount("proxy", 20, 10, 10, True, "ipam-status")
+    res.shared_after = HeldCount("proxy", 20, 10, 5, True, "ipam-status")
+    res.scratch_count = HeldCount("pvc-scratch-abcdef", 253, 0, 248, True, "fill-probe")
+    res.removals_per_day = 20
+    checks = {c.id: c for c in allocator.judge(allocator.Observation(None, res), ALLOC)}
     assert statuses(list(checks.values())) == {
         "alloc.allocated": FAIL,
         "alloc.leak": FAIL,
         "alloc.networks": FAIL,
         "alloc.headroom": FAIL,
+        "alloc.forecast": FAIL,
     }
     # A stack network left behind is residue, named, with what `docker stack rm` said.
     assert checks["alloc.networks"].found == (
@@ -482,8 +490,13 @@ def test_allocator_judge_fails_stuck_tasks_a_leak_and_low_headroom() -> None:
         "(pvc-alloc-abcdef-r1-3_internal); left: pvc-alloc-abcdef-r1-3_internal"
     )
     assert "has active endpoints" in checks["alloc.networks"].detail
-    assert checks["alloc.leak"].found == "leaked 5 endpoints (round 1: 5)"
-    assert checks["alloc.headroom"].found == "50.000% before, 25.000% after (15/20 used)"
+    assert checks["alloc.leak"].found.startswith("proxy: 5 address(es) left by the run; ")
+    assert "5 address(es) held after 5 removed task(s), 1.00 per removal" in (
+        checks["alloc.leak"].found
+    )
+    assert checks["alloc.headroom"].found.startswith("50.000% before, 25.000% after")
+    # 5 free at 1 per removal and 20 removals a day: gone in a quarter of a day.
+    assert checks["alloc.forecast"].found.startswith("proxy: 0 days (5 free, 20.00 leaked a day)")
 
 
 def test_allocator_judge_skips_a_refused_reproduction() -> None:
@@ -519,15 +532,23 @@ def test_allocator_task_runs_labelled_throwaways_and_removes_them() -> None:
         "alloc.leak": PASS,
         "alloc.networks": PASS,
         "alloc.headroom": PASS,
+        "alloc.forecast": PASS,
     }
     # Each throwaway is its own stack, deployed and removed with `docker stack rm`; its
-    # compose carries the run labels on the service and on its own network.
+    # compose carries the run labels on the service and on its own network. The shared
+    # network it joins is the run's scratch overlay, never the real one, and no port is
+    # published (ingress is not touched).
     assert sorted(stacks.deployed) == names and sorted(stacks.removed) == names
     for compose in stacks.deployed.values():
         doc = yaml.safe_load(compose)
         assert doc["services"]["app"]["deploy"]["labels"].items() >= labels.items()
         assert doc["networks"]["internal"]["labels"] == labels
-        assert doc["networks"]["proxy"] == {"external": True, "name": "proxy"}
+        assert doc["networks"]["proxy"] == {"external": True, "name": "pvc-scratch-abcdef"}
+        assert "ports" not in doc["services"]["app"]
+        assert doc["services"]["app"]["stop_grace_period"] == "10s"
+    # The scratch network was made with the configured subnet and the run label, then removed.
+    assert obs.result is not None and obs.result.scratch == "pvc-scratch-abcdef"
+    assert "net-pvc-scratch-abcdef" in swarm.removed
     assert obs.result is not None
     whole = (obs.result.finished_at - obs.result.started_at).total_seconds()
     assert whole > 0 and all(c.duration_s == whole for c in checks)
