@@ -64,20 +64,38 @@ def _env() -> jinja2.Environment:
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=one_line,
     )
-    env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
-    # Text from a host, a harness or a report, on one line: it cannot start a heading, a
-    # section marker or a verdict line of its own.
-    env.filters["line"] = lambda v: _flat(str(v))
+    # The filters below only keep their own syntax; one_line makes every value one line.
+    env.filters["cell"] = lambda v: Cell(str(v).replace("|", "\\|"))
     # A line inside a fenced block: it cannot close the fence either.
-    env.filters["code_line"] = lambda v: _flat(str(v)).replace("`" * 3, "'" * 3).replace("~~~", "-")
-    # A name from the host shown as code: backticks and line breaks cannot end the span.
-    env.filters["code"] = lambda v: "`" + str(v).replace("`", "'").replace("\n", " ") + "`"
+    env.filters["code_line"] = lambda v: str(v).replace("`" * 3, "'" * 3).replace("~~~", "-")
+    # A name from the host shown as code: backticks cannot end the span.
+    env.filters["code"] = lambda v: "`" + str(v).replace("`", "'") + "`"
     return env
 
 
-def _flat(text: str) -> str:
-    return one_line_breaks(text).replace("\n", " ")
+# Every line break str.splitlines() knows ("\r\n" is one).
+_BREAKS = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# What makes a line structure when a value starts it: a heading or a code fence.
+_LEADS = re.compile(r"^(\s*)(#|```|~~~)")
+
+
+class Cell(str):
+    """A table cell's text: it sits between `|`s, never at a line's start, so a leading `#`
+    (a claim's EXPECTED `## DONE`) is kept as written."""
+
+    __slots__ = ()
+
+
+def one_line(value: object) -> str:
+    """The rule for every value a template inserts (the environment's finalize): text from a
+    host, a harness, a report or a config becomes one line that cannot be, or start, a
+    section marker, a heading or a code fence. A clean one-line value is unchanged."""
+    text = _BREAKS.sub(" ", str(value)).replace("<!--", "&lt;!--")
+    if isinstance(value, Cell):
+        return text
+    return _LEADS.sub(r"\1\\\2", text, count=1)
 
 
 def render(template: str, **context: Any) -> str:
@@ -163,7 +181,7 @@ def _item(num: str, check: Check, report: Report) -> BacklogItem:
     text = (
         f"- [ ] **{num}** `{check.id}` ({check.gate}): expected {check.expected}; "
         f"found {check.found}. {check.detail} — seen in run {report.run_id} @{report.finished_at}"
-    ).replace("\n", " ")
+    )  # one line when rendered (one_line), like every value
     return BacklogItem(num, check.id, False, text)
 
 
@@ -188,13 +206,14 @@ def withdraw_done(paths: DocsPaths, why: str, at: str) -> str | None:
     if text is None or not has_own_done(text, str(paths.status)):
         return None
     atomic_write(paths.status, without_done(text, str(paths.status)))
-    entry = f"## {at} — DONE withdrawn\n\nDONE withdrawn @{at}: {why}\n"
     stray = stray_done_lines(text, str(paths.status))
-    if stray:
-        entry += (
-            f"\nA `## DONE` line outside pvcheck's section stays at {paths.status.name} line "
-            f"{stray[0]}: pvcheck does not edit text it did not write; remove it by hand.\n"
-        )
+    entry = render(
+        "journal_withdrawn.md.j2",
+        at=at,
+        why=why,
+        stray=stray[0] if stray else None,
+        status_name=paths.status.name,
+    )
     append_journal(paths.journal, render("journal_header.md.j2", phase=paths.phase), entry)
     return why
 
@@ -255,6 +274,9 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         why = run_withdraws_done(report, cfg.docs.done_follows, standing)
         will_withdraw = why if has_own_done(status_text, str(paths.status)) else None
         docs = DocsOutcome(quoted, will_withdraw)
+        if why:
+            # First of the writes: one that fails after it cannot leave an old DONE standing.
+            withdraw_done(paths, why, report.finished_at)
         append_history(paths.history, history_record(report, _seconds(report)))
         records = read_history(paths.history, limit=30)
         atomic_write(paths.trend, trend_svg(records))
@@ -275,8 +297,6 @@ def write_evidence(report: Report, cfg: Config) -> Written:
             render("journal_header.md.j2", **ctx),
             render_journal_entry(report, cfg),
         )
-        if why:
-            withdraw_done(paths, why, report.finished_at)
         committed = commit_docs(cfg.docs, claim_message(report, cfg.docs.phase))
     docs = dataclasses.replace(docs, committed=str(committed) if committed else None)
     return Written({kind: str(path) for kind, path in written.items()}, docs)
@@ -287,14 +307,21 @@ def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> Docs
     a run that proved nothing leaves no DONE standing)."""
     paths = cfg.docs.paths
     with docs_lock(paths.folder):  # the folder's checks, as for every write there
+        # DONE first: a journal that cannot be appended to must not keep it standing.
+        withdrawn = withdraw_done(
+            paths, f"run {run_id} could not reach target {cfg.target.name}", at
+        )
         append_journal(
             paths.journal,
             render("journal_header.md.j2", phase=paths.phase),
-            f"## {at} — run `{run_id}`: UNREACHABLE\n\n- Target `{cfg.target.name}` "
-            f"({cfg.target.docker_host}) could not be reached: {exc}. Nothing was checked.\n",
-        )
-        withdrawn = withdraw_done(
-            paths, f"run {run_id} could not reach target {cfg.target.name}", at
+            render(
+                "journal_unreachable.md.j2",
+                at=at,
+                run_id=run_id,
+                target=cfg.target.name,
+                docker_host=cfg.target.docker_host,
+                error=exc,
+            ),
         )
         committed = commit_docs(cfg.docs, f"evidence({cfg.docs.phase}): run {run_id} UNREACHABLE")
     return DocsOutcome([], withdrawn, str(committed) if committed else None)
@@ -387,8 +414,11 @@ def write_review(result: ReviewResult, cfg: Config) -> Written:
             result.findings,
             result.at,
         )
-        status_text = read_state(paths.status)
         standing = vetoes(paths)
+        why = review_withdraws_done(result, standing)
+        # First of the writes: one that fails after it cannot leave an old DONE standing.
+        withdrawn = withdraw_done(paths, why, result.at) if why else None
+        status_text = read_state(paths.status)  # after the withdrawal: DONE is not written back
         moved = _append_review(paths, entries, result.at)
         update_sections(
             paths.backlog,
@@ -409,18 +439,13 @@ def write_review(result: ReviewResult, cfg: Config) -> Written:
                     new = mark_gate_passed(new, name, result.at, str(paths.status))
             if new != status_text:
                 atomic_write(paths.status, new)
-        entry = f"## {result.at} — review `{result.review_id}`: " + ", ".join(
-            f"{g} {v}" for g, v in result.verdicts.items()
+        entry = render(
+            "journal_review.md.j2",
+            result=result,
+            moved=moved,
+            archive_name=paths.review_archive.name,
         )
-        entry += "".join(f"\n- finding: {_flat(f.title)}" for f in result.findings)
-        entry += "".join(f"\n- churn (not pvcheck's): {_flat(line)}" for line in result.churn)
-        if moved:
-            entry += f"\n- {moved} older REVIEW entries moved to {paths.review_archive.name}"
-        append_journal(
-            paths.journal, render("journal_header.md.j2", phase=paths.phase), entry + "\n"
-        )
-        why = review_withdraws_done(result, standing)
-        withdrawn = withdraw_done(paths, why, result.at) if why else None
+        append_journal(paths.journal, render("journal_header.md.j2", phase=paths.phase), entry)
         committed = commit_docs(cfg.docs, review_message(result, cfg.docs.phase))
     written = {"status": paths.status, "review": paths.review, "backlog": paths.backlog}
     if moved:

@@ -95,7 +95,8 @@ def repo_root(folder: Path) -> Path | None:
     return None
 
 
-_MARKER = re.compile(r"^<!-- pvcheck:(begin|end) ([A-Za-z0-9_.-]+) -->$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_MARKER = re.compile(rf"^<!-- pvcheck:(begin|end) ({_NAME.pattern}) -->$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 
 
@@ -180,6 +181,10 @@ def section_body(text: str, name: str, path: str) -> str | None:
 
 def replace_section(text: str, name: str, body: str, path: str) -> str:
     """Pure: text with section `name` set to body (appended at the end when absent)."""
+    if not _NAME.fullmatch(name):
+        # The marker is made from the name: one sections() could not read back, or one that
+        # breaks the line, would corrupt the file for every later run.
+        raise ValueError(f"not a section name: {name!r}")
     if not body.endswith("\n"):
         body += "\n"
     block = f"<!-- pvcheck:begin {name} -->\n{body}<!-- pvcheck:end {name} -->\n"
