@@ -166,13 +166,14 @@ class Verification:
         self.routes = routes.Settings.from_config(cfg)
         self.facts = facts.Settings.from_config(cfg)
         self.deploy = deploy.Settings.from_config(cfg)
+        # pvcheck's capacity-probe services the allocator refused: their VIP lines are ours.
+        self.probe_ids: tuple[str, ...] = ()
         self.log = get_run_logger()
 
     def _logs(
         self, check_id: str, what: str, since: datetime, judge_gc: bool = False
     ) -> logscan.Settings:
-        alloc = self.report.allocator
-        ours = tuple(alloc.probe_ids) if alloc else ()
+        ours = self.probe_ids
         return logscan.Settings.window(
             self.cfg, check_id, what, since, datetime.now(UTC), ours, judge_gc
         )
@@ -262,6 +263,7 @@ class Verification:
         obs, checks = allocator_proof(self.seams, settings)
         report.stages[Stage.ALLOCATOR] = stage_outcome(report.add(checks))
         report.allocator = obs.result
+        self.probe_ids = obs.probe_ids
         if obs.result is not None:
             window = self._logs(Family.LOGS.id("fresh-allocator"), "the reproduction", started)
             report.add(scan_docker_log(self.seams, window)[1])

@@ -88,6 +88,7 @@ class AllocatorResult:
     removals_per_day: float = 0.0  # the host's task removals a day, for the forecast
     ingress_removals_per_day: float = 0.0  # of them, published-port tasks
     rate_source: str = "config"
+    engine_version: str = ""
 
     @property
     def removed_tasks(self) -> int:
@@ -166,6 +167,8 @@ class AllocatorResult:
             "removals_per_day": self.removals_per_day,
             "rate_source": self.rate_source,
             "forecast": [f.as_dict() for f in forecasts(self)],
+            "engine_version": self.engine_version,
+            "advice": engine_advice(self.engine_version, self.engine_leaked),
         }
 
 
@@ -272,6 +275,7 @@ class Observation:
     refused: str | None  # why it did not start; None: it ran
     result: AllocatorResult | None
     ingress: HeldCount | None = None  # measured before anything was created
+    probe_ids: tuple[str, ...] = ()  # probe services the allocator refused (their log lines)
 
 
 def gather(
@@ -287,13 +291,14 @@ def gather(
     clashes = overlapping(alloc.scratch_subnet, swarm.all_networks())
     why = refusal(alloc, before, ingress, clashes)
     if why:
-        return Observation(why, None, ingress)
+        return Observation(why, None, ingress, tuple(ingress_refused))
     result = reproduce(seams, settings, progress)
     result.ingress = ingress
     result.probe_ids[:0] = ingress_refused
     result.removals_per_day, result.rate_source = removal_rate(alloc)
     result.ingress_removals_per_day = alloc.ingress_removals_per_day
-    return Observation(None, result, ingress)
+    result.engine_version = str(swarm.info().get("ServerVersion", ""))
+    return Observation(None, result, ingress, tuple(result.probe_ids))
 
 
 RATE_WINDOW_DAYS = 7
@@ -347,6 +352,10 @@ def measure_ingress(swarm: SwarmApi, settings: Settings) -> tuple[HeldCount | No
     facts = parse_network(inspect)
     status = ipam_status(inspect)
     alloc = settings.allocator
+    listed = count_held("ingress", facts.capacity, facts.used)
+    if status is None and listed.headroom_pct < alloc.headroom_floor_pct:
+        # Already below the floor by the endpoint list alone: refused without creating a thing.
+        return listed, []
     if status is None and alloc.ingress_probe_max > 0:
         needed = math.ceil(facts.capacity * alloc.headroom_floor_pct / 100)
         limit = min(alloc.ingress_probe_max, max(needed, 1), max(facts.capacity - facts.used, 0))
@@ -637,6 +646,32 @@ def _ingress_check(ingress: HeldCount, cfg: AllocatorConfig, seconds: float) -> 
     )
 
 
+# The public record of this leak's fixes, as of pvcheck's last review of it (2026-12): none
+# has shipped in a release, so none is assumed on any engine version. A version named here
+# would be the first release that carries the fix.
+KNOWN_FIXES: tuple[tuple[str, str, str | None], ...] = (
+    ("moby/moby#53563", "the manager releases task addresses after a network is removed", None),
+    ("docker/cli#7304", "`docker stack rm --detach=false` waits for tasks before networks", None),
+)
+MITIGATION = (
+    "remove stacks services first: `docker service rm` the stack's services, wait until "
+    "`docker service ps` lists none of their tasks, then `docker stack rm`; a manager "
+    "restart hands leaked addresses back (moby/moby#37338)"
+)
+
+
+def engine_advice(engine_version: str, leaked: int | None) -> str:
+    """Pure: the engine against the known fixes, and what the operator can do now."""
+    shipped = [f"{ref} ({what})" for ref, what, version in KNOWN_FIXES if version]
+    missing = [ref for ref, _what, version in KNOWN_FIXES if not version]
+    head = f"engine {engine_version or 'unknown'}: "
+    head += f"fixes shipped: {', '.join(shipped)}; " if shipped else ""
+    head += f"not in any release yet: {', '.join(missing)}"
+    if leaked:
+        return f"{head}. Mitigation now: {MITIGATION}"
+    return head
+
+
 def engine_leak_text(result: AllocatorResult) -> str:
     """What the reproduction found about the engine, in words for STATUS and the CLI."""
     endpoint_delta = sum(r.leaked_total for r in result.rounds)
@@ -693,7 +728,9 @@ def judge_allocator(result: AllocatorResult, cfg: AllocatorConfig) -> list[Check
             f"{result.network}: {left_shared} address(es) left by the run; "
             + engine_leak_text(result),
             f"scratch {result.scratch}: "
-            + (result.scratch_count.summary() if result.scratch_count else "not counted"),
+            + (result.scratch_count.summary() if result.scratch_count else "not counted")
+            + "; "
+            + engine_advice(result.engine_version, result.engine_leaked),
             seconds,
         ),
         Check(

@@ -59,7 +59,10 @@ def test_default_run_passes_m2_with_real_allocator_figures(
         assert check(report, check_id)["status"] == "pass", check_id
     status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
     assert "## Gate: M2 — CLAIMED, awaiting Adversary" in status
-    assert f"leaked {alloc['leaked_total']} endpoint(s) of 65533" in status
+    # STATUS says what the allocator counted, not an endpoint delta.
+    assert f"on scratch overlay `{alloc['scratch']}` in `proxy`'s role" in status
+    assert f"{alloc['engine_leaked']} address(es) held after 5 removed task(s)" in status
+    assert "days to exhaustion: proxy: " in status
     # Each throwaway is a recipe-shaped stack: `docker stack deploy` made one network of its
     # own per stack, and every one of them was removed again, none left behind.
     prefix = f"pvc-alloc-{report['run_id'].rsplit('-', 1)[-1]}-r1-"
@@ -67,6 +70,8 @@ def test_default_run_passes_m2_with_real_allocator_figures(
     stacks = {f"{prefix}{i}_internal" for i in range(1, 6)}
     assert {n for a, n in own if a == "create"} == stacks, own
     assert {n for a, n in own if a == "destroy"} == stacks, own
+    scratch = [(a, n) for a, n in network_events(since) if n == alloc["scratch"]]
+    assert [a for a, _ in scratch] == ["create", "destroy"], scratch
     assert check(report, "alloc.networks")["status"] == "pass"
     assert not [n for n in engine.networks(LABEL_RUN) if n["Name"].startswith(prefix)]
 

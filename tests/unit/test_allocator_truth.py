@@ -16,6 +16,7 @@ from pvcheck.allocator import (
     AllocatorResult,
     Forecast,
     RoundFigures,
+    engine_advice,
     forecasts,
     judge_allocator,
     overlapping,
@@ -280,3 +281,12 @@ def test_the_probes_own_vip_line_is_not_the_incident() -> None:
     both = _scan([probe, other], ours=("probe123",))
     assert logscan.fresh_logs("logs.fresh-run", both, "this run").status == Status.FAIL
     assert _scan([probe]).counts["vip_exhausted"] == 1  # without the run's probe IDs
+
+
+def test_engine_advice_names_the_fixes_and_the_mitigation() -> None:
+    text = engine_advice("20.10.24+dfsg1", 4)
+    assert text.startswith("engine 20.10.24+dfsg1: not in any release yet: moby/moby#53563")
+    assert "docker/cli#7304" in text and "Mitigation now: remove stacks services first" in text
+    assert "Mitigation" not in engine_advice("29.0.0", 0)
+    checks = {c.id: c for c in judge_allocator(_result(4), AllocatorConfig())}
+    assert "Mitigation now" in checks["alloc.leak"].detail
