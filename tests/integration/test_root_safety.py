@@ -1,9 +1,11 @@
 """Running as root on a shared host, against the real lab: links in machine-docs, the
-engine-side lock, and lab-only actions on an engine that is not the lab."""
+engine-side lock, lab-only actions on an engine that is not the lab, and a recipe that asks
+for the host's root."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from app.cli import main
@@ -18,7 +21,7 @@ from pvcheck.config import Config
 from pvcheck.runs import LOCK_LABEL, LOCK_NAME
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.helpers import write_config
+from tests.helpers import LAB_CONFIG, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
 
@@ -115,3 +118,60 @@ def test_lab_actions_refuse_an_engine_whose_network_is_not_the_labs(
         assert "not a lab engine" in capsys.readouterr().err
     assert {s["Spec"]["Name"] for s in engine.services()} == before
     assert engine.network(not_a_lab_network) is not None
+
+
+NOTES = LAB_CONFIG.parent / "recipes" / "notes"
+# The notes recipe with one more volume: the stack makes it with the local driver bound to
+# the host's `/`, and the app mounts it at /host (a root shell on the host, for whoever
+# writes the recipe).
+HOST_ROOT_VOLUME = """\
+  host:
+    driver: local
+    driver_opts:
+      type: none
+      o: bind
+      device: /
+"""
+
+
+def _hostile_recipe(folder: Path) -> Path:
+    shutil.copytree(NOTES, folder)
+    compose = folder / "compose.yml"
+    text = compose.read_text()
+    mounts, declared = "      - content:/srv/www/data\n", "volumes:\n  content:\n"
+    assert mounts in text and declared in text
+    text = text.replace(mounts, mounts + "      - host:/host\n")
+    compose.write_text(text.replace(declared, declared + HOST_ROOT_VOLUME))
+    return compose
+
+
+def _creates(since: datetime, kind: str, **filters: str) -> list[str]:
+    """The names of the engine's `create` events of one kind since then."""
+    found = docker.from_env().events(
+        since=since,
+        until=datetime.now(UTC),
+        filters={"type": kind, "event": "create", **filters},
+        decode=True,
+    )
+    return [e["Actor"]["Attributes"].get("name", e["Actor"]["ID"]) for e in found]
+
+
+def test_a_recipe_volume_binding_the_hosts_root_is_refused_before_anything_is_created(
+    lab: Config, engine: Swarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compose = _hostile_recipe(tmp_path / "recipe")
+
+    def hostile(raw: dict[str, Any]) -> None:
+        raw["deploy"]["compose"]["file"] = str(compose)
+
+    since = datetime.now(UTC)
+    assert main(["run", "--config", str(write_config(tmp_path, hostile))]) == 2
+    err = capsys.readouterr().err
+    assert f"{compose}: volumes.host.driver_opts: " in err and "refused" in err
+    # Nothing of the recipe was made: no secret, config, network, volume, service or task
+    # container (the run's only create is the engine lock, made and removed around it).
+    made = {kind: _creates(since, kind) for kind in ("service", "network", "volume", "secret")}
+    made["config"] = [name for name in _creates(since, "config") if name != LOCK_NAME]
+    made["container"] = _creates(since, "container", label=LABEL_RUN)
+    assert not any(made.values()), made
+    assert not any(list_residue(engine, LABEL_RUN).values())
