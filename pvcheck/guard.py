@@ -1,7 +1,8 @@
-"""Stage guard (M2): the upgrade procedure's Step-0 guard. Find its section, confirm it detects
-the VIP signature in the docker journal and has a recovery action, and prove its detection
-command counts the real signature (and nothing on a clean log). Reading the Markdown and the
-shell in it is pure; `gather` reads the file and runs the detection; `judge` checks.
+"""Stage guard (M2): the upgrade procedure's Step-0 guard. Find its section, confirm its grep
+looks for the VIP signature (not a fragment of it) and counts the real signature and nothing
+on a realistic clean docker journal, and that a docker restart in it would execute (judged by
+the shell that runs: pvcheck.shellreach). Reading the Markdown and the shell in it is pure;
+`gather` reads the file and runs the detection; `judge` checks.
 """
 
 from __future__ import annotations
@@ -11,25 +12,153 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from pvcheck.config import Config, GuardConfig
+from pvcheck.config import Config, GuardConfig, default_signature_part
 from pvcheck.errors import StateFileError
 from pvcheck.procs import PLAIN_ENV, run_bounded
 from pvcheck.records import VIP_SIGNATURE, Check, Family, Gate, Status, skipped
 from pvcheck.seams import Seams
+from pvcheck.shellreach import MAX_NESTING, reachable, ssh_remote_command
 from pvcheck.statefiles import read_state
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
-SIGNATURE_SAMPLE = (
-    'time="2026-06-10T03:12:44.512305123Z" level=error msg="Failed allocation for service '
-    f'x7k2m9q0" error="{VIP_SIGNATURE}" module=node/agent/taskmanager\n'
+# A clean `journalctl -u docker` of a single-node swarm manager, in journalctl's short format:
+# a restart, containerd under dockerd, raft electing itself, the dispatcher, task clean-up,
+# libnetwork's "key modified" retries, and errors that name VIPs, allocation and address
+# pools without being the exhaustion. Written for pvcheck; the line shapes follow logs quoted
+# in moby/moby#26990 (journal prefix, start-up), Thinstation/thinstation#724 (containerd in
+# dockerd's journal), docker/for-linux#286 (module=raft), moby/moby#51054 and #32893 (key
+# modified, stale sandboxes), docker/roadmap#90 (allocator state), docker/for-linux#176 (VIP
+# release) and docker/for-linux#599 (address pools). Any grep that counts a line here is
+# counting something other than the signature. The signature line is shaped like those in
+# moby/moby#43052 and docker-archive/for-aws#104.
+_NODE = "node.id=q2wz8k3m0v1x7c5n4b6h9j0lp"
+_RAFT = f"module=raft {_NODE}"
+_OLD, _DOCKERD = "dockerd[1702]", "dockerd[1873]"  # before and after a restart
+_JOURNAL = [
+    ("02:57:58", "systemd[1]", None, "Stopping Docker Application Container Engine..."),
+    ("02:57:58", _OLD, "info", "msg=\"Processing signal 'terminated'\""),
+    ("02:57:59", _OLD, "info", 'msg="Daemon shutdown complete"'),
+    ("02:57:59", "systemd[1]", None, "docker.service: Deactivated successfully."),
+    ("02:58:01", "systemd[1]", None, "Starting Docker Application Container Engine..."),
+    ("02:58:01", _DOCKERD, "info", 'msg="Starting up"'),
+    ("02:58:01", _DOCKERD, "info", 'msg="containerd successfully booted in 0.041207s"'),
+    (
+        "02:58:01",
+        _DOCKERD,
+        "info",
+        'msg="loading plugin \\"io.containerd.grpc.v1.tasks\\"..." type=io.containerd.grpc.v1',
+    ),
+    ("02:58:02", _DOCKERD, "info", 'msg="Loading containers: start."'),
+    (
+        "02:58:02",
+        _DOCKERD,
+        "info",
+        'msg="Default bridge (docker0) is assigned with an IP address 172.17.0.0/16. Daemon '
+        'option --bip can be used to set a preferred IP address"',
+    ),
+    ("02:58:03", _DOCKERD, "info", 'msg="Loading containers: done."'),
+    (
+        "02:58:03",
+        _DOCKERD,
+        "info",
+        'msg="Docker daemon" commit=4c9b3b0 containerd-snapshotter=false '
+        "storage-driver=overlay2 version=27.5.1",
+    ),
+    ("02:58:03", _DOCKERD, "info", f'msg="5a0bc97e6d2f3c41 became follower at term 14" {_RAFT}'),
+    (
+        "02:58:03",
+        _DOCKERD,
+        "info",
+        f'msg="5a0bc97e6d2f3c41 is starting a new election at term 14" {_RAFT}',
+    ),
+    ("02:58:03", _DOCKERD, "info", f'msg="5a0bc97e6d2f3c41 became leader at term 15" {_RAFT}'),
+    (
+        "02:58:03",
+        _DOCKERD,
+        "info",
+        f'msg="raft.node: 5a0bc97e6d2f3c41 elected leader 5a0bc97e6d2f3c41 at term 15" {_RAFT}',
+    ),
+    ("02:58:04", _DOCKERD, "info", 'msg="initialized VXLAN UDP port to 4789"'),
+    (
+        "02:58:04",
+        _DOCKERD,
+        "info",
+        'msg="worker q2wz8k3m0v1x7c5n4b6h9j0lp was successfully registered" '
+        'method="(*Dispatcher).register"',
+    ),
+    ("02:58:04", _DOCKERD, "info", 'msg="Daemon has completed initialization"'),
+    ("02:58:04", _DOCKERD, "info", 'msg="API listen on /run/docker.sock"'),
+    ("02:58:04", "systemd[1]", None, "Started Docker Application Container Engine."),
+    (
+        "03:05:17",
+        _DOCKERD,
+        "info",
+        'msg="ignoring event" container=9f1c2a7e4b3d5f60 module=libcontainerd namespace=moby '
+        'topic=/tasks/delete type="*events.TaskDelete"',
+    ),
+    (
+        "03:05:18",
+        _DOCKERD,
+        "warning",
+        'msg="Error (Unable to complete atomic operation, key modified) deleting object '
+        '[endpoint_count 2b7e9c1d0a4f6e8b], retrying...."',
+    ),
+    (
+        "03:05:18",
+        _DOCKERD,
+        "info",
+        'msg="Removing stale sandbox 7d3e0c9b2a1f (c41a8e5d7b90)"',
+    ),
+    (
+        "03:05:19",
+        _DOCKERD,
+        "error",
+        'msg="Failed to allocate network resources for node q2wz8k3m0v1x7c5n4b6h9j0lp" '
+        f'error="could not find network allocator state for network r8t1y6u0" module=node {_NODE}',
+    ),
+    ("03:05:19", _DOCKERD, "error", 'msg="Could not parse VIP address  while releasing"'),
+    (
+        "03:05:19",
+        _DOCKERD,
+        "error",
+        'msg="error deallocating vip" error="invalid CIDR address: " vip.addr= '
+        "vip.network=r8t1y6u0",
+    ),
+    (
+        "03:07:42",
+        _DOCKERD,
+        "error",
+        'msg="Handler for POST /v1.47/networks/create returned error: could not find an '
+        'available, non-overlapping IPv4 address pool among the defaults to assign to the network"',
+    ),
+]
+_SIGNATURE_LINE = (
+    "03:12:44",
+    _DOCKERD,
+    "error",
+    f'msg="Failed allocation for service x7k2m9q0wq4d8r1n3s5t6u7v" error="{VIP_SIGNATURE}" '
+    f"module=node {_NODE}",
 )
-CLEAN_SAMPLE = (
-    'time="2026-06-10T03:12:44.512305123Z" level=info msg="Loading containers: done."\n'
-    'time="2026-06-10T03:12:45.000000000Z" level=warning msg="Error getting v2 registry"\n'
-)
+
+
+def _journal(entries: list[tuple[str, str, str | None, str]]) -> str:
+    """journalctl's short format; dockerd's own lines are logrus key=value records."""
+    out = []
+    for k, (clock, ident, level, text) in enumerate(entries):
+        if level is None:
+            out.append(f"Jun 10 {clock} cc-ci {ident}: {text}")
+            continue
+        nanos = f"{(k + 1) * 31_234_567:09d}"  # any fixed, increasing sub-second part
+        record = f'time="2026-06-10T{clock}.{nanos}Z" level={level} {text}'
+        out.append(f"Jun 10 {clock} cc-ci {ident}: {record}")
+    return "\n".join(out) + "\n"
+
+
+CLEAN_SAMPLE = _journal(_JOURNAL)
+SIGNATURE_SAMPLE = _journal([*_JOURNAL, _SIGNATURE_LINE])
 
 # Shell words that start or join commands without being one.
 _LEADING = {"if", "then", "else", "elif", "do", "while", "until", "!", "time", "{", "sudo"}
@@ -37,9 +166,6 @@ _CLOSING = {"fi", "done", "}", "esac"}
 _SEPARATORS = {";", "&&", "||", "&", "(", ")", ";;", "\n"}
 _REDIRECTS = re.compile(r"^[0-9]*[<>]")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_PRINTERS = {"echo", "printf", ":", "true", "cat"}
-_SSH_OPTS_WITH_VALUE = set("BbcDEeFIiJLlmOopQRSWw")
-MAX_NESTING = 3
 
 
 @dataclass(frozen=True)
@@ -81,15 +207,20 @@ def find_section(text: str, marker: str) -> GuardSection | None:
     return None
 
 
-def code_lines(section: GuardSection) -> list[str]:
-    """Pure: the section's shell lines: inside fenced code, continuations joined. Prose is
-    not a command, however it reads."""
-    out: list[str] = []
+def code_blocks(section: GuardSection) -> list[list[str]]:
+    """Pure: the section's fenced code blocks, each as its shell lines (continuations joined,
+    here-document bodies left out). Prose is not a command, however it reads."""
+    blocks: list[list[str]] = []
+    out: list[str] | None = None  # the block being read
     pending = ""
     heredoc: str | None = None  # the delimiter while inside a here-document (its text)
     for line, in_code in _markdown_lines(section.text):
         if not in_code:
+            if out is not None:
+                blocks.append(out + ([pending] if pending else []))
+            out, pending, heredoc = None, "", None
             continue
+        out = [] if out is None else out
         if heredoc is not None:
             if line.strip() == heredoc:
                 heredoc = None
@@ -102,9 +233,14 @@ def code_lines(section: GuardSection) -> list[str]:
             continue
         out.append(pending + line)
         pending = ""
-    if pending:
-        out.append(pending)
-    return out
+    if out is not None:
+        blocks.append(out + ([pending] if pending else []))
+    return blocks
+
+
+def code_lines(section: GuardSection) -> list[str]:
+    """Pure: the section's shell lines, all blocks in order."""
+    return [line for block in code_blocks(section) for line in block]
 
 
 def _tokens(line: str) -> list[str] | None:
@@ -115,17 +251,6 @@ def _tokens(line: str) -> list[str] | None:
         return list(lexer)
     except ValueError:  # unbalanced quotes: not a line pvcheck can read as a command
         return None
-
-
-def _remote_command(argv: list[str]) -> str | None:
-    """Pure: the command an `ssh [options] HOST COMMAND...` line runs on the host."""
-    i = 1
-    while i < len(argv) and argv[i].startswith("-"):
-        opt = argv[i]
-        takes_value = len(opt) == 2 and opt[1] in _SSH_OPTS_WITH_VALUE
-        i += 2 if takes_value else 1
-    rest = argv[i + 1 :]  # argv[i] is the host
-    return " ".join(rest) if rest else None
 
 
 def pipelines(line: str, depth: int = 0) -> list[list[list[str]]]:
@@ -161,7 +286,7 @@ def pipelines(line: str, depth: int = 0) -> list[list[list[str]]]:
     for pipeline in out:
         for argv in pipeline:
             if argv[0] == "ssh" and depth < MAX_NESTING:
-                remote = _remote_command(argv)
+                remote = ssh_remote_command(argv)
                 if remote:
                     nested += pipelines(remote, depth + 1)
     return out + nested
@@ -218,32 +343,134 @@ def _grep_pattern(argv: list[str]) -> str | None:
     return patterns[0] if len(patterns) == 1 and patterns[0] else None
 
 
-def find_detection(section: GuardSection, signature: str) -> Detection | None:
-    """Pure: the first pipeline whose grep stage looks for (part of) the signature."""
+def _ignores_case(argv: list[str]) -> bool:
+    short = [a[1:] for a in argv[1:] if a.startswith("-") and not a.startswith("--")]
+    return "--ignore-case" in argv or any("i" in flags for flags in short)
+
+
+def find_detection(
+    section: GuardSection, signature: str, part: str | None = None
+) -> Detection | None:
+    """Pure: the first pipeline whose grep pattern contains `part` of the signature (by default
+    its distinctive end). A pattern that is only a fragment of the signature, such as "I" or
+    "VIP", is no detection: it counts ordinary lines too."""
+    want = part or default_signature_part(signature)
     for line in code_lines(section):
         for pipeline in pipelines(line):
             for argv in pipeline:
                 pattern = _grep_pattern(argv)
-                if pattern and pattern in signature:
+                if pattern is None:
+                    continue
+                if _ignores_case(argv):
+                    pattern, needle = pattern.lower(), want.lower()
+                else:
+                    needle = want
+                if needle in pattern:
                     shown = " | ".join(shlex.join(a) for a in pipeline)
                     return Detection(shown, argv)
     return None
 
 
-def _restarts_docker(argv: list[str]) -> bool:
-    units = {"docker", "docker.service"}
-    if argv[0] == "systemctl":
-        return "restart" in argv and bool(units & set(argv))
-    return argv[0] == "service" and argv[1:3] == ["docker", "restart"]
+# --- recovery ----------------------------------------------------------------------------------
+# Verbs that restart a running docker: `restart`, and `try-restart` (alias `condrestart`),
+# which only skips a docker that is not running (a stopped docker has no allocator to
+# rebuild). Not `reload-or-restart` or `force-reload`: they reload a unit that can be
+# reloaded, and docker.service's reload only sends dockerd SIGHUP (daemon.json), which leaves
+# the allocator as it is.
+_RESTART_VERBS = {"restart", "try-restart", "condrestart"}
+_DOCKER_UNITS = {"docker", "docker.service"}
+# systemctl options (systemd 252's --help) that leave a restart a restart. Every other option
+# is refused: those below stop it acting, and an unknown one cannot be vouched for.
+_HARMLESS_OPTIONS = {"--system", "--quiet", "-q", "--no-block", "--no-pager", "--no-ask-password"}
+_HARMLESS_OPTIONS |= {"--full", "-l", "--show-transaction", "-T", "--no-legend"}
+_STOPPING_OPTIONS = {
+    "--dry-run": "only prints what it would do",
+    "--help": "prints its help and exits",
+    "-h": "prints its help and exits",
+    "--version": "prints its version and exits",
+    "--host": "acts on another host",
+    "-H": "acts on another host",
+    "--machine": "acts inside a container",
+    "-M": "acts inside a container",
+    "--user": "asks a user's service manager, not the system's docker",
+    "--wait": "waits for docker to stop again: the guard would hang there",
+    "--lines": "(--lines) takes the next word as its value",
+    "-n": "(--lines) takes the next word as its value",
+}
+
+
+def _systemctl_refusal(argv: list[str]) -> str | None:
+    """Pure: why `systemctl ARGS` would not restart docker; None when it would. The verb is
+    the first word that is not an option; the units are the words after it."""
+    words: list[str] = []
+    args = argv[1:]
+    for k, arg in enumerate(args):
+        if arg == "--":
+            words += args[k + 1 :]
+            break
+        if not arg.startswith("-") or arg == "-":
+            words.append(arg)
+            continue
+        names = [arg.split("=", 1)[0]] if arg.startswith("--") else [f"-{c}" for c in arg[1:]]
+        for name in names:
+            if name in _STOPPING_OPTIONS:
+                return f"systemctl {name} {_STOPPING_OPTIONS[name]}"
+            if name not in _HARMLESS_OPTIONS:
+                return f"systemctl {name}: pvcheck cannot tell it still restarts docker"
+    verb, units = (words[0], words[1:]) if words else ("", [])
+    if verb not in _RESTART_VERBS:
+        return f"its systemctl verb is {verb!r}, not restart or try-restart"
+    if not _DOCKER_UNITS & set(units):
+        return "docker (or docker.service) is not a unit it restarts"
+    return None
+
+
+def _restart_refusal(argv: list[str]) -> str | None:
+    """Pure: why a systemctl or service command would not restart docker; None when it would."""
+    if argv[0] == "service":
+        if argv[1:3] == ["docker", "restart"]:
+            return None
+        return "only `service docker restart` restarts docker through service"
+    return _systemctl_refusal(argv)
+
+
+def _names_a_docker_restart(argv: tuple[str, ...]) -> bool:
+    """A command to judge: systemctl or service with docker and a restart among its words."""
+    words = argv[1:]
+    if argv[0] not in ("systemctl", "service"):
+        return False
+    return any("restart" in w for w in words) and any("docker" in w for w in words)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    line: str | None  # the first line whose docker restart would run
+    refused: tuple[str, ...] = ()  # each line naming a restart that would not run, and why
+
+
+def judge_recovery(section: GuardSection) -> Recovery:
+    """Pure: the section's docker restarts, judged by the shell that would execute: one after
+    `false &&` or `true ||`, in a branch a constant condition never takes, after an
+    unconditional `exit`, or with an option or verb that stops it acting does not count.
+    What pvcheck cannot read is refused too, and every refusal says why."""
+    line: str | None = None
+    refused: list[str] = []
+    for found in reachable(code_blocks(section), _names_a_docker_restart):
+        why = found.dead or _restart_refusal(list(found.argv))
+        if why is None:
+            line = line or found.line.strip()
+        else:
+            refused.append(f"`{_clip(found.line.strip())}`: {why}")
+    return Recovery(line, tuple(refused))
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def find_recovery(section: GuardSection) -> str | None:
-    """Pure: the executable line that restarts docker (directly or over ssh), if any."""
-    for line in code_lines(section):
-        for pipeline in pipelines(line):
-            if any(argv[0] not in _PRINTERS and _restarts_docker(argv) for argv in pipeline):
-                return line.strip()
-    return None
+    """Pure: the first line whose docker restart would run (directly or over ssh), if any."""
+    return judge_recovery(section).line
 
 
 def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | None:
@@ -303,6 +530,7 @@ class Observation:
     hit: int | None = None  # its count on a log with the signature
     clean: int | None = None  # and on a clean log
     recovery: str | None = None
+    recovery_refused: tuple[str, ...] = ()  # restarts that would not run, each with why
     seconds: float = 0.0
     canary: Canary | None = None
 
@@ -326,9 +554,10 @@ def gather(seams: Seams, settings: Settings) -> Observation:
     section = find_section(text, cfg.section)
     if section is None:
         return Observation(where, seconds=time.monotonic() - t0)
-    detection = find_detection(section, cfg.signature)
+    detection = find_detection(section, cfg.signature, cfg.detection_part)
     argv = cfg.detect_command or (detection.grep if detection else None)
     hit = clean = None
+    recovery = judge_recovery(section)
     if argv is not None:
         argv = seams.host.argv(argv)
         hit, clean = count_with(argv, SIGNATURE_SAMPLE), count_with(argv, CLEAN_SAMPLE)
@@ -339,7 +568,8 @@ def gather(seams: Seams, settings: Settings) -> Observation:
         argv=argv,
         hit=hit,
         clean=clean,
-        recovery=find_recovery(section),
+        recovery=recovery.line,
+        recovery_refused=recovery.refused,
         seconds=time.monotonic() - t0,
     )
 
@@ -382,7 +612,7 @@ def judge(obs: Observation, settings: Settings) -> list[Check]:
                 Status.FAIL,
                 "a journal grep for the VIP signature",
                 "no detection command in the section",
-                f"no grep in the section's code looks for part of {cfg.signature!r}",
+                f"no grep in the section's code has a pattern containing {cfg.detection_part!r}",
                 t,
             )
         )
@@ -407,13 +637,20 @@ def judge(obs: Observation, settings: Settings) -> list[Check]:
             Status.PASS if obs.recovery else Status.FAIL,
             "an executable line that restarts docker when the count is non-zero",
             obs.recovery or "no command in the section restarts docker",
-            "",
+            _not_counted(obs.recovery_refused),
             t,
         )
     )
     if obs.canary is not None:
         checks.append(judge_canary(obs.canary))
     return checks
+
+
+def _not_counted(refused: tuple[str, ...], shown: int = 5) -> str:
+    if not refused:
+        return ""
+    more = f"; and {len(refused) - shown} more" if len(refused) > shown else ""
+    return "not counted: " + "; ".join(refused[:shown]) + more
 
 
 def judge_canary(canary: Canary) -> Check:
