@@ -352,27 +352,44 @@ def measure_ingress(swarm: SwarmApi, settings: Settings) -> tuple[HeldCount | No
     facts = parse_network(inspect)
     status = ipam_status(inspect)
     alloc = settings.allocator
-    listed = count_held("ingress", facts.capacity, facts.used)
+    used = listed_addresses(swarm, inspect, facts)
+    listed = count_held("ingress", facts.capacity, used)
     if status is None and listed.headroom_pct < alloc.headroom_floor_pct:
         # Already below the floor by the endpoint list alone: refused without creating a thing.
         return listed, []
     if status is None and alloc.ingress_probe_max > 0:
         needed = math.ceil(facts.capacity * alloc.headroom_floor_pct / 100)
-        limit = min(alloc.ingress_probe_max, max(needed, 1), max(facts.capacity - facts.used, 0))
+        limit = min(alloc.ingress_probe_max, max(needed, 1), max(facts.capacity - used, 0))
         suffix = settings.run_id.rsplit("-", 1)[-1]
         probe = fill(
             swarm, None, limit, _probe_labels(settings.run_id), alloc.image, f"pvc-ing-{suffix}"
         )
-        return count_held("ingress", facts.capacity, facts.used, None, probe), list(
-            probe.refused_ids
+        return count_held("ingress", facts.capacity, used, None, probe), list(probe.refused_ids)
+    return count_held("ingress", facts.capacity, used, status), []
+
+
+def listed_addresses(swarm: SwarmApi, inspect: dict[str, Any], facts: NetworkFacts) -> int:
+    """Addresses the engine's lists account for: the verbose inspect's endpoints, plus the
+    VIP of every service on the network that runs no task there (the inspect lists only
+    services with tasks), so a service scaled to 0 is not taken for a leak."""
+    net_id, shown = inspect.get("Id"), set(inspect.get("Services") or {})
+    taskless = sum(
+        1
+        for svc in swarm.services()
+        if svc["Spec"]["Name"] not in shown
+        and any(
+            v.get("NetworkID") == net_id
+            for v in (svc.get("Endpoint") or {}).get("VirtualIPs") or []
         )
-    return count_held("ingress", facts.capacity, facts.used, status), []
+    )
+    return facts.used + taskless
 
 
 def _shared_count(swarm: SwarmApi, network: str) -> HeldCount:
     inspect = swarm.network(network) or {}
     facts = parse_network(inspect)
-    return count_held(network, facts.capacity, facts.used, ipam_status(inspect))
+    used = listed_addresses(swarm, inspect, facts)
+    return count_held(network, facts.capacity, used, ipam_status(inspect))
 
 
 def reproduce(

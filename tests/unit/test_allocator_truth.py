@@ -19,6 +19,7 @@ from pvcheck.allocator import (
     engine_advice,
     forecasts,
     judge_allocator,
+    listed_addresses,
     overlapping,
     refusal,
     removal_rate,
@@ -290,3 +291,18 @@ def test_engine_advice_names_the_fixes_and_the_mitigation() -> None:
     assert "Mitigation" not in engine_advice("29.0.0", 0)
     checks = {c.id: c for c in judge_allocator(_result(4), AllocatorConfig())}
     assert "Mitigation now" in checks["alloc.leak"].detail
+
+
+def test_a_service_without_tasks_is_listed_not_taken_for_a_leak() -> None:
+    inspect = {"Id": "ing1", "Name": "ingress", "Services": {"web": {"VIP": "10.0.0.5"}}}
+    facts = NetworkFacts("ingress", "10.0.0.0/24", "overlay", 253, 1, 1, 1, 0)
+
+    def svc(name: str, net: str) -> dict[str, Any]:
+        return {
+            "ID": name,
+            "Spec": {"Name": name},
+            "Endpoint": {"VirtualIPs": [{"NetworkID": net}]},
+        }
+
+    swarm = FakeSwarm(services=[svc("web", "ing1"), svc("scaled0", "ing1"), svc("other", "x")])
+    assert listed_addresses(swarm, inspect, facts) == facts.used + 1
