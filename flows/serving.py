@@ -37,7 +37,7 @@ from pvcheck.api import (
 )
 from pvcheck.config import Config
 from pvcheck.errors import PrefectUnavailable, PvcheckError
-from pvcheck.safeio import require_root_only
+from pvcheck.safeio import require_root_only_tree
 
 # The nightly re-check, in UTC: 01:17 every day, clear of cc-ci's weekly /upgrade-all sweep
 # (Saturdays from 03:00 UTC), whose Step 0 may restart docker under a running check. A run
@@ -269,6 +269,15 @@ def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
     serve(*build_deployments(configs, cron, timezone), pause_on_shutdown=False)
 
 
+# What in PVCHECK_HOME a flow run never loads, so is not walked. The pull step only makes
+# PVCHECK_HOME the working folder, and Prefect puts it (and the entrypoint's folder) first on
+# sys.path: every other file there can be imported, shadow a module, or be read as code
+# (templates, lab scripts, egg-info entry points), __pycache__ too (a .pyc whose header
+# matches its source is run instead of it). `.git` is git's store, never on sys.path; `.venv`
+# is the interpreter this worker itself runs from (its own trust, not PVCHECK_HOME's).
+HOME_NOT_RUN = frozenset({".git", ".venv"})
+
+
 def start_worker(pool: str) -> None:
     """Become `prefect worker start` for a process pool. Its flow runs inherit this
     environment: the configs the caller pinned, and PVCHECK_HOME (where prefect.yaml's pull
@@ -276,6 +285,6 @@ def start_worker(pool: str) -> None:
     which as root must be root's alone."""
     require_guarded_api()
     home = Path(os.environ.setdefault("PVCHECK_HOME", str(Path(__file__).resolve().parent.parent)))
-    require_root_only(home, "PVCHECK_HOME (the code flow runs import)")
+    require_root_only_tree(home, "PVCHECK_HOME (the code flow runs import)", skip=HOME_NOT_RUN)
     prefect = str(Path(sys.executable).parent / "prefect")
     os.execv(prefect, [prefect, "worker", "start", "--pool", pool, "--type", "process"])

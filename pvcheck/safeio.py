@@ -56,8 +56,12 @@ def open_regular(path: Path, flags: int, follow: bool = False) -> int:
     return fd
 
 
-def read_capped(path: Path, cap: int, follow: bool = False) -> bytes | None:
-    """The file's bytes (None when it does not exist), refused past `cap` bytes."""
+def read_capped(
+    path: Path, cap: int, follow: bool = False, root_only: bool = False
+) -> bytes | None:
+    """The file's bytes (None when it does not exist), refused past `cap` bytes. With
+    `root_only`, as root, a file someone else could have written is refused (checked on the
+    open descriptor: it is the file that is read)."""
     try:
         fd = open_regular(path, os.O_RDONLY, follow)
     except FileNotFoundError:
@@ -66,6 +70,10 @@ def read_capped(path: Path, cap: int, follow: bool = False) -> bytes | None:
         raise
     except OSError as exc:
         raise _refuse(path, f"cannot read: {exc.strerror or exc}") from None
+    why = _changeable(os.fstat(fd), sticky_ok=False) if root_only and os.geteuid() == 0 else None
+    if why:
+        os.close(fd)
+        raise _refuse(path, f"is {why}; as root pvcheck trusts only files root alone can change")
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(cap + 1)
     if len(data) > cap:
@@ -144,23 +152,94 @@ def _changeable(info: os.stat_result, sticky_ok: bool) -> str | None:
     return None
 
 
+_MAX_LINKS = 40  # as many as the kernel follows on one path
+
+
 def writable_by_others(path: Path) -> str | None:
-    """Why someone other than root could change path, or swap it or a folder above it for a
-    link (None when only root can). A sticky folder above (like /tmp) is fine: its other
-    users cannot rename root's entries; the path itself may not be sticky and open to all,
-    or anyone could plant files in it."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    why = _changeable(info, sticky_ok=False)
-    if why:
-        return why
-    for folder in Path(os.path.abspath(path)).parents:
-        why = _changeable(os.stat(folder), sticky_ok=True)
+    """Why someone other than root could change path, or swap it or a folder on the way to
+    it (None when only root can). The path is followed as the kernel follows it: every folder
+    walked through, those the links on the way sit in too, must be root's alone, and every link
+    root's own (its target is fixed, but whoever owns it or its folder can replace it), so a
+    root-owned link into a user's folder is refused. A sticky folder on the way (like /tmp) is
+    fine: its other users cannot rename root's entries; the path itself may not be sticky and
+    open to all, or anyone could plant files in it. A path that does not exist is checked as
+    far as it does: what is made there later, only root could have made."""
+    todo = list(Path(os.getcwd(), path).parts[1:])  # `..` kept: it applies after a link
+    here = Path("/")  # where the walk is: a real folder, no link in it
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            here = here.parent
+            continue
+        why = _changeable(os.lstat(here), sticky_ok=True)
         if why:
-            return f"inside {folder}, which is {why}"
-    return None
+            return f"inside {here}, which is {why}"
+        entry = here / name
+        try:
+            info = os.lstat(entry)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISLNK(info.st_mode):
+            here = entry
+            continue
+        if info.st_uid != 0:
+            return f"reached through {entry}, a link owned by uid {info.st_uid}"
+        links += 1
+        if links > _MAX_LINKS:
+            return f"reached through more than {_MAX_LINKS} links"
+        target = Path(os.readlink(entry))
+        if target.is_absolute():
+            here = Path("/")
+        todo[:0] = target.parts[1:] if target.is_absolute() else target.parts
+    why = _changeable(os.lstat(here), sticky_ok=False)
+    if why and here != Path(os.path.abspath(path)):
+        return f"{why} (its real path is {here})"
+    return why
+
+
+def require_root_only_tree(
+    top: Path, what: str, skip: frozenset[str] = frozenset(), max_entries: int = 20_000
+) -> None:
+    """As root, refuse a folder others could change or that holds anything they could: every
+    file and folder below it (but the top-level names in `skip`) must be root's alone, and
+    every link root's and leading inside it, never into a skipped entry. Past max_entries the
+    folder is refused: the walk stays bounded."""
+    if os.geteuid() != 0:
+        return
+    require_root_only(top, what)
+    real_top = Path(os.path.realpath(top))
+
+    def fail(exc: OSError) -> None:
+        raise _refuse(Path(exc.filename or top), f"in {what}: cannot be read ({exc.strerror})")
+
+    seen = 0
+    for folder, dirs, files in os.walk(real_top, onerror=fail, followlinks=False):
+        if Path(folder) == real_top:
+            dirs[:] = [d for d in dirs if d not in skip]
+            files = [f for f in files if f not in skip]
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > max_entries:
+                raise _refuse(top, f"{what} holds more than {max_entries} entries; refused")
+            entry = Path(folder, name)
+            info = os.lstat(entry)
+            if not stat.S_ISLNK(info.st_mode):
+                why = _changeable(info, sticky_ok=False)
+            elif info.st_uid != 0:
+                why = f"a link owned by uid {info.st_uid}"
+            else:  # its target is checked where it is, so it must be in what is walked
+                target = Path(os.path.realpath(entry))
+                inside = target.is_relative_to(real_top)
+                first = target.relative_to(real_top).parts[:1] if inside else ()
+                outside = not inside or (first and first[0] in skip)
+                why = f"a link leading to {target}, outside what is checked" if outside else None
+            if why:
+                raise _refuse(
+                    entry,
+                    f"is {why}: as root pvcheck uses {what} only when everything in it is "
+                    "root's alone (chown -R root and chmod -R go-w it)",
+                )
 
 
 def _refuse_unless_roots(info: os.stat_result, path: Path) -> None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pvcheck.api import listener_is_ours
 from pvcheck.config import Config, LabConfig
 from pvcheck.errors import LabError, StateFileError
 from pvcheck.safeio import atomic_write, read_capped
@@ -144,12 +145,22 @@ def harness_argv(cfg: Config, results: str) -> list[str]:
     return argv
 
 
+def _uids(pid: int) -> set[int]:
+    """The real, effective, saved and file-system uids of process `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return {int(uid) for uid in line.split()[1:]}
+    return set()
+
+
 def _alive(pid_file: Path, argv: list[str] | None = None) -> int | None:
     """The stand-in's pid when it runs (with exactly `argv`, when given: one started from
     another checkout would run that checkout's harness)."""
     try:
         pid = int((read_capped(pid_file, 64) or b"").strip())
         os.kill(pid, 0)
+        if _uids(pid) != {os.geteuid()}:
+            return None  # anyone can start a process with the same command line
     except (OSError, ValueError, StateFileError):
         return None
     with contextlib.suppress(OSError):
@@ -189,7 +200,11 @@ def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
         "--recipe-param", deploy.drone.recipe_param, "--",
         *harness_argv(cfg, "{results}"),
     ]  # fmt: skip
-    if _alive(pid_file, argv) and _healthy(deploy.drone.url):
+    # Reused only when the listener on the port is that process's own: one that answers
+    # /healthz is not enough (anyone may bind a port the stand-in left, and would then get
+    # the builds and the token).
+    running = _alive(pid_file, argv)
+    if running and listener_is_ours(url.port, running) and _healthy(deploy.drone.url):
         return
     stop_drone_api(lab)
     log.info("starting the Drone API stand-in on %s", deploy.drone.url)
@@ -210,6 +225,12 @@ def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise LabError(f"the Drone API stand-in did not start; see {log_path}")
         time.sleep(0.2)
+    if not listener_is_ours(url.port, proc.pid):
+        stop_drone_api(lab)
+        raise LabError(
+            f"{deploy.drone.url} answers, but not from the Drone API stand-in pvcheck started "
+            "(another process holds the port); nothing is sent to it"
+        )
 
 
 def stop_drone_api(lab: LabConfig) -> None:

@@ -116,9 +116,11 @@ def decode_results(data: bytes, where: str) -> Any:
 
 
 def read_results(path: Path) -> Any:
+    """The local results file; as root, only one root alone could have written (another user
+    could plant a passing one where the harness writes)."""
     try:
-        data = read_capped(path, MAX_RESULTS_BYTES)
-    except StateFileError as exc:  # a link, a FIFO, or more than the cap: refused unread
+        data = read_capped(path, MAX_RESULTS_BYTES, root_only=True)
+    except StateFileError as exc:  # a link, a FIFO, others', or past the cap: refused unread
         raise ResultsError(str(exc)) from None
     if data is None:
         raise ResultsError(f"{path}: the harness wrote no results file")
