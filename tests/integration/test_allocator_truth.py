@@ -5,6 +5,7 @@ leaves ingress as it found it."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,8 +133,6 @@ def test_pvcheck_removes_its_own_stacks_without_a_leak(
 
 
 def _wait_running(engine: Swarm, run_id: str, expected: int) -> None:
-    import time
-
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         services = engine.services({LABEL_RUN: run_id})
@@ -149,16 +148,17 @@ def _wait_running(engine: Swarm, run_id: str, expected: int) -> None:
 def _settle_internal_networks(engine: Swarm, stacks: list[str]) -> None:
     """`docker stack rm` may leave a stack's internal network while a task still holds it:
     removed here once free, as an operator would."""
-    import time
-
     deadline = time.monotonic() + 90
-    client = docker.from_env()
     while time.monotonic() < deadline:
-        nets = [n for n in client.networks.list() if any(n.name.startswith(s) for s in stacks)]
+        nets = [
+            n
+            for n in engine.all_networks()
+            if any(str(n.get("Name", "")).startswith(s) for s in stacks)
+        ]
         if not nets:
             return
         for net in nets:
-            engine.remove_network(net.id)
+            engine.remove_network(str(net["Id"]))
         time.sleep(0.5)
     raise AssertionError("stack networks never went")
 
