@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import sys
 import tempfile
 from collections import Counter
@@ -13,7 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from pvcheck import __version__, runlog
+# Nothing imported here may import Prefect: main secures its settings first (pvcheck.rootenv).
+from pvcheck import __version__, rootenv
 from pvcheck.api import ensure_prefect_api
 from pvcheck.config import LAB_CONFIG, Config, load_config
 from pvcheck.errors import (
@@ -358,12 +360,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PATH_ARGS = ("file", "config", "json", "junit")  # every option naming a file; "-" is stdout
+
+
+def absolute_paths(args: argparse.Namespace, cwd: str) -> None:
+    """The path arguments, relative ones joined to `cwd` (not normalised: `a/../b` still
+    means what the kernel would make of it from there)."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value != "-":
+            setattr(args, name, os.path.join(cwd, value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.join(cwd, v) for v in value])
+
+
+def secure_process(args: argparse.Namespace) -> None:
+    """As root, before Prefect is imported: the caller's paths made absolute, then the
+    working folder, HOME and Prefect's settings made root's alone (pvcheck.rootenv)."""
+    if os.geteuid() == 0:
+        absolute_paths(args, os.getcwd())
+        rootenv.secure()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    # Run as a program (no argv), the process is pvcheck's to secure; a Python caller's
+    # process, its folder and environment, stay the caller's.
+    if argv is None:
+        try:
+            secure_process(args)
+        except (PvcheckError, OSError) as exc:
+            print(f"pvcheck: {exc}", file=sys.stderr)
+            return exc.exit_code if isinstance(exc, PvcheckError) else EXIT_USAGE
+    from pvcheck import runlog  # imports Prefect
+
     # Prefect's console handler stays (task names on each line); pvcheck's module loggers
     # go through the run's logger.
     runlog.install(verbose=args.verbose)

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
+import pwd
 import re
 import socket
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from pvcheck.errors import HostBusy, StateFileError
 from pvcheck.records import format_ts, parse_ts
@@ -22,6 +26,12 @@ from pvcheck.safeio import atomic_write, open_regular, read_capped, require_root
 
 MAX_RECORD_BYTES = 4096
 RUN_ID = re.compile(r"^pv-[0-9]{14}-[0-9a-f]{6}$")  # flows.verify.new_run_id
+# pvcheck.config.SSH_URL, which validated the URL (not imported: config is heavy); here a
+# trailing slash is tolerated, as the key always did.
+_SSH_URL = re.compile(
+    r"^ssh://(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*)(?::(?P<port>[0-9]{1,5}))?$"
+)
 
 
 def _proc_start(pid: int) -> str | None:
@@ -34,16 +44,60 @@ def _proc_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def engine_key(docker_host: str) -> str:
-    """The engine a run works on, as a file name: the lock and the registry belong to the
-    engine, not to a config's name (two names, or a --target override, are one engine)."""
+SSH_RESOLVE_TIMEOUT_S = 10.0
+
+
+@functools.lru_cache(maxsize=64)
+def _ssh_destination(user: str | None, host: str, port: int) -> tuple[str, str, int]:
+    """(user, hostname, port) as ssh itself resolves them for the way pvcheck connects
+    (`ssh -p PORT [user@]host`, pvcheck.hosts): `ssh -G` applies ssh_config (Host aliases,
+    HostName, User) without connecting. Without a working ssh: the URL's, with ssh's
+    defaults (the current user's name)."""
+    fallback = (user or pwd.getpwuid(os.geteuid()).pw_name, host.lower(), port)
+    dest = f"{user}@{host}" if user else host
+    try:
+        done = subprocess.run(
+            ["ssh", "-G", "-p", str(port), "--", dest],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SSH_RESOLVE_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return fallback
+    said = dict(line.partition(" ")[::2] for line in done.stdout.splitlines())
+    try:
+        resolved = (said["user"], said["hostname"].lower(), int(said["port"]))
+    except (KeyError, ValueError):
+        return fallback
+    return resolved if done.returncode == 0 and all(resolved) else fallback
+
+
+def _canonical(docker_host: str) -> str:
+    """One spelling per engine: a unix socket by its real path, ssh by the user, host and
+    port ssh resolves, tcp with its default port; anything else as given."""
     url = docker_host.strip().rstrip("/")
     scheme, _, rest = url.partition("://")
-    if scheme == "ssh" and not re.search(r":[0-9]+$", rest):
-        rest += ":22"
-    elif scheme == "tcp" and not re.search(r":[0-9]+$", rest):
-        rest += ":2375"
-    return f"{scheme}_" + re.sub(r"[^A-Za-z0-9@._-]", "_", rest.lstrip("/"))
+    if scheme == "unix":
+        return "unix:" + os.path.realpath("/" + rest.lstrip("/"))
+    if scheme == "ssh" and (found := _SSH_URL.match(url)):
+        user, host, port = _ssh_destination(found["user"], found["host"], int(found["port"] or 22))
+        return f"ssh:{user}@{host}:{port}"
+    if scheme == "tcp":
+        try:
+            parts = urlsplit(url)
+            return f"tcp:{parts.hostname or ''}:{parts.port or 2375}"
+        except ValueError:
+            pass
+    return f"{scheme}:{rest}"
+
+
+def engine_key(docker_host: str) -> str:
+    """The engine a run works on, as a file name: the lock and the registry belong to the
+    engine, not to a config's name or to how its URL is spelt (`unix:///var/run/docker.sock`
+    and `unix:///run/docker.sock`, `ssh://root@h` and `ssh://h:22` as root, are one engine)."""
+    scheme, _, where = _canonical(docker_host).partition(":")
+    return f"{scheme}_" + re.sub(r"[^A-Za-z0-9@._-]", "_", where.lstrip("/"))
 
 
 def _alive(host: str, pid: int, proc_start: str | None) -> bool:
