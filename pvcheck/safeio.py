@@ -155,6 +155,30 @@ def _changeable(info: os.stat_result, sticky_ok: bool) -> str | None:
 _MAX_LINKS = 40  # as many as the kernel follows on one path
 
 
+# POSIX ACL entries (linux/posix_acl_xattr.h): a 4-byte header, then 8-byte entries of
+# tag (u16), permissions (u16) and id (u32). Named users and groups can be given write
+# access the mode bits never show.
+_ACL_NAMED = {0x02: "user", 0x08: "group"}
+_ACL_WRITE = 0x02
+
+
+def _acl_grants(path: Path) -> str | None:
+    """A POSIX ACL (access, or default for what is made inside) letting a named user or a
+    group other than root write: why, or None."""
+    for attr in ("system.posix_acl_access", "system.posix_acl_default"):
+        try:
+            raw = os.getxattr(path, attr, follow_symlinks=False)
+        except OSError:
+            continue  # no ACL there, or a file system without them
+        for at in range(4, len(raw) - 7, 8):
+            tag = int.from_bytes(raw[at : at + 2], "little")
+            perm = int.from_bytes(raw[at + 2 : at + 4], "little")
+            uid = int.from_bytes(raw[at + 4 : at + 8], "little")
+            if tag in _ACL_NAMED and perm & _ACL_WRITE and uid != 0:
+                return f"writable by ACL {_ACL_NAMED[tag]} {uid}"
+    return None
+
+
 def writable_by_others(path: Path) -> str | None:
     """Why someone other than root could change path, or swap it or a folder on the way to
     it (None when only root can). The path is followed as the kernel follows it: every folder
@@ -172,14 +196,17 @@ def writable_by_others(path: Path) -> str | None:
         if name == "..":
             here = here.parent
             continue
-        why = _changeable(os.lstat(here), sticky_ok=True)
+        why = _changeable(os.lstat(here), sticky_ok=True) or _acl_grants(here)
         if why:
             return f"inside {here}, which is {why}"
         entry = here / name
         try:
             info = os.lstat(entry)
         except (FileNotFoundError, NotADirectoryError):
-            return None
+            # Missing: whoever may create entries in its folder could make it first; a
+            # sticky folder open to all (/tmp) lets anyone do that.
+            why = _changeable(os.lstat(here), sticky_ok=False)
+            return f"missing, and {here} is {why}: anyone could make it first" if why else None
         if not stat.S_ISLNK(info.st_mode):
             here = entry
             continue
@@ -192,7 +219,7 @@ def writable_by_others(path: Path) -> str | None:
         if target.is_absolute():
             here = Path("/")
         todo[:0] = target.parts[1:] if target.is_absolute() else target.parts
-    why = _changeable(os.lstat(here), sticky_ok=False)
+    why = _changeable(os.lstat(here), sticky_ok=False) or _acl_grants(here)
     if why and here != Path(os.path.abspath(path)):
         return f"{why} (its real path is {here})"
     return why

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import yaml
 
 from pvcheck.errors import ConfigError, StateFileError
-from pvcheck.safeio import read_capped
+from pvcheck.safeio import read_capped, writable_by_others
 
 MAX_COMPOSE_BYTES = 1024 * 1024
 MAX_ENV_BYTES = 256 * 1024
@@ -690,12 +690,19 @@ def confine(doc: Mapping[str, Any], c: Confinement, *, where: str = DOC) -> dict
     own (named `<stack>_…`, as abra names secrets) or the shared network; a named object
     must carry the stack's prefix (else the CLI would update, label and later remove someone
     else's); files must lie inside the recipe folder and are read without following links."""
+    if os.geteuid() == 0:
+        # Every recipe file is read by path at some point (the compose file itself first): a
+        # folder others could swap between the reads would let them choose what is read.
+        why = writable_by_others(c.recipe_dir)
+        if why:
+            raise _refuse(where, "recipe folder", f"{c.recipe_dir} is {why}")
     out: dict[str, Any] = _copy(doc)
     _check_keys(out, _TOP, "", where)
     declared = _declared(out, "networks", where)
     shared = {name for name, decl in declared if _external(decl)}
+    volumes = {name for name, _decl in _declared(out, "volumes", where)}
     for name, service in _declared(out, "services", where):
-        _confine_service(service, f"services.{name}", c, shared, where)
+        _confine_service(service, f"services.{name}", c, shared, volumes, where)
     for section in _DECLARED:
         for name, decl in _declared(out, section, where):
             _confine_object(section, name, decl, c, where)
@@ -724,13 +731,18 @@ def _check_keys(value: Any, keys: _Keys, at: str, where: str) -> None:
 
 
 def _confine_service(
-    service: dict[str, Any], at: str, c: Confinement, shared: set[str], where: str
+    service: dict[str, Any],
+    at: str,
+    c: Confinement,
+    shared: set[str],
+    volumes: set[str],
+    where: str,
 ) -> None:
     for key in _HOST_KEYS:
         if key in service:
             raise _refuse(where, f"{at}.{key}", "reaches the host")
     _check_keys(service, _SERVICE, at, where)
-    _check_mounts(service.get("volumes"), f"{at}.volumes", where)
+    _check_mounts(service.get("volumes"), volumes, f"{at}.volumes", where)
     _check_attachments(service.get("networks"), shared, f"{at}.networks", where)
     _check_ports(service.get("ports"), c, f"{at}.ports", where)
     _check_logging(service.get("logging"), f"{at}.logging", where)
@@ -756,6 +768,14 @@ def _confine_object(
     _check_keys(decl, _OBJECT_KEYS[section], at, where)
     named = str(decl.get("name", ""))
     if _external(decl):
+        # `external: {name: x}` (compose 3.x) names the object the CLI uses: `x`. Given with
+        # a different top-level `name`, which one wins is the CLI's to pick: refused.
+        flag = decl.get("external")
+        if isinstance(flag, dict) and "name" in flag:
+            inner = str(flag.get("name"))
+            if named and inner != named:
+                raise _refuse(where, f"{at}.external.name", "names another object than `name`")
+            named = inner
         shared = section == "networks" and (named or name) == c.shared_network
         if not shared and not (section in ("secrets", "configs") and named.startswith(own)):
             raise _refuse(where, at, f"an external {section[:-1]} that is not this app's ({own}…)")
@@ -771,16 +791,29 @@ def _confine_object(
         decl["file"] = _copy_in(decl["file"], c, f"{at}.file", where)
 
 
-def _check_mounts(mounts: Any, at: str, where: str) -> None:
-    # Named volumes (their drivers are checked where they are declared) and tmpfs only.
+def _check_mounts(mounts: Any, volumes: set[str], at: str, where: str) -> None:
+    """Named volumes the stack declares (their drivers are checked where they are declared)
+    and tmpfs only. A short entry's source must be one of `volumes`
+    exactly: the CLI takes anything else that looks like a path as a bind mount, and what
+    looks like a path to it (`c:../..`, a Windows drive, is one; it resolves against the
+    working folder) is not ours to guess."""
     for i, mount in enumerate(mounts if isinstance(mounts, list) else []):
         here = f"{at}[{i}]"
         if _is_bind(mount):
             raise _refuse(where, here, "a bind mount of a host path")
-        if isinstance(mount, dict):
+        if isinstance(mount, str):
+            source, _, rest = mount.partition(":")
+            if not (source in volumes and rest.startswith("/")):
+                raise _refuse(where, here, f"{source!r} is not a volume this stack declares")
+        elif isinstance(mount, dict):
             if mount.get("type") not in ("volume", "tmpfs"):
                 raise _refuse(where, f"{here}.type", "only volume and tmpfs mounts")
             _check_keys(mount, _MOUNT, here, where)
+            named = mount.get("source")
+            if mount.get("type") == "volume" and named is not None and named not in volumes:
+                raise _refuse(where, f"{here}.source", f"{named!r} is not a declared volume")
+        else:
+            raise _refuse(where, here, "a mount is a string or a mapping")
 
 
 def _check_attachments(networks: Any, shared: set[str], at: str, where: str) -> None:

@@ -22,7 +22,7 @@ from pvcheck.deploy.attach import AttachmentSampler
 from pvcheck.errors import StateFileError
 from pvcheck.hosts import Host, host_for, run_on
 from pvcheck.procs import MAX_LINE, child_env
-from pvcheck.safeio import read_capped
+from pvcheck.safeio import read_capped, writable_by_others
 from pvcheck.seams import SwarmApi
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,23 @@ def decode_results(data: bytes, where: str) -> Any:
         raise ResultsError(f"{where}: nested too deeply to be a results file") from None
 
 
-def read_results(path: Path) -> Any:
-    """The local results file; as root, only one root alone could have written (another user
-    could plant a passing one where the harness writes)."""
+def read_results(path: Path, not_before: float | None = None) -> Any:
+    """The local results file; as root, only one root alone could have written, in a folder
+    only root can change (another user could plant a passing one where the harness writes,
+    or put back an earlier run's), and written since `not_before` (this harness run's start,
+    in epoch seconds): an older one is a previous run's."""
+    if os.geteuid() == 0:
+        why = writable_by_others(path.parent)
+        if why:
+            raise ResultsError(f"{path.parent} is {why}: results there could be anyone's")
     try:
         data = read_capped(path, MAX_RESULTS_BYTES, root_only=True)
     except StateFileError as exc:  # a link, a FIFO, others', or past the cap: refused unread
         raise ResultsError(str(exc)) from None
     if data is None:
         raise ResultsError(f"{path}: the harness wrote no results file")
+    if not_before is not None and os.stat(path, follow_symlinks=False).st_mtime < not_before:
+        raise ResultsError(f"{path}: written before this harness run started; not this run's")
     return decode_results(data, str(path))
 
 
@@ -212,6 +220,7 @@ class CommandDriver:
             results.unlink(missing_ok=True)  # never judge a previous run's file
         log.info("harness: %s (timeout %gs)", " ".join(argv), timeout_s)
         started = time.monotonic()
+        wall_start = time.time()  # results.json must be newer than this
         with AttachmentSampler(
             self.swarm, self.cfg.network.name, fixed, deploy.stack_pattern
         ) as sampler:
@@ -234,7 +243,11 @@ class CommandDriver:
             outcome.error = f"harness did not finish within {timeout_s:g}s; killed"
             return outcome
         try:
-            doc = fetch_results(host, results) if host.remote else read_results(results)
+            doc = (
+                fetch_results(host, results)
+                if host.remote
+                else read_results(results, not_before=wall_start - 1)
+            )
             tiers, clean, info = parse_results(doc)
         except ResultsError as exc:
             last = tail.splitlines()[-1:] or ["(no output)"]

@@ -353,3 +353,57 @@ def test_the_duplicate_key_check_compares_each_key_once_not_each_pair(
     finally:
         loader.dispose()
     assert compared < n
+
+
+# --- the attacker's second read ---------------------------------------------------------------
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    ("mounts", "field"),
+    [
+        # A Windows drive is a path to the CLI: `c:../..` resolves against its working folder
+        # to the host's /.
+        (["c:../../../../../../..:/host"], "services.app.volumes[0]"),
+        # A volume name the stack does not declare is not ours to trust either.
+        (["undeclared:/data"], "services.app.volumes[0]"),
+        (
+            [{"type": "volume", "source": "undeclared", "target": "/data"}],
+            "services.app.volumes[0].source",
+        ),
+    ],
+)
+def test_a_mount_source_must_be_a_volume_the_stack_declares(
+    tmp_path: Path, mounts: list[Any], field: str
+) -> None:
+    doc = _with(_app(volumes=mounts), volumes={"content": {}})
+    _refused(doc, _confinement(tmp_path), field)
+    ok = _with(_app(volumes=["content:/srv:ro"]), volumes={"content": {}})
+    assert confine(ok, _confinement(tmp_path))["services"]["app"]["volumes"] == ["content:/srv:ro"]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("name", ["host", "otherapp_internal"])
+def test_the_old_external_spelling_names_the_network_it_joins(tmp_path: Path, name: str) -> None:
+    # `external: {name: host}` joins the host's network namespace (the CLI lets `host` in).
+    doc = _with(_app(networks=["proxy"]), networks={"proxy": {"external": {"name": name}}})
+    _refused(doc, _confinement(tmp_path), "networks.proxy")
+    shared = _with(_app(networks=["proxy"]), networks={"proxy": {"external": {"name": "proxy"}}})
+    assert confine(shared, _confinement(tmp_path))
+    both = {"proxy": {"external": {"name": "host"}, "name": "proxy"}}
+    _refused(
+        _with(_app(networks=["proxy"]), networks=both),
+        _confinement(tmp_path),
+        "networks.proxy.external.name",
+    )
+
+
+@pytest.mark.faults
+@pytest.mark.skipif(os.geteuid() != 0, reason="the rule applies to root")
+def test_a_recipe_folder_others_can_swap_is_refused(tmp_path: Path) -> None:
+    """The compose file is read by path before the recipe's other files: a folder another user
+    controls could be flipped to /etc between the two reads."""
+    user = tmp_path / "user"
+    user.mkdir()
+    os.chown(user, 65534, 65534)
+    c = _confinement(user)
+    error = _refused(_app(), c, "recipe folder")
+    assert "owned by uid 65534" in str(error)

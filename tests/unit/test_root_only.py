@@ -409,3 +409,74 @@ def test_a_stand_in_pid_of_another_user_is_never_ours(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+# --- the attacker's second read ---------------------------------------------------------------
+def test_a_missing_path_in_a_sticky_folder_open_to_all_is_refused(tmp_path: Path) -> None:
+    """Anyone may create an entry in /tmp: a git include or docs folder pvcheck checks while
+    it is missing could be planted right after."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    assert writable_by_others(sticky / "missing.inc") == (
+        f"missing, and {sticky} is writable by every user: anyone could make it first"
+    )
+    made = sticky / "roots"
+    made.mkdir()
+    assert writable_by_others(made / "missing.inc") is None  # inside root's own folder
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL xattr value: version 2, then (tag, perm, id) entries."""
+    raw = (2).to_bytes(4, "little")
+    for tag, perm, uid in sorted(entries):  # the kernel wants them in tag order
+        raw += tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + uid.to_bytes(4, "little")
+    return raw
+
+
+def test_an_acl_letting_another_user_write_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "acl"
+    folder.mkdir(mode=0o755)
+    base = [
+        (0x01, 7, 0xFFFFFFFF),
+        (0x04, 5, 0xFFFFFFFF),
+        (0x10, 7, 0xFFFFFFFF),
+        (0x20, 5, 0xFFFFFFFF),
+    ]
+    try:
+        os.setxattr(folder, "system.posix_acl_access", _acl(*base, (0x02, 7, NOBODY)))
+    except OSError as exc:
+        pytest.skip(f"this file system keeps no POSIX ACLs: {exc}")
+    # The mode bits show nothing; the named entry lets nobody write.
+    assert writable_by_others(folder / "STATUS.md") == (
+        f"inside {folder}, which is writable by ACL user {NOBODY}"
+    )
+    os.setxattr(folder, "system.posix_acl_access", _acl(*base, (0x02, 5, NOBODY)))  # read only
+    assert writable_by_others(folder / "STATUS.md") is None
+    os.setxattr(folder, "system.posix_acl_default", _acl(*base, (0x08, 7, 1000)))
+    assert writable_by_others(folder) == "writable by ACL group 1000"
+
+
+def test_results_in_a_folder_others_control_or_older_than_the_run_are_refused(
+    tmp_path: Path,
+) -> None:
+    """An earlier run's passing file, moved aside and put back after this run's harness
+    wrote a failing one: refused by where it is and by when it was written."""
+    from pvcheck.deploy.command import ResultsError, read_results
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    users(theirs)
+    planted = theirs / "results.json"
+    planted.write_text('{"stages": [{"name": "install", "status": "pass"}]}')
+    with pytest.raises(ResultsError, match=f"owned by uid {NOBODY}"):
+        read_results(planted)
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    old = ours / "results.json"
+    old.write_text('{"stages": [{"name": "install", "status": "pass"}]}')
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    with pytest.raises(ResultsError, match="written before this harness run started"):
+        read_results(old, not_before=time.time() - 60)
+    assert read_results(old, not_before=past - 1)["stages"][0]["status"] == "pass"
