@@ -170,3 +170,39 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+@contextlib.contextmanager
+def recorded_events() -> Iterator[list[dict[str, Any]]]:
+    """The engine's events while the block runs, streamed as they happen. A `since` query
+    cannot replace this: the engine keeps only its last 256 events, and one run's capacity
+    probes (a task-less service created and removed per address) alone make more."""
+    import threading
+
+    import docker
+
+    stream = docker.from_env().events(decode=True)  # subscribed from here on
+    seen: list[dict[str, Any]] = []
+
+    def pump() -> None:
+        with contextlib.suppress(Exception):  # the stream closes under it at the end
+            for event in stream:
+                seen.append(event)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        time.sleep(1.0)  # the last events of the block still on their way
+        stream.close()
+        thread.join(5)
+
+
+def event_names(events: list[dict[str, Any]], kind: str, action: str = "") -> list[tuple[str, str]]:
+    """(action, name) of one kind of event, in order; a volume is named by its ID."""
+    return [
+        (e["Action"], e["Actor"]["Attributes"].get("name", e["Actor"]["ID"]))
+        for e in events
+        if e.get("Type") == kind and (not action or e.get("Action") == action)
+    ]

@@ -17,7 +17,7 @@ from pvcheck.stackcli import DockerCli
 from pvcheck.stackfile import prepare, read_env_file
 from pvcheck.stacks import converged, list_residue, remove_labelled, wait_running
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK, Swarm
-from tests.helpers import LAB_CONFIG, all_tiers, write_config
+from tests.helpers import LAB_CONFIG, all_tiers, event_names, recorded_events, write_config
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
@@ -36,8 +36,8 @@ def events(since: datetime, kind: str) -> list[tuple[str, str]]:
 def test_the_recipe_passes_all_four_tiers_through_proxy_and_leaves_nothing(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
-    since = datetime.now(UTC)
-    rc, report = run(write_config(tmp_path, all_tiers), tmp_path)
+    with recorded_events() as seen:
+        rc, report = run(write_config(tmp_path, all_tiers), tmp_path)
     assert rc == 0, report["stages"]
     assert report["stages"]["deploy"] == "pass"
     tiers = {
@@ -58,13 +58,13 @@ def test_the_recipe_passes_all_four_tiers_through_proxy_and_leaves_nothing(
     assert not any(list_residue(engine, f"{LABEL_STACK}={stack}").values())
     # The app's own network, its volume (removed and made again by backup/restore), its
     # rendered config and the secret pvcheck generated: created, and all gone again.
-    made = {name for action, name in events(since, "network") if action == "create"}
+    made = {name for action, name in event_names(seen, "network") if action == "create"}
     assert f"{stack}_internal" in made
-    volumes = [a for a, n in events(since, "volume") if n == f"{stack}_content"]
+    volumes = [a for a, n in event_names(seen, "volume") if n == f"{stack}_content"]
     # Removed with its stack for the restore, then at teardown (an update's new task
     # mounting it is a `create` event too, so creates are not counted).
     assert volumes.count("destroy") == 2 and volumes[0] == "create", volumes
-    secrets = [a for a, n in events(since, "secret") if n == f"{stack}_api_key_v1"]
+    secrets = [a for a, n in event_names(seen, "secret") if n == f"{stack}_api_key_v1"]
     assert secrets == ["create", "remove"]
 
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,14 @@ from pvcheck.config import Config
 from pvcheck.runs import RunRegistry
 from pvcheck.stacks import list_residue, remove_labelled
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
-from tests.helpers import spawn_run, wait_for_line, wait_for_throwaways, write_config
+from tests.helpers import (
+    event_names,
+    recorded_events,
+    spawn_run,
+    wait_for_line,
+    wait_for_throwaways,
+    write_config,
+)
 from tests.integration.test_flow_m1 import check, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -33,8 +39,8 @@ REPORT_KEYS = {
 def test_default_run_passes_m2_with_real_allocator_figures(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
-    since = datetime.now(UTC)
-    rc, report = run(write_config(tmp_path), tmp_path)
+    with recorded_events() as seen:
+        rc, report = run(write_config(tmp_path), tmp_path)
     assert rc == 0 and report["gates"]["M2"]["status"] == "pass", report["stages"]
     # The report keeps the keys it always had, and every check that measured something
     # (all but skips) carries how long that took.
@@ -66,23 +72,16 @@ def test_default_run_passes_m2_with_real_allocator_figures(
     # Each throwaway is a recipe-shaped stack: `docker stack deploy` made one network of its
     # own per stack, and every one of them was removed again, none left behind.
     prefix = f"pvc-alloc-{report['run_id'].rsplit('-', 1)[-1]}-r1-"
-    own = [(a, n) for a, n in network_events(since) if n.startswith(prefix)]
+    own = [(a, n) for a, n in event_names(seen, "network") if n.startswith(prefix)]
     stacks = {f"{prefix}{i}_internal" for i in range(1, 6)}
     assert {n for a, n in own if a == "create"} == stacks, own
     assert {n for a, n in own if a == "destroy"} == stacks, own
-    scratch = [(a, n) for a, n in network_events(since) if n == alloc["scratch"]]
+    scratch = [(a, n) for a, n in event_names(seen, "network") if n == alloc["scratch"]]
     lifecycle = [a for a, _ in scratch if a in ("create", "destroy")]
-    assert lifecycle == ["create", "destroy"], scratch
+    # Created (swarm-wide, then on this node), removed last.
+    assert lifecycle[0] == "create" and lifecycle[-1] == "destroy", scratch
     assert check(report, "alloc.networks")["status"] == "pass"
     assert not [n for n in engine.networks(LABEL_RUN) if n["Name"].startswith(prefix)]
-
-
-def network_events(since: datetime) -> list[tuple[str, str]]:
-    client = docker.from_env()
-    found = client.events(
-        since=since, until=datetime.now(UTC), filters={"type": "network"}, decode=True
-    )
-    return [(e["Action"], e["Actor"]["Attributes"].get("name", "?")) for e in found]
 
 
 def _bigger_batch(raw: dict[str, Any]) -> None:
