@@ -7,6 +7,7 @@ the shell that runs: pvcheck.shellreach). Reading the Markdown and the shell in 
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 import time
@@ -17,12 +18,11 @@ from pvcheck.errors import StateFileError
 from pvcheck.procs import PLAIN_ENV, run_bounded
 from pvcheck.records import VIP_SIGNATURE, Check, Family, Gate, Status, skipped
 from pvcheck.seams import Seams
-from pvcheck.shellreach import MAX_NESTING, reachable, ssh_remote_command
+from pvcheck.shellreach import MAX_NESTING, Reached, reachable, ssh_remote_command
 from pvcheck.statefiles import read_state
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 # A clean `journalctl -u docker` of a single-node swarm manager, in journalctl's short format:
 # a restart, containerd under dockerd, raft electing itself, the dispatcher, task clean-up,
@@ -208,33 +208,23 @@ def find_section(text: str, marker: str) -> GuardSection | None:
 
 
 def code_blocks(section: GuardSection) -> list[list[str]]:
-    """Pure: the section's fenced code blocks, each as its shell lines (continuations joined,
-    here-document bodies left out). Prose is not a command, however it reads."""
+    """Pure: the section's fenced code blocks, each as its shell lines, without the fence's
+    own indentation (as CommonMark reads them). Continuations and here-documents are the
+    shell's to read (pvcheck.shellreach): a quoted delimiter's body keeps its `\\`-newlines.
+    Prose is not a command, however it reads."""
     blocks: list[list[str]] = []
     out: list[str] | None = None  # the block being read
-    pending = ""
-    heredoc: str | None = None  # the delimiter while inside a here-document (its text)
+    indent = 0  # of the last fence line: a block's lines lose up to that many spaces
     for line, in_code in _markdown_lines(section.text):
         if not in_code:
             if out is not None:
-                blocks.append(out + ([pending] if pending else []))
-            out, pending, heredoc = None, "", None
+                blocks.append(out)
+            out, indent = None, len(line) - len(line.lstrip(" "))
             continue
         out = [] if out is None else out
-        if heredoc is not None:
-            if line.strip() == heredoc:
-                heredoc = None
-            continue
-        opened = _HEREDOC.search(line)
-        if opened:
-            heredoc = opened.group(2)
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        out.append(pending + line)
-        pending = ""
+        out.append(line[min(indent, len(line) - len(line.lstrip(" "))) :])
     if out is not None:
-        blocks.append(out + ([pending] if pending else []))
+        blocks.append(out)
     return blocks
 
 
@@ -351,24 +341,89 @@ def _ignores_case(argv: list[str]) -> bool:
 def find_detection(
     section: GuardSection, signature: str, part: str | None = None
 ) -> Detection | None:
-    """Pure: the first pipeline whose grep pattern contains `part` of the signature (by default
-    its distinctive end). A pattern that is only a fragment of the signature, such as "I" or
-    "VIP", is no detection: it counts ordinary lines too."""
+    """Pure: the first grep that would run whose pattern contains `part` of the signature (by
+    default its distinctive end) and that reads a pipe of the docker journal."""
+    return judge_detection(section, signature, part)[0]
+
+
+def judge_detection(
+    section: GuardSection, signature: str, part: str | None = None
+) -> tuple[Detection | None, tuple[str, ...]]:
+    """Pure: the detection, and each grep for the signature that is none, with why. A pattern
+    that is only a fragment of the signature, such as "I" or "VIP", counts ordinary lines too;
+    a grep the shell never runs, or that reads something other than a pipe (a `<` file, a
+    here-document, the script's own stdin) or another unit's journal, counts nothing real."""
     want = part or default_signature_part(signature)
-    for line in code_lines(section):
-        for pipeline in pipelines(line):
-            for argv in pipeline:
-                pattern = _grep_pattern(argv)
-                if pattern is None:
-                    continue
-                if _ignores_case(argv):
-                    pattern, needle = pattern.lower(), want.lower()
-                else:
-                    needle = want
-                if needle in pattern:
-                    shown = " | ".join(shlex.join(a) for a in pipeline)
-                    return Detection(shown, argv)
+    refused: list[str] = []
+    for found in reachable(code_blocks(section), _is_grep):
+        argv = list(found.argv)
+        pattern = _grep_pattern(argv)
+        if pattern is None:
+            continue
+        needle = want.lower() if _ignores_case(argv) else want
+        if needle not in (pattern.lower() if _ignores_case(argv) else pattern):
+            continue
+        why = found.dead or _input_refusal(found)
+        if why is None:
+            shown = " | ".join(shlex.join(a) for a in (*found.upstream, found.argv))
+            return Detection(shown, argv), tuple(refused)
+        refused.append(f"`{_clip(found.line.strip())}`: {why}")
+    return None, tuple(refused)
+
+
+def _is_grep(argv: tuple[str, ...]) -> bool:
+    return argv[0] in ("grep", "egrep", "fgrep")
+
+
+def _input_refusal(found: Reached) -> str | None:
+    """Pure: why a grep reads no docker journal; None when it reads a pipe that may carry it."""
+    if found.stdin:
+        return f"its grep reads stdin from `{found.stdin}`, not from the journal"
+    if not found.upstream:
+        return "its grep reads no pipe: it counts the script's own stdin, not the journal"
+    for argv in found.upstream:
+        units = _journal_units(argv)
+        if "~user" in units:
+            return "its input is a user's journal (`--user`), not the system's docker"
+        if units and not any(_is_docker_unit(u) for u in units):
+            return f"its input is the journal of {', '.join(units)}, not of docker"
     return None
+
+
+def _journal_units(argv: tuple[str, ...]) -> list[str]:
+    """Pure: the units a `journalctl` command (also one run over ssh) names, `~user` for a
+    user's journal; none when it names none or runs no journalctl."""
+    words = list(argv)
+    if words[0] == "ssh":
+        remote = ssh_remote_command(words)
+        words = (_tokens(remote) or []) if remote else []
+    starts = [k for k, w in enumerate(words) if w.rsplit("/", 1)[-1] == "journalctl"]
+    if not starts:
+        return []
+    units: list[str] = []
+    args = iter(words[starts[0] + 1 :])
+    for arg in args:
+        if arg in _SEPARATORS or arg == "|":
+            break
+        if arg in ("--unit", "--user-unit"):
+            value = next(args, "")
+        elif arg.startswith(("--unit=", "--user-unit=")):
+            value = arg.split("=", 1)[1]
+        elif arg == "--user":
+            value = "~user"
+        elif arg.startswith("-") and not arg.startswith("--") and "u" in arg:
+            value = arg[arg.index("u") + 1 :] or next(args, "")  # -u docker, -udocker, -fu …
+        else:
+            continue
+        units.append("~user" if arg.startswith("--user-unit") else value)
+    return units
+
+
+def _is_docker_unit(unit: str) -> bool:
+    """docker, docker.service, or a glob journalctl would match against docker.service."""
+    if unit in _DOCKER_UNITS:
+        return True
+    return bool(set(unit) & set("*?[")) and fnmatch.fnmatchcase("docker.service", unit)
 
 
 # --- recovery ----------------------------------------------------------------------------------
@@ -526,6 +581,7 @@ class Observation:
     missing: bool = False
     section: GuardSection | None = None
     detection: Detection | None = None
+    detection_refused: tuple[str, ...] = ()  # greps for the signature that detect nothing, why
     argv: list[str] | None = None  # the detection as run (on the target host)
     hit: int | None = None  # its count on a log with the signature
     clean: int | None = None  # and on a clean log
@@ -554,7 +610,7 @@ def gather(seams: Seams, settings: Settings) -> Observation:
     section = find_section(text, cfg.section)
     if section is None:
         return Observation(where, seconds=time.monotonic() - t0)
-    detection = find_detection(section, cfg.signature, cfg.detection_part)
+    detection, detection_refused = judge_detection(section, cfg.signature, cfg.detection_part)
     argv = cfg.detect_command or (detection.grep if detection else None)
     hit = clean = None
     recovery = judge_recovery(section)
@@ -565,6 +621,7 @@ def gather(seams: Seams, settings: Settings) -> Observation:
         where,
         section=section,
         detection=detection,
+        detection_refused=detection_refused,
         argv=argv,
         hit=hit,
         clean=clean,
@@ -612,7 +669,8 @@ def judge(obs: Observation, settings: Settings) -> list[Check]:
                 Status.FAIL,
                 "a journal grep for the VIP signature",
                 "no detection command in the section",
-                f"no grep in the section's code has a pattern containing {cfg.detection_part!r}",
+                f"no grep in the section's code has a pattern containing {cfg.detection_part!r}"
+                + (f"; {_not_counted(obs.detection_refused)}" if obs.detection_refused else ""),
                 t,
             )
         )

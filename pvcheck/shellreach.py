@@ -46,6 +46,8 @@ class Reached:
     argv: tuple[str, ...]
     line: str
     dead: str | None = None
+    upstream: tuple[tuple[str, ...], ...] = ()  # the commands piped into it, if it reads a pipe
+    stdin: str = ""  # the redirection (`<`, `<<`, `<<<`, …) its stdin comes from, if any
 
 
 def ssh_remote_command(argv: Sequence[str]) -> str | None:
@@ -67,6 +69,7 @@ class Token:
     op: bool = False
     expands: bool = False  # holds `$` or a backquote outside single quotes: not a fixed value
     subs: tuple[str, ...] = ()  # the scripts of its command substitutions
+    quoted: bool = False  # some of it was quoted: not a reserved word, not a plain pattern
 
 
 def _closing(s: str, i: int, opener: str, closer: str) -> int:
@@ -96,6 +99,9 @@ class _Lexer:
     def __init__(self, text: str) -> None:
         self.s, self.i, self.line = text, 0, 0
         self.out: list[Token] = []
+        self.delimiter: bool | None = None  # after `<<` (False) or `<<-` (True): its word
+        self.heredocs: list[tuple[str, bool, bool]] = []  # (delimiter, strip tabs, quoted)
+        self.parens: list[bool] = []  # open `(`s, each True when inside `(( ))` arithmetic
         self._reset()
 
     def _reset(self) -> None:
@@ -113,7 +119,11 @@ class _Lexer:
     def _flush(self) -> None:
         if self.started:
             text = "".join(self.word)
-            self.out.append(Token(text, self.word_line, False, self.expands, tuple(self.subs)))
+            subs = tuple(self.subs)
+            self.out.append(Token(text, self.word_line, False, self.expands, subs, self.quoted))
+            if self.delimiter is not None:
+                self.heredocs.append((text, self.delimiter, self.quoted))
+                self.delimiter = None
         self._reset()
 
     def tokens(self) -> list[Token]:
@@ -206,9 +216,45 @@ class _Lexer:
         if op in _REDIRECTS and self.started and not self.quoted and "".join(self.word).isdigit():
             self._reset()  # `2>`: the digits name a file descriptor, not a word
         self._flush()
+        if self.delimiter is not None:
+            raise ShellSyntaxError(f"a here-document has no delimiter before {op!r}")
+        arithmetic = bool(self.parens) and self.parens[-1]
+        if op in ("<<", "<<-") and not arithmetic:  # in `(( ))`, `<<` is a shift
+            self.delimiter = op == "<<-"
+        elif op == "(":
+            self.parens.append(arithmetic or self.s.startswith("((", self.i))
+        elif op == ")" and self.parens:
+            self.parens.pop()
         self.out.append(Token(op, self.line, op=True))
         self.line += op == "\n"
         self.i += len(op)
+        if op == "\n":
+            self._heredoc_bodies()
+
+    def _heredoc_bodies(self) -> None:
+        """Skip the bodies of the here-documents the line just ended opened: they are text.
+        As in bash and dash, an unquoted delimiter's body joins `\\`-newline before the
+        delimiter is looked for; a body with no delimiter runs to the end of the script."""
+        for delimiter, strip_tabs, quoted in self.heredocs:
+            while self.i < len(self.s):
+                line = self._body_line()
+                while not quoted and _continues(line) and self.i < len(self.s):
+                    line = line[:-1] + self._body_line()
+                if (line.lstrip("\t") if strip_tabs else line) == delimiter:
+                    break
+        self.heredocs = []
+
+    def _body_line(self) -> str:
+        end = self.s.find("\n", self.i)
+        end = len(self.s) if end < 0 else end
+        line = self.s[self.i : end]
+        self.i, self.line = end + 1, self.line + 1
+        return line
+
+
+def _continues(line: str) -> bool:
+    """An odd number of trailing backslashes: the last one escapes the newline."""
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -216,6 +262,7 @@ class _Lexer:
 class Simple:
     words: tuple[Token, ...]
     line: str  # the source line, for findings
+    redirects: tuple[str, ...] = ()  # its redirection operators
 
 
 @dataclass(frozen=True)
@@ -258,6 +305,7 @@ class Loop:
 class For:
     words: tuple[Token, ...] | None  # None: `for x` or `for ((…))`, whose list is not known
     body: ShList
+    var: str = ""
 
 
 @dataclass(frozen=True)
@@ -272,7 +320,15 @@ class FuncDef:
     body: Node
 
 
-Node = Simple | Group | If | Loop | For | Case | FuncDef
+@dataclass(frozen=True)
+class Redirected:
+    """A compound command with redirections of its own (`{ …; } </dev/null`)."""
+
+    body: Node
+    redirects: tuple[str, ...]
+
+
+Node = Simple | Group | If | Loop | For | Case | FuncDef | Redirected
 
 
 class _Parser:
@@ -285,8 +341,9 @@ class _Parser:
         return self.t[k] if k < len(self.t) else None
 
     def at_word(self, *words: str) -> bool:
+        """At one of these reserved words: unquoted, since `"fi"` is an ordinary word."""
         tok = self.peek()
-        return tok is not None and not tok.op and tok.text in words
+        return tok is not None and not tok.op and not tok.quoted and tok.text in words
 
     def at_op(self, *ops: str) -> bool:
         tok = self.peek()
@@ -301,7 +358,7 @@ class _Parser:
 
     def expect(self, text: str, op: bool = False) -> None:
         tok = self.take()
-        if tok.text != text or tok.op != op:
+        if tok.text != text or tok.op != op or (tok.quoted and not op):
             raise ShellSyntaxError(f"expected {text!r}, found {tok.text!r}")
 
     def skip_newlines(self) -> None:
@@ -322,7 +379,7 @@ class _Parser:
                 self.i += 1
             tok = self.peek()
             ends = tok is None or (tok.op and tok.text in {")", *_CASE_ENDS})
-            if ends or (tok is not None and not tok.op and tok.text in _LIST_ENDS):
+            if ends or self.at_word(*_LIST_ENDS):
                 return ShList(tuple(items))
             node = self.and_or()
             background = self.at_op("&")
@@ -364,6 +421,7 @@ class _Parser:
         if tok is None:
             raise ShellSyntaxError("a command is missing")
         node: Node
+        keyword = None if tok.op or tok.quoted else tok.text
         if tok.op and tok.text in _REDIRECTS:
             return self.simple()
         if tok.op and tok.text == "(":
@@ -372,46 +430,73 @@ class _Parser:
             self.expect(")", op=True)
         elif tok.op:
             raise ShellSyntaxError(f"unexpected {tok.text!r}")
-        elif tok.text == "{":
+        elif keyword == "{":
             self.i += 1
             node = Group(self.shlist(), subshell=False)
             self.expect("}")
-        elif tok.text == "if":
+        elif keyword == "if":
             node = self.if_()
-        elif tok.text in ("while", "until"):
+        elif keyword in ("while", "until"):
             node = self.loop()
-        elif tok.text == "for":
+        elif keyword == "for":
             node = self.for_()
-        elif tok.text == "case":
+        elif keyword == "case":
             node = self.case()
-        elif tok.text == "function":
+        elif keyword == "[[":
+            return self.conditional()
+        elif keyword == "function":
             self.i += 1
             return self.funcdef()
         elif nxt is not None and nxt.op and nxt.text == "(":  # name() body
             return self.funcdef()
         else:
             return self.simple()
-        self.redirections()
-        return node
+        redirects = self.redirections()
+        return Redirected(node, redirects) if redirects else node
 
-    def redirections(self) -> None:
+    def redirections(self) -> tuple[str, ...]:
+        ops = []
         while self.at_op(*_REDIRECTS):
-            self.i += 1
+            ops.append(self.take().text)
             if self.peek() is not None and not self.at_op(*_OPERATORS):
                 self.i += 1  # the target (or here-document delimiter)
+        return tuple(ops)
 
     def simple(self) -> Simple:
         words: list[Token] = []
-        line = self.line_text(self.t[self.i].line)
+        redirects: list[str] = []
+        first = self.t[self.i].line
         while (tok := self.peek()) is not None:
             if tok.op and tok.text in _REDIRECTS:
-                self.redirections()
+                redirects += self.redirections()
             elif tok.op:
                 break
             else:
                 words.append(tok)
                 self.i += 1
-        return Simple(tuple(words), line)
+        return Simple(tuple(words), self.source(first), tuple(redirects))
+
+    def conditional(self) -> Simple:
+        """`[[ … ]]`: one command up to its `]]`, whose `&&`, `(`, `<` … are its own operands,
+        not the shell's operators (bash reads them so)."""
+        first = self.t[self.i].line
+        words = [self.take()]
+        while not (words[-1].text == "]]" and not words[-1].op and not words[-1].quoted):
+            tok = self.take()
+            if tok.op and tok.text == "\n" and words[-1].text not in ("&&", "||"):
+                raise ShellSyntaxError("a newline inside `[[ … ]]`")
+            if not (tok.op and tok.text == "\n"):
+                words.append(tok)
+        return Simple(tuple(words), self.source(first), self.redirections())
+
+    def source(self, first: int) -> str:
+        """The source lines from `first` to the last token read, `\\`-newlines joined."""
+        last = self.t[self.i - 1].line if self.i else first
+        lines = [self.line_text(k) for k in range(first, min(last, first + 20) + 1)]
+        if len(set(lines)) == 1:  # one line, or a nested script's one line
+            return lines[0]
+        parts = [x[:-1].rstrip() if _continues(x) else x for x in lines]
+        return " ".join([parts[0], *(x.lstrip() for x in parts[1:])])
 
     def funcdef(self) -> FuncDef:
         name = self.take().text
@@ -449,12 +534,13 @@ class _Parser:
     def for_(self) -> For:
         self.expect("for")
         words: tuple[Token, ...] | None = None
+        var = ""
         if self.at_op("("):  # for ((…)): skip the arithmetic
             while not (self.at_op(")") and (nxt := self.peek(1)) is not None and nxt.text == ")"):
                 self.take()
             self.i += 2
         else:
-            self.take()  # the variable
+            var = self.take().text
             self.skip_newlines()
             if self.at_word("in"):
                 self.i += 1
@@ -467,7 +553,7 @@ class _Parser:
         self.expect("do")
         body = self.shlist()
         self.expect("done")
-        return For(words, body)
+        return For(words, body, var)
 
     def case(self) -> Case:
         self.expect("case")
@@ -544,12 +630,81 @@ def _render(node: Node | Pipeline | AndOr | ShList) -> str:
             return f"{type(node).__name__.lower()} …"
         case FuncDef():
             return f"{node.name}() …"
+        case Redirected():
+            return _render(node.body) + " " + " ".join(f"{r} …" for r in node.redirects)
+
+
+_INTS: dict[str, Callable[[int, int], bool]] = {"-eq": int.__eq__, "-ne": int.__ne__}
+_INTS |= {"-gt": int.__gt__, "-ge": int.__ge__, "-lt": int.__lt__, "-le": int.__le__}
+_TEST_INT = re.compile(r"[+-]?[0-9]+")  # ASCII only: `1_0`, Arabic-Indic digits: sh errors
+_COND_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")  # in `[[ ]]` operands are arithmetic: 010 is 8
+_INT64 = 2**63
+_REGEX_CHARS = set("\\.^$*+?()[]{}|")
+
+
+def _test_int(text: str) -> int | None:
+    """Pure: the number `test` reads (bash and dash allow blanks around it), or None: an
+    error, status 2 (also past 64 bits)."""
+    text = text.strip(" \t\n")
+    if not _TEST_INT.fullmatch(text):
+        return None
+    n = int(text)
+    return n if -_INT64 <= n < _INT64 else None
+
+
+def _cond_status(words: tuple[Token, ...]) -> Statuses:
+    """Pure: what `[[ … ]]` returns when its words are fixed (none expands). Its `==`/`!=`
+    right side is a bash pattern, `=~` a regex and `-eq`'s operands arithmetic; what pvcheck
+    cannot evaluate exactly is either way."""
+    inner = words[1:-1]
+    if any(w.op and w.text in ("&&", "||") for w in inner):
+        return _cond_list(inner)
+    if any(w.op for w in inner):  # `(`, `<` …: grouping, or a comparison by locale
+        return EITHER
+    args = [w.text for w in inner]
+    if len(args) != 3:
+        return _test_status(args) if len(args) < 3 else EITHER
+    lhs, op, rhs = args
+    if op in ("=", "==", "!="):
+        if not set(rhs) & set("*?["):
+            same = lhs == rhs
+        elif inner[2].quoted or "[" in rhs:  # quoted parts are literal; classes differ
+            return EITHER
+        else:
+            same = fnmatch.fnmatchcase(lhs, rhs)  # `*` and `?` mean the same in bash
+        return OK if same == (op != "!=") else FAIL
+    if op == "=~":
+        if set(rhs) & _REGEX_CHARS:
+            return EITHER
+        return OK if rhs in lhs else FAIL  # a regex with no special character: a substring
+    if op in _INTS:
+        if not (_COND_INT.fullmatch(lhs) and _COND_INT.fullmatch(rhs)):
+            return EITHER  # an arithmetic expression: a name is a variable
+        return OK if _INTS[op](int(lhs), int(rhs)) else FAIL
+    return _test_status(args)
+
+
+def _cond_list(inner: tuple[Token, ...]) -> Statuses:
+    """Pure: `[[ A && B || C ]]`, `&&` binding tighter, as bash does."""
+    either: Statuses = FAIL
+    both: Statuses = OK
+    part: list[Token] = []
+    for tok in (*inner, Token("||", 0, op=True)):
+        if not (tok.op and tok.text in ("&&", "||")):
+            part.append(tok)
+            continue
+        if not part:
+            return EITHER  # a syntax error in bash
+        status = _cond_status((Token("[[", 0), *part, Token("]]", 0)))
+        both = frozenset(a and b for a in both for b in status)
+        part = []
+        if tok.text == "||":
+            either, both = frozenset(a or b for a in either for b in both), OK
+    return either
 
 
 def _test_status(args: list[str]) -> Statuses:
     """Pure: what `test ARGS` / `[ ARGS ]` returns when every argument is a fixed value."""
-    ints = {"-eq": int.__eq__, "-ne": int.__ne__, "-gt": int.__gt__}
-    ints |= {"-ge": int.__ge__, "-lt": int.__lt__, "-le": int.__le__}
     result: bool | None = None
     if len(args) == 0:
         result = False
@@ -559,11 +714,10 @@ def _test_status(args: list[str]) -> Statuses:
         result = (args[1] != "") == (args[0] == "-n")
     elif len(args) == 3 and args[1] in ("=", "==", "!="):
         result = (args[0] == args[2]) == (args[1] != "!=")
-    elif len(args) == 3 and args[1] in ints:
-        try:
-            result = ints[args[1]](int(args[0]), int(args[2]))
-        except ValueError:
-            result = False  # test exits 2 on a non-number
+    elif len(args) == 3 and args[1] in _INTS:
+        lhs, rhs = _test_int(args[0]), _test_int(args[2])
+        # test exits 2 on a non-number: false, so what follows its `&&` never runs
+        result = False if lhs is None or rhs is None else _INTS[args[1]](lhs, rhs)
     if result is None:
         return EITHER  # file tests and the like depend on the host
     return OK if result else FAIL
@@ -591,6 +745,10 @@ class _Run:
     depth: int = 0
     calls: list[int] = field(default_factory=lambda: [_MAX_CALLS])  # left, shared with children
     active: set[str] = field(default_factory=set)  # the functions being called right now
+    overrides: dict[str, str] = field(default_factory=dict)  # aliases and `hash -p`: name, how
+    path_changed: str = ""  # the command that set PATH, after which any command may be another
+    upstream: tuple[tuple[str, ...], ...] = ()  # what the pipe into this point carries
+    stdin: str = ""  # the redirection this point's stdin comes from
 
     # -- the walk over code that can run --
     def shlist(self, node: ShList, checked: bool = False) -> Flow:
@@ -645,7 +803,15 @@ class _Run:
         if len(node.commands) == 1:
             flow = self.command(node.commands[0], checked)
         else:  # every stage runs in a subshell of its own
-            flow = [_contained(self.command(c, True)) for c in node.commands][-1]
+            outer = self.upstream, self.stdin
+            flows = []
+            for k, stage in enumerate(node.commands):
+                if k:  # it reads the pipe: what came into the pipeline and each stage before
+                    fed = (tuple(_argv(s.words)) for s in _simples(node.commands[k - 1]))
+                    self.upstream, self.stdin = (*self.upstream, *(a for a in fed if a)), ""
+                flows.append(_contained(self.command(stage, True)))
+            self.upstream, self.stdin = outer
+            flow = flows[-1]
         if node.negated:
             return Flow(_flip(flow.falls), flow.leaves, flow.returns, flow.breaks, flow.why)
         return flow
@@ -655,9 +821,15 @@ class _Run:
             case Simple():
                 return self.simple(node, checked)
             case Group(subshell=True):
-                errexit = self.errexit
+                errexit, path_changed = self.errexit, self.path_changed
                 flow = _contained(self.shlist(node.body, checked))
-                self.errexit = errexit
+                self.errexit, self.path_changed = errexit, path_changed
+                return flow
+            case Redirected():
+                stdin = self.stdin
+                self.stdin = next((r for r in node.redirects if "<" in r), stdin)
+                flow = self.command(node.body, checked)
+                self.stdin = stdin
                 return flow
             case Group():
                 return self.shlist(node.body, checked)
@@ -737,6 +909,8 @@ class _Run:
         if node.words is not None and not node.words:
             self.dead(node.body, "never runs: a `for` over an empty list")
             return Flow(OK)
+        if node.var == "PATH":
+            self.path_changed = "for PATH in …"
         body = self.shlist(node.body, checked)
         once = node.words is not None and not any(w.expands for w in node.words)
         if once and not body.falls and not body.breaks:  # it runs, and never comes back
@@ -765,14 +939,26 @@ class _Run:
             for sub in word.subs:  # $( … ) runs in a subshell that sees the functions
                 self.nested(sub, node.line, subshell=True)
         argv = _argv(node.words)
+        lead = [w.text for w in node.words[: len(node.words) - len(argv)]]  # `X=1 sudo` …
         if not argv:
+            self.path_changed = _path_change(lead) or self.path_changed
             return Flow(EITHER if any(w.subs for w in node.words) else OK)
-        self._note(argv, node.line)
         name, text = argv[0], " ".join(argv)
-        if name in self.functions:
-            return self.call(name, checked)
-        if name == "ssh" and (remote := ssh_remote_command(argv)):
-            self.nested(remote, node.line, subshell=False)
+        remote = ssh_remote_command(argv) if name == "ssh" else None
+        shadow = next((w for w in (*lead, name) if w in self.functions or w in self.overrides), "")
+        if shadow:  # the function (or alias) runs instead: the command it names never does
+            how = self.overrides.get(shadow, "a shell function")
+            why = f"never runs: `{shadow}` is {how} here, which runs instead of the command"
+            if self.wanted(tuple(argv)):
+                self.found.append(Reached(tuple(argv), node.line, why))
+            if remote:
+                self._dead_script(remote, node.line, why)
+            return self.call(shadow, checked) if shadow in self.functions else Flow(EITHER)
+        path = _path_change(lead) or self.path_changed
+        stdin = next((r for r in node.redirects if "<" in r), self.stdin)
+        self._note(argv, node.line, path, stdin)
+        if remote:
+            self.nested(remote, node.line, subshell=False, path=path)
         elif name in ("true", ":"):
             return Flow(OK)
         elif name == "false":
@@ -786,27 +972,52 @@ class _Run:
         elif name in ("break", "continue"):
             return Flow(NONE, breaks=name == "break", why=f"`{text}` always leaves the loop first")
         elif name == "exec" and len(argv) > 1:
-            self._note(argv[1:], node.line)
+            self._note(argv[1:], node.line, path, stdin)
             return Flow(NONE, leaves=EITHER, why=f"`{text}` replaces the shell before it")
         elif name == "set":
             self._set(argv[1:])
             return Flow(OK)
         elif name in ("[", "test", "[["):
             return Flow(self._test(node.words, argv))
+        else:
+            self._overrides(argv)
         return Flow(EITHER)
 
-    def _note(self, argv: list[str], line: str) -> None:
+    def _note(self, argv: list[str], line: str, path: str, stdin: str) -> None:
         if self.wanted(tuple(argv)):
-            self.found.append(Reached(tuple(argv), line))
+            why = None
+            if path:  # a PATH without /usr/bin, or with a directory of fakes first
+                why = f"PATH is changed (`{_clip(path)}`): pvcheck cannot tell what it runs"
+            self.found.append(Reached(tuple(argv), line, why, self.upstream, stdin))
+
+    def _overrides(self, argv: list[str]) -> None:
+        """Note what changes which program a name runs: PATH, an alias, `hash -p`."""
+        name, args = argv[0], argv[1:]
+        if name in ("export", "declare", "typeset", "local", "readonly"):
+            self.path_changed = _path_change(args) or self.path_changed
+        elif name in ("unset", "read", "printf", "mapfile", "readarray", "getopts"):
+            if "PATH" in args:  # `unset PATH`, `read PATH`, `printf -v PATH …`
+                self.path_changed = " ".join(argv)
+        elif name == "alias":
+            for arg in args:
+                if "=" in arg:
+                    self.overrides[arg.split("=", 1)[0]] = f"an alias (`alias {_clip(arg)}`)"
+        elif name == "hash" and "-p" in args[:-2]:
+            k = args.index("-p")
+            for hashed in args[k + 2 :]:
+                self.overrides[hashed] = f"hashed to {args[k + 1]} (`hash -p`)"
 
     @staticmethod
     def _test(words: tuple[Token, ...], argv: list[str]) -> Statuses:
         if any(w.expands for w in words):
             return EITHER
-        closer = {"[": "]", "[[": "]]"}.get(argv[0])
-        if closer is None:
+        if argv[0] == "[[":
+            start = len(words) - len(argv)
+            quoted = words[start].quoted  # `"[["` is no keyword: a command not found
+            return FAIL if quoted else _cond_status(words[start:])
+        if argv[0] == "test":
             return _test_status(argv[1:])
-        return _test_status(argv[1:-1]) if argv[-1] == closer else FAIL
+        return _test_status(argv[1:-1]) if argv[-1] == "]" else FAIL
 
     def _set(self, args: list[str]) -> None:
         for k, arg in enumerate(args):
@@ -829,9 +1040,10 @@ class _Run:
             self.active.discard(name)
         return Flow(flow.falls | flow.returns, flow.leaves, why=flow.why)
 
-    def nested(self, script: str, line: str, subshell: bool) -> None:
+    def nested(self, script: str, line: str, subshell: bool, path: str | None = None) -> None:
         """A script run in a shell of its own: `$( )` (a subshell, which knows this shell's
-        functions) or ssh's remote command. What it finds counts; its exits end only itself."""
+        functions) or ssh's remote command. What it finds counts; its exits end only itself.
+        After a PATH change nothing in it counts: the `ssh` itself may be another program."""
         if self.depth >= MAX_NESTING:
             self.unreadable(script, line, f"shell nested deeper than {MAX_NESTING} levels")
             return
@@ -840,6 +1052,9 @@ class _Run:
         child = _Run(self.wanted, self.found, functions, called, depth=self.depth + 1)
         child.calls = self.calls
         child.active = self.active if subshell else set()
+        child.overrides = dict(self.overrides) if subshell else {}
+        child.path_changed = self.path_changed if path is None else path
+        child.upstream, child.stdin = self.upstream, self.stdin
         try:
             tree = parse(script, lambda _: line)
         except ShellSyntaxError as exc:
@@ -914,7 +1129,7 @@ def _simples(node: Node | Pipeline | AndOr | ShList) -> Iterator[Simple]:
         case Case():
             for _, body in node.arms:
                 yield from _simples(body)
-        case FuncDef():
+        case FuncDef() | Redirected():
             yield from _simples(node.body)
 
 
@@ -924,6 +1139,24 @@ def _argv(words: tuple[Token, ...]) -> list[str]:
     while argv and (_ASSIGNMENT.match(argv[0]) or argv[0] in _PREFIXES):
         argv.pop(0)
     return argv
+
+
+def _path_change(words: Sequence[str]) -> str:
+    """Pure: the first assignment among words that changes where commands are found (PATH),
+    or "". Appending (`PATH=$PATH:/opt/bin`, `PATH+=:/opt/bin`) leaves every lookup as it was."""
+    for word in words:
+        match = re.fullmatch(r"PATH(\[[^]]*\])?(\+?=)(.*)", word, re.S)
+        if match is None:
+            continue
+        element, op, value = match.groups()
+        appends = re.match(r"(\$PATH|\$\{PATH\})(:|$)", value) if op == "=" else value[:1] == ":"
+        if element or not appends:
+            return word
+    return ""
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _STOPPERS = re.compile(r"\b(exit|return|exec)\b")

@@ -306,3 +306,14 @@ def test_a_service_without_tasks_is_listed_not_taken_for_a_leak() -> None:
 
     swarm = FakeSwarm(services=[svc("web", "ing1"), svc("scaled0", "ing1"), svc("other", "x")])
     assert listed_addresses(swarm, inspect, facts) == facts.used + 1
+
+
+def test_a_batched_fill_counts_what_each_batch_got_and_stops_after_a_refusal() -> None:
+    swarm = FakeSwarm()
+    net = swarm.create_overlay("scratch", "10.254.7.0/27", {"pvcheck.run": "r"})  # 29 usable
+    swarm.free[net] = 10
+    probe = fill(swarm, net, 29, {"pvcheck.run": "r"}, "img", "b", wait_s=0.05, batch=8)
+    # Batches of 8: 8 allocated, then 2 of the next 8 (6 refused), and no third batch.
+    assert (probe.allocated, len(probe.refused_ids)) == (10, 6)
+    assert len([r for r in swarm.removed if r.startswith("svc-b-")]) == 16
+    assert swarm.free[net] == 10

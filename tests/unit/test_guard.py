@@ -16,6 +16,7 @@ from pvcheck.guard import (
     GuardSection,
     count_with,
     find_recovery,
+    judge_detection,
     judge_recovery,
 )
 from pvcheck.records import VIP_SIGNATURE
@@ -255,3 +256,173 @@ def test_hostile_nesting_is_bounded(code: str) -> None:
     else:
         assert verdict.line is None and "cannot read" in verdict.refused[0]
         assert len(verdict.refused[0]) < 300  # a huge line is clipped in the finding
+
+
+# --- review bypasses: each confirmed in bash and dash -------------------------------------------
+SHADOWED = {
+    "function": "systemctl() { :; }\nsystemctl restart docker",
+    "ssh": "ssh() { :; }\nssh cc-ci 'systemctl restart docker'",
+    "sudo": "sudo() { :; }\nsudo systemctl restart docker",
+    "service": "service() { :; }\nservice docker restart",
+    "remote-function": "ssh cc-ci 'systemctl() { :; }; systemctl restart docker'",
+    "alias": "alias systemctl=true\nsystemctl restart docker",
+    "hash": "hash -p /bin/true systemctl\nsystemctl restart docker",
+}
+
+
+@pytest.mark.parametrize("code", SHADOWED.values(), ids=SHADOWED.keys())
+def test_a_restart_a_function_or_alias_shadows_is_refused(code: str) -> None:
+    verdict = judge_recovery(_section(code))
+    assert verdict.line is None, code
+    assert "runs instead of the command" in verdict.refused[0], verdict.refused
+
+
+HEREDOCS = {
+    "backslash": "cat <<\\EOF",
+    "plain": "cat <<EOF",
+    "single-quoted": "cat <<'EOF'",
+    "double-quoted": 'cat <<"EOF"',
+    "partly-quoted": 'cat <<E"O"F',
+    "space": "cat << EOF",
+    "dash": "cat <<-EOF",
+    "after-a-command": "true; cat <<\\EOF >/dev/null",
+}
+
+
+@pytest.mark.parametrize("opener", HEREDOCS.values(), ids=HEREDOCS.keys())
+def test_a_restart_in_any_here_document_is_text(opener: str) -> None:
+    body = "systemctl restart docker\n\tEOF" if "<<-" in opener else "systemctl restart docker\nEOF"
+    assert judge_recovery(_section(f"{opener}\n{body}")).line is None
+    after = judge_recovery(_section(f"{opener}\n{body}\nsystemctl restart docker"))
+    assert after.line == "systemctl restart docker"  # the shell reads on after the delimiter
+
+
+@pytest.mark.parametrize(
+    ("code", "runs"),
+    [
+        # bash and dash join an unquoted body's `\`-newline: that EOF is no delimiter, and
+        # `exit 0` is text.
+        ("cat <<EOF\nx \\\nEOF\nexit 0\nEOF\nsystemctl restart docker", True),
+        # A quoted body keeps it: EOF ends the body and `exit 0` runs.
+        ("cat <<'EOF'\nx \\\nEOF\nexit 0\nEOF\nsystemctl restart docker", False),
+        # In `(( ))` `<<` is a shift, not a here-document hiding the `exit`.
+        ("(( x = 1 << 2 ))\nexit 0\n2\nsystemctl restart docker", False),
+    ],
+    ids=["unquoted-continuation", "quoted-continuation", "arithmetic-shift"],
+)
+def test_here_document_edges_follow_the_shell(code: str, runs: bool) -> None:
+    verdict = judge_recovery(_section(code))
+    assert (verdict.line is not None) == runs, verdict
+    assert runs or "`exit 0` always ends the script" in verdict.refused[0]
+
+
+@pytest.mark.parametrize(
+    "test",
+    ["[ 1_0 -eq 10 ]", "[ \u0661 -eq 1 ]", "test 1_0 -eq 10", "[ 99999999999999999999 -gt 1 ]"],
+    ids=["underscore", "arabic-indic-digit", "test", "past-64-bits"],
+)
+def test_a_number_sh_does_not_read_is_an_error_so_false(test: str) -> None:
+    refused = judge_recovery(_section(f"{test} && systemctl restart docker"))
+    assert refused.line is None and "always fails" in refused.refused[0]
+    assert judge_recovery(_section(f"{test} || systemctl restart docker")).line is not None
+
+
+@pytest.mark.parametrize(
+    ("cond", "runs"),
+    [
+        ("[[ x != x* ]]", False),  # a pattern: x matches x*
+        ("[[ x == x? ]]", False),
+        ("[[ x == x* ]]", True),
+        ("[[ x != 'x*' ]]", True),  # quoted: literal, and x is not "x*"
+        ("[[ -n x && -z y ]]", False),  # `&&` inside `[[ ]]` is its own operator
+        ("! [[ -n x || -n y ]]", False),
+        ("[[ abc =~ b ]] && ! true", False),
+        ('[[ "$vip" == *[0-9]* ]]', True),  # not fixed: either way
+    ],
+)
+def test_double_bracket_tests_are_read_as_bash_reads_them(cond: str, runs: bool) -> None:
+    verdict = judge_recovery(_section(f"{cond} && systemctl restart docker"))
+    assert (verdict.line is not None) == runs, verdict
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "PATH=/nonexistent\nsystemctl restart docker",
+        "PATH=/nonexistent systemctl restart docker",
+        "export PATH=/tmp/fake:$PATH\nsystemctl restart docker",
+        "PATH=/tmp/fake ssh cc-ci 'systemctl restart docker'",
+        "PATH=/nonexistent; x=$(systemctl restart docker)",
+        "unset PATH; sudo systemctl restart docker",
+        "for PATH in /tmp; do systemctl restart docker; done",
+    ],
+)
+def test_a_restart_after_path_changes_is_refused(code: str) -> None:
+    verdict = judge_recovery(_section(code))
+    assert verdict.line is None and "PATH is changed" in verdict.refused[0], verdict
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "PATH=$PATH:/usr/local/bin\nsystemctl restart docker",
+        'export PATH="${PATH}:/opt/bin"; systemctl restart docker',
+        "(PATH=/nonexistent); systemctl restart docker",  # a subshell's PATH is its own
+    ],
+)
+def test_a_path_that_only_appends_or_stays_in_a_subshell_still_counts(code: str) -> None:
+    assert judge_recovery(_section(code)).line is not None
+
+
+DETECT = "grep -c 'while allocating VIP'"
+NO_DETECTION = {
+    "if-false": f"if false; then journalctl -u docker | {DETECT} </dev/null; fi",
+    "false-and": f"false && journalctl -u docker | {DETECT}",
+    "stdin-file": f"journalctl -u docker | {DETECT} </dev/null",
+    "here-string": f"journalctl -u docker | {DETECT} <<< x",
+    "here-document": f"journalctl -u docker | {DETECT} <<EOF\nnothing\nEOF",
+    "group-stdin": f"journalctl -u docker | {{ {DETECT}; }} </dev/null",
+    "no-pipe": DETECT,
+    "other-unit": f"journalctl -u nonexistent-unit | {DETECT}",
+    "other-unit-long": f"journalctl --unit=sshd.service | {DETECT}",
+    "other-unit-ssh": f'ssh cc-ci "journalctl -u cron | {DETECT}"',
+    "user-journal": f"journalctl --user -u docker | {DETECT}",
+    "shadowed-grep": f"grep() {{ echo 1; }}\njournalctl -u docker | {DETECT}",
+}
+
+
+@pytest.mark.parametrize("code", NO_DETECTION.values(), ids=NO_DETECTION.keys())
+def test_a_grep_that_never_reads_the_docker_journal_is_no_detection(code: str) -> None:
+    detection, refused = judge_detection(_section(code), VIP_SIGNATURE)
+    assert detection is None, detection
+    assert refused and "while allocating VIP" in refused[0], refused
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        f"journalctl -u docker.service | {DETECT}",
+        f"journalctl --unit docker --since today | {DETECT}",
+        f"journalctl -fu docker | {DETECT}",
+        f"journalctl -u 'docker*' | {DETECT}",
+        f"ssh cc-ci journalctl -u docker | {DETECT}",
+        f'vip=$(ssh cc-ci "journalctl -u docker | {DETECT}")',
+        f"journalctl -u docker \\\n  | {DETECT}",
+        f"docker logs allocator 2>&1 | {DETECT}",
+        f"cat /var/log/docker.log | {DETECT}",
+        f"count() {{ {DETECT}; }}\njournalctl -u docker | count",
+    ],
+)
+def test_a_grep_over_the_docker_journal_is_a_detection(code: str) -> None:
+    detection, refused = judge_detection(_section(code), VIP_SIGNATURE)
+    assert detection is not None and detection.grep == ["grep", "-c", "while allocating VIP"]
+    assert refused == ()
+
+
+def test_a_detection_over_another_units_journal_fails_the_stage_and_says_why(
+    tmp_path: Path,
+) -> None:
+    path = _variant(tmp_path, "journalctl -u docker", "journalctl -u nonexistent-unit")
+    status, found, detail = _checks(path)["guard.detects"]
+    assert (status, found) == ("fail", "no detection command in the section")
+    assert "the journal of nonexistent-unit, not of docker" in detail, detail
