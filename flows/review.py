@@ -137,7 +137,8 @@ def live_m2(
         # (its log window), and run; what STATUS shows instead is a finding.
         same_run = recorded is not None and recorded.run_id == claim.run_id
         run_window = recorded.run_logs if recorded is not None and same_run else None
-        regenerated = m2_commands(cfg, claim.run_id, run_window)
+        ours = recorded.probe_ids if recorded is not None and same_run else ()
+        regenerated = m2_commands(cfg, claim.run_id, run_window, ours=ours)
         checks += run_cold_commands(regenerated, Gate.M2, seams.host)
         if claim.is_claim:
             findings += _how_finding(Gate.M2, differing_commands(claim.commands, regenerated))

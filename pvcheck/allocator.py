@@ -466,11 +466,13 @@ def _round(
         )
         for n in names
     ]
-    with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
-        list(
-            pool.map(lambda nc: seams.stacks.stack_deploy(nc[0], nc[1], {}, "throwaway"), composes)
-        )
-    allocated = _wait_allocated(swarm, run_id, len(names), alloc.settle_timeout_s)
+    failed = _deploy_all(seams, composes, alloc.concurrency)
+    if failed:
+        # An engine back from a restart may not list the scratch network for a moment (the
+        # CLI then says it "could not be found"): once it is there again, those go once more.
+        _wait_for_network(swarm, scratch, alloc.settle_timeout_s)
+        failed = _deploy_all(seams, [c for c in composes if c[0] in failed], alloc.concurrency)
+    allocated = not failed and _wait_allocated(swarm, run_id, len(names), alloc.settle_timeout_s)
     peak = parse_network(swarm.network(scratch) or {})
     progress(
         f"round {rnd}: peak {peak.used} endpoints ({peak.vips} VIPs, "
@@ -483,7 +485,7 @@ def _round(
     # The incident's pattern: every stack removed at once, racing the allocator.
     with ThreadPoolExecutor(max_workers=alloc.concurrency) as pool:
         complaints = dict(zip(names, pool.map(lambda n: _stack_rm(seams, n), names), strict=True))
-    rm_errors = [e for e in complaints.values() if e]
+    rm_errors = [f"deploy: {e}" for e in failed.values()] + [e for e in complaints.values() if e]
     progress(
         f"round {rnd}: docker stack rm of {len(names)} stacks concurrently "
         f"({len(rm_errors)} complained; {alloc.removal}); waiting for the allocator"
@@ -559,6 +561,28 @@ def _remove_network(swarm: SwarmApi, network_id: str, timeout_s: float) -> bool:
             return False
         time.sleep(POLL_S)
     return True
+
+
+def _deploy_all(seams: Seams, composes: list[tuple[str, str]], concurrency: int) -> dict[str, str]:
+    """`docker stack deploy` of each (stack, compose), `concurrency` at a time; what the CLI
+    refused, by stack (a refusal is the round's finding, not the run's end)."""
+
+    def one(item: tuple[str, str]) -> str | None:
+        try:
+            seams.stacks.stack_deploy(item[0], item[1], {}, "throwaway")
+        except StackError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        said = dict(zip((n for n, _ in composes), pool.map(one, composes), strict=True))
+    return {n: e for n, e in said.items() if e}
+
+
+def _wait_for_network(swarm: SwarmApi, name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while swarm.network(name) is None and time.monotonic() < deadline:
+        time.sleep(POLL_S)
 
 
 def _stack_rm(seams: Seams, stack: str) -> str | None:

@@ -127,23 +127,34 @@ def m1_claim(cfg: Config) -> Claim:
     return Claim(Gate.M1, what, commands)
 
 
-def _log_window_command(cfg: Config, since: str, until: str) -> str:
+# A swarm object ID, as the engine prints it: the only probe names that reach a shell line.
+_OBJECT_ID = re.compile(r"^[a-z0-9]{1,64}$")
+
+
+def _log_window_command(cfg: Config, since: str, until: str, ours: tuple[str, ...] = ()) -> str:
     for stamp in (since, until):  # only pvcheck's own UTC timestamps reach a shell line
         if parse_ts(stamp) is None:
             raise ValueError(f"not a UTC timestamp: {stamp!r}")
     grep = f"grep -F {q(VIP_SIGNATURE)}"
+    # The run's own capacity probe met the allocator's refusal: its line names the probe
+    # service, and is the measurement, not the incident.
+    if not all(_OBJECT_ID.match(sid) for sid in ours):
+        raise ValueError(f"not service IDs: {ours!r}")
+    mine = (" | grep -v -F " + " ".join(f"-e {sid}" for sid in ours)) if ours else ""
     if cfg.logs.source == "journald":
         since_arg = q(since.replace("T", " ").rstrip("Z") + " UTC")
         until_arg = q(until.replace("T", " ").rstrip("Z") + " UTC")
         unit = q(cfg.logs.unit)
-        return f"journalctl -u {unit} --since {since_arg} --until {until_arg} | {grep} | wc -l"
+        return (
+            f"journalctl -u {unit} --since {since_arg} --until {until_arg} | {grep}{mine} | wc -l"
+        )
     if cfg.logs.source == "file":
         # logrus writes time="...": field 2 when split on quotes; compare as text, to the second.
         # The bounds are awk variables, never program text.
         bounds = f"-v s={q(since.rstrip('Z'))} -v u={q(until.rstrip('Z'))}"
         window = '$2 >= s && $2 <= u "~"'
-        return f"{grep} {q(str(cfg.logs.path))} | awk -F'\"' {bounds} {q(window)} | wc -l"
-    return f"{' '.join(q(a) for a in cfg.logs.command or [])} | {grep} | wc -l"
+        return f"{grep} {q(str(cfg.logs.path))}{mine} | awk -F'\"' {bounds} {q(window)} | wc -l"
+    return f"{' '.join(q(a) for a in cfg.logs.command or [])} | {grep}{mine} | wc -l"
 
 
 def residue_commands(cfg: Config, run_id: str) -> list[ColdCommand]:
@@ -164,6 +175,7 @@ def m2_commands(
     run_id: str,
     window: tuple[str, str] | None,
     after: NetworkFacts | None = None,
+    ours: tuple[str, ...] = (),
 ) -> list[ColdCommand]:
     """M2's HOW commands for a run: residue by its label, the network's counts, the docker
     log over the run's own window, the guard's lines. The review regenerates them from the
@@ -185,7 +197,7 @@ def m2_commands(
         ),
     ]
     if window is not None:
-        commands.append(host_command(cfg, _log_window_command(cfg, *window), "0"))
+        commands.append(host_command(cfg, _log_window_command(cfg, *window, ours), "0"))
     if cfg.guard is not None:
         guard, cwd = doc_ref(cfg, cfg.guard.file)
         commands.append(
@@ -204,7 +216,8 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
     after = report.facts_after.network if report.facts_after else None
     logs = report.run_logs
     window = (logs.since, logs.until) if logs is not None else None
-    commands = m2_commands(cfg, report.run_id, window, after)
+    ours = tuple(report.allocator.probe_ids) if report.allocator else ()
+    commands = m2_commands(cfg, report.run_id, window, after, ours)
     alloc = report.allocator
     deploy = cfg.deploy
     what = []

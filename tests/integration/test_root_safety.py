@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from app.cli import main
@@ -21,7 +20,7 @@ from pvcheck.config import Config
 from pvcheck.runs import LOCK_LABEL, LOCK_NAME
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.helpers import LAB_CONFIG, write_config
+from tests.helpers import LAB_CONFIG, event_names, recorded_events, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
 
@@ -145,17 +144,6 @@ def _hostile_recipe(folder: Path) -> Path:
     return compose
 
 
-def _creates(since: datetime, kind: str, **filters: str) -> list[str]:
-    """The names of the engine's `create` events of one kind since then."""
-    found = docker.from_env().events(
-        since=since,
-        until=datetime.now(UTC),
-        filters={"type": kind, "event": "create", **filters},
-        decode=True,
-    )
-    return [e["Actor"]["Attributes"].get("name", e["Actor"]["ID"]) for e in found]
-
-
 def test_a_recipe_volume_binding_the_hosts_root_is_refused_before_anything_is_created(
     lab: Config, engine: Swarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -164,14 +152,18 @@ def test_a_recipe_volume_binding_the_hosts_root_is_refused_before_anything_is_cr
     def hostile(raw: dict[str, Any]) -> None:
         raw["deploy"]["compose"]["file"] = str(compose)
 
-    since = datetime.now(UTC)
-    assert main(["run", "--config", str(write_config(tmp_path, hostile))]) == 2
+    with recorded_events() as seen:
+        assert main(["run", "--config", str(write_config(tmp_path, hostile))]) == 2
     err = capsys.readouterr().err
     assert f"{compose}: volumes.host.driver_opts: " in err and "refused" in err
     # Nothing of the recipe was made: no secret, config, network, volume, service or task
     # container (the run's only create is the engine lock, made and removed around it).
-    made = {kind: _creates(since, kind) for kind in ("service", "network", "volume", "secret")}
-    made["config"] = [name for name in _creates(since, "config") if name != LOCK_NAME]
-    made["container"] = _creates(since, "container", label=LABEL_RUN)
+    # Everything pvcheck makes is named `pvc-…`: the engine may report a create of an
+    # earlier test's network late, on this node, and that is not this run's.
+    made = {
+        kind: [n for _, n in event_names(seen, kind, "create") if n.startswith("pvc-")]
+        for kind in ("service", "network", "volume", "secret", "container")
+    }
+    made["config"] = [n for _, n in event_names(seen, "config", "create") if n != LOCK_NAME]
     assert not any(made.values()), made
     assert not any(list_residue(engine, LABEL_RUN).values())

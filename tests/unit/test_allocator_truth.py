@@ -317,3 +317,17 @@ def test_a_batched_fill_counts_what_each_batch_got_and_stops_after_a_refusal() -
     assert (probe.allocated, len(probe.refused_ids)) == (10, 6)
     assert len([r for r in swarm.removed if r.startswith("svc-b-")]) == 16
     assert swarm.free[net] == 10
+
+
+def test_the_how_line_for_the_runs_log_leaves_out_only_the_probes_own_lines() -> None:
+    from pvcheck.claims import _log_window_command
+    from pvcheck.config import load_config
+    from tests.helpers import LAB_CONFIG
+
+    cfg = load_config(LAB_CONFIG)
+    since, until = "2026-12-01T12:00:00Z", "2026-12-01T12:05:00Z"
+    line = _log_window_command(cfg, since, until, ("abc123def",))
+    assert " | grep -v -F -e abc123def | awk " in line
+    assert "grep -v" not in _log_window_command(cfg, since, until)
+    with pytest.raises(ValueError, match="not service IDs"):
+        _log_window_command(cfg, since, until, ("x; rm -rf /",))
