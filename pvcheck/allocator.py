@@ -27,6 +27,7 @@ from pvcheck.capacity import HeldCount, count_held, fill, ipam_status
 from pvcheck.config import AllocatorConfig, Config
 from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
 from pvcheck.records import Check, Family, Gate, Status, format_ts, skipped
+from pvcheck.safeio import writable_by_others
 from pvcheck.seams import Seams, SwarmApi
 from pvcheck.stackcli import StackError
 from pvcheck.stackfile import dump_compose, inject_labels
@@ -311,6 +312,10 @@ def removal_rate(cfg: AllocatorConfig, now: float | None = None) -> tuple[float,
     configured figure. Entries are counted, never followed or read."""
     if cfg.runs_dir is None:
         return cfg.removals_per_day, "allocator.removals_per_day"
+    why = writable_by_others(cfg.runs_dir) if os.geteuid() == 0 else None
+    if why:
+        # Whoever can add or remove entries there would choose the forecast.
+        return cfg.removals_per_day, f"allocator.removals_per_day ({cfg.runs_dir} is {why})"
     cutoff = (now if now is not None else time.time()) - RATE_WINDOW_DAYS * 86400
     recent = 0
     try:
@@ -349,13 +354,11 @@ def measure_ingress(swarm: SwarmApi, settings: Settings) -> tuple[HeldCount | No
     else a fill probe bounded by what the floor needs (at most `ingress_probe_max`
     services); else the endpoint list. None: this engine has no ingress network. Also the
     probe service the allocator refused, if any (its VIP line is the probe's)."""
-    inspect = swarm.network("ingress")
+    inspect, facts, used = _listed(swarm, "ingress")
     if not inspect:
         return None, []
-    facts = parse_network(inspect)
     status = ipam_status(inspect)
     alloc = settings.allocator
-    used = listed_addresses(swarm, inspect, facts)
     listed = count_held("ingress", facts.capacity, used)
     if status is None and listed.headroom_pct < alloc.headroom_floor_pct:
         # Already below the floor by the endpoint list alone: refused without creating a thing.
@@ -395,11 +398,17 @@ def listed_addresses(swarm: SwarmApi, inspect: dict[str, Any], facts: NetworkFac
     return facts.used + taskless
 
 
-def _shared_count(swarm: SwarmApi, network: str) -> HeldCount:
+def _listed(swarm: SwarmApi, network: str) -> tuple[dict[str, Any], NetworkFacts, int]:
+    """One verbose inspect of the network: the answer, its facts, and the addresses the
+    engine's lists account for."""
     inspect = swarm.network(network) or {}
     facts = parse_network(inspect)
-    used = listed_addresses(swarm, inspect, facts)
-    return count_held(network, facts.capacity, used, ipam_status(inspect))
+    return inspect, facts, listed_addresses(swarm, inspect, facts) if inspect else facts.used
+
+
+def _shared_count(swarm: SwarmApi, network: str) -> tuple[NetworkFacts, HeldCount]:
+    inspect, facts, used = _listed(swarm, network)
+    return facts, count_held(network, facts.capacity, used, ipam_status(inspect))
 
 
 def reproduce(
@@ -411,12 +420,12 @@ def reproduce(
     there, then remove it; everything created carries the run label."""
     alloc, net, run_id, swarm = settings.allocator, settings.network, settings.run_id, seams.swarm
     suffix = run_id.rsplit("-", 1)[-1]
-    first = parse_network(swarm.network(net) or {})
+    first, result_before = _shared_count(swarm, net)
     result = AllocatorResult(
         net, first.capacity, first.used, first.used, datetime.now(UTC), datetime.now(UTC)
     )
     result.removal = alloc.removal
-    result.shared_before = _shared_count(swarm, net)
+    result.shared_before = result_before
     result.scratch = f"pvc-scratch-{suffix}"
     scratch_id = swarm.create_overlay(
         result.scratch, alloc.scratch_subnet, {LABEL_RUN: run_id, LABEL_ROLE: "scratch"}
@@ -428,9 +437,8 @@ def reproduce(
         result.scratch_count = _count_scratch(swarm, settings, result, scratch_id, progress)
     finally:
         result.scratch_left = not _remove_network(swarm, scratch_id, alloc.settle_timeout_s)
-    after = parse_network(swarm.network(net) or {})
+    after, result.shared_after = _shared_count(swarm, net)
     result.used_after = after.used
-    result.shared_after = _shared_count(swarm, net)
     result.finished_at = datetime.now(UTC)
     return result
 

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # How long a probe service may wait for its VIP before it counts as refused: the lab hands
 # one out in a few milliseconds; an allocator that cannot never does.
 VIP_WAIT_S = 3.0
-RESERVED = 3  # network, gateway and broadcast addresses of an IPv4 overlay subnet
 
 Method = Literal["ipam-status", "fill-probe", "endpoints"]
 

@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvcheck.allocator import engine_leak_text, forecasts
 from pvcheck.config import Config, RouteConfig
 from pvcheck.facts import NetworkFacts
 from pvcheck.hosts import host_for
@@ -228,8 +229,6 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
             "not applicable is shown skipped) and tore down cleanly"
         )
     if alloc:
-        from pvcheck.allocator import engine_leak_text, forecasts
-
         ports = "a published port" if cfg.allocator.publish_ports else "no published port"
         what.append(
             f"the bounded allocator reproduction ({len(alloc.rounds)} round(s) of "

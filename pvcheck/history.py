@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from pvcheck.allocator import AllocatorResult
+from pvcheck.allocator import AllocatorResult, forecasts
 from pvcheck.masking import redact
 from pvcheck.report import Report
 from pvcheck.safeio import append, read_capped
@@ -38,8 +38,6 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
 
 
 def _days(alloc: AllocatorResult) -> dict[str, float | None]:
-    from pvcheck.allocator import forecasts
-
     return {f.network: None if f.days is None else round(f.days, 1) for f in forecasts(alloc)}
 
 

@@ -30,8 +30,10 @@ from pvcheck.facts import NetworkFacts
 from pvcheck.records import VIP_SIGNATURE, Status
 from tests.fakes import FakeSwarm
 
-# `GET /networks/{id}` on API >= 1.52 (moby/moby#50917, #50946): the shape as the engine
-# prints it under `Status` (a /16 with two containers; the /24 a swarm ingress has).
+# `GET /networks/{id}` on API >= 1.52 (moby/moby#50917, #50946). The bridge answer is the
+# `Status` block as published `docker network inspect` output shows it (a /16 with two
+# containers: IPsInUse 5, DynamicIPsAvailable 65531). The ingress one is constructed on that
+# same shape (figures of ours, an IPv6 subnet beside it), not taken from a real host.
 API_152_BRIDGE: dict[str, Any] = {
     "Name": "appnet",
     "IPAM": {"Driver": "default", "Config": [{"Subnet": "172.20.0.0/16", "Gateway": "172.20.0.1"}]},
@@ -331,3 +333,14 @@ def test_the_how_line_for_the_runs_log_leaves_out_only_the_probes_own_lines() ->
     assert "grep -v" not in _log_window_command(cfg, since, until)
     with pytest.raises(ValueError, match="not service IDs"):
         _log_window_command(cfg, since, until, ("x; rm -rf /",))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the rule applies to root")
+def test_run_folders_others_can_change_do_not_set_the_forecast(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(50):
+        (runs / f"run-{i}").mkdir()
+    os.chown(runs, 65534, 65534)
+    per_day, source = removal_rate(AllocatorConfig(runs_dir=runs, removals_per_day=3))
+    assert per_day == 3 and "owned by uid 65534" in source
