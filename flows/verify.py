@@ -166,7 +166,7 @@ class Verification:
         self.routes = routes.Settings.from_config(cfg)
         self.facts = facts.Settings.from_config(cfg)
         self.deploy = deploy.Settings.from_config(cfg)
-        # pvcheck's capacity-probe services the allocator refused: their VIP lines are ours.
+        # Every capacity-probe service the run created: a VIP line naming one is ours.
         self.probe_ids: tuple[str, ...] = ()
         self.log = get_run_logger()
 

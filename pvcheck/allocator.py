@@ -84,7 +84,9 @@ class AllocatorResult:
     shared_before: HeldCount | None = None
     shared_after: HeldCount | None = None
     ingress: HeldCount | None = None
-    probe_ids: list[str] = field(default_factory=list)  # refused probe services (log lines)
+    # Every probe service the run created (not written to the report: the log scan keeps the
+    # ones its VIP lines name).
+    probe_ids: list[str] = field(default_factory=list)
     probe_s: float = 0.0  # seconds the capacity probes took
     removals_per_day: float = 0.0  # the host's task removals a day, for the forecast
     ingress_removals_per_day: float = 0.0  # of them, published-port tasks
@@ -163,7 +165,6 @@ class AllocatorResult:
             "shared_before": self.shared_before.as_dict() if self.shared_before else None,
             "shared_after": self.shared_after.as_dict() if self.shared_after else None,
             "ingress": self.ingress.as_dict() if self.ingress else None,
-            "probe_ids": list(self.probe_ids),
             "probe_s": self.probe_s,
             "removals_per_day": self.removals_per_day,
             "rate_source": self.rate_source,
@@ -276,7 +277,7 @@ class Observation:
     refused: str | None  # why it did not start; None: it ran
     result: AllocatorResult | None
     ingress: HeldCount | None = None  # measured before anything was created
-    probe_ids: tuple[str, ...] = ()  # probe services the allocator refused (their log lines)
+    probe_ids: tuple[str, ...] = ()  # every probe service created (their VIP lines are ours)
 
 
 def gather(
@@ -287,15 +288,15 @@ def gather(
     before = parse_network(inspect) if inspect else None
     if before is None:
         return Observation(refusal(alloc, None), None)
-    ingress, ingress_refused = measure_ingress(swarm, settings)
+    ingress, ingress_probes = measure_ingress(swarm, settings)
     progress(f"ingress before the reproduction: {ingress.summary() if ingress else 'none'}")
     clashes = overlapping(alloc.scratch_subnet, swarm.all_networks())
     why = refusal(alloc, before, ingress, clashes)
     if why:
-        return Observation(why, None, ingress, tuple(ingress_refused))
+        return Observation(why, None, ingress, tuple(ingress_probes))
     result = reproduce(seams, settings, progress)
     result.ingress = ingress
-    result.probe_ids[:0] = ingress_refused
+    result.probe_ids[:0] = ingress_probes
     result.removals_per_day, result.rate_source = removal_rate(alloc)
     result.ingress_removals_per_day = alloc.ingress_removals_per_day
     result.engine_version = str(swarm.info().get("ServerVersion", ""))
@@ -377,7 +378,7 @@ def measure_ingress(swarm: SwarmApi, settings: Settings) -> tuple[HeldCount | No
             f"pvc-ing-{suffix}",
             batch=INGRESS_BATCH,
         )
-        return count_held("ingress", facts.capacity, used, None, probe), list(probe.refused_ids)
+        return count_held("ingress", facts.capacity, used, None, probe), list(probe.created)
     return count_held("ingress", facts.capacity, used, status), []
 
 
@@ -555,7 +556,7 @@ def _count_scratch(
             settings.allocator.image,
             f"pvc-probe-{suffix}",
         )
-        result.probe_ids.extend(probe.refused_ids)
+        result.probe_ids.extend(probe.created)
         result.probe_s += probe.seconds
     held = count_held(result.scratch, facts.capacity, facts.used, status, probe)
     progress(f"allocator count after {result.removed_tasks} removed tasks: {held.summary()}")

@@ -80,8 +80,11 @@ class Fill:
 
     limit: int
     allocated: int
-    refused_ids: tuple[str, ...]  # the refused service: the log line naming it is the probe's
+    refused_ids: tuple[str, ...]  # services without a VIP when the wait ended
     seconds: float
+    # Every service the probe created: the allocator may log a refusal for any of them (one
+    # refused, then allocated on a retry, is not in refused_ids), and each such line is ours.
+    created: tuple[str, ...] = ()
 
     @property
     def refused(self) -> bool:
@@ -133,7 +136,7 @@ def fill(
     finally:
         for sid in created:
             swarm.remove_service(sid)
-    return Fill(limit, allocated, tuple(refused), round(time.monotonic() - t0, 3))
+    return Fill(limit, allocated, tuple(refused), round(time.monotonic() - t0, 3), tuple(created))
 
 
 @dataclass(frozen=True)

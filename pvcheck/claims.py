@@ -217,7 +217,7 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
     after = report.facts_after.network if report.facts_after else None
     logs = report.run_logs
     window = (logs.since, logs.until) if logs is not None else None
-    ours = tuple(report.allocator.probe_ids) if report.allocator else ()
+    ours = tuple(logs.probe_ids) if logs is not None else ()
     commands = m2_commands(cfg, report.run_id, window, after, ours)
     alloc = report.allocator
     deploy = cfg.deploy

@@ -83,6 +83,9 @@ class LogScan:
     lines: list[str] = field(default_factory=list)
     truncated: bool = False
     error: str | None = None
+    # pvcheck's own capacity-probe services whose VIP lines are in the window (counted as
+    # PROBE); the M2 HOW line and the review leave exactly these out.
+    probe_ids: list[str] = field(default_factory=list)
 
     @property
     def vip_count(self) -> int:
@@ -111,6 +114,7 @@ def scan_lines(
     counts = dict.fromkeys(patterns, 0)
     if ours:
         counts[PROBE] = 0
+    named: set[str] = set()
     kept: list[str] = []
     truncated = False
     for raw in lines:
@@ -120,7 +124,9 @@ def scan_lines(
         when = line_time(raw)
         if when is not None and not since <= when <= until:
             continue
-        if "vip_exhausted" in hits and any(sid in raw for sid in ours):
+        mine = [sid for sid in ours if sid in raw] if "vip_exhausted" in hits else []
+        if mine:
+            named.update(mine)
             hits = [PROBE if h == "vip_exhausted" else h for h in hits]
         for pid in hits:
             counts[pid] += 1
@@ -135,6 +141,7 @@ def scan_lines(
         counts=counts,
         lines=kept,
         truncated=truncated,
+        probe_ids=sorted(named),
     )
 
 
@@ -278,7 +285,7 @@ class Settings:
     until: datetime
     network: str
     max_lines: int
-    ours: tuple[str, ...] = ()  # pvcheck's refused probe services (their VIP lines)
+    ours: tuple[str, ...] = ()  # every probe service the run created (their VIP lines)
     gc_race_fail: int | None = None  # GC-race lines from which the window fails
     judge_gc: bool = False  # this window's GC-race lines are a check (the run's own)
 

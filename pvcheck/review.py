@@ -184,7 +184,7 @@ class Recorded:
     deploy_stacks: list[str] = field(default_factory=list)
     allocator: dict[str, int] | None = None  # allocator.FIGURES
     run_logs: tuple[str, str] | None = None  # the run's own log window (since, until)
-    probe_ids: tuple[str, ...] = ()  # the run's refused probe services (their log lines)
+    probe_ids: tuple[str, ...] = ()  # the run's probe services its VIP lines name
 
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -290,17 +290,17 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
         [read.name(x, "deploy.stacks") for x in stacks] if isinstance(stacks, list) else [],
         read.counts(alloc, "allocator", FIGURES) if isinstance(alloc, dict) else None,
         window,
-        _probe_ids(read, alloc),
+        _probe_ids(read, logs),
     )
 
 
-def _probe_ids(read: Any, alloc: Any) -> tuple[str, ...]:
-    """The report's refused probe services: swarm object IDs only, at most a few."""
-    ids = alloc.get("probe_ids") if isinstance(alloc, dict) else None
+def _probe_ids(read: Any, logs: dict[str, Any]) -> tuple[str, ...]:
+    """The probe services the run's VIP lines name: swarm object IDs only, at most a few."""
+    ids = logs.get("probe_ids")
     if not isinstance(ids, list):
         return ()
     if len(ids) > 64 or not all(isinstance(i, str) and _OBJECT_ID.match(i) for i in ids):
-        raise read.refuse("allocator.probe_ids", "not a short list of swarm object IDs")
+        raise read.refuse("run_logs.probe_ids", "not a short list of swarm object IDs")
     return tuple(ids)
 
 

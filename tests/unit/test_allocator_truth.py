@@ -286,6 +286,30 @@ def test_the_probes_own_vip_line_is_not_the_incident() -> None:
     assert _scan([probe]).counts["vip_exhausted"] == 1  # without the run's probe IDs
 
 
+def test_a_vip_line_for_any_probe_service_the_run_created_is_the_probes() -> None:
+    # CI, 2026-12-05: two services of one fill logged a refusal in the same second; only one
+    # was still without a VIP when the wait ended, and the other's line failed the run.
+    created = ("probe1", "probe2", "probe3")
+    lines = [
+        _line(5, "Failed allocation for service probe2", f' error="{VIP_SIGNATURE}"'),
+        _line(5, "Failed allocation for service probe3", f' error="{VIP_SIGNATURE}"'),
+    ]
+    scan = _scan(lines, ours=created)
+    assert (scan.counts["vip_exhausted"], scan.counts[logscan.PROBE]) == (0, 2)
+    assert scan.probe_ids == ["probe2", "probe3"]  # only the ones a line names
+    assert logscan.fresh_logs("logs.fresh-run", scan, "this run").status == Status.PASS
+
+
+def test_a_fill_reports_every_service_it_created() -> None:
+    swarm = FakeSwarm()
+    net = swarm.create_overlay("scratch", "10.254.7.0/27", {"pvcheck.run": "r"})
+    swarm.free[net] = 10
+    probe = fill(swarm, net, 29, {"pvcheck.run": "r"}, "img", "c", wait_s=0.05, batch=8)
+    made = [r for r in swarm.removed if r.startswith("svc-c-")]
+    assert sorted(probe.created) == sorted(made) and len(made) == 16
+    assert set(probe.refused_ids) < set(probe.created)
+
+
 def test_engine_advice_names_the_fixes_and_the_mitigation() -> None:
     text = engine_advice("20.10.24+dfsg1", 4)
     assert text.startswith("engine 20.10.24+dfsg1: not in any release yet: moby/moby#53563")

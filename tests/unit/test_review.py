@@ -266,3 +266,12 @@ def test_a_review_passes_only_the_claim_it_verified(tmp_path: Path) -> None:
     status.write_text(text)  # the claim it verified
     write_review(result, cfg)
     assert "## Gate: M1 — PASS @2026-11-26T12:00:09Z" in status.read_text()
+
+
+def test_the_reports_probe_ids_are_read_from_the_runs_log_window_strictly() -> None:
+    logs = {"since": "2026-12-01T12:00:00Z", "until": "2026-12-01T12:05:00Z"}
+    ok = recorded_from_json({"run_id": "r", "run_logs": logs | {"probe_ids": ["abc1"]}}, "R")
+    assert ok.probe_ids == ("abc1",)
+    for bad in (["x; rm -rf /"], ["a"] * 65, [5]):
+        with pytest.raises(StateFileError, match=r"run_logs\.probe_ids"):
+            recorded_from_json({"run_id": "r", "run_logs": logs | {"probe_ids": bad}}, "R")
