@@ -1,4 +1,5 @@
-"""The `pvcheck` command: run, lab up|down|status, config check (exit codes in errors.py)."""
+"""The `pvcheck` command: run, review, done, serve, prefect-yaml, worker, lab up|down|status,
+config check|reference (`pvcheck --help`; exit codes in errors.py)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,9 @@ from pvcheck.masking import masked_output
 from pvcheck.pinned import pin
 from pvcheck.records import Status, Verdict, parse_ts
 from pvcheck.report import Report
-from pvcheck.routes import RouteObservation, answered
 from pvcheck.safeio import atomic_write
+from pvcheck.seams import RouteObservation
 
-DEFAULT_LAB_CONFIG = LAB_CONFIG
 NIGHTLY = "17 1 * * *"  # flows.serving.NIGHTLY_CRON, without importing Prefect's flows here
 CONFIG_HELP = "the config to use (required; the built-in lab's is lab/pvcheck.toml)"
 # `pvcheck lab up --profile NAME`: which lab to build. cc-ci: a twin of the real host, whose
@@ -51,7 +51,7 @@ T = TypeVar("T")
 def _route_lines(cfg: Config, probes: list[RouteObservation]) -> tuple[list[str], bool]:
     lines, ok = [], True
     for route, probe in zip(cfg.routes, probes, strict=True):
-        good = answered(route, probe)
+        good = probe.answers(route)
         ok &= good
         answer = probe.status if probe.status is not None else probe.error
         lines.append(
@@ -67,6 +67,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"{args.file}: valid")
     # The effective config: bases merged, defaults filled in, paths absolute.
     print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return EXIT_PASS
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from pvcheck.configref import reference_markdown
+
+    sys.stdout.write(reference_markdown())  # docs/config.md, byte for byte
     return EXIT_PASS
 
 
@@ -108,7 +115,7 @@ def count_line(report: Report) -> str:
 
 def print_verdict(report: Report, out: TextIO | None = None) -> None:
     say = functools.partial(print, file=out or sys.stdout)
-    say(f"pvcheck {report.verdict.upper()}  run {report.run_id}  target {report.target}")
+    say(f"pvcheck {report.verdict.label}  run {report.run_id}  target {report.target}")
     say(f"  {count_line(report)}")
     if report.incomplete_reason:
         say(f"  incomplete: {report.incomplete_reason}")
@@ -192,7 +199,7 @@ def _write_report(path: str | None, text: str) -> None:
 def cmd_review(args: argparse.Namespace) -> int:
     (name,) = pin([args.config])
     from flows.review import review
-    from pvcheck.review import ReviewResult
+    from pvcheck.reviewrecord import ReviewResult
 
     ensure_prefect_api()
     state = review(target=name, return_state=True)
@@ -203,10 +210,10 @@ def cmd_review(args: argparse.Namespace) -> int:
     _write_report(args.json, json.dumps(result.as_json(), indent=2) + "\n")
     # With the JSON on stdout, the text for people goes to stderr.
     say = functools.partial(print, file=sys.stderr if args.json == "-" else sys.stdout)
-    say(f"pvcheck review {result.verdict.upper()}  {result.review_id}")
+    say(f"pvcheck review {result.verdict.label}  {result.review_id}")
     for gate, verdict in result.verdicts.items():
         claim = result.claims[gate]
-        say(f"  gate {gate} {verdict:<4} (claim: {claim.state}, run {claim.run_id or '-'})")
+        say(f"  gate {gate} {verdict.label:<4} (claim: {claim.state}, run {claim.run_id or '-'})")
     for finding in result.findings:
         say(f"    finding [{finding.gate}] {finding.title}")
     for line in result.churn:
@@ -215,7 +222,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         say(f"  evidence {kind}: {path}")
     for line in result.docs.lines():
         say(f"  {line}")
-    return EXIT_PASS if result.verdict == "pass" else EXIT_GATE_FAILED
+    return EXIT_PASS if result.verdict == Verdict.PASS else EXIT_GATE_FAILED
 
 
 def cmd_done(args: argparse.Namespace) -> int:
@@ -289,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print only the effective (merged) config as JSON"
     )
     check.set_defaults(func=cmd_config_check)
+    reference = config_sub.add_parser(
+        "reference",
+        parents=[common],
+        help="print the reference of every config key as Markdown (docs/config.md)",
+    )
+    reference.set_defaults(func=cmd_config_reference)
 
     run = sub.add_parser("run", help="run the verification flow and print the verdict")
     run.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)

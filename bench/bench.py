@@ -34,13 +34,13 @@ import httpx
 
 from pvcheck import allocator
 from pvcheck.api import wait_healthy
+from pvcheck.compose import prepare
 from pvcheck.config import LAB_CONFIG, HttpConfig, RouteConfig, load_config
-from pvcheck.facts import gather_facts, parse_network
+from pvcheck.hostfacts import gather_facts, parse_network
 from pvcheck.routes import probe_routes
-from pvcheck.seams import build_seams
-from pvcheck.stackfile import prepare
 from pvcheck.stacks import remove_labelled
 from pvcheck.swarm import LABEL_RUN, Swarm
+from pvcheck.wiring import build_seams
 from tests.helpers import all_tiers, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,7 +309,8 @@ def recipe_vs_shell(repeat: int, work: Path) -> dict[str, Figure]:
     route = httpx.URL(compose.route.url).host
     for i in range(repeat):
         t0 = time.monotonic()
-        outcome = ComposeDriver(swarm, cfg, f"pv-20260101000000-{i:06x}").run()
+        run_id = f"pv-20260101000000-{i:06x}"
+        outcome = ComposeDriver(build_seams(cfg, swarm, run_id, False), cfg, run_id).run()
         ours.values.append(time.monotonic() - t0)
         assert outcome.tiers[0].status == "pass" and outcome.clean_teardown_reported, outcome
         stack = f"bench-notes-{i}"

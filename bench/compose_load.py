@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pvcheck.stackfile import MAX_COMPOSE_BYTES, load_compose
+from pvcheck.compose import MAX_COMPOSE_BYTES, load_compose
 
 
 def compose_text(keys: int) -> str:

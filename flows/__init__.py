@@ -1,4 +1,5 @@
-"""Prefect flows of pvcheck: the verification run (and, later, the review run)."""
+"""Prefect flows of pvcheck: the verification run, the independent review, the janitor, and
+the served deployments (parameters in flows.params)."""
 
 from pvcheck import quiet_prefect
 

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from pvcheck.config import MAX_ALLOCATOR_BATCH, MAX_ALLOCATOR_CONCURRENCY, MAX_ALLOCATOR_ROUNDS
+from pvcheck.config import (
+    MAX_ALLOCATOR_BATCH,
+    MAX_ALLOCATOR_CONCURRENCY,
+    MAX_ALLOCATOR_ROUNDS,
+    AllocatorConfig,
+)
+
+# The form's defaults are the config's: one place for each (the caps are the constants).
+_ALLOCATOR = AllocatorConfig.model_fields
 
 
 def _shown(default: Any, title: str, description: str) -> Any:
@@ -27,21 +35,23 @@ TARGET = _shown(
 )
 Batch = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_BATCH)]
 BATCH = _shown(
-    5,
+    _ALLOCATOR["batch"].default,
     "Throwaway stacks per round",
     "How many recipe-shaped throwaway stacks each round of the allocator reproduction deploys "
     f"and removes with `docker stack rm` (1 to {MAX_ALLOCATOR_BATCH}).",
 )
 Concurrency = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_CONCURRENCY)]
 CONCURRENCY = _shown(
-    5,
+    _ALLOCATOR["concurrency"].default,
     "Stacks at once",
     "How many throwaway stacks are deployed or removed at the same time "
     f"(1 to {MAX_ALLOCATOR_CONCURRENCY}).",
 )
 Rounds = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_ROUNDS)]
 ROUNDS = _shown(
-    1, "Rounds", f"Deploy-then-remove rounds of the reproduction (1 to {MAX_ALLOCATOR_ROUNDS})."
+    _ALLOCATOR["rounds"].default,
+    "Rounds",
+    f"Deploy-then-remove rounds of the reproduction (1 to {MAX_ALLOCATOR_ROUNDS}).",
 )
 CANARY = _shown(
     False,

@@ -18,22 +18,21 @@ from pvcheck.claims import differing_commands, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.errors import HostBusy
 from pvcheck.evidence import write_review
-from pvcheck.facts import HostFacts
 from pvcheck.history import read_history
+from pvcheck.hostfacts import HostFacts
 from pvcheck.pinned import pinned_path
-from pvcheck.records import Check, Family, Gate, format_ts
+from pvcheck.protocol import GateClaim, parse_claims
+from pvcheck.records import Check, Family, Gate, Verdict, format_ts
 from pvcheck.review import (
     Comparison,
-    Finding,
-    GateClaim,
     Recorded,
-    ReviewResult,
     compare_allocator,
     compare_evidence,
     compare_totals,
-    parse_claims,
+    judge_review,
     read_recorded,
 )
+from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.runs import HostLock
 from pvcheck.seams import Seams
 from pvcheck.stacks import list_residue, residue_names
@@ -217,14 +216,14 @@ def _review(cfg: Config) -> State:
         result.churn = compared.churn
     result.findings += m1_findings + m2_findings
     result.at = format_ts(datetime.now(UTC))
-    result.judge()
+    judge_review(result)
     for gate, verdict in result.verdicts.items():
-        log.info("gate %s: %s", gate, verdict)
+        log.info("gate %s: %s", gate, verdict.label)
     written = write_review(result, cfg)
     result.evidence, result.docs = written.paths, written.docs
     for line in written.docs.lines():
         log.warning("%s", line)
-    message = ", ".join(f"{g} {v}" for g, v in result.verdicts.items())
-    if result.verdict != "pass":
+    message = ", ".join(f"{g} {v.label}" for g, v in result.verdicts.items())
+    if result.verdict != Verdict.PASS:
         return Failed(message=f"pvcheck review: {message}", data=result)
     return Completed(message=f"pvcheck review: {message}", data=result)

@@ -24,21 +24,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pvcheck.capacity import HeldCount, count_held, fill, ipam_status
+from pvcheck.compose import dump_compose, inject_labels
 from pvcheck.config import AllocatorConfig, Config
-from pvcheck.facts import NetworkFacts, attribute, parse_network, settle_network
-from pvcheck.records import Check, Family, Gate, Status, format_ts, skipped
+from pvcheck.hostfacts import NetworkFacts, attribute, parse_network, settle_network
+from pvcheck.records import FIGURES, Check, Family, Gate, Status, format_ts, skipped
 from pvcheck.safeio import writable_by_others
 from pvcheck.seams import Seams, SwarmApi
 from pvcheck.stackcli import StackError
-from pvcheck.stackfile import dump_compose, inject_labels
 from pvcheck.stacks import remove_services_gently
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, POLL_S
 
 log = logging.getLogger(__name__)
 
 KINDS = ("vips", "task_ips", "lb_endpoints", "containers")
-# baseline, peak and after of a reproduction, as recorded in the report and the history.
-FIGURES = ("used_before", "peak", "used_after", "leaked_total")
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class RoundFigures:
     allocated: bool  # every throwaway task got its addresses (reached running)
     settled: bool  # our addresses were all released (not merely stopped changing)
     seconds: float
-    leaked_total: int = 0  # addresses only the throwaways can explain (see facts.attribute)
+    leaked_total: int = 0  # addresses only the throwaways can explain (see hostfacts.attribute)
     others: int = 0  # change from unrelated services on the shared network (churn)
     # The stacks' own networks (one each, beside the shared one): those `docker stack rm`
     # left behind (a task still held them: the race), and those still there once their

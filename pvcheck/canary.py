@@ -10,14 +10,11 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-import docker.types
-
-from pvcheck.guard import count_with
-from pvcheck.logscan import LogSource
+from pvcheck.procs import count_with
 from pvcheck.records import VIP_SIGNATURE
-from pvcheck.seams import SwarmApi
-from pvcheck.stacks import local_image_ref, remove_labelled
-from pvcheck.swarm import LABEL_LAB, LABEL_ROLE, LABEL_RUN, Swarm
+from pvcheck.seams import LogSource, SwarmApi
+from pvcheck.stacks import remove_labelled
+from pvcheck.swarm import LABEL_LAB, LABEL_ROLE, LABEL_RUN
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +23,7 @@ CANARY_SERVICES = 7
 
 
 def run_canary(
-    swarm: Swarm,
+    swarm: SwarmApi,
     run_id: str,
     image: str,
     detect: list[str],
@@ -40,27 +37,11 @@ def run_canary(
     since = datetime.now(UTC) - timedelta(seconds=2)
     try:
         log.info("docker network create -d overlay --subnet %s %s", CANARY_SUBNET, net)
-        swarm.call(
-            swarm.api.create_network,
-            net,
-            driver="overlay",
-            labels=labels,
-            scope="swarm",
-            ipam=docker.types.IPAMConfig(
-                pool_configs=[docker.types.IPAMPool(subnet=CANARY_SUBNET)]
-            ),
-        )
+        net_id = swarm.create_overlay(net, CANARY_SUBNET, labels)
+        # Services without tasks: each still needs a VIP, so the last two are refused with
+        # the real signature, and there is no task whose removal could race the allocator.
         for i in range(1, CANARY_SERVICES + 1):
-            swarm.call(
-                swarm.client.services.create,
-                local_image_ref(swarm, image),
-                command=["sleep", "3600"],
-                name=f"{net}-{i}",
-                labels=labels,
-                container_labels=labels,
-                networks=[net],
-                stop_signal="KILL",
-            )
+            swarm.create_probe_service(f"{net}-{i}", image, labels, net_id)
         deadline = time.monotonic() + timeout_s
         count = 0
         while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pvcheck.allocator import engine_leak_text, forecasts
 from pvcheck.config import Config, RouteConfig
-from pvcheck.facts import NetworkFacts
+from pvcheck.hostfacts import NetworkFacts
 from pvcheck.hosts import host_for
 from pvcheck.records import GATES, VIP_SIGNATURE, Gate, parse_ts
 from pvcheck.report import Report

@@ -1,7 +1,8 @@
 """The validated TOML config: one file describes the target host, its checks and the run's caps.
 
-Every field is documented in README.md. Bad input raises ConfigError naming file and field.
-Relative paths are resolved against the config file's folder.
+Every field carries a description; docs/config.md is generated from them
+(`pvcheck config reference`, pvcheck.configref). Bad input raises ConfigError naming file
+and field. Relative paths are resolved against the config file's folder.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from pydantic import (
     model_validator,
 )
 
+from pvcheck.compose import load_compose, read_env_file, unset_variables
 from pvcheck.errors import ConfigError, StateFileError
 from pvcheck.records import VIP_SIGNATURE
 from pvcheck.safeio import read_capped, require_root_only
-from pvcheck.stackfile import load_compose, read_env_file, unset_variables
 from pvcheck.statefiles import DocsPaths
 
 # The built-in lab's config: the default of every command and flow parameter.
@@ -117,22 +118,56 @@ class Section(BaseModel):
 class SshConfig(Section):
     """How an ssh:// target is reached (the system ssh client; host keys always verified)."""
 
-    identity_file: ConfigPath | None = None
-    known_hosts: ConfigPath | None = None  # None: ssh's own ~/.ssh/known_hosts
-    connect_timeout_s: float = Field(10.0, gt=0, le=120)
-    docker_socket: str = Field("/var/run/docker.sock", pattern=r"^/[A-Za-z0-9._/-]+$")
+    identity_file: ConfigPath | None = Field(
+        None, description="private key for the ssh login; unset: ssh's own keys"
+    )
+    known_hosts: ConfigPath | None = Field(
+        None,
+        description="known_hosts file the host key is checked against; "
+        "unset: ssh's own ~/.ssh/known_hosts",
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="ssh connect timeout, in seconds"
+    )
+    docker_socket: str = Field(
+        "/var/run/docker.sock",
+        pattern=r"^/[A-Za-z0-9._/-]+$",
+        description="path of the Docker Engine's unix socket on the remote host",
+    )
 
 
 class TargetConfig(Section):
-    name: Name = "local"
-    docker_host: str = "unix:///var/run/docker.sock"
-    timeout_s: float = Field(10.0, gt=0, le=300)
-    api_attempts: int = Field(3, ge=1, le=10)
-    # How long docker calls ride out an engine that stopped answering mid-run (a restart).
-    reconnect_s: float = Field(60.0, ge=0, le=600)
-    # Where the host lock and the registry of started runs live (on the machine pvcheck runs on).
-    state_dir: ConfigPath = Path("/var/lib/pvcheck")
-    ssh: SshConfig = SshConfig()
+    name: Name = Field(
+        "local", description="the target's name: shown in evidence, names its served deployments"
+    )
+    docker_host: str = Field(
+        "unix:///var/run/docker.sock",
+        description="the docker endpoint: unix://PATH, tcp://HOST:PORT or ssh://[user@]host[:port]",
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, le=300, description="timeout of each docker API call, in seconds"
+    )
+    api_attempts: int = Field(
+        3, ge=1, le=10, description="attempts for a docker API call that fails transiently"
+    )
+    reconnect_s: float = Field(
+        60.0,
+        ge=0,
+        le=600,
+        description="seconds docker calls ride out an engine that stopped answering mid-run "
+        "(a dockerd restart) before the run fails; an engine unreachable at start fails at "
+        "once (exit 3)",
+    )
+    state_dir: ConfigPath = Field(
+        Path("/var/lib/pvcheck"),
+        description="folder of the host lock and the registry of started runs, on the "
+        "machine pvcheck runs on",
+    )
+    ssh: SshConfig = Field(
+        SshConfig(),
+        description="how an ssh:// target is reached: the system ssh client, host keys "
+        "always verified",
+    )
 
     @field_validator("docker_host")
     @classmethod
@@ -145,51 +180,105 @@ class TargetConfig(Section):
 
 
 class NetworkConfig(Section):
-    name: Name = "proxy"
-    subnet: Subnet
-    driver: Name = "overlay"
-    headroom_warn_pct: float = Field(25.0, ge=0, le=100)
+    name: Name = Field("proxy", description="name of the shared overlay network")
+    subnet: Subnet = Field(description="the subnet the network must have (IPv4 CIDR, no host bits)")
+    driver: Name = Field("overlay", description="the driver the network must have")
+    headroom_warn_pct: float = Field(
+        25.0,
+        ge=0,
+        le=100,
+        description="facts.headroom fails when less than this share of the subnet is free, "
+        "in percent (docker's ip-util-check warns at 75 % use)",
+    )
 
 
 class ServicesConfig(Section):
-    control_plane: list[Name] = Field(min_length=1)
-    restart_window_h: float = Field(24.0, gt=0, le=24 * 30)
+    control_plane: list[Name] = Field(
+        min_length=1, description="swarm services that must run all their desired replicas"
+    )
+    restart_window_h: float = Field(
+        24.0, gt=0, le=24 * 30, description="window for counting recent failed tasks, in hours"
+    )
 
 
 class RouteConfig(Section):
-    name: Name
-    url: Url
-    connect_to: HostPort | None = None
-    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
-        default_factory=lambda: [200], min_length=1
+    name: Name = Field(description="unique route name; its check is route.NAME")
+    url: Url = Field(description="http(s) URL; its host is the Host header and the TLS SNI")
+    connect_to: HostPort | None = Field(
+        None,
+        description="HOST:PORT to connect to instead of the URL's host (like curl "
+        "--connect-to); unset: http.connect_to, else the URL's host",
     )
-    body_contains: str | None = Field(None, max_length=1024)
-    verify_tls: bool = True
-    # A CA bundle (PEM) to verify this route's certificate with, instead of the system's.
-    ca_bundle: ConfigPath | None = None
-    core: bool = True
-    # "here": from where pvcheck runs; "host": from the target host itself (ssh host curl).
-    check_from: Literal["here", "host"] = "here"
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: [200],
+        min_length=1,
+        description="accepted HTTP status codes (redirects are not followed)",
+    )
+    body_contains: str | None = Field(
+        None, max_length=1024, description="text the response body must contain"
+    )
+    verify_tls: bool = Field(
+        True, description="verify the TLS certificate; turning it off is shown in STATUS"
+    )
+    ca_bundle: ConfigPath | None = Field(
+        None,
+        description="PEM CA bundle to verify this route's certificate with instead of the "
+        "system's CAs (also given to the HOW curl commands as --cacert); unset: "
+        "http.ca_bundle, else the system's",
+    )
+    core: bool = Field(
+        True,
+        description="a core route that is down holds back all new test traffic (re-probed "
+        "before the deploy proof and before the reproduction)",
+    )
+    check_from: Literal["here", "host"] = Field(
+        "here",
+        description="here: probed from where pvcheck runs; host: by curl on the target host "
+        "over ssh",
+    )
 
 
 class HttpConfig(Section):
-    timeout_s: float = Field(5.0, gt=0, le=120)
-    attempts: int = Field(3, ge=1, le=10)
-    backoff_s: float = Field(0.5, ge=0, le=30)
-    concurrency: int = Field(16, ge=1, le=64)
-    # Defaults for every route that does not set its own: where to connect (the host's own
-    # Traefik) and which CA to trust. An overlay config moves all routes by changing these.
-    connect_to: HostPort | None = None
-    ca_bundle: ConfigPath | None = None
+    timeout_s: float = Field(
+        5.0, gt=0, le=120, description="hard timeout of each attempt, in seconds"
+    )
+    attempts: int = Field(3, ge=1, le=10, description="attempts per route probe")
+    backoff_s: float = Field(
+        0.5,
+        ge=0,
+        le=30,
+        description="multiplier of the exponential backoff between attempts, in seconds "
+        "(at most 10 s a wait)",
+    )
+    concurrency: int = Field(16, ge=1, le=64, description="routes probed at once")
+    connect_to: HostPort | None = Field(
+        None,
+        description="connect_to of every route (and the compose recipe's route) that sets "
+        "none, such as the host's own Traefik: an overlay config moves all routes at once",
+    )
+    ca_bundle: ConfigPath | None = Field(
+        None, description="ca_bundle of every route that sets none"
+    )
 
 
 class LogsConfig(Section):
-    source: Literal["journald", "file", "command"]
-    unit: Name = "docker"
-    path: ConfigPath | None = None
-    command: list[str] | None = None
-    window_h: float = Field(26.0, gt=0, le=24 * 30)
-    max_lines: int = Field(50, ge=1, le=10_000)
+    source: Literal["journald", "file", "command"] = Field(
+        description="where the docker log is read; a log that cannot be read (missing file, "
+        "failing command, no journal) makes the log checks ERROR, never a clean scan"
+    )
+    unit: Name = Field(
+        "docker", description="journald unit (journalctl -u UNIT --since … --until …)"
+    )
+    path: ConfigPath | None = Field(None, description="the log file (source = file)")
+    command: list[str] | None = Field(
+        None,
+        description="argument list that prints the log (source = command; never through a "
+        "shell); {since} and {until} are replaced",
+    )
+    window_h: float = Field(
+        26.0, gt=0, le=24 * 30, description="scan window before the run, in hours"
+    )
+    max_lines: int = Field(50, ge=1, le=10_000, description="matching lines kept in the evidence")
 
     @model_validator(mode="after")
     def _source_has_its_field(self) -> LogsConfig:
@@ -209,29 +298,55 @@ class FunctionalCheck(Section):
     """A page of the deployed app and text it must show. Placeholders: {stack}, {domain},
     {secret_sha256:KEY} (the hash of the app secret KEY pvcheck generated)."""
 
-    path: str = Field(pattern=r"^/[A-Za-z0-9._~/-]*$", max_length=200)
-    body: str = Field(min_length=1, max_length=500)
+    path: str = Field(
+        pattern=r"^/[A-Za-z0-9._~/-]*$",
+        max_length=200,
+        description="URL path of the page on the app's domain",
+    )
+    body: str = Field(
+        min_length=1,
+        max_length=500,
+        description="text the page must show; {stack}, {domain}, {secret_sha256:KEY} are replaced",
+    )
 
 
 class ComposeDriverConfig(Section):
-    file: ConfigPath
-    # The app's variables, as abra reads them (`KEY=VALUE` lines); STACK_NAME and DOMAIN
-    # are set by pvcheck.
-    env_file: ConfigPath | None = None
-    domain: str | None = Field(None, pattern=_DOMAIN_RE)
-    # The upgrade: the same recipe with these variables changed (a new version), and/or
-    # another compose file; upgrade_body is text the upgraded app's page shows.
-    upgrade_file: ConfigPath | None = None
-    upgrade_env: dict[str, str] = Field(default_factory=dict, max_length=50)
-    upgrade_body: str | None = Field(None, max_length=500)
-    route: RouteConfig
-    backup_restore: str | None = Field(
-        None, description="why backup/restore does not apply; None means not declared"
+    file: ConfigPath = Field(description="the recipe's compose file")
+    env_file: ConfigPath | None = Field(
+        None,
+        description="the app's env file (KEY=VALUE lines, as abra reads them); pvcheck sets "
+        "STACK_NAME (unique to the run) and DOMAIN",
     )
-    # Where the app serves its backed-up path (the lab recipe: /data/); unset, the restored
-    # marker is read inside the app instead of through the route.
-    backup_served_at: str | None = Field(None, pattern=r"^/[A-Za-z0-9._~/-]*$", max_length=200)
-    functional: list[FunctionalCheck] = Field(default_factory=list, max_length=20)
+    domain: str | None = Field(
+        None, pattern=_DOMAIN_RE, description="the app's domain; unset: DOMAIN from env_file"
+    )
+    upgrade_file: ConfigPath | None = Field(
+        None, description="the compose file the upgrade deploys; unset: file"
+    )
+    upgrade_env: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="variables the upgrade changes (the next version)",
+    )
+    upgrade_body: str | None = Field(
+        None, max_length=500, description="text the upgraded app's page shows"
+    )
+    route: RouteConfig = Field(description="the app's route; its page must show body_contains")
+    backup_restore: str | None = Field(
+        None,
+        description="why backup/restore does not apply; unset: not declared, and the service "
+        "labelled backupbot.backup=true is backed up from backupbot.backup.path",
+    )
+    backup_served_at: str | None = Field(
+        None,
+        pattern=r"^/[A-Za-z0-9._~/-]*$",
+        max_length=200,
+        description="URL path where the app serves its backed-up folder (the lab recipe: "
+        "/data/); unset: the restored marker is read inside the app, not through the route",
+    )
+    functional: list[FunctionalCheck] = Field(
+        default_factory=list, max_length=20, description="pages the functional tier checks"
+    )
 
     @model_validator(mode="after")
     def _files_deploy_with_this_env(self) -> ComposeDriverConfig:
@@ -253,20 +368,39 @@ class ComposeDriverConfig(Section):
 
 
 class CommandDriverConfig(Section):
-    argv: list[str] = Field(min_length=1)
-    results: ConfigPath
-    timeout_s: float = Field(1800.0, gt=0, le=6 * 3600)
+    argv: list[str] = Field(
+        min_length=1, description="the harness command, an argument list (never a shell)"
+    )
+    results: ConfigPath = Field(description="the results.json the harness writes")
+    timeout_s: float = Field(
+        1800.0, gt=0, le=6 * 3600, description="deadline of the harness, in seconds"
+    )
 
 
 class DroneDriverConfig(Section):
-    url: Url
-    repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-    branch: str = Field("main", pattern=r"^[A-Za-z0-9_./-]+$")
-    token_env: str = Field("DRONE_TOKEN", pattern=r"^[A-Z_][A-Z0-9_]*$")
-    token_block: Name | None = None
-    recipe_param: Name = "RECIPE"
-    timeout_s: float = Field(3600.0, gt=0, le=6 * 3600)
-    poll_s: float = Field(10.0, gt=0, le=300)
+    url: Url = Field(description="the Drone server's URL (no user:password@ in it)")
+    repo: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="the Drone repository that runs the harness, OWNER/NAME",
+    )
+    branch: str = Field(
+        "main", pattern=r"^[A-Za-z0-9_./-]+$", description="the branch the build runs"
+    )
+    token_env: str = Field(
+        "DRONE_TOKEN",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="environment variable holding the Drone token",
+    )
+    token_block: Name | None = Field(
+        None, description="Prefect Secret block holding the Drone token, instead of token_env"
+    )
+    recipe_param: Name = Field("RECIPE", description="build parameter that names the recipe")
+    timeout_s: float = Field(
+        3600.0, gt=0, le=6 * 3600, description="deadline of the build, in seconds"
+    )
+    poll_s: float = Field(
+        10.0, gt=0, le=300, description="seconds between looks at the build's state"
+    )
 
 
 def _regex(value: str) -> str:
@@ -281,31 +415,76 @@ Regex = Annotated[str, Field(max_length=500), AfterValidator(_regex)]
 
 
 class ActiveRunsConfig(Section):
-    folder: ConfigPath | None = None
-    # Stacks of another harness run; stacks holding a control-plane service never count.
-    # Unset: deploy.stack_pattern.
-    stack_pattern: Regex | None = None
-    # Files whose existence means a sweep (e.g. the weekly upgrade run) is in progress.
-    markers: list[ConfigPath] = Field(default_factory=list, max_length=20)
-    # Ask the Drone API (deploy.drone) for running builds too.
-    drone_builds: bool = True
-    wait_s: float = Field(300.0, ge=0, le=6 * 3600)
+    folder: ConfigPath | None = Field(
+        None,
+        description="the harness's active-run folder: each entry is a run in progress "
+        "(one that cannot be listed counts as busy)",
+    )
+    stack_pattern: Regex | None = Field(
+        None,
+        description="regular expression of another harness run's stacks (stacks holding a "
+        "control-plane service never count); unset: deploy.stack_pattern",
+    )
+    markers: list[ConfigPath] = Field(
+        default_factory=list,
+        max_length=20,
+        description="files whose existence means a sweep (such as the weekly upgrade run) "
+        "is in progress",
+    )
+    drone_builds: bool = Field(
+        True, description="also ask the Drone API (deploy.drone, when set) for running builds"
+    )
+    wait_s: float = Field(
+        300.0,
+        ge=0,
+        le=6 * 3600,
+        description="how long to wait for other runs before ending INCOMPLETE, in seconds",
+    )
 
 
 class DeployConfig(Section):
-    driver: Literal["compose", "command", "drone"]
-    recipe: Name
-    tiers: list[Tier] = Field(default_factory=lambda: list(DEFAULT_TIERS), min_length=1)
-    # The stack an external harness deploys the recipe as (command/drone drivers), when it is
-    # fixed; harnesses that generate names (cc-ci: `<4>-<6 hex>_ci_commoninternet_net`) are
-    # matched by stack_pattern. Attachment sampling and the teardown check watch that stack.
-    stack: Name | None = None
-    stack_pattern: Regex | None = None
-    converge_timeout_s: float = Field(120.0, gt=0, le=3600)
-    compose: ComposeDriverConfig | None = None
-    command: CommandDriverConfig | None = None
-    drone: DroneDriverConfig | None = None
-    active_runs: ActiveRunsConfig = ActiveRunsConfig()
+    driver: Literal["compose", "command", "drone"] = Field(
+        description="how the recipe is deployed: compose (docker stack deploy by pvcheck), "
+        "command (the operator's harness) or drone (a Drone build); its section is required"
+    )
+    recipe: Name = Field(description="the recipe the deploy proof deploys")
+    tiers: list[Tier] = Field(
+        default_factory=lambda: list(DEFAULT_TIERS),
+        min_length=1,
+        description="tiers the recipe must pass",
+    )
+    stack: Name | None = Field(
+        None,
+        description="the fixed stack an external harness deploys the recipe as "
+        "(command/drone drivers); attachment sampling and the teardown check watch it; "
+        "unset: the recipe's name, unless stack_pattern is set",
+    )
+    stack_pattern: Regex | None = Field(
+        None,
+        description="regular expression of the stacks a harness generates (cc-ci: "
+        "^[a-z0-9]{4}-[0-9a-f]{6}_ci_commoninternet_net$): the run's stack is found by it, "
+        "and other stacks matching it count as active runs",
+    )
+    converge_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="deadline for the recipe to run and its route to answer, in seconds",
+    )
+    compose: ComposeDriverConfig | None = Field(
+        None, description="the compose driver: pvcheck deploys the recipe itself"
+    )
+    command: CommandDriverConfig | None = Field(
+        None, description="the command driver: the operator's harness deploys the recipe"
+    )
+    drone: DroneDriverConfig | None = Field(
+        None, description="the Drone driver: a Drone build deploys the recipe"
+    )
+    active_runs: ActiveRunsConfig = Field(
+        ActiveRunsConfig(),
+        description="what counts as another run or sweep in progress; while one is, no new "
+        "test traffic starts, and anything that cannot be read counts as busy",
+    )
 
     @model_validator(mode="after")
     def _driver_has_its_section(self) -> DeployConfig:
@@ -315,47 +494,110 @@ class DeployConfig(Section):
 
 
 class AllocatorConfig(Section):
-    batch: int = Field(5, ge=1, le=MAX_ALLOCATOR_BATCH)
-    concurrency: int = Field(5, ge=1, le=MAX_ALLOCATOR_CONCURRENCY)
-    rounds: int = Field(1, ge=1, le=MAX_ALLOCATOR_ROUNDS)
-    image: str = Field("local/busybox:1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,200}$")
+    batch: int = Field(
+        5, ge=1, le=MAX_ALLOCATOR_BATCH, description="throwaway stacks per round (hard cap)"
+    )
+    concurrency: int = Field(
+        5,
+        ge=1,
+        le=MAX_ALLOCATOR_CONCURRENCY,
+        description="stacks deployed or removed at once (hard cap)",
+    )
+    rounds: int = Field(
+        1, ge=1, le=MAX_ALLOCATOR_ROUNDS, description="deploy-then-remove rounds (hard cap)"
+    )
+    image: str = Field(
+        "local/busybox:1",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:@-]{0,200}$",
+        description="image of the throwaway services",
+    )
     leak_tolerance: int = Field(
         2, ge=0, description="leaked addresses per round that still pass (any leak is reported)"
     )
-    headroom_floor_pct: float = Field(50.0, ge=0, le=100)
-    settle_timeout_s: float = Field(90.0, gt=0, le=1800)
-    # The leak rounds run on a throwaway overlay of this subnet that plays the shared
-    # network's role (external to every throwaway stack), never on the real one: what the
-    # race leaks dies with that network (moby#37338; swarmkit#3230).
-    scratch_subnet: Subnet = "10.254.0.0/24"
-    # Published ports take ingress addresses, which leak the same way: off unless asked for
-    # (and then only while ingress stays above the floor).
-    publish_ports: bool = False
-    # Throwaways stop as real apps do: SIGTERM, then this grace before SIGKILL.
-    stop_grace_s: float = Field(10.0, ge=1, le=120)
-    # "concurrent": every stack removed at once by `docker stack rm` (the incident's
-    # pattern); "services-first": services removed, their tasks waited for, then the stacks
-    # (docker/cli#7304's mitigation).
-    removal: Literal["concurrent", "services-first"] = "concurrent"
-    # After the rounds, fill the scratch network until the allocator refuses: the
-    # allocator's own count of what leaked, on engines without IPAM status (API < 1.52).
-    capacity_probe: bool = True
-    # Ingress headroom on engines without IPAM status: create at most this many minimal
-    # published-port services (never more than the floor needs), then remove them.
-    ingress_probe_max: int = Field(256, ge=0, le=1024)
-    # GC-race lines (`key modified`, `network … remove failed`) in the run's window: a
-    # warning, and a failure from this many on (None: never a failure).
-    gc_race_fail: int | None = Field(None, ge=1)
-    # M2 fails when either network would run out sooner than this at the measured leak.
-    horizon_days: float = Field(30.0, gt=0, le=3650)
-    # Task removals per day on the host, for the forecast: counted from the harness's run
-    # folders (entries changed in the last 7 days) when `runs_dir` is set, else this figure.
-    runs_dir: ConfigPath | None = None
-    removals_per_day: float = Field(20.0, ge=0, le=100000)
-    tasks_per_run: int = Field(2, ge=1, le=1000)
-    # Published-port task removals a day: what leaks on ingress (recipes behind a reverse
-    # proxy publish none).
-    ingress_removals_per_day: float = Field(0.0, ge=0, le=100000)
+    headroom_floor_pct: float = Field(
+        50.0,
+        ge=0,
+        le=100,
+        description="no reproduction below this free share of a network, in percent "
+        "(alloc.headroom fails below it afterwards)",
+    )
+    settle_timeout_s: float = Field(
+        90.0,
+        gt=0,
+        le=1800,
+        description="deadline for the allocator to release addresses, in seconds",
+    )
+    scratch_subnet: Subnet = Field(
+        "10.254.0.0/24",
+        description="subnet of the scratch overlay the rounds race on, in the shared "
+        "network's role (never on the real one: what leaks dies with it); must hold "
+        "2 x batch x (rounds + 1) addresses and overlap no network (checked at run time)",
+    )
+    publish_ports: bool = Field(
+        False,
+        description="throwaways publish a port in ingress mode; those take ingress "
+        "addresses, which leak the same way (only while ingress stays above the floor)",
+    )
+    stop_grace_s: float = Field(
+        10.0,
+        ge=1,
+        le=120,
+        description="throwaways stop as real apps do: SIGTERM, then this grace before "
+        "SIGKILL, in seconds",
+    )
+    removal: Literal["concurrent", "services-first"] = Field(
+        "concurrent",
+        description="concurrent: every stack removed at once by docker stack rm (the "
+        "incident's pattern); services-first: services removed, their tasks waited for, then "
+        "the stacks (the docker/cli#7304 mitigation)",
+    )
+    capacity_probe: bool = Field(
+        True,
+        description="after the rounds, fill the scratch network until the allocator refuses: "
+        "its own count of what leaked on engines without IPAM status (API < 1.52)",
+    )
+    ingress_probe_max: int = Field(
+        256,
+        ge=0,
+        le=1024,
+        description="ingress headroom on engines without IPAM status: at most this many "
+        "minimal published-port services, never more than the floor needs (0: the endpoint "
+        "list only)",
+    )
+    gc_race_fail: int | None = Field(
+        None,
+        ge=1,
+        description="GC-race lines (key modified, network … remove failed) in the run's "
+        "window from which logs.gc-race fails; fewer are a warning; unset: never a failure",
+    )
+    horizon_days: float = Field(
+        30.0,
+        gt=0,
+        le=3650,
+        description="alloc.forecast fails when the shared network or ingress would run out "
+        "sooner than this at the measured leak, in days",
+    )
+    runs_dir: ConfigPath | None = Field(
+        None,
+        description="the harness's run folders: entries changed in the last 7 days x "
+        "tasks_per_run give the removal rate; unset: removals_per_day",
+    )
+    removals_per_day: float = Field(
+        20.0,
+        ge=0,
+        le=100000,
+        description="task removals a day on the host, for the forecast, when runs_dir is unset",
+    )
+    tasks_per_run: int = Field(
+        2, ge=1, le=1000, description="tasks removed per harness run (with runs_dir)"
+    )
+    ingress_removals_per_day: float = Field(
+        0.0,
+        ge=0,
+        le=100000,
+        description="published-port task removals a day: what leaks on ingress (recipes "
+        "behind a reverse proxy publish none)",
+    )
 
     @model_validator(mode="after")
     def _scratch_fits(self) -> AllocatorConfig:
@@ -382,12 +624,31 @@ def default_signature_part(signature: str) -> str:
 
 
 class GuardConfig(Section):
-    file: ConfigPath
-    section: str = Field("0", min_length=1, max_length=200)
-    signature: str = Field(VIP_SIGNATURE, min_length=10, max_length=500)
-    # What the Step-0 grep's pattern must contain (a part of `signature`); unset: see above.
-    signature_part: str | None = Field(None, min_length=10, max_length=500)
-    detect_command: list[str] | None = None
+    file: ConfigPath = Field(description="the upgrade procedure, a Markdown file")
+    section: str = Field(
+        "0",
+        min_length=1,
+        max_length=200,
+        description="what the Step-0 section's heading starts with (0, Step 0)",
+    )
+    signature: str = Field(
+        VIP_SIGNATURE,
+        min_length=10,
+        max_length=500,
+        description="the docker log line the guard must detect (default: the VIP one)",
+    )
+    signature_part: str | None = Field(
+        None,
+        min_length=10,
+        max_length=500,
+        description="the part of signature the Step-0 grep's pattern must contain; unset: "
+        "'while allocating VIP' for the VIP signature, all of another",
+    )
+    detect_command: list[str] | None = Field(
+        None,
+        description="argument list that counts the signature on stdin; unset: the section's "
+        "… | grep … stage (never through a shell)",
+    )
 
     @model_validator(mode="after")
     def _part_of_the_signature(self) -> GuardConfig:
@@ -409,21 +670,42 @@ _AUTHOR_RE = r"^[^<>\x00-\x1f\x7f\"]{1,100} <[^<>\s\x00-\x1f\x7f\"]{1,100}>$"
 
 
 class DocsConfig(Section):
-    dir: ConfigPath
-    phase: Name = "pvcheck"
-    precondition_phase: Name = "pvfix"
-    # `pvcheck done` accepts a review PASS at most this old (and newer than the claim).
-    freshness_h: float = Field(24.0, gt=0, le=24 * 30)
-    # "latest": a new claim withdraws `## DONE` until the review passes it (DONE always
-    # speaks for the newest evidence); "first": DONE stays while later runs pass.
-    done_follows: Literal["latest", "first"] = "latest"
-    # Commit pvcheck's own files when the folder is inside a git work tree (never pushed
-    # unless push = true; never with --no-verify).
-    commit: bool = False
-    push: bool = False
-    author: str = Field("pvcheck <pvcheck@localhost>", pattern=_AUTHOR_RE, max_length=200)
-    # REVIEW's size bound: older entries roll over to REVIEW-<phase>.archive.md.
-    review_max_kb: int = Field(256, ge=4, le=4 * 1024)  # well under MAX_STATE_BYTES
+    dir: ConfigPath = Field(description="the machine-docs folder of the state files")
+    phase: Name = Field("pvcheck", description="phase id in the state files' names")
+    precondition_phase: Name = Field(
+        "pvfix", description="phase whose STATUS must hold ## DONE (a precondition)"
+    )
+    freshness_h: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 30,
+        description="pvcheck done accepts a review PASS at most this old (and newer than "
+        "the claim), in hours",
+    )
+    done_follows: Literal["latest", "first"] = Field(
+        "latest",
+        description="latest: a new claim withdraws ## DONE until the review passes it; "
+        "first: DONE stays while later runs pass",
+    )
+    commit: bool = Field(
+        False,
+        description="commit pvcheck's own files after run, review and done when the folder "
+        "is inside a git work tree (never with --no-verify)",
+    )
+    push: bool = Field(False, description="push those commits too")
+    author: str = Field(
+        "pvcheck <pvcheck@localhost>",
+        pattern=_AUTHOR_RE,
+        max_length=200,
+        description="author of those commits, Name <email>",
+    )
+    review_max_kb: int = Field(  # well under MAX_STATE_BYTES
+        256,
+        ge=4,
+        le=4 * 1024,
+        description="REVIEW's size bound, in KiB: older entries roll over to "
+        "REVIEW-<phase>.archive.md",
+    )
 
     @property
     def paths(self) -> DocsPaths:
@@ -440,29 +722,59 @@ LabHost = Annotated[str, Field(pattern=_HOST_RE)]
 
 
 class StandinConfig(Section):
-    service: Name
-    role: Literal["drone", "dashboard", "bridge", "report", "backups", "socket-proxy"]
-    hosts: list[LabHost] = Field(default_factory=list)  # none: a service without a route
+    service: Name = Field(description="the stand-in's swarm service name")
+    role: Literal["drone", "dashboard", "bridge", "report", "backups", "socket-proxy"] = Field(
+        description="which control-plane service it stands in for"
+    )
+    hosts: list[LabHost] = Field(
+        default_factory=list,
+        description="host names Traefik routes to it; none: a service without a route",
+    )
 
 
 class LabConfig(Section):
-    http_port: int = Field(18080, ge=1024, le=65535)
-    # A TLS entrypoint (certificates from the lab's own CA under state_dir) on this port.
-    tls_port: int | None = Field(None, ge=1024, le=65535)
-    tls_domains: list[LabHost] = Field(default_factory=list)
-    state_dir: ConfigPath = Path("/var/lib/pvcheck-lab/default")
-    dockerd_log: ConfigPath = Path("/var/log/pvcheck-lab/dockerd.log")
-    traefik_service: Name = "lab-traefik_app"
-    traefik_hosts: list[LabHost] = Field(default_factory=lambda: ["traefik.lab.test"])
-    standins: list[StandinConfig] = Field(default_factory=list)
-    # Local tags the target's config names (`busybox:1.36`) for the lab's own images.
-    image_aliases: dict[str, Annotated[str, Field(pattern=r"^[a-z0-9/._-]+:[A-Za-z0-9._-]+$")]] = (
-        Field(default_factory=dict, max_length=10)
+    http_port: int = Field(18080, ge=1024, le=65535, description="Traefik's HTTP port on 127.0.0.1")
+    tls_port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="a TLS entrypoint on this port, certificates from the lab's own CA under "
+        "state_dir; unset: none",
     )
-    # The recipe harness on this host, and whether to serve the Drone API stand-in at
-    # deploy.drone.url (it runs that harness for each build).
-    harness: ConfigPath | None = None
-    drone_api: bool = False
+    tls_domains: list[LabHost] = Field(
+        default_factory=list, description="names the TLS certificate from the lab CA covers"
+    )
+    state_dir: ConfigPath = Field(
+        Path("/var/lib/pvcheck-lab/default"),
+        description="the lab's own files (its CA and certificates, the Drone stand-in's "
+        "token, pid and builds)",
+    )
+    dockerd_log: ConfigPath = Field(
+        Path("/var/log/pvcheck-lab/dockerd.log"),
+        description="where a dockerd the lab starts logs (the lab's docker journal)",
+    )
+    traefik_service: Name = Field("lab-traefik_app", description="the lab's Traefik service name")
+    traefik_hosts: list[LabHost] = Field(
+        default_factory=lambda: ["traefik.lab.test"],
+        description="host names of Traefik's own API route",
+    )
+    standins: list[StandinConfig] = Field(
+        default_factory=list, description="stand-ins for the control-plane services"
+    )
+    image_aliases: dict[str, Annotated[str, Field(pattern=r"^[a-z0-9/._-]+:[A-Za-z0-9._-]+$")]] = (
+        Field(
+            default_factory=dict,
+            max_length=10,
+            description="local tags the target's config names (busybox:1.36) for the lab's "
+            "own images: alias -> image",
+        )
+    )
+    harness: ConfigPath | None = Field(None, description="the recipe harness on this host")
+    drone_api: bool = Field(
+        False,
+        description="serve the Drone API stand-in at deploy.drone.url (it runs the harness "
+        "for each build)",
+    )
 
     @field_validator("image_aliases")
     @classmethod
@@ -474,18 +786,28 @@ class LabConfig(Section):
 
 
 class Config(Section):
-    target: TargetConfig = TargetConfig()
-    network: NetworkConfig
-    services: ServicesConfig
-    routes: list[RouteConfig] = Field(min_length=1)
-    http: HttpConfig = HttpConfig()
-    logs: LogsConfig
-    deploy: DeployConfig | None = None
-    allocator: AllocatorConfig = AllocatorConfig()
-    guard: GuardConfig | None = None
-    docs: DocsConfig
-    lab: LabConfig | None = None
-    source: Path = Field(Path("<memory>"), exclude=True)
+    target: TargetConfig = Field(
+        TargetConfig(), description="the host verified and how pvcheck reaches its engine"
+    )
+    network: NetworkConfig = Field(description="the shared overlay network")
+    services: ServicesConfig = Field(description="the control plane")
+    routes: list[RouteConfig] = Field(
+        min_length=1, description="routes through the reverse proxy, checked concurrently"
+    )
+    http: HttpConfig = Field(HttpConfig(), description="how routes are probed")
+    logs: LogsConfig = Field(description="the docker log scanned for the VIP/IPAM errors")
+    deploy: DeployConfig | None = Field(
+        None, description="the deploy proof: one real recipe deploy that joins the network"
+    )
+    allocator: AllocatorConfig = Field(
+        AllocatorConfig(), description="the allocator reproduction and the forecast"
+    )
+    guard: GuardConfig | None = Field(None, description="the upgrade procedure's Step-0 guard")
+    docs: DocsConfig = Field(description="where the evidence goes (machine-docs)")
+    lab: LabConfig | None = Field(None, description="only in lab configs: the lab's shape")
+    source: Path = Field(
+        Path("<memory>"), exclude=True, description="the file read (set by pvcheck, not a key)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,9 @@
 """Evidence: cold commands a reviewer can paste, pure Markdown rendering, and the one writer.
 
-Rendering is pure (Jinja with StrictUndefined) and golden-tested; write_evidence is the only
-function that touches machine-docs/, through statefiles (atomic, sections kept, journal grows).
+Rendering is pure (Jinja with StrictUndefined) and golden-tested. The functions here are the
+only ones that change machine-docs/ (a run's evidence, a review, an unreachable target, `## DONE`
+set or withdrawn), each under the docs lock and through statefiles (atomic, sections kept,
+journal grows); what the protocol allows is decided by pvcheck.protocol.
 """
 
 from __future__ import annotations
@@ -15,42 +17,50 @@ from typing import Any
 
 import jinja2
 
+from pvcheck.backlog import (
+    BUILD_SECTION,
+    FINDINGS_SECTION,
+    merge_build,
+    merge_findings,
+    parse_backlog,
+)
 from pvcheck.claims import m1_claim, m2_claim
 from pvcheck.config import Config
 from pvcheck.gitdocs import commit_docs
-from pvcheck.history import append_history, history_record, read_history, trend_svg
+from pvcheck.history import history_record, read_history, trend_svg
 from pvcheck.masking import redact
 from pvcheck.protocol import (
+    DONE_SECTION,
     Veto,
     append_entries,
+    done_section,
     entry_gate,
     entry_name,
     find_vetoes,
     has_own_done,
+    mark_reviewed,
+    review_withdraws_done,
     roll_over,
+    run_withdraws_done,
     stray_done_lines,
+    unreachable_withdraws_done,
     without_done,
 )
-from pvcheck.records import GATES, Check, Family, Gate, Status, Verdict, parse_ts
+from pvcheck.records import GATES, Family, Gate, Status, Verdict, parse_ts
 from pvcheck.report import DocsOutcome, Report
-from pvcheck.review import (
-    ReviewResult,
-    mark_gate_passed,
-    merge_findings,
-    parse_claims,
-    parse_findings,
-)
-from pvcheck.safeio import append, atomic_write
+from pvcheck.reviewrecord import ReviewResult
 from pvcheck.statefiles import (
     DocsPaths,
+    append_history,
     append_journal,
+    append_only,
     docs_lock,
     one_line_breaks,
     read_state,
     replace_section,
-    section_body,
     sections,
     update_sections,
+    write_whole,
 )
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -131,60 +141,6 @@ def render_journal_entry(report: Report, cfg: Config) -> str:
     return render("journal_entry.md.j2", **_context(report, cfg))
 
 
-_ITEM = re.compile(r"^- \[(?P<done>[ x])\] \*\*(?P<num>B\d+)\*\* `(?P<id>[^`]+)`(?P<rest>.*)$")
-
-
-@dataclass
-class BacklogItem:
-    num: str
-    check_id: str
-    done: bool
-    text: str
-
-
-def parse_backlog(body: str | None) -> list[BacklogItem]:
-    items = []
-    for line in (body or "").splitlines():
-        m = _ITEM.match(line)
-        if m:
-            items.append(BacklogItem(m["num"], m["id"], m["done"] == "x", line))
-    return items
-
-
-def merge_backlog(items: list[BacklogItem], report: Report) -> list[BacklogItem]:
-    """Pure: one item per failing check id (never one per run); fixed ones get ticked."""
-    failing = {c.id: c for c in report.failing}
-    seen = {i.check_id for i in items}
-    out = []
-    for item in items:
-        if item.check_id in failing and item.done:
-            item = _item(item.num, failing[item.check_id], report)
-        elif item.check_id not in failing and not item.done and _ran(report, item.check_id):
-            ticked = item.text.replace("- [ ]", "- [x]", 1)
-            item = BacklogItem(
-                item.num, item.check_id, True, f"{ticked} — passing @{report.finished_at}"
-            )
-        out.append(item)
-    next_num = 1 + max((int(i.num[1:]) for i in items), default=0)
-    for check in report.failing:
-        if check.id not in seen:
-            out.append(_item(f"B{next_num}", check, report))
-            next_num += 1
-    return out
-
-
-def _ran(report: Report, check_id: str) -> bool:
-    return any(c.id == check_id and c.status == Status.PASS for c in report.checks)
-
-
-def _item(num: str, check: Check, report: Report) -> BacklogItem:
-    text = (
-        f"- [ ] **{num}** `{check.id}` ({check.gate}): expected {check.expected}; "
-        f"found {check.found}. {check.detail} — seen in run {report.run_id} @{report.finished_at}"
-    )  # one line when rendered (one_line), like every value
-    return BacklogItem(num, check.id, False, text)
-
-
 @dataclass(frozen=True)
 class Written:
     paths: dict[str, str]  # kind -> file
@@ -199,13 +155,21 @@ def vetoes(paths: DocsPaths) -> list[Veto]:
     )
 
 
+def set_done(paths: DocsPaths, at: str, freshness_h: float) -> None:
+    """Write pvcheck's `## DONE` section in STATUS (what `pvcheck done` decided; call under
+    the docs lock); every other byte of STATUS is kept."""
+    update_sections(
+        paths.status, "", {DONE_SECTION: done_section(at, freshness_h, paths.review.name)}
+    )
+
+
 def withdraw_done(paths: DocsPaths, why: str, at: str) -> str | None:
     """Remove pvcheck's `## DONE` from STATUS and say why in JOURNAL; call under the docs
     lock. Returns the reason when something was withdrawn."""
     text = read_state(paths.status)
     if text is None or not has_own_done(text, str(paths.status)):
         return None
-    atomic_write(paths.status, without_done(text, str(paths.status)))
+    write_whole(paths.status, without_done(text, str(paths.status)))
     stray = stray_done_lines(text, str(paths.status))
     entry = render(
         "journal_withdrawn.md.j2",
@@ -218,30 +182,13 @@ def withdraw_done(paths: DocsPaths, why: str, at: str) -> str | None:
     return why
 
 
-def run_withdraws_done(report: Report, follows: str, standing: list[Veto]) -> str | None:
-    """Pure: why this run's evidence withdraws `## DONE` (None: DONE may stay)."""
-    if standing:
-        return f"VETO at {standing[0].quoted()}"
-    if report.verdict == Verdict.FAIL:
-        failing = ", ".join(c.id for c in report.failing[:5])
-        return f"run {report.run_id} verdict FAIL ({failing})"
-    if report.verdict == Verdict.INCOMPLETE:
-        return f"run {report.run_id} verdict INCOMPLETE: {report.incomplete_reason}"
-    if follows == "latest":
-        return (
-            f"run {report.run_id} made a new claim ({' '.join(g.gate for g in report.gates)}) "
-            'that awaits review (docs.done_follows = "latest")'
-        )
-    return None
-
-
 def claim_message(report: Report, phase: str) -> str:
     """The docs commit's subject for a run: `claim(…)` when it claims a gate."""
     claimed = [g.gate for g in report.gates if g.status == Status.PASS]
     if claimed:
-        tail = "" if report.verdict == Verdict.PASS else f" (verdict {report.verdict.upper()})"
+        tail = "" if report.verdict == Verdict.PASS else f" (verdict {report.verdict.label})"
         return f"claim({phase}): {' '.join(claimed)} by run {report.run_id}{tail}"
-    return f"evidence({phase}): run {report.run_id} {report.verdict.upper()}"
+    return f"evidence({phase}): run {report.run_id} {report.verdict.label}"
 
 
 def write_evidence(report: Report, cfg: Config) -> Written:
@@ -265,11 +212,8 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         standing = vetoes(paths)
         quoted = [v.quoted() for v in standing]
         ctx = _context(report, cfg, quoted)
-        backlog_text = read_state(paths.backlog)
-        items = merge_backlog(
-            parse_backlog(section_body(backlog_text or "", "build-backlog", str(paths.backlog))),
-            report,
-        )
+        backlog = parse_backlog(read_state(paths.backlog), str(paths.backlog))
+        items = merge_build(backlog.build, report)
         read_state(paths.journal)
         why = run_withdraws_done(report, cfg.docs.done_follows, standing)
         will_withdraw = why if has_own_done(status_text, str(paths.status)) else None
@@ -279,8 +223,8 @@ def write_evidence(report: Report, cfg: Config) -> Written:
             withdraw_done(paths, why, report.finished_at)
         append_history(paths.history, history_record(report, _seconds(report)))
         records = read_history(paths.history, limit=30)
-        atomic_write(paths.trend, trend_svg(records))
-        atomic_write(paths.report, dataclasses.replace(report, docs=docs).to_json())
+        write_whole(paths.trend, trend_svg(records))
+        write_whole(paths.report, dataclasses.replace(report, docs=docs).to_json())
         trend = render("status_trend.md.j2", records=records[-10:], svg_src=paths.trend.name)
         update_sections(
             paths.status,
@@ -290,7 +234,7 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         update_sections(
             paths.backlog,
             render("backlog_header.md.j2", **ctx),
-            {"build-backlog": render("backlog_build.md.j2", items=items)},
+            {BUILD_SECTION: render("backlog_build.md.j2", items=items)},
         )
         append_journal(
             paths.journal,
@@ -308,9 +252,7 @@ def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> Docs
     paths = cfg.docs.paths
     with docs_lock(paths.folder):  # the folder's checks, as for every write there
         # DONE first: a journal that cannot be appended to must not keep it standing.
-        withdrawn = withdraw_done(
-            paths, f"run {run_id} could not reach target {cfg.target.name}", at
-        )
+        withdrawn = withdraw_done(paths, unreachable_withdraws_done(run_id, cfg.target.name), at)
         append_journal(
             paths.journal,
             render("journal_header.md.j2", phase=paths.phase),
@@ -333,20 +275,7 @@ def _seconds(report: Report) -> float | None:
 
 
 def review_message(result: ReviewResult, phase: str) -> str:
-    return f"review({phase}): " + ", ".join(f"{g} {v}" for g, v in result.verdicts.items())
-
-
-def review_withdraws_done(result: ReviewResult, standing: list[Veto]) -> str | None:
-    """Pure: why this review withdraws `## DONE` (a failed gate or a standing VETO)."""
-    if standing:
-        return f"VETO at {standing[0].quoted()}"
-    failed = [g for g, v in result.verdicts.items() if v != "PASS"]
-    if not failed:
-        return None
-    found = [f.title for f in result.findings if f.gate in failed][:3]
-    return f"review {result.review_id} failed {' '.join(failed)}" + (
-        ": " + "; ".join(found) if found else ""
-    )
+    return f"review({phase}): " + ", ".join(f"{g} {v.label}" for g, v in result.verdicts.items())
 
 
 def render_review_entries(result: ReviewResult) -> dict[str, str]:
@@ -365,7 +294,7 @@ def render_review_entries(result: ReviewResult) -> dict[str, str]:
             "review_gate.md.j2",
             gate=gate,
             title=GATES[gate],
-            verdict=result.verdicts[gate],
+            verdict=result.verdicts[gate].label,
             at=result.at,
             claim=result.claims[gate],
             review_id=result.review_id,
@@ -391,11 +320,11 @@ def _append_review(paths: DocsPaths, entries: dict[str, str], at: str) -> int:
         if not os.path.lexists(paths.review_archive):  # never read whole: it only grows
             head = render("review_archive_header.md.j2", paths=paths)
         blocks = "".join("\n" + block for block in rolled.moved)
-        append(paths.review_archive, (head + blocks).encode("utf-8"))
+        append_only(paths.review_archive, head + blocks)
         note = f"{len(rolled.moved)} older entries moved to `{paths.review_archive.name}` @{at}.\n"
         new = replace_section(rolled.kept, "archive-note", note, where)
     if new != text:
-        atomic_write(paths.review, new)
+        write_whole(paths.review, new)
     return len(rolled.moved)
 
 
@@ -406,16 +335,15 @@ def write_review(result: ReviewResult, cfg: Config) -> Written:
     paths = cfg.docs.paths
     entries = render_review_entries(result)
     with docs_lock(paths.folder):
-        backlog_text = read_state(paths.backlog)
-        items = merge_findings(
-            parse_findings(
-                section_body(backlog_text or "", "adversary-findings", str(paths.backlog))
-            ),
-            result.findings,
-            result.at,
-        )
+        backlog = parse_backlog(read_state(paths.backlog), str(paths.backlog))
+        items = merge_findings(backlog.findings, result.findings, result.at)
         standing = vetoes(paths)
-        why = review_withdraws_done(result, standing)
+        why = review_withdraws_done(
+            result.review_id,
+            result.verdicts,
+            [(f.gate, f.title) for f in result.findings],
+            standing,
+        )
         # First of the writes: one that fails after it cannot leave an old DONE standing.
         withdrawn = withdraw_done(paths, why, result.at) if why else None
         status_text = read_state(paths.status)  # after the withdrawal: DONE is not written back
@@ -423,22 +351,15 @@ def write_review(result: ReviewResult, cfg: Config) -> Written:
         update_sections(
             paths.backlog,
             render("backlog_header.md.j2", phase=paths.phase),
-            {"adversary-findings": render("backlog_adversary.md.j2", items=items)},
+            {FINDINGS_SECTION: render("backlog_adversary.md.j2", items=items)},
         )
         if status_text is not None:
             # Only the claim this review verified gets its PASS header: re-read under the lock.
-            current = parse_claims(status_text, str(paths.status))
-            new = status_text
-            for name, verdict in result.verdicts.items():
-                reviewed = result.claims[name]
-                same_claim = (current[name].run_id, current[name].claimed_at) == (
-                    reviewed.run_id,
-                    reviewed.claimed_at,
-                )
-                if verdict == "PASS" and same_claim:
-                    new = mark_gate_passed(new, name, result.at, str(paths.status))
+            new = mark_reviewed(
+                status_text, result.verdicts, result.claims, result.at, str(paths.status)
+            )
             if new != status_text:
-                atomic_write(paths.status, new)
+                write_whole(paths.status, new)
         entry = render(
             "journal_review.md.j2",
             result=result,

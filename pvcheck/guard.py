@@ -13,9 +13,10 @@ import shlex
 import time
 from dataclasses import dataclass
 
+from pvcheck.canary import lab_engine_problem, run_canary
 from pvcheck.config import Config, GuardConfig, default_signature_part
 from pvcheck.errors import StateFileError
-from pvcheck.procs import PLAIN_ENV, run_bounded
+from pvcheck.procs import count_with
 from pvcheck.records import VIP_SIGNATURE, Check, Family, Gate, Status, skipped
 from pvcheck.seams import Seams
 from pvcheck.shellreach import MAX_NESTING, Reached, reachable, ssh_remote_command
@@ -528,18 +529,6 @@ def find_recovery(section: GuardSection) -> str | None:
     return judge_recovery(section).line
 
 
-def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | None:
-    """Run a detection command with the sample log on stdin; the count it prints, or None."""
-    try:
-        done = run_bounded(argv, timeout_s, sample.encode(), max_stdout=4096, env=PLAIN_ENV)
-    except OSError:
-        return None
-    if done.rc is None:  # a hostile or hanging command: no count, never a hang
-        return None
-    numbers = re.findall(r"\d+", done.stdout.decode("utf-8", errors="replace"))
-    return int(numbers[-1]) if numbers else None
-
-
 # --- the stage -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Settings:
@@ -633,8 +622,6 @@ def gather(seams: Seams, settings: Settings) -> Observation:
 
 def gather_canary(seams: Seams, settings: Settings, argv: list[str] | None) -> Canary:
     """Lab only: never on a real host, whose Step-0 guard would restart docker on the line."""
-    from pvcheck.canary import lab_engine_problem, run_canary
-
     problem = lab_engine_problem(seams.swarm, settings.docker_host, settings.network)
     if problem or seams.lab_engine is None:
         return Canary(refused=problem or "not the built-in lab's engine")

@@ -1,5 +1,6 @@
-"""Run history: one compact JSON line per run, and a small SVG trend chart of the recent runs
-(endpoints and leaked addresses over time) that renders without a display."""
+"""Run history: one compact JSON line per run (appended by statefiles.append_history), and a
+small SVG trend chart of the recent runs (endpoints and leaked addresses over time) that
+renders without a display."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from pvcheck.allocator import AllocatorResult, forecasts
-from pvcheck.masking import redact
 from pvcheck.report import Report
-from pvcheck.safeio import append, read_capped
+from pvcheck.safeio import read_capped
 
 
 def history_record(report: Report, seconds: float | None = None) -> dict[str, Any]:
@@ -39,10 +39,6 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
 
 def _days(alloc: AllocatorResult) -> dict[str, float | None]:
     return {f.network: None if f.days is None else round(f.days, 1) for f in forecasts(alloc)}
-
-
-def append_history(path: Path, record: dict[str, Any]) -> None:
-    append(path, (redact(json.dumps(record, sort_keys=True)) + "\n").encode("utf-8"))
 
 
 MAX_HISTORY_BYTES = 16 * 1024 * 1024

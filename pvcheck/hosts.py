@@ -42,6 +42,11 @@ class LocalHost:
     def argv(self, argv: list[str]) -> list[str]:
         return list(argv)
 
+    def run(
+        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
+    ) -> tuple[int, str, str]:
+        return run_on(self, argv, timeout_s, stdin, max_stdout or MAX_OUTPUT)
+
     def how(self, command: str) -> str:
         return command
 
@@ -94,6 +99,11 @@ class SshHost:
     def argv(self, argv: list[str]) -> list[str]:
         remote = " ".join(shlex.quote(a) for a in argv)
         return ["ssh", *self.options(), "--", self.destination, remote]
+
+    def run(
+        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
+    ) -> tuple[int, str, str]:
+        return run_on(self, argv, timeout_s, stdin, max_stdout or MAX_OUTPUT)
 
     def how(self, command: str) -> str:
         """The command as an operator pastes it: `ssh [-p P] [-i KEY] host 'command'`."""

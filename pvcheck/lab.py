@@ -27,13 +27,14 @@ import docker.errors
 
 from pvcheck import twin
 from pvcheck.canary import lab_engine_problem
+from pvcheck.compose import dump_compose, inject_labels
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, TargetUnreachable
-from pvcheck.routes import RouteObservation, answered, probe_routes
-from pvcheck.safeio import atomic_write
+from pvcheck.routes import probe_routes
+from pvcheck.seams import RouteObservation
 from pvcheck.stackcli import LABEL_SPEC, DockerCli, spec_hash
-from pvcheck.stackfile import dump_compose, inject_labels
 from pvcheck.stacks import list_residue, local_image_ref, remove_labelled
+from pvcheck.statefiles import seed_state
 from pvcheck.swarm import LABEL_LAB, LABEL_STACK, Swarm
 
 log = logging.getLogger(__name__)
@@ -490,10 +491,7 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     cli = DockerCli(LAB_ENGINE)  # the engine proven above, never the config's target
     for stack, doc in stacks:
         deploy_unchanged(swarm, cli, stack, doc)
-    cfg.docs.dir.mkdir(parents=True, exist_ok=True)
-    pvfix = cfg.docs.precondition_status
-    if not pvfix.exists():
-        atomic_write(pvfix, PVFIX_STATUS)  # a dangling link there is refused, not followed
+    seed_state(cfg.docs.precondition_status, PVFIX_STATUS)
     restrict_to_loopback(lab)
     twin.ensure_drone_api(cfg)
     return wait_routes(cfg, wait_s)
@@ -503,7 +501,7 @@ def wait_routes(cfg: Config, wait_s: float) -> list[RouteObservation]:
     deadline = time.monotonic() + wait_s
     while True:
         probes = probe_routes(cfg.routes, cfg.http)
-        ok = all(answered(r, p) for p, r in zip(probes, cfg.routes, strict=True))
+        ok = all(p.answers(r) for p, r in zip(probes, cfg.routes, strict=True))
         if ok or time.monotonic() > deadline:
             return probes
         time.sleep(2)

@@ -14,13 +14,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from pvcheck.config import Config, LogsConfig
 from pvcheck.errors import StateFileError
 from pvcheck.procs import MAX_LINE, LineStream
 from pvcheck.records import VIP_SIGNATURE, Check, Gate, Status, format_ts
 from pvcheck.safeio import open_regular
+from pvcheck.seams import LogSource, LogUnreadable
 
 if TYPE_CHECKING:
     from pvcheck.seams import HostCommands, Seams
@@ -65,10 +66,6 @@ def line_time(line: str) -> datetime | None:
     except ValueError:
         return None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-class LogUnreadable(Exception):
-    """The docker log could not be read: a scan of it would prove nothing."""
 
 
 @dataclass(frozen=True)
@@ -152,14 +149,6 @@ def unread_scan(
     return LogScan(
         source, format_ts(since), format_ts(until), dict.fromkeys(patterns, 0), error=error
     )
-
-
-class LogSource(Protocol):
-    """Where docker's log lines come from."""
-
-    def describe(self) -> str: ...
-
-    def lines(self, since: datetime, until: datetime) -> Iterator[str]: ...
 
 
 class FileLogSource:

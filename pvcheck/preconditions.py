@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvcheck.config import Config, NetworkConfig
-from pvcheck.facts import NetworkFacts, parse_network
+from pvcheck.hostfacts import NetworkFacts, parse_network
+from pvcheck.protocol import has_done
 from pvcheck.records import Check, Family, Gate, Status
 from pvcheck.seams import Seams
-from pvcheck.statefiles import has_done, read_state
+from pvcheck.statefiles import read_state
 
 
 @dataclass(frozen=True)

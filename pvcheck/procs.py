@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -179,3 +180,15 @@ class LineStream:
                 proc.stderr.close()  # type: ignore[union-attr]
         self.rc = None if expired.is_set() else rc
         self.stderr = bytes(err)
+
+
+def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | None:
+    """Run a detection command with the sample log on stdin; the count it prints, or None."""
+    try:
+        done = run_bounded(argv, timeout_s, sample.encode(), max_stdout=4096, env=PLAIN_ENV)
+    except OSError:
+        return None
+    if done.rc is None:  # a hostile or hanging command: no count, never a hang
+        return None
+    numbers = re.findall(r"\d+", done.stdout.decode("utf-8", errors="replace"))
+    return int(numbers[-1]) if numbers else None

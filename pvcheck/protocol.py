@@ -1,19 +1,35 @@
-"""The Builder/Adversary protocol in machine-docs: `## DONE`, `## VETO` and REVIEW's history.
+"""The Builder/Adversary protocol in machine-docs: every rule of it, as pure functions of the
+files' text.
 
-Pure functions of the files' text. pvcheck writes `## DONE` only in its own `done` section and
-removes only that section; a VETO is a person's and is never removed; REVIEW grows by one
-dated entry per gate per review and rolls its oldest entries over to an archive.
+STATUS holds the Builder's claims (one gate header per gate) and pvcheck's `## DONE`; REVIEW
+the Adversary's dated verdicts; a person's `## VETO` in either stops DONE. pvcheck writes
+`## DONE` only in its own `done` section and removes only that section; a VETO is a person's
+and is never removed; REVIEW grows by one dated entry per gate per review and rolls its
+oldest entries over to an archive. Here: how claims and verdicts are read, when DONE may be
+written (done_rule), when a run, a review or an unreachable target withdraws it, and which
+claim a review's PASS lands on. The files are written by pvcheck.evidence, through
+pvcheck.statefiles.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
+from pvcheck.errors import StateFileError
+from pvcheck.records import GATES, Gate, Verdict, format_ts, parse_ts
 from pvcheck.statefiles import FENCE as _FENCE
-from pvcheck.statefiles import replace_section, sections
+from pvcheck.statefiles import replace_section, section_body, sections
+
+if TYPE_CHECKING:
+    from pvcheck.report import Report
 
 DONE_SECTION = "done"
+DONE_HEADING = "## DONE"
 _VETO = re.compile(r"^## VETO\b")
 _HEADING = re.compile(r"^#{1,2} ")
 MAX_VETO_CHARS = 600
@@ -29,6 +45,11 @@ class Veto:
 
     def quoted(self) -> str:
         return f"{self.path} line {self.line}: {self.text or '(no reason given)'}"
+
+    @property
+    def reason(self) -> str:
+        """What it stops: DONE, whatever else was found."""
+        return f"VETO at {self.quoted()}"
 
 
 def person_lines(text: str, path: str) -> list[tuple[int, str | None]]:
@@ -79,8 +100,37 @@ def find_vetoes(*docs: tuple[str | None, str]) -> list[Veto]:
     return [v for text, path in docs if (v := find_veto(text, path)) is not None]
 
 
+def outside_fences(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every line not inside a fenced code block."""
+    out, fenced = [], False
+    for no, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            out.append((no, line))
+    return out
+
+
+def has_done(text: str | None) -> bool:
+    """A phase is done: its STATUS holds a `## DONE` heading line, not one quoted inside a
+    code block (whoever wrote it: the precondition phase's STATUS is not pvcheck's)."""
+    return bool(text) and any(
+        line.rstrip() == DONE_HEADING for _, line in outside_fences(text or "")
+    )
+
+
 def has_own_done(text: str | None, path: str) -> bool:
     return bool(text) and DONE_SECTION in sections(text or "", path)
+
+
+def done_section(at: str, freshness_h: float, review_name: str) -> str:
+    """Pure: the body of pvcheck's `done` section in STATUS, as `pvcheck done` writes it."""
+    return (
+        f"{DONE_HEADING}\n\n"
+        f"Written @{at}: every gate has a review PASS newer than its claim and within "
+        f"{freshness_h:g} h, and no VETO stands (see {review_name}).\n"
+    )
 
 
 def without_done(text: str, path: str) -> str:
@@ -106,7 +156,7 @@ def stray_done_lines(text: str | None, path: str) -> list[int]:
     them, but says so when it withdraws its own."""
     if not text:
         return []
-    return [no for no, line in person_lines(text, path) if (line or "").rstrip() == "## DONE"]
+    return [no for no, line in person_lines(text, path) if (line or "").rstrip() == DONE_HEADING]
 
 
 # REVIEW entries: one owned section per review and gate, appended in the order written.
@@ -171,3 +221,282 @@ def entry_gate(text: str, path: str) -> dict[str, str]:
             match = re.search(r"^## (M\d+) — ", text[start:end], re.M)
             out[name] = match.group(1) if match else name
     return out
+
+
+# --- STATUS: the Builder's claims, one gate header in each owned `gate-M…` section -------------
+
+_GATE_HEADER = re.compile(
+    r"^## Gate: (M\d+) — (CLAIMED, awaiting Adversary|PASS @(\S+)|NOT CLAIMED.*)$"
+)
+_CLAIMED = re.compile(r"^Claimed @(\S+) by run `([^`]+)`")
+
+
+class ClaimState(StrEnum):
+    """A gate's header in STATUS: claimed and awaiting review, passed by a review, or none."""
+
+    CLAIMED = "claimed"
+    PASSED = "pass"
+    NONE = "not claimed"
+
+
+@dataclass(frozen=True)
+class GateClaim:
+    gate: Gate
+    state: ClaimState
+    claimed_at: datetime | None
+    run_id: str | None
+    commands: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)
+
+    @property
+    def is_claim(self) -> bool:
+        return self.state != ClaimState.NONE and self.claimed_at is not None
+
+
+# A timestamp later than now by more than this is refused: a hand-written `PASS @2099…`
+# would beat every later FAIL and never go stale, and a future claim empties the review's
+# log window.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def checked_ts(text: str, path: str, line: int) -> datetime | None:
+    """The timestamp, refused (StateFileError naming file and line) when in the future."""
+    at = parse_ts(text)
+    if at is not None and at > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        raise StateFileError(path, f"timestamp {text} is in the future; refused", line)
+    return at
+
+
+def _line_of(text: str, line: str) -> int:
+    lines = text.splitlines()
+    return lines.index(line) + 1 if line in lines else 0
+
+
+def parse_gate(body: str, gate: Gate, path: str = "STATUS", full_text: str = "") -> GateClaim:
+    state, claimed_at, run_id = ClaimState.NONE, None, None
+    commands: list[str] = []
+    expected: list[str] = []
+    in_how = in_expected = fenced = False
+    for line in body.splitlines():
+        head = _GATE_HEADER.match(line)
+        if head:
+            if head.group(3):  # PASS @<UTC>
+                checked_ts(head.group(3), path, _line_of(full_text or body, line))
+            state = (
+                ClaimState.CLAIMED
+                if head.group(2).startswith("CLAIMED")
+                else (ClaimState.PASSED if head.group(2).startswith("PASS") else ClaimState.NONE)
+            )
+            continue
+        claimed = _CLAIMED.match(line)
+        if claimed:
+            claimed_at = checked_ts(claimed.group(1), path, _line_of(full_text or body, line))
+            run_id = claimed.group(2)
+        if line.startswith("### "):
+            in_how, in_expected = line.startswith("### HOW"), line.startswith("### EXPECTED")
+            fenced = False
+            continue
+        if in_how and line.startswith("```"):
+            fenced = not fenced
+        elif in_how and fenced and line:  # the commands are the fenced block's lines
+            commands.append(line)
+        if in_expected:
+            row = re.match(r"^\| (\d+) \| (.*) \|$", line)
+            if row:
+                expected.append(row.group(2).replace("\\|", "|"))
+    return GateClaim(gate, state, claimed_at, run_id, commands, expected)
+
+
+def parse_claims(status_text: str, path: str) -> dict[str, GateClaim]:
+    out: dict[str, GateClaim] = {}
+    for gate in GATES:
+        body = section_body(status_text, f"gate-{gate}", path) or ""
+        # Claims are read only inside pvcheck's own section (a header pasted elsewhere is
+        # ignored), and a section with a second header was edited by hand: refused.
+        headers = [line for line in body.splitlines() if _GATE_HEADER.match(line)]
+        if len(headers) > 1:
+            raise StateFileError(
+                path, f"section gate-{gate} holds {len(headers)} gate headers; expected one"
+            )
+        out[gate] = parse_gate(body, gate, path, status_text)
+    return out
+
+
+def mark_gate_passed(status_text: str, gate: str, at: str, path: str) -> str:
+    """Pure: the gate's claim header becomes `## Gate: M1 — PASS @<UTC>`; the rest is kept."""
+    body = section_body(status_text, f"gate-{gate}", path)
+    if body is None:
+        return status_text
+    lines = body.splitlines()
+    if lines and _GATE_HEADER.match(lines[0]):
+        lines[0] = f"## Gate: {gate} — PASS @{at}"
+    return replace_section(status_text, f"gate-{gate}", "\n".join(lines) + "\n", path)
+
+
+def mark_reviewed(
+    status_text: str,
+    verdicts: Mapping[str, Verdict],
+    reviewed: Mapping[str, GateClaim],
+    at: str,
+    path: str,
+) -> str:
+    """Pure: each gate the review passed gets its PASS header, only on the claim the review
+    verified (`reviewed`; read again from `status_text` under the lock): a run that claimed
+    again while the review ran keeps its claim awaiting review."""
+    current = parse_claims(status_text, path)
+    new = status_text
+    for name, verdict in verdicts.items():
+        seen = reviewed[name]
+        same_claim = (current[name].run_id, current[name].claimed_at) == (
+            seen.run_id,
+            seen.claimed_at,
+        )
+        if verdict == Verdict.PASS and same_claim:
+            new = mark_gate_passed(new, name, at, path)
+    return new
+
+
+# --- REVIEW: the Adversary's verdicts, the newest per gate -----------------------------------
+
+_REVIEW = re.compile(r"^## (M\d+) — .*: \*\*(PASS|FAIL)\*\* @ ?(\S+)\s*$")
+_REVIEWED = re.compile(r"^Reviewed the claim of run `([^`]+)`")
+
+
+@dataclass(frozen=True)
+class GateReview:
+    """A gate's verdict as REVIEW records it (PASS or FAIL), with when it was given."""
+
+    verdict: Verdict
+    at: datetime | None
+    # The claim's run id as pvcheck's review records it; None for a verdict written by hand.
+    reviewed_run: str | None = None
+
+
+def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, GateReview]:
+    """Gate -> its newest verdict in REVIEW. A verdict is the header line of one of
+    pvcheck's entries (with the run its "Reviewed the claim of run" line names), or a line a
+    person wrote outside pvcheck's sections and code blocks; nothing else inside an entry
+    (findings, command output) can be read as one."""
+    candidates: list[tuple[int, str, str | None]] = []  # (line number, header, reviewed run)
+    for name, (start, end) in sections(review_text, path).items():
+        if not is_entry(name):
+            continue
+        body = review_text[start:end].splitlines()[1:-1]
+        reviewed = next((m.group(1) for line in body if (m := _REVIEWED.match(line))), None)
+        first = len(review_text[:start].splitlines()) + 2
+        candidates.append((first, body[0] if body else "", reviewed))
+    candidates += [(no, line, None) for no, line in person_lines(review_text, path) if line]
+    out: dict[str, GateReview] = {}
+    for no, line, reviewed in sorted(candidates):
+        match = _REVIEW.match(line)
+        if not match:
+            continue
+        gate, result, when = match.groups()
+        at = checked_ts(when, path, no)
+        latest = out.get(gate)
+        # Entries are appended in order: of two in the same second, the later one wins.
+        if latest is None or (at and (latest.at is None or at >= latest.at)):
+            out[gate] = GateReview(Verdict(result.lower()), at, reviewed)
+    return out
+
+
+# --- DONE: when it may be written, and when a run, a review or `done` withdraws it -----------
+
+
+@dataclass(frozen=True)
+class DoneDecision:
+    ok: bool
+    problems: list[str]
+
+    @property
+    def withdrawal(self) -> str:
+        """Why `pvcheck done` withdraws a DONE standing from before."""
+        return "pvcheck done: " + "; ".join(self.problems)
+
+
+def done_rule(
+    claims: Mapping[str, GateClaim],
+    verdicts: Mapping[str, GateReview],
+    now: datetime,
+    freshness: timedelta,
+    follows: str = "latest",
+    vetoes: Sequence[Veto] = (),
+) -> DoneDecision:
+    """Pure: no VETO stands, and every gate has a PASS of its latest claim within the
+    freshness window.
+
+    A verdict from `pvcheck review` names the claim's run it verified, which settles "newer
+    than the claim" even when both fall in the same second. A verdict without that line (one
+    written by hand) must carry a timestamp strictly after the claim's. With `follows =
+    "first"` a fresh PASS of an earlier claim still counts while the gate stays claimed.
+    """
+    problems = [v.reason for v in vetoes]
+    for gate in GATES:
+        claim = claims.get(gate)
+        verdict = verdicts.get(gate)
+        if claim is None or not claim.is_claim:
+            problems.append(f"{gate}: no claim in STATUS")
+            continue
+        if verdict is None:
+            problems.append(f"{gate}: no review verdict in REVIEW")
+            continue
+        at = verdict.at
+        if verdict.verdict != Verdict.PASS or at is None:
+            problems.append(f"{gate}: the latest review is {verdict.verdict.label}")
+        elif follows == "first" and now - at <= freshness:
+            continue
+        elif verdict.reviewed_run is not None and verdict.reviewed_run != claim.run_id:
+            problems.append(
+                f"{gate}: the PASS reviewed run {verdict.reviewed_run}, "
+                f"not the current claim of run {claim.run_id}"
+            )
+        elif verdict.reviewed_run is None and claim.claimed_at and at <= claim.claimed_at:
+            problems.append(
+                f"{gate}: the PASS @{format_ts(at)} is not newer than the claim "
+                f"@{format_ts(claim.claimed_at)}"
+            )
+        elif now - at > freshness:
+            problems.append(f"{gate}: the PASS @{format_ts(at)} is stale (older than {freshness})")
+    return DoneDecision(not problems, problems)
+
+
+def run_withdraws_done(report: Report, follows: str, standing: Sequence[Veto]) -> str | None:
+    """Pure: why this run's evidence withdraws `## DONE` (None: DONE may stay)."""
+    if standing:
+        return standing[0].reason
+    if report.verdict == Verdict.FAIL:
+        failing = ", ".join(c.id for c in report.failing[:5])
+        return f"run {report.run_id} verdict FAIL ({failing})"
+    if report.verdict == Verdict.INCOMPLETE:
+        return f"run {report.run_id} verdict INCOMPLETE: {report.incomplete_reason}"
+    if follows == "latest":
+        return (
+            f"run {report.run_id} made a new claim ({' '.join(g.gate for g in report.gates)}) "
+            'that awaits review (docs.done_follows = "latest")'
+        )
+    return None
+
+
+def review_withdraws_done(
+    review_id: str,
+    verdicts: Mapping[str, Verdict],
+    findings: Iterable[tuple[str, str]],
+    standing: Sequence[Veto],
+) -> str | None:
+    """Pure: why this review withdraws `## DONE` (a failed gate or a standing VETO);
+    `findings` are (gate, title) pairs."""
+    if standing:
+        return standing[0].reason
+    failed = [g for g, v in verdicts.items() if v != Verdict.PASS]
+    if not failed:
+        return None
+    found = [title for gate, title in findings if gate in failed][:3]
+    return f"review {review_id} failed {' '.join(failed)}" + (
+        ": " + "; ".join(found) if found else ""
+    )
+
+
+def unreachable_withdraws_done(run_id: str, target: str) -> str:
+    """Pure: why a run that could not reach its target withdraws `## DONE` (always: a run
+    that proved nothing leaves no DONE standing)."""
+    return f"run {run_id} could not reach target {target}"

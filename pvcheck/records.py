@@ -101,11 +101,20 @@ def stage_outcome(checks: list[Check]) -> StageOutcome:
 
 
 class Verdict(StrEnum):
-    """A run's verdict. INCOMPLETE: nothing failed, but a gate was not proven."""
+    """A verdict: a run's (INCOMPLETE: nothing failed, but a gate was not proven) or a
+    review's of one gate (PASS or FAIL only).
+
+    The value is the one spelling stored (JSON reports, HISTORY, `== "pass"`); `label` is
+    the one way people see it (PASS, FAIL, INCOMPLETE in STATUS, REVIEW, JOURNAL, the CLI).
+    """
 
     PASS = "pass"
     FAIL = "fail"
     INCOMPLETE = "incomplete"
+
+    @property
+    def label(self) -> str:
+        return self.value.upper()
 
 
 @dataclass(frozen=True)
@@ -213,3 +222,8 @@ def unproven(gates: list[GateResult]) -> str:
     return "; ".join(
         f"{g.gate} not proven — {g.unproven_reason}" for g in gates if g.status == Status.SKIP
     )
+
+
+# Baseline, peak and after of the allocator reproduction, as the report and the history
+# record them and a review holds them to.
+FIGURES = ("used_before", "peak", "used_after", "leaked_total")

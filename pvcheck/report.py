@@ -8,7 +8,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from pvcheck.allocator import AllocatorResult
-from pvcheck.facts import HostFacts
+from pvcheck.hostfacts import HostFacts
 from pvcheck.logscan import LogScan
 from pvcheck.masking import redact
 from pvcheck.records import (
@@ -94,7 +94,7 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "verdict": str(self.verdict),
+            "verdict": self.verdict.value,
             "incomplete_reason": self.incomplete_reason,
             "run_id": self.run_id,
             "target": self.target,
@@ -124,7 +124,7 @@ class Report:
         return redact(json.dumps(self.as_json(), indent=2, sort_keys=False)) + "\n"
 
     def to_junit(self) -> str:
-        suites = ET.Element("testsuites", name=f"pvcheck {self.run_id} {self.verdict.upper()}")
+        suites = ET.Element("testsuites", name=f"pvcheck {self.run_id} {self.verdict.label}")
         for gate in self.gates:
             unproven_case = int(gate.status == Status.SKIP)
             suite = ET.SubElement(

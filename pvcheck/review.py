@@ -1,6 +1,6 @@
-"""The independent review: parse what the builder claimed, compare it with what the host shows
-now, and judge each gate. Parsing, comparing and the DONE rule are pure; the review flow does
-the I/O.
+"""The independent review: compare what the builder claimed (read by pvcheck.protocol) with
+what the host shows now, and judge each gate. Comparing and judging are pure; the review flow
+does the I/O.
 """
 
 from __future__ import annotations
@@ -9,163 +9,14 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pvcheck.allocator import FIGURES
 from pvcheck.errors import StateFileError
-from pvcheck.facts import HostFacts, NetworkFacts
-from pvcheck.protocol import is_entry, person_lines
-from pvcheck.records import GATES, Check, Gate, Status, format_ts, parse_ts
-from pvcheck.report import DocsOutcome
+from pvcheck.hostfacts import HostFacts, NetworkFacts
+from pvcheck.records import FIGURES, GATES, Check, Gate, Status, Verdict, format_ts, parse_ts
+from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.safeio import read_capped
-from pvcheck.statefiles import section_body, sections
-
-_GATE_HEADER = re.compile(
-    r"^## Gate: (M\d+) — (CLAIMED, awaiting Adversary|PASS @(\S+)|NOT CLAIMED.*)$"
-)
-_CLAIMED = re.compile(r"^Claimed @(\S+) by run `([^`]+)`")
-_REVIEW = re.compile(r"^## (M\d+) — .*: \*\*(PASS|FAIL)\*\* @ ?(\S+)\s*$")
-_REVIEWED = re.compile(r"^Reviewed the claim of run `([^`]+)`")
-
-
-class ClaimState(StrEnum):
-    """A gate's header in STATUS: claimed and awaiting review, passed by a review, or none."""
-
-    CLAIMED = "claimed"
-    PASSED = "pass"
-    NONE = "not claimed"
-
-
-@dataclass(frozen=True)
-class GateClaim:
-    gate: Gate
-    state: ClaimState
-    claimed_at: datetime | None
-    run_id: str | None
-    commands: list[str] = field(default_factory=list)
-    expected: list[str] = field(default_factory=list)
-
-    @property
-    def is_claim(self) -> bool:
-        return self.state != ClaimState.NONE and self.claimed_at is not None
-
-
-# A timestamp later than now by more than this is refused: a hand-written `PASS @2099…`
-# would beat every later FAIL and never go stale, and a future claim empties the review's
-# log window.
-MAX_CLOCK_SKEW = timedelta(minutes=5)
-
-
-def checked_ts(text: str, path: str, line: int) -> datetime | None:
-    """The timestamp, refused (StateFileError naming file and line) when in the future."""
-    at = parse_ts(text)
-    if at is not None and at > datetime.now(UTC) + MAX_CLOCK_SKEW:
-        raise StateFileError(path, f"timestamp {text} is in the future; refused", line)
-    return at
-
-
-def _line_of(text: str, line: str) -> int:
-    lines = text.splitlines()
-    return lines.index(line) + 1 if line in lines else 0
-
-
-def parse_gate(body: str, gate: Gate, path: str = "STATUS", full_text: str = "") -> GateClaim:
-    state, claimed_at, run_id = ClaimState.NONE, None, None
-    commands: list[str] = []
-    expected: list[str] = []
-    in_how = in_expected = fenced = False
-    for line in body.splitlines():
-        head = _GATE_HEADER.match(line)
-        if head:
-            if head.group(3):  # PASS @<UTC>
-                checked_ts(head.group(3), path, _line_of(full_text or body, line))
-            state = (
-                ClaimState.CLAIMED
-                if head.group(2).startswith("CLAIMED")
-                else (ClaimState.PASSED if head.group(2).startswith("PASS") else ClaimState.NONE)
-            )
-            continue
-        claimed = _CLAIMED.match(line)
-        if claimed:
-            claimed_at = checked_ts(claimed.group(1), path, _line_of(full_text or body, line))
-            run_id = claimed.group(2)
-        if line.startswith("### "):
-            in_how, in_expected = line.startswith("### HOW"), line.startswith("### EXPECTED")
-            fenced = False
-            continue
-        if in_how and line.startswith("```"):
-            fenced = not fenced
-        elif in_how and fenced and line:  # the commands are the fenced block's lines
-            commands.append(line)
-        if in_expected:
-            row = re.match(r"^\| (\d+) \| (.*) \|$", line)
-            if row:
-                expected.append(row.group(2).replace("\\|", "|"))
-    return GateClaim(gate, state, claimed_at, run_id, commands, expected)
-
-
-def parse_claims(status_text: str, path: str) -> dict[str, GateClaim]:
-    out: dict[str, GateClaim] = {}
-    for gate in GATES:
-        body = section_body(status_text, f"gate-{gate}", path) or ""
-        # Claims are read only inside pvcheck's own section (a header pasted elsewhere is
-        # ignored), and a section with a second header was edited by hand: refused.
-        headers = [line for line in body.splitlines() if _GATE_HEADER.match(line)]
-        if len(headers) > 1:
-            raise StateFileError(
-                path, f"section gate-{gate} holds {len(headers)} gate headers; expected one"
-            )
-        out[gate] = parse_gate(body, gate, path, status_text)
-    return out
-
-
-@dataclass(frozen=True)
-class Verdict:
-    result: str  # PASS | FAIL
-    at: datetime | None
-    # The claim's run id as pvcheck's review records it; None for a verdict written by hand.
-    reviewed_run: str | None = None
-
-
-def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, Verdict]:
-    """Gate -> its newest verdict in REVIEW. A verdict is the header line of one of
-    pvcheck's entries (with the run its "Reviewed the claim of run" line names), or a line a
-    person wrote outside pvcheck's sections and code blocks; nothing else inside an entry
-    (findings, command output) can be read as one."""
-    candidates: list[tuple[int, str, str | None]] = []  # (line number, header, reviewed run)
-    for name, (start, end) in sections(review_text, path).items():
-        if not is_entry(name):
-            continue
-        body = review_text[start:end].splitlines()[1:-1]
-        reviewed = next((m.group(1) for line in body if (m := _REVIEWED.match(line))), None)
-        first = len(review_text[:start].splitlines()) + 2
-        candidates.append((first, body[0] if body else "", reviewed))
-    candidates += [(no, line, None) for no, line in person_lines(review_text, path) if line]
-    out: dict[str, Verdict] = {}
-    for no, line, reviewed in sorted(candidates):
-        match = _REVIEW.match(line)
-        if not match:
-            continue
-        gate, result, when = match.groups()
-        at = checked_ts(when, path, no)
-        latest = out.get(gate)
-        # Entries are appended in order: of two in the same second, the later one wins.
-        if latest is None or (at and (latest.at is None or at >= latest.at)):
-            out[gate] = Verdict(result, at, reviewed)
-    return out
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Something the review saw that the builder's claims do not show."""
-
-    key: str  # stable across reviews: the same problem found again is the same finding
-    gate: Gate
-    title: str
-    repro: str
 
 
 @dataclass(frozen=True)
@@ -527,185 +378,17 @@ def compare_totals(recorded: Recorded, history: list[dict[str, Any]]) -> list[Fi
     return findings
 
 
-@dataclass(frozen=True)
-class DoneDecision:
-    ok: bool
-    problems: list[str]
-
-
-def done_rule(
-    claims: dict[str, GateClaim],
-    verdicts: dict[str, Verdict],
-    now: datetime,
-    freshness: timedelta,
-    follows: str = "latest",
-) -> DoneDecision:
-    """Pure: every gate needs a PASS of its latest claim, within the freshness window.
-
-    A verdict from `pvcheck review` names the claim's run it verified, which settles "newer
-    than the claim" even when both fall in the same second. A verdict without that line (one
-    written by hand) must carry a timestamp strictly after the claim's. With `follows =
-    "first"` a fresh PASS of an earlier claim still counts while the gate stays claimed.
-    """
-    problems = []
+def judge_review(result: ReviewResult) -> None:
+    """Pure: a gate passes when it was claimed, every live check of it passed and nothing
+    was found against it. Every failed check is also a finding, filed once."""
+    result.findings += failing_findings(result.checks)
     for gate in GATES:
-        claim = claims.get(gate)
-        verdict = verdicts.get(gate)
-        if claim is None or not claim.is_claim:
-            problems.append(f"{gate}: no claim in STATUS")
-            continue
-        if verdict is None:
-            problems.append(f"{gate}: no review verdict in REVIEW")
-            continue
-        at = verdict.at
-        if verdict.result != "PASS" or at is None:
-            problems.append(f"{gate}: the latest review is {verdict.result}")
-        elif follows == "first" and now - at <= freshness:
-            continue
-        elif verdict.reviewed_run is not None and verdict.reviewed_run != claim.run_id:
-            problems.append(
-                f"{gate}: the PASS reviewed run {verdict.reviewed_run}, "
-                f"not the current claim of run {claim.run_id}"
-            )
-        elif verdict.reviewed_run is None and claim.claimed_at and at <= claim.claimed_at:
-            problems.append(
-                f"{gate}: the PASS @{format_ts(at)} is not newer than the claim "
-                f"@{format_ts(claim.claimed_at)}"
-            )
-        elif now - at > freshness:
-            problems.append(f"{gate}: the PASS @{format_ts(at)} is stale (older than {freshness})")
-    return DoneDecision(not problems, problems)
-
-
-_FINDING = re.compile(r"^### (A\d+) \[adversary\] (.*)$")
-_KEY = re.compile(r"^<!-- key: (.+) -->$")
-_STATE = re.compile(r"^\*\*Status:\*\* (OPEN|FIXED)(.*)$")
-
-
-@dataclass
-class FindingItem:
-    num: str
-    key: str
-    title: str
-    status: str  # OPEN | FIXED
-    note: str  # text after the status (when fixed)
-    repro: str
-
-
-def parse_findings(body: str | None) -> list[FindingItem]:
-    items: list[FindingItem] = []
-    for line in (body or "").splitlines():
-        head = _FINDING.match(line)
-        if head:
-            items.append(FindingItem(head.group(1), "", head.group(2), "OPEN", "", ""))
-            continue
-        if not items:
-            continue
-        key, state = _KEY.match(line), _STATE.match(line)
-        if key:
-            items[-1].key = key.group(1)
-        elif state:
-            items[-1].status, items[-1].note = state.group(1), state.group(2)
-        elif line.startswith("Repro: "):
-            items[-1].repro = line.removeprefix("Repro: ")
-    return items
-
-
-def merge_findings(items: list[FindingItem], found: list[Finding], when: str) -> list[FindingItem]:
-    """Pure: a finding found again is kept once (re-opened if it was fixed); one no longer
-    reproducible is marked FIXED; a new one gets the next A-number."""
-    now = {f.key: f for f in found}
-    out = []
-    for item in items:
-        if item.key in now:
-            f = now[item.key]
-            item = FindingItem(
-                item.num, item.key, f.title, "OPEN", f" (seen again @{when})", f.repro
-            )
-        elif item.status == "OPEN":
-            item = FindingItem(
-                item.num,
-                item.key,
-                item.title,
-                "FIXED",
-                f" @{when}: no longer reproducible",
-                item.repro,
-            )
-        out.append(item)
-    known = {i.key for i in items}
-    next_num = 1 + max((int(i.num[1:]) for i in items), default=0)
-    for f in found:
-        if f.key not in known:
-            out.append(
-                FindingItem(f"A{next_num}", f.key, f.title, "OPEN", f" (found @{when})", f.repro)
-            )
-            known.add(f.key)
-            next_num += 1
-    return out
-
-
-def mark_gate_passed(status_text: str, gate: str, at: str, path: str) -> str:
-    """Pure: the gate's claim header becomes `## Gate: M1 — PASS @<UTC>`; the rest is kept."""
-    from pvcheck.statefiles import replace_section
-
-    body = section_body(status_text, f"gate-{gate}", path)
-    if body is None:
-        return status_text
-    lines = body.splitlines()
-    if lines and _GATE_HEADER.match(lines[0]):
-        lines[0] = f"## Gate: {gate} — PASS @{at}"
-    return replace_section(status_text, f"gate-{gate}", "\n".join(lines) + "\n", path)
-
-
-@dataclass
-class ReviewResult:
-    review_id: str
-    at: str
-    claims: dict[str, GateClaim]
-    checks: list[Check] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    verdicts: dict[str, str] = field(default_factory=dict)
-    evidence: dict[str, str] = field(default_factory=dict)
-    churn: list[str] = field(default_factory=list)  # others' change since the claim
-    docs: DocsOutcome = field(default_factory=DocsOutcome)
-
-    @property
-    def verdict(self) -> str:
-        return (
-            "pass" if self.verdicts and all(v == "PASS" for v in self.verdicts.values()) else "fail"
+        ok = (
+            result.claims[gate].is_claim
+            and all(c.status == Status.PASS for c in result.checks if c.gate == gate)
+            and not any(f.gate == gate for f in result.findings)
         )
-
-    def judge(self) -> None:
-        """Pure: a gate passes when it was claimed, every live check of it passed and nothing
-        was found against it. Every failed check is also a finding, filed once."""
-        self.findings += failing_findings(self.checks)
-        for gate in GATES:
-            ok = (
-                self.claims[gate].is_claim
-                and all(c.status == Status.PASS for c in self.checks if c.gate == gate)
-                and not any(f.gate == gate for f in self.findings)
-            )
-            self.verdicts[gate] = "PASS" if ok else "FAIL"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "review_id": self.review_id,
-            "at": self.at,
-            "gates": {
-                g: {
-                    "status": v.lower(),
-                    "claim_run_id": self.claims[g].run_id,
-                    "findings": [f.title for f in self.findings if f.gate == g],
-                }
-                for g, v in self.verdicts.items()
-            },
-            "checks": [c.as_dict() for c in self.checks],
-            "findings": [f.__dict__ for f in self.findings],
-            "churn": self.churn,
-            "evidence": self.evidence,
-            "docs": self.docs.__dict__,
-        }
+        result.verdicts[gate] = Verdict.PASS if ok else Verdict.FAIL
 
 
 def failing_findings(checks: list[Check]) -> list[Finding]:

@@ -22,24 +22,10 @@ import httpx
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
 from pvcheck.config import Config, HttpConfig, RouteConfig
-from pvcheck.hosts import run_on
 from pvcheck.records import Check, Family, Gate, Status, skipped
-from pvcheck.seams import HostCommands, Seams
+from pvcheck.seams import HostCommands, RouteObservation, Seams
 
 MAX_BODY = 64 * 1024  # enough to find a marker; never buffer a huge page
-
-
-@dataclass(frozen=True)
-class RouteObservation:
-    """What one route answered: the last attempt's status, or the error that ended it."""
-
-    name: str
-    url: str
-    status: int | None
-    body_has_text: bool | None
-    latency_s: float
-    attempts: int
-    error: str | None = None
 
 
 class _Unaccepted(Exception):
@@ -101,7 +87,7 @@ def host_fetch(host: HostCommands, cfg: HttpConfig) -> Fetch:
         ssh_timeout_s = cfg.timeout_s + 15  # curl's own deadline plus the ssh connection
         try:
             rc, out, err = await asyncio.to_thread(
-                run_on, host, argv, ssh_timeout_s, None, MAX_HEAD + MAX_BODY
+                host.run, argv, ssh_timeout_s, None, MAX_HEAD + MAX_BODY
             )
         except subprocess.TimeoutExpired:
             raise _NoAnswer(f"ssh curl gave no answer within {ssh_timeout_s:g}s") from None
@@ -287,11 +273,6 @@ def judge(probes: list[RouteObservation], settings: Settings) -> list[Check]:
     return [route_answer(r, p) for r, p in zip(settings.routes, probes, strict=True)]
 
 
-def answered(route: RouteConfig, obs: RouteObservation) -> bool:
-    """The one rule: a listed status, and the body text when one is expected."""
-    return obs.status in route.expect_status and obs.body_has_text is not False
-
-
 def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:
     want = "/".join(str(s) for s in route.expect_status)
     expected = f"HTTP {want}" + (
@@ -305,7 +286,7 @@ def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:
         found = f"HTTP {obs.status}" + (
             "" if obs.body_has_text is not False else ", body text missing"
         )
-    ok = answered(route, obs)
+    ok = obs.answers(route)
     detail = f"{obs.attempts} attempt(s), {obs.latency_s * 1000:.0f} ms"
     if not route.verify_tls:
         detail += "; TLS verification OFF for this route"

@@ -1,23 +1,100 @@
-"""The seams between pvcheck and the world, bundled once per run.
+"""The seams between pvcheck and the world: the Protocols, and the values that cross them.
 
-Every stage's `gather` reaches the host only through these Protocols; each has one real
-implementation (below, or the module named) and one small fake in tests/fakes.py.
+Every stage's `gather` and every deploy driver reaches the engine, the stacks, HTTP, the
+docker log and the host only through these; each has one real implementation (built in
+pvcheck.wiring) and one small fake in tests/fakes.py. This module imports only the model
+modules (config, records), so every stage can import it and none of them imports another
+for the types it speaks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pvcheck.records import Status
+
 if TYPE_CHECKING:
-    from pvcheck.config import Config, HttpConfig, RouteConfig
-    from pvcheck.deploy import DeployOutcome
-    from pvcheck.logscan import LogSource
-    from pvcheck.routes import RouteObservation
-    from pvcheck.swarm import Swarm
+    from pvcheck.config import RouteConfig
 
 
+# --- values that cross the seams -----------------------------------------------------------
+@dataclass(frozen=True)
+class RouteObservation:
+    """What one route answered: the last attempt's status, or the error that ended it."""
+
+    name: str
+    url: str
+    status: int | None
+    body_has_text: bool | None
+    latency_s: float
+    attempts: int
+    error: str | None = None
+
+    def answers(self, route: RouteConfig) -> bool:
+        """The one rule: a listed status, and the body text when one is expected."""
+        return self.status in route.expect_status and self.body_has_text is not False
+
+
+class TierStatus(StrEnum):
+    """What a driver reports for a tier (a harness's results.json uses the same words)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+    UNVERIFIED = "unver"  # the driver cannot tell: never a pass
+
+    @property
+    def status(self) -> Status:
+        return {TierStatus.PASS: Status.PASS, TierStatus.SKIP: Status.SKIP}.get(self, Status.FAIL)
+
+
+# A harness's stage names (results.json, Drone steps) -> the tier pvcheck judges.
+TIER_NAMES = {
+    "install": "install",
+    "upgrade": "upgrade",
+    "backup_restore": "backup_restore",
+    "backup/restore": "backup_restore",
+    "backup-restore": "backup_restore",
+    "backup": "backup_restore",
+    "functional": "functional",
+}
+
+
+@dataclass(frozen=True)
+class TierResult:
+    tier: str
+    status: TierStatus
+    detail: str = ""
+    not_applicable: bool = False  # declared N/A by the recipe: shown as skipped, never passed
+
+
+@dataclass
+class DeployOutcome:
+    """What a driver saw: per-tier results, the overlay attachment, and driver facts."""
+
+    driver: str
+    recipe: str
+    stack: str  # what the checks call the app's stack: its name, or the harness pattern
+    tiers: list[TierResult] = field(default_factory=list)
+    # The stacks the app was deployed as, named by the harness or seen on the network: the
+    # teardown check watches these. Empty: nothing to watch, which is an error, not a pass.
+    stacks: list[str] = field(default_factory=list)
+    attached: bool = False
+    attach_detail: str = ""
+    clean_teardown_reported: bool | None = None  # what the harness itself said, if anything
+    info: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+class LogUnreadable(Exception):
+    """The docker log could not be read: a scan of it would prove nothing."""
+
+
+# --- the seams -------------------------------------------------------------------------------
 class SwarmApi(Protocol):
     """The docker engine as pvcheck reads it, removes what it made, and creates the
     allocator's measuring objects: a scratch overlay and task-less probe services
@@ -51,12 +128,17 @@ class SwarmApi(Protocol):
 
 class StackTool(Protocol):
     """Stacks as operators deploy them: the docker CLI on the run's engine (pvcheck.stackcli).
-    The compose text is prepared first (pvcheck.stackfile: interpolated and labelled)."""
+    The compose text is prepared first (interpolated, labelled and confined)."""
 
     def stack_deploy(
         self, stack: str, compose: str, env: Mapping[str, str] | None = None, where: str = ""
     ) -> None: ...
     def stack_rm(self, stacks: list[str]) -> None: ...
+    def secret_create(self, name: str, value: bytes, labels: Mapping[str, str]) -> None: ...
+    def exec(
+        self, container: str, argv: list[str], stdin: bytes | None = None, max_stdout: int = 0
+    ) -> bytes: ...
+    def task_container(self, service: str, run_label: str) -> str: ...
 
 
 class RouteProber(Protocol):
@@ -72,10 +154,25 @@ class HostCommands(Protocol):
     def remote(self) -> bool: ...
     def describe(self) -> str: ...
     def argv(self, argv: list[str]) -> list[str]: ...
+    def run(
+        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
+    ) -> tuple[int, str, str]:
+        """Run argv on the host: (exit code, stdout, stderr). Not reaching the host raises
+        TargetUnreachable; past the deadline, subprocess.TimeoutExpired."""
+        ...
+
     def how(self, command: str) -> str: ...
     def failure(self, stderr: str) -> str:
         """What went wrong reaching the host, from the client's complaint."""
         ...
+
+
+class LogSource(Protocol):
+    """Where docker's log lines come from (pvcheck.logscan); raises LogUnreadable."""
+
+    def describe(self) -> str: ...
+
+    def lines(self, since: datetime, until: datetime) -> Iterator[str]: ...
 
 
 class DeployDriver(Protocol):
@@ -97,40 +194,4 @@ class Seams:
     driver: DeployDriver | None  # None: the config has no [deploy] section
     # The built-in lab's own engine, for lab-only actions (the canary); None on any other
     # engine, so such an action cannot reach a real host.
-    lab_engine: Swarm | None = None
-
-
-@dataclass(frozen=True)
-class HttpProber:
-    """The real RouteProber: httpx from here, or curl on the host for check_from = "host"."""
-
-    http: HttpConfig
-    host: Any = None  # pvcheck.hosts.Host
-
-    def probe(self, routes: Sequence[RouteConfig]) -> list[RouteObservation]:
-        from pvcheck.routes import probe_routes
-
-        return probe_routes(list(routes), self.http, host=self.host)
-
-
-def build_seams(cfg: Config, swarm: Swarm, run_id: str, with_driver: bool = True) -> Seams:
-    """The run's seams: the connected engine, and everything else from the config. Lab-only
-    actions get the engine only when it is the built-in lab's (local, its network labelled)."""
-    from pvcheck.canary import lab_engine_problem
-    from pvcheck.deploy import make_driver
-    from pvcheck.hosts import host_for
-    from pvcheck.logscan import make_log_source
-    from pvcheck.stackcli import DockerCli
-
-    host = host_for(cfg.target)
-    lab_problem = lab_engine_problem(swarm, cfg.target.docker_host, cfg.network.name)
-    lab = swarm if cfg.lab is not None and lab_problem is None else None
-    return Seams(
-        swarm=swarm,
-        stacks=DockerCli.for_target(cfg.target),
-        http=HttpProber(cfg.http, host),
-        logs=make_log_source(cfg.logs, host),
-        host=host,
-        driver=make_driver(swarm, cfg, run_id) if with_driver else None,
-        lab_engine=lab,
-    )
+    lab_engine: SwarmApi | None = None

@@ -1,7 +1,7 @@
 """Stacks the way operators deploy them: the docker CLI (`docker stack deploy`, `docker stack
 rm`, `docker secret create`, `docker exec`), pointed at the run's engine.
 
-pvcheck prepares the compose file first (pvcheck.stackfile: interpolated from the recipe's
+pvcheck prepares the compose file first (pvcheck.compose: interpolated from the recipe's
 env file, every object labelled with the run label) and hands the CLI that file, so what the
 CLI validates and creates is what an operator's `docker stack deploy` would.
 """

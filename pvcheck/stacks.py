@@ -18,8 +18,6 @@ from pvcheck.swarm import LABEL_STACK, POLL_S, Swarm
 
 log = logging.getLogger(__name__)
 
-RESIDUE_KINDS = ("services", "containers", "networks", "volumes", "configs", "secrets")
-
 
 def local_image_ref(swarm: Swarm, image: str) -> str:
     """A local-only image (no registry digest) by its ID, so the engine never tries a pull."""

@@ -1,20 +1,25 @@
-"""Safe reading and writing of the machine-docs state files.
+"""Safe reading and writing of the machine-docs state files: the one place a file in the docs
+folder is written (what goes in it is pvcheck.evidence's; the rules, pvcheck.protocol's).
 
 pvcheck owns only the text between `<!-- pvcheck:begin NAME -->` and `<!-- pvcheck:end NAME -->`;
 everything else is kept byte for byte. Writes are atomic (temp file + fsync + rename), the
-journal is only appended to, and a malformed file is reported with its line and left alone.
+journal, HISTORY and the REVIEW archive are only appended to, and a malformed file is reported
+with its line and left alone. Links, FIFOs and files others than root could change are
+refused (pvcheck.safeio).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pvcheck.errors import StateFileError
 from pvcheck.masking import redact
@@ -126,23 +131,6 @@ def one_line_breaks(text: str) -> str:
     return text.translate(_LINE_BREAKS)
 
 
-def outside_fences(text: str) -> list[tuple[int, str]]:
-    """(line number, line) of every line not inside a fenced code block."""
-    out, fenced = [], False
-    for no, line in enumerate(text.splitlines(), 1):
-        if FENCE.match(line):
-            fenced = not fenced
-            continue
-        if not fenced:
-            out.append((no, line))
-    return out
-
-
-def has_done(text: str | None) -> bool:
-    """A `## DONE` heading line, not one quoted inside a code block."""
-    return bool(text) and any(line.rstrip() == "## DONE" for _, line in outside_fences(text or ""))
-
-
 def sections(text: str, path: str) -> dict[str, tuple[int, int]]:
     """Owned section name -> (offset of begin marker line, offset just past end marker line)."""
     found: dict[str, tuple[int, int]] = {}
@@ -205,6 +193,30 @@ def update_sections(path: Path, header: str, bodies: dict[str, str]) -> None:
         new = replace_section(new, name, one_line_breaks(redact(body)), str(path))
     if new != text:
         atomic_write(path, new)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Replace a state file atomically: one pvcheck writes whole (REPORT, TREND), or one a
+    pure function of its text changed (STATUS, REVIEW: every byte not pvcheck's kept)."""
+    atomic_write(path, text)
+
+
+def append_only(path: Path, text: str) -> None:
+    """Append to a file that only grows (the REVIEW archive)."""
+    append(path, text.encode("utf-8"))
+
+
+def append_history(path: Path, record: dict[str, Any]) -> None:
+    """Append one run's HISTORY record: one JSON line, masked."""
+    append(path, (redact(json.dumps(record, sort_keys=True)) + "\n").encode("utf-8"))
+
+
+def seed_state(path: Path, text: str) -> None:
+    """Create a state file with `text` unless something is there already (a dangling link
+    there is refused, not followed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        atomic_write(path, text)
 
 
 def append_journal(path: Path, header: str, entry: str) -> None:

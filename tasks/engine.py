@@ -6,8 +6,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck.config import Config
-from pvcheck.seams import Seams, build_seams
+from pvcheck.seams import Seams
 from pvcheck.swarm import Swarm
+from pvcheck.wiring import build_seams
 
 
 @task(name="connect-engine", cache_policy=NO_CACHE)

@@ -141,7 +141,7 @@ def publish_artifacts(report: Report) -> None:
     }
 
     def description(key: str) -> str:
-        return f"{what[key]} — run {report.run_id}, {report.verdict.upper()}"
+        return f"{what[key]} — run {report.run_id}, {report.verdict.label}"
 
     for key in ARTIFACT_KEYS:
         create_markdown_artifact(

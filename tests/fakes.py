@@ -11,10 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pvcheck.config import RouteConfig
-from pvcheck.deploy import DeployOutcome
-from pvcheck.logscan import LogUnreadable
-from pvcheck.routes import RouteObservation
-from pvcheck.seams import Seams
+from pvcheck.hosts import run_on
+from pvcheck.procs import MAX_OUTPUT
+from pvcheck.seams import DeployOutcome, LogUnreadable, RouteObservation, Seams
 
 
 class FakeSwarm:
@@ -201,6 +200,11 @@ class FakeHost:
         self.ran.append(list(argv))
         return list(argv)
 
+    def run(
+        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
+    ) -> tuple[int, str, str]:
+        return run_on(self, argv, timeout_s, stdin, max_stdout or MAX_OUTPUT)
+
     def how(self, command: str) -> str:
         return command
 
@@ -228,6 +232,7 @@ class FakeStacks:
     def __init__(self) -> None:
         self.deployed: dict[str, str] = {}  # stack -> the compose text it was given
         self.removed: list[str] = []
+        self.secrets: dict[str, dict[str, str]] = {}  # name -> labels
         self._lock = threading.Lock()  # the allocator deploys from a thread pool
 
     def stack_deploy(
@@ -239,6 +244,18 @@ class FakeStacks:
     def stack_rm(self, stacks: list[str]) -> None:
         with self._lock:
             self.removed += stacks
+
+    def secret_create(self, name: str, value: bytes, labels: Mapping[str, str]) -> None:
+        with self._lock:
+            self.secrets[name] = dict(labels)  # never the value
+
+    def exec(
+        self, container: str, argv: list[str], stdin: bytes | None = None, max_stdout: int = 0
+    ) -> bytes:
+        raise NotImplementedError("no containers in the fake")
+
+    def task_container(self, service: str, run_label: str) -> str:
+        raise NotImplementedError("no containers in the fake")
 
 
 def fake_seams(

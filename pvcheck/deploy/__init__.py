@@ -7,60 +7,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 
 from pvcheck.config import Config, DeployConfig
 from pvcheck.deploy.active import wait_until_idle
-from pvcheck.deploy.attach import AttachmentSampler
-from pvcheck.facts import Attribution, NetworkFacts, attribute, parse_network, settle_network
+from pvcheck.hostfacts import Attribution, NetworkFacts, attribute, parse_network, settle_network
 from pvcheck.records import Check, Family, Gate, Status, skipped
-from pvcheck.seams import DeployDriver, Seams
+from pvcheck.seams import DeployOutcome, Seams, TierStatus
 from pvcheck.stacks import list_residue, residue_names
 from pvcheck.swarm import LABEL_STACK
-
-if TYPE_CHECKING:
-    from pvcheck.swarm import Swarm
-
-
-class TierStatus(StrEnum):
-    """What a driver reports for a tier (a harness's results.json uses the same words)."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    SKIP = "skip"
-    UNVERIFIED = "unver"  # the driver cannot tell: never a pass
-
-    @property
-    def status(self) -> Status:
-        return {TierStatus.PASS: Status.PASS, TierStatus.SKIP: Status.SKIP}.get(self, Status.FAIL)
-
-
-@dataclass(frozen=True)
-class TierResult:
-    tier: str
-    status: TierStatus
-    detail: str = ""
-    not_applicable: bool = False  # declared N/A by the recipe: shown as skipped, never passed
-
-
-@dataclass
-class DeployOutcome:
-    """What a driver saw: per-tier results, the overlay attachment, and driver facts."""
-
-    driver: str
-    recipe: str
-    stack: str  # what the checks call the app's stack: its name, or the harness pattern
-    tiers: list[TierResult] = field(default_factory=list)
-    # The stacks the app was deployed as, named by the harness or seen on the network: the
-    # teardown check watches these. Empty: nothing to watch, which is an error, not a pass.
-    stacks: list[str] = field(default_factory=list)
-    attached: bool = False
-    attach_detail: str = ""
-    clean_teardown_reported: bool | None = None  # what the harness itself said, if anything
-    info: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
 
 
 def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: str) -> list[Check]:
@@ -119,21 +74,6 @@ def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: st
     return checks
 
 
-def watched_stacks(named: str | None, sampler: AttachmentSampler) -> list[str]:
-    """The stacks to check the teardown of: the one named (by the config or the harness's
-    results), else every harness-named stack seen. A stack never seen on the network during
-    the run is not watched: a teardown check of it would pass having watched nothing."""
-    if named:
-        return [named] if named in sampler.stacks else []
-    return sorted(sampler.stacks)
-
-
-def fixed_stack(stack: str | None, pattern: str | None, recipe: str) -> str | None:
-    """The stack name a harness is configured to use; the recipe's name when neither a name
-    nor a pattern is configured (harnesses that name the stack after the recipe)."""
-    return stack or (None if pattern else recipe)
-
-
 # --- the stage -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Settings:
@@ -161,22 +101,6 @@ def not_configured() -> Check:
         "deploy proof runs",
         "skipped: no [deploy] section in the config",
     )
-
-
-def make_driver(swarm: Swarm, cfg: Config, run_id: str) -> DeployDriver | None:
-    """The configured driver; every one is built from (engine, config, run id)."""
-    if cfg.deploy is None:
-        return None
-    from pvcheck.deploy.command import CommandDriver
-    from pvcheck.deploy.compose import ComposeDriver
-    from pvcheck.deploy.drone import DroneDriver
-
-    drivers: dict[str, Callable[[Swarm, Config, str], DeployDriver]] = {
-        "compose": ComposeDriver,
-        "command": CommandDriver,
-        "drone": DroneDriver,
-    }
-    return drivers[cfg.deploy.driver](swarm, cfg, run_id)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from typing import Any
 
 from pvcheck import progress
 from pvcheck.config import ActiveRunsConfig
-from pvcheck.hosts import run_on
 from pvcheck.seams import HostCommands, SwarmApi
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK
 
@@ -32,7 +31,7 @@ def _folder_entries(folder: Path, host: HostCommands | None) -> tuple[list[str],
         except OSError as exc:
             return [], exc.strerror or str(exc)
     # The trailing slash makes ls refuse a file instead of listing its name.
-    rc, out, err = run_on(host, ["ls", "-A", "--", f"{folder}/"], timeout_s=30)
+    rc, out, err = host.run(["ls", "-A", "--", f"{folder}/"], timeout_s=30)
     if rc == 0:
         return sorted(out.split("\n")), None
     if "No such file or directory" in err:
@@ -47,7 +46,7 @@ def _present_markers(markers: list[Path], host: HostCommands | None) -> list[str
     if host is None or not host.remote:
         return [str(m) for m in markers if m.exists() or m.is_symlink()]
     # `ls -d` prints the ones that exist and complains about the rest.
-    rc, out, err = run_on(host, ["ls", "-d", "--", *map(str, markers)], timeout_s=30)
+    rc, out, err = host.run(["ls", "-d", "--", *map(str, markers)], timeout_s=30)
     present = [line for line in out.split("\n") if line]
     if rc not in (0, 2) or (rc == 2 and "No such file" not in err):
         present.append(f"{markers[0].parent} cannot be read ({err.strip()[-200:]})")

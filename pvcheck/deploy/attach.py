@@ -86,3 +86,18 @@ class AttachmentSampler:
         if not self.seen:
             return f"no service of {watched} seen on {self.network} in {self.samples} samples"
         return f"{', '.join(sorted(self.seen))} seen on {self.network} ({self.samples} samples)"
+
+
+def watched_stacks(named: str | None, sampler: AttachmentSampler) -> list[str]:
+    """The stacks to check the teardown of: the one named (by the config or the harness's
+    results), else every harness-named stack seen. A stack never seen on the network during
+    the run is not watched: a teardown check of it would pass having watched nothing."""
+    if named:
+        return [named] if named in sampler.stacks else []
+    return sorted(sampler.stacks)
+
+
+def fixed_stack(stack: str | None, pattern: str | None, recipe: str) -> str | None:
+    """The stack name a harness is configured to use; the recipe's name when neither a name
+    nor a pattern is configured (harnesses that name the stack after the recipe)."""
+    return stack or (None if pattern else recipe)

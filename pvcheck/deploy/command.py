@@ -17,26 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from pvcheck.config import Config
-from pvcheck.deploy import DeployOutcome, TierResult, TierStatus, fixed_stack, watched_stacks
-from pvcheck.deploy.attach import AttachmentSampler
+from pvcheck.deploy.attach import AttachmentSampler, fixed_stack, watched_stacks
 from pvcheck.errors import StateFileError
-from pvcheck.hosts import Host, host_for, run_on
 from pvcheck.procs import MAX_LINE, child_env
 from pvcheck.safeio import read_capped, writable_by_others
-from pvcheck.seams import SwarmApi
+from pvcheck.seams import TIER_NAMES, DeployOutcome, HostCommands, Seams, TierResult, TierStatus
 
 log = logging.getLogger(__name__)
 
 MAX_RESULTS_BYTES = 4 * 1024 * 1024
-TIER_NAMES = {
-    "install": "install",
-    "upgrade": "upgrade",
-    "backup_restore": "backup_restore",
-    "backup/restore": "backup_restore",
-    "backup-restore": "backup_restore",
-    "backup": "backup_restore",
-    "functional": "functional",
-}
 STATUSES = {str(s) for s in TierStatus}
 # On a remote host the harness runs under coreutils `timeout`: it exits 124 when it sent TERM
 # at the deadline, 137 when the KILL after REMOTE_KILL_AFTER_S was needed.
@@ -135,9 +124,9 @@ def read_results(path: Path, not_before: float | None = None) -> Any:
     return decode_results(data, str(path))
 
 
-def fetch_results(host: Host, path: Path) -> Any:
+def fetch_results(host: HostCommands, path: Path) -> Any:
     """results.json from the host, read with the same size bound as a local one."""
-    rc, out, _ = run_on(host, ["head", "-c", str(MAX_RESULTS_BYTES + 1), "--", str(path)], 60)
+    rc, out, _ = host.run(["head", "-c", str(MAX_RESULTS_BYTES + 1), "--", str(path)], 60)
     where = host.how(f"cat {path}")
     if rc != 0:
         raise ResultsError(f"{where}: the harness wrote no results file")
@@ -181,9 +170,9 @@ def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple
 
 
 class CommandDriver:
-    def __init__(self, swarm: SwarmApi, cfg: Config, run_id: str) -> None:
+    def __init__(self, seams: Seams, cfg: Config, run_id: str) -> None:
         assert cfg.deploy is not None and cfg.deploy.command is not None
-        self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
+        self.swarm, self.host, self.cfg, self.run_id = seams.swarm, seams.host, cfg, run_id
         self.deploy_cfg, self.command = cfg.deploy, cfg.deploy.command
 
     def busy(self) -> list[str]:
@@ -197,7 +186,7 @@ class CommandDriver:
         watched = fixed or f"a stack matching {deploy.stack_pattern}"
         outcome = DeployOutcome("command", deploy.recipe, watched)
         results = self.command.results
-        host = host_for(self.cfg.target)
+        host = self.host
         argv = [a.replace("{recipe}", self.deploy_cfg.recipe) for a in self.command.argv]
         env = {
             "PVCHECK_RUN_ID": self.run_id,
@@ -211,7 +200,7 @@ class CommandDriver:
             # Killing the local ssh client would not stop it there, so the host's own
             # `timeout` bounds it (TERM, then KILL to its process group); the local deadline
             # is only a backstop for a connection that hangs.
-            run_on(host, ["rm", "-f", "--", str(results)], timeout_s=30)
+            host.run(["rm", "-f", "--", str(results)], timeout_s=30)
             remote = ["timeout", "-k", f"{REMOTE_KILL_AFTER_S:g}", f"{timeout_s:g}"]
             argv = host.argv([*remote, "env", *(f"{k}={v}" for k, v in env.items()), *argv])
             env = {}

@@ -21,21 +21,20 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pvcheck.compose import Confinement, normalise_labels, prepare, read_env_file
 from pvcheck.config import ComposeDriverConfig, Config, RouteConfig
-from pvcheck.deploy import DeployOutcome, TierResult, TierStatus
 from pvcheck.deploy.attach import AttachmentSampler
-from pvcheck.routes import RouteObservation, answered, probe_routes
-from pvcheck.stackcli import DockerCli, StackError
-from pvcheck.stackfile import Confinement, normalise_labels, prepare, read_env_file
+from pvcheck.seams import DeployOutcome, RouteObservation, Seams, SwarmApi, TierResult, TierStatus
+from pvcheck.stackcli import StackError
 from pvcheck.stacks import converged, remove_labelled, remove_stack_gently, wait_running
-from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, LABEL_STACK, POLL_S, Swarm
+from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, LABEL_STACK, POLL_S
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +61,25 @@ class Prepared:
 
 
 class ComposeDriver:
-    def __init__(self, swarm: Swarm, cfg: Config, run_id: str) -> None:
+    def __init__(
+        self,
+        seams: Seams,
+        cfg: Config,
+        run_id: str,
+        open_engine: Callable[[], SwarmApi] | None = None,
+    ) -> None:
+        """Everything through the run's seams: the engine, the docker CLI, and HTTP (from the
+        host when the route says so). `open_engine` gives the attachment sampler its own
+        connection, polled while the deploy uses this one."""
         assert cfg.deploy is not None and cfg.deploy.compose is not None
-        self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
+        self.swarm, self.cfg, self.run_id = seams.swarm, cfg, run_id
+        self.http = seams.http
+        self.open_engine = open_engine or (lambda: seams.swarm)
         self.deploy_cfg = cfg.deploy
         self.compose = cfg.deploy.compose
         self.stack = recipe_stack_name(cfg.deploy.recipe, run_id)
         self.labels = {LABEL_RUN: run_id, LABEL_ROLE: "recipe"}
-        self.cli = DockerCli.for_target(cfg.target)
+        self.cli = seams.stacks
         self.env = app_env(self.compose, self.stack)
         self._folders: list[Path] = []
         # sha256 of each secret value made here, by the secret's name and by its compose key
@@ -121,8 +131,8 @@ class ComposeDriver:
 
     def _answers(self, route: RouteConfig, deadline: float) -> tuple[bool, RouteObservation]:
         while True:
-            (obs,) = probe_routes([route], self.cfg.http)
-            ok = answered(route, obs)
+            (obs,) = self.http.probe([route])
+            ok = obs.answers(route)
             if ok or time.monotonic() >= deadline:
                 return ok, obs
             time.sleep(POLL_S)
@@ -149,9 +159,7 @@ class ComposeDriver:
         tiers = self.deploy_cfg.tiers
         outcome = DeployOutcome("compose", self.deploy_cfg.recipe, self.stack)
         net = self.cfg.network.name
-        # The sampler polls on its own connection while this one deploys.
-        sampler_swarm = Swarm.for_target(self.cfg.target)
-        with AttachmentSampler(sampler_swarm, net, self.stack) as sampler:
+        with AttachmentSampler(self.open_engine(), net, self.stack) as sampler:
             try:
                 current = self._prepare(self.compose.file, self.env)
                 self._deploy(current, self.compose.file)

@@ -20,11 +20,9 @@ import httpx
 
 from pvcheck import masking, progress
 from pvcheck.config import Config, DroneDriverConfig
-from pvcheck.deploy import DeployOutcome, TierResult, TierStatus, fixed_stack, watched_stacks
-from pvcheck.deploy.attach import AttachmentSampler
-from pvcheck.deploy.command import TIER_NAMES
+from pvcheck.deploy.attach import AttachmentSampler, fixed_stack, watched_stacks
 from pvcheck.errors import ConfigError
-from pvcheck.seams import SwarmApi
+from pvcheck.seams import TIER_NAMES, DeployOutcome, Seams, TierResult, TierStatus
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +169,13 @@ def running_builds(cfg: Config, client: DroneClient | None = None) -> list[str]:
 class DroneDriver:
     def __init__(
         self,
-        swarm: SwarmApi,
+        seams: Seams,
         cfg: Config,
         run_id: str,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         assert cfg.deploy is not None and cfg.deploy.drone is not None
-        self.swarm, self.cfg, self.run_id = swarm, cfg, run_id
+        self.swarm, self.cfg, self.run_id = seams.swarm, cfg, run_id
         self.deploy_cfg, self.drone = cfg.deploy, cfg.deploy.drone
         self.client = DroneClient(self.drone, drone_token(self.drone, str(cfg.source)), transport)
 

@@ -16,15 +16,13 @@ import pytest
 from pvcheck import allocator
 from pvcheck.capacity import HeldCount, count_held, fill
 from pvcheck.config import AllocatorConfig, Config
-from pvcheck.facts import parse_network
-from pvcheck.seams import build_seams
+from pvcheck.hostfacts import parse_network
 from pvcheck.stackcli import DockerCli
 from pvcheck.stacks import list_residue, remove_labelled, remove_stack_gently
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
+from pvcheck.wiring import build_seams
 from tests.helpers import write_config
 from tests.integration.test_flow_m1 import check, run
-
-pytestmark = [pytest.mark.integration]
 
 SOCKET = "unix:///var/run/docker.sock"
 

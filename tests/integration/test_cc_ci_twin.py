@@ -28,7 +28,7 @@ from pvcheck.swarm import Swarm
 from tests.helpers import PVFIX_DONE, ROOT
 from tests.integration.test_flow_m1 import check, run
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 TWIN = ROOT / "lab" / "cc-ci-twin.toml"
 HARNESS_STACK = re.compile(r"^[a-z0-9]{4}-[0-9a-f]{6}_ci_commoninternet_net$")

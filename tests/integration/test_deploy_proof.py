@@ -12,15 +12,15 @@ import docker
 import pytest
 
 from app.cli import main
+from pvcheck.compose import prepare, read_env_file
 from pvcheck.config import Config
 from pvcheck.stackcli import DockerCli
-from pvcheck.stackfile import prepare, read_env_file
 from pvcheck.stacks import converged, list_residue, remove_labelled, wait_running
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK, Swarm
 from tests.helpers import LAB_CONFIG, all_tiers, event_names, recorded_events, write_config
 from tests.integration.test_flow_m1 import check, run
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.usefixtures("prefect_api")]
 
 NOTES = LAB_CONFIG.parent / "recipes" / "notes"
 

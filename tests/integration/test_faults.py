@@ -25,7 +25,7 @@ from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
 from tests.helpers import process_table, spawn_run, wait_for_line, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
 
 
 def test_second_run_on_a_busy_host_refuses_and_the_first_is_unaffected(

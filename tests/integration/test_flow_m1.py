@@ -13,12 +13,12 @@ import pytest
 
 from app.cli import main
 from pvcheck.config import Config
-from pvcheck.facts import parse_network
+from pvcheck.hostfacts import parse_network
 from pvcheck.lab import wait_routes
 from pvcheck.swarm import Swarm
 from tests.helpers import write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.usefixtures("prefect_api")]
 
 
 def run(config: Path, tmp_path: Path) -> tuple[int, dict[str, Any]]:

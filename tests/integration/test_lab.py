@@ -14,8 +14,6 @@ from pvcheck.lab import LAB_LABELS, lab_down, lab_up
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_LAB, Swarm
 
-pytestmark = pytest.mark.integration
-
 
 def _versions(engine: Swarm) -> dict[str, int]:
     return {s["Spec"]["Name"]: s["Version"]["Index"] for s in engine.services(LAB_LABELS)}

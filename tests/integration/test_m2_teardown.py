@@ -29,7 +29,7 @@ from tests.helpers import (
 )
 from tests.integration.test_flow_m1 import check, run
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 REPORT_KEYS = {
     "verdict", "incomplete_reason", "run_id", "target", "config", "started_at", "finished_at",
     "gates", "stages", "checks", "facts", "logs", "evidence", "target_via", "allocator",

@@ -24,7 +24,7 @@ from tests.integration.test_prefect_server import (  # noqa: F401 - `server` is 
 )
 from tests.integration.test_ssh_target import Sshd, _over_ssh, sshd  # noqa: F401
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 
 def _named(name: str, then: Any = None) -> Any:

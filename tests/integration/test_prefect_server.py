@@ -22,7 +22,7 @@ from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import ROOT, write_config
 from tests.integration.cdp import CHROMIUM, chromium
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 # The server requires credentials, as `pvcheck serve` insists (an API anyone on the machine

@@ -19,7 +19,7 @@ from tests.integration.test_prefect_server import (  # noqa: F401 - `server` is 
     server,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 
 def test_a_process_worker_runs_a_deployment_declared_in_prefect_yaml(

@@ -17,12 +17,12 @@ import pytest
 
 from app.cli import main
 from pvcheck.config import Config, load_config
-from pvcheck.statefiles import has_done
+from pvcheck.protocol import has_done
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import write_config
 from tests.integration.test_flow_m1 import run
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.usefixtures("prefect_api")]
 
 
 def git(repo: Path, *args: str) -> str:

@@ -14,13 +14,13 @@ import pytest
 from app.cli import main
 from pvcheck.config import Config
 from pvcheck.lab import wait_routes
+from pvcheck.protocol import has_done
 from pvcheck.routes import probe_routes
-from pvcheck.statefiles import has_done
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import write_config
 from tests.integration.test_flow_m1 import run
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.usefixtures("prefect_api")]
 
 
 def review(config: Path, tmp_path: Path) -> tuple[int, dict[str, Any]]:

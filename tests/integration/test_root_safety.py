@@ -22,7 +22,7 @@ from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
 from tests.helpers import LAB_CONFIG, event_names, recorded_events, write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
 
 
 def test_a_symlinked_status_exits_2_naming_it_and_the_victim_is_untouched(

@@ -24,7 +24,7 @@ from pvcheck.masking import MASK
 from tests.fakes import drone_server
 from tests.helpers import drone_settings, write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("prefect_api")]
 
 TOKEN = "drone-secret-7d41aa0c93-LEAK-CANARY"
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,22 @@ from pvcheck.deploy import judge_outcome
 from pvcheck.deploy.active import active_runs
 from pvcheck.deploy.command import CommandDriver
 from pvcheck.hosts import host_for
-from pvcheck.logscan import LogUnreadable, make_log_source
+from pvcheck.logscan import make_log_source
+from pvcheck.seams import LogUnreadable, Seams
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_RUN, Swarm
-from tests.fakes import FakeSwarm
+from tests.fakes import FakeSwarm, fake_seams
 from tests.helpers import descendants, spawn_run, wait_for_throwaways, write_config
 from tests.integration.test_flow_m1 import check, run
 from tests.unit.test_deploy_drivers import HARNESS, command_cfg, results_doc
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+
+def _ssh_seams(cfg: Config) -> Seams:
+    """Fakes but for the host: the command driver reaches the harness over the real ssh."""
+    return replace(fake_seams(FakeSwarm(["hello_app"])), host=host_for(cfg.target))
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 SSHD = "/usr/sbin/sshd"
 
@@ -202,21 +209,21 @@ def test_harness_runs_on_the_host_and_its_results_come_back(sshd: Sshd, tmp_path
     # The harness reports, as its version, the SSH_CONNECTION sshd gave it.
     doc = f"{{**{results_doc(install='pass', upgrade='fail')!r}, 'version': os.environ.get('SSH_CONNECTION', 'not over ssh')}}"
     cfg = command_cfg(tmp_path, HARNESS.format(doc=doc, rc=1), 30, _over_ssh(sshd))
-    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
+    outcome = CommandDriver(_ssh_seams(cfg), cfg, "pv-1-abc").run()
     checks = {c.id: str(c.status) for c in judge_outcome(outcome, ["install", "upgrade"], "proxy")}
     assert checks["deploy.tier.install"] == "pass" and checks["deploy.tier.upgrade"] == "fail"
     assert outcome.info["exit_code"] == "1" and outcome.info["recipe"] == "hello"
     assert outcome.info["version"].startswith("127.0.0.1 ")  # it ran in an ssh session
     # Without a results file on the host, the error says how an operator would look for it.
     (tmp_path / "harness.py").write_text("import sys; sys.exit(0)\n")
-    missing = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
+    missing = CommandDriver(_ssh_seams(cfg), cfg, "pv-1-abc").run()
     assert missing.error and f"ssh -p {sshd.port}" in missing.error
     assert "wrote no results file" in missing.error
     # A broken file on the host is named by where it is there, not by a local copy.
     (tmp_path / "harness.py").write_text(
         "import os; open(os.environ['PVCHECK_RESULTS'], 'w').write('{\"stages\": [')\n"
     )
-    broken = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
+    broken = CommandDriver(_ssh_seams(cfg), cfg, "pv-1-abc").run()
     assert broken.error and broken.error.startswith(f"ssh -p {sshd.port} ")
     assert f"cat {tmp_path / 'results.json'}': not valid JSON" in broken.error
 
@@ -231,7 +238,7 @@ def test_a_harness_past_its_timeout_is_stopped_on_the_host(sshd: Sshd, tmp_path:
         "time.sleep(300)\n"
     )
     cfg = command_cfg(tmp_path, script, 2, _over_ssh(sshd))
-    outcome = CommandDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run()
+    outcome = CommandDriver(_ssh_seams(cfg), cfg, "pv-1-abc").run()
     assert outcome.info["exit_code"] == "timeout"
     assert outcome.error == "harness did not finish within 2s; killed"
     assert float(outcome.info["seconds"]) < 2 + 5 + 3  # the host's TERM, not the backstop

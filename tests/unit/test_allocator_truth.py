@@ -26,7 +26,7 @@ from pvcheck.allocator import (
 )
 from pvcheck.capacity import Fill, HeldCount, count_held, fill, ipam_status
 from pvcheck.config import AllocatorConfig
-from pvcheck.facts import NetworkFacts
+from pvcheck.hostfacts import NetworkFacts
 from pvcheck.records import VIP_SIGNATURE, Status
 from tests.fakes import FakeSwarm
 

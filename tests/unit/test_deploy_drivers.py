@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from pvcheck.config import Config, load_config
-from pvcheck.deploy import DeployOutcome, TierResult, TierStatus, judge_outcome
+from pvcheck.deploy import judge_outcome
 from pvcheck.deploy.active import active_runs
 from pvcheck.deploy.command import (
     MAX_RESULTS_BYTES,
@@ -26,7 +27,8 @@ from pvcheck.deploy.command import (
 from pvcheck.deploy.drone import DroneDriver, tiers_from_build
 from pvcheck.errors import ConfigError
 from pvcheck.records import Gate, Status, judge_gate
-from tests.fakes import DroneState, FakeSwarm
+from pvcheck.seams import DeployOutcome, TierResult, TierStatus
+from tests.fakes import DroneState, FakeSwarm, fake_seams
 from tests.fakes import drone_server as serve_drone
 from tests.helpers import drone_settings, write_config
 
@@ -127,7 +129,7 @@ def test_command_driver_with_a_real_script(
 ) -> None:
     cfg = command_cfg(tmp_path, HARNESS.format(doc=repr(doc), rc=rc))
     swarm = FakeSwarm(network_services=["hello_app"])
-    outcome = CommandDriver(swarm, cfg, "pv-1-abc").run()
+    outcome = CommandDriver(fake_seams(swarm), cfg, "pv-1-abc").run()
     checks = {c.id: str(c.status) for c in judge_outcome(outcome, ["install", "upgrade"], "proxy")}
     for check_id, status in expect.items():
         assert checks[check_id] == status
@@ -141,7 +143,7 @@ def test_command_driver_with_a_real_script(
 @pytest.mark.faults
 def test_command_driver_kills_a_harness_past_its_timeout(tmp_path: Path) -> None:
     cfg = command_cfg(tmp_path, "import time; time.sleep(60)", timeout_s=1)
-    outcome = CommandDriver(FakeSwarm(), cfg, "pv-1-abc").run()
+    outcome = CommandDriver(fake_seams(FakeSwarm()), cfg, "pv-1-abc").run()
     assert outcome.error and "did not finish within 1s" in outcome.error
     assert outcome.info["exit_code"] == "timeout"
 
@@ -255,7 +257,7 @@ def test_drone_driver_runs_one_build_to_its_end(
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
     caplog.set_level(logging.DEBUG)
     cfg = _drone_cfg(tmp_path, url)
-    outcome = DroneDriver(FakeSwarm(["hello_app"]), cfg, "pv-1-abc").run(poll_s=0.05)
+    outcome = DroneDriver(fake_seams(FakeSwarm(["hello_app"])), cfg, "pv-1-abc").run(poll_s=0.05)
     checks = judge_outcome(outcome, ["install", "upgrade"], "proxy")
     assert {c.id: str(c.status) for c in checks if c.id in expect} == expect
     assert (
@@ -276,7 +278,7 @@ def test_drone_timeout_stops_the_build(
     state.polls_to_finish = 10_000
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
     cfg = _drone_cfg(tmp_path, url, timeout_s=0.3)
-    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1-abc").run(poll_s=0.05)
+    outcome = DroneDriver(fake_seams(FakeSwarm()), cfg, "pv-1-abc").run(poll_s=0.05)
     assert outcome.error and "did not finish within 0.3s" in outcome.error
     assert state.stopped == [42] and len(state.creates) == 1
 
@@ -287,7 +289,9 @@ def test_drone_401_is_a_clear_error_without_the_token(
 ) -> None:
     url, state = drone_server
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", "wrong-" + TOKEN)
-    outcome = DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, url), "pv-1-abc").run(poll_s=0.05)
+    outcome = DroneDriver(fake_seams(FakeSwarm()), _drone_cfg(tmp_path, url), "pv-1-abc").run(
+        poll_s=0.05
+    )
     assert outcome.error and "401 Unauthorized" in outcome.error
     assert TOKEN not in repr(outcome) and state.creates == []
 
@@ -298,7 +302,7 @@ def test_drone_token_must_be_in_the_environment(
 ) -> None:
     monkeypatch.delenv("PVCHECK_TEST_DRONE_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="PVCHECK_TEST_DRONE_TOKEN is not set"):
-        DroneDriver(FakeSwarm(), _drone_cfg(tmp_path, "http://127.0.0.1:9/"), "pv-1")
+        DroneDriver(fake_seams(FakeSwarm()), _drone_cfg(tmp_path, "http://127.0.0.1:9/"), "pv-1")
 
 
 def test_tiers_from_build_failing_step_wins() -> None:
@@ -325,7 +329,9 @@ def _drone_answering(tmp_path: Path, build_answer: httpx.Response) -> DeployOutc
         return build_answer
 
     cfg = _drone_cfg(tmp_path, "http://127.0.0.1:9/")
-    driver = DroneDriver(FakeSwarm(), cfg, "pv-1-abc", transport=httpx.MockTransport(handler))
+    driver = DroneDriver(
+        fake_seams(FakeSwarm()), cfg, "pv-1-abc", transport=httpx.MockTransport(handler)
+    )
     return driver.run(poll_s=0.01)
 
 
@@ -374,7 +380,9 @@ def test_drone_create_without_a_build_number_is_refused(
     monkeypatch.setenv("PVCHECK_TEST_DRONE_TOKEN", TOKEN)
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"id": 1}))
     cfg = _drone_cfg(tmp_path, "http://127.0.0.1:9/")
-    outcome = DroneDriver(FakeSwarm(), cfg, "pv-1", transport=transport).run(poll_s=0.01)
+    outcome = DroneDriver(fake_seams(FakeSwarm()), cfg, "pv-1", transport=transport).run(
+        poll_s=0.01
+    )
     assert outcome.error and "no build number" in outcome.error
 
 
@@ -472,8 +480,7 @@ def test_stack_of_a_service(
 
 
 def test_sampler_finds_the_harness_stack_and_ignores_what_was_there() -> None:
-    from pvcheck.deploy import watched_stacks
-    from pvcheck.deploy.attach import AttachmentSampler
+    from pvcheck.deploy.attach import AttachmentSampler, watched_stacks
 
     swarm = FakeSwarm(network_services=["bonf-000000_ci_commoninternet_net_app"])
     sampler = AttachmentSampler(swarm, "proxy", None, CCCI_PATTERN)
@@ -545,3 +552,28 @@ def test_a_repeated_tier_cannot_hide_a_failure_and_install_is_never_not_applicab
         {"stages": [{"name": "install", "status": "skip", "reason": "no"}]}
     )
     assert not skipped_install[0].not_applicable
+
+
+def test_the_compose_drivers_route_with_check_from_host_is_probed_from_the_host(
+    tmp_path: Path,
+) -> None:
+    """Issue 25: the driver probed its route with httpx from here whatever the route said.
+    Through the run's seams, a route with check_from = "host" is a curl on the host."""
+    import time
+
+    from pvcheck.deploy.compose import ComposeDriver
+    from pvcheck.wiring import HttpProber
+    from tests.fakes import FakeHost
+
+    def from_host(raw: dict[str, Any]) -> None:
+        raw["deploy"]["compose"]["route"]["check_from"] = "host"
+        raw["deploy"]["compose"]["route"]["connect_to"] = "127.0.0.1:9"  # nothing listens
+
+    cfg = load_config(write_config(tmp_path, from_host))
+    host = FakeHost()
+    seams = replace(fake_seams(), http=HttpProber(cfg.http, host), host=host)
+    driver = ComposeDriver(seams, cfg, "pv-1-abc")
+    ok, obs = driver._answers(driver.page, time.monotonic())
+    assert not ok and obs.status is None
+    assert [argv[0] for argv in host.ran] == ["curl"] * obs.attempts
+    assert any("http://notes.lab.test/" in argv for argv in host.ran)

@@ -10,7 +10,7 @@ import pytest
 
 from pvcheck import facts, preconditions, routes
 from pvcheck.config import NetworkConfig, RouteConfig
-from pvcheck.facts import (
+from pvcheck.hostfacts import (
     NetworkFacts,
     overlay_capacity,
     parse_network,
@@ -20,7 +20,7 @@ from pvcheck.facts import (
 )
 from pvcheck.records import Check, Gate, Status, Verdict, judge_gate, verdict
 from pvcheck.records import unproven as unproven_text
-from pvcheck.routes import RouteObservation
+from pvcheck.seams import RouteObservation
 from pvcheck.stacks import ServiceState, converged, stack_task_states
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -14,11 +14,11 @@ from pvcheck.guard import (
     CLEAN_SAMPLE,
     SIGNATURE_SAMPLE,
     GuardSection,
-    count_with,
     find_recovery,
     judge_detection,
     judge_recovery,
 )
+from pvcheck.procs import count_with
 from pvcheck.records import VIP_SIGNATURE
 from tests.helpers import ROOT, check_guard
 

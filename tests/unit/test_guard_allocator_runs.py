@@ -15,8 +15,8 @@ from pvcheck.allocator import AllocatorResult, RoundFigures, judge_allocator, re
 from pvcheck.capacity import HeldCount
 from pvcheck.config import AllocatorConfig, GuardConfig
 from pvcheck.errors import HostBusy
-from pvcheck.facts import NetworkFacts
 from pvcheck.guard import find_detection, find_section, pipelines
+from pvcheck.hostfacts import NetworkFacts
 from pvcheck.logscan import LogScan
 from pvcheck.records import Check, Status
 from pvcheck.runs import HostLock, RunRegistry

@@ -9,7 +9,8 @@ from xml.etree import ElementTree as ET
 
 import yaml
 
-from pvcheck.history import append_history, read_history, trend_svg
+from pvcheck.history import read_history, trend_svg
+from pvcheck.statefiles import append_history
 from tests.helpers import ROOT
 
 

@@ -12,7 +12,6 @@ import pytest
 from pvcheck.logscan import (
     CommandLogSource,
     FileLogSource,
-    LogUnreadable,
     error_family,
     fresh_logs,
     line_time,
@@ -20,6 +19,7 @@ from pvcheck.logscan import (
     unread_scan,
 )
 from pvcheck.records import VIP_SIGNATURE, Status
+from pvcheck.seams import LogUnreadable
 
 SINCE = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
 UNTIL = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from pvcheck.config import parse_config
 from pvcheck.errors import ConfigError, StateFileError
-from pvcheck.statefiles import has_done, replace_section, section_body, sections
+from pvcheck.protocol import has_done
+from pvcheck.statefiles import replace_section, section_body, sections
 from tests.helpers import lab_raw
 
 SOURCE = Path("/etc/pvcheck/fuzz.toml")

@@ -22,46 +22,43 @@ from pvcheck.claims import differing_commands, doc_ref, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.done import write_done
 from pvcheck.errors import StateFileError
-from pvcheck.evidence import (
-    claim_message,
-    review_withdraws_done,
-    run_withdraws_done,
-    write_evidence,
-    write_review,
-)
-from pvcheck.facts import HostFacts, NetworkFacts
+from pvcheck.evidence import claim_message, write_evidence, write_review
 from pvcheck.gitdocs import commit_docs
 from pvcheck.history import history_record
+from pvcheck.hostfacts import HostFacts, NetworkFacts
 from pvcheck.protocol import (
     MAX_VETO_CHARS,
+    ClaimState,
+    GateClaim,
+    GateReview,
     Veto,
+    done_rule,
     entry_gate,
     find_veto,
     find_vetoes,
+    has_done,
     has_own_done,
+    parse_claims,
+    parse_verdicts,
+    review_withdraws_done,
     roll_over,
+    run_withdraws_done,
     stray_done_lines,
     without_done,
 )
 from pvcheck.records import Gate, Verdict, format_ts
 from pvcheck.report import Report
 from pvcheck.review import (
-    ClaimState,
-    Finding,
-    GateClaim,
     Recorded,
-    ReviewResult,
     attribute_endpoints,
     compare_allocator,
     compare_evidence,
     compare_totals,
-    done_rule,
-    parse_claims,
-    parse_verdicts,
+    judge_review,
     recorded_from_json,
 )
-from pvcheck.review import Verdict as ReviewVerdict
-from pvcheck.statefiles import has_done, replace_section, repo_root, sections
+from pvcheck.reviewrecord import Finding, ReviewResult
+from pvcheck.statefiles import replace_section, repo_root, sections
 from tests.helpers import LAB_CONFIG
 from tests.unit.test_render import sample_report
 
@@ -95,7 +92,11 @@ def current_claims(cfg: Config) -> dict[str, GateClaim]:
 
 
 def review(
-    cfg: Config, review_id: str, at: str, m1: str = "PASS", m2: str = "PASS"
+    cfg: Config,
+    review_id: str,
+    at: str,
+    m1: Verdict = Verdict.PASS,
+    m2: Verdict = Verdict.PASS,
 ) -> ReviewResult:
     """A review of the claims now in STATUS, with these verdicts."""
     return ReviewResult(review_id, at, current_claims(cfg), verdicts={"M1": m1, "M2": m2})
@@ -312,8 +313,8 @@ def test_two_reviews_leave_two_dated_entries_per_gate_and_the_newest_is_read(
     tmp_path: Path,
 ) -> None:
     cfg = claimed(tmp_path / "docs")
-    write_review(review(cfg, "rv-1", "2026-11-26T13:00:00Z", "PASS", "FAIL"), cfg)
-    write_review(review(cfg, "rv-2", "2026-11-26T13:05:00Z", "FAIL", "PASS"), cfg)
+    write_review(review(cfg, "rv-1", "2026-11-26T13:00:00Z", Verdict.PASS, Verdict.FAIL), cfg)
+    write_review(review(cfg, "rv-2", "2026-11-26T13:05:00Z", Verdict.FAIL, Verdict.PASS), cfg)
     text = cfg.docs.paths.review.read_text(encoding="utf-8")
     assert entry_names(text) == [
         "review.rv-1.M1",
@@ -327,8 +328,8 @@ def test_two_reviews_leave_two_dated_entries_per_gate_and_the_newest_is_read(
     verdicts = parse_verdicts(text)
     at = datetime(2026, 11, 26, 13, 5, tzinfo=UTC)
     assert verdicts == {
-        "M1": ReviewVerdict("FAIL", at, RUN),
-        "M2": ReviewVerdict("PASS", at, RUN),
+        "M1": GateReview(Verdict.FAIL, at, RUN),
+        "M2": GateReview(Verdict.PASS, at, RUN),
     }
 
 
@@ -340,7 +341,9 @@ def test_a_small_review_bound_rolls_old_entries_to_the_archive_and_drops_none(
     archives = [b""]
     written = 12
     for i in range(written):
-        result = review(cfg, f"rv-{i:02d}", f"2026-11-26T13:{i:02d}:00Z", "PASS", "FAIL")
+        result = review(
+            cfg, f"rv-{i:02d}", f"2026-11-26T13:{i:02d}:00Z", Verdict.PASS, Verdict.FAIL
+        )
         out = write_review(result, cfg)
         archive = paths.review_archive.read_bytes() if paths.review_archive.exists() else b""
         assert archive.startswith(archives[-1])  # only appended to
@@ -361,8 +364,8 @@ def test_a_small_review_bound_rolls_old_entries_to_the_archive_and_drops_none(
     assert f"moved to `{paths.review_archive.name}`" in text
     last = datetime(2026, 11, 26, 13, written - 1, tzinfo=UTC)
     assert parse_verdicts(text) == {
-        "M1": ReviewVerdict("PASS", last, RUN),
-        "M2": ReviewVerdict("FAIL", last, RUN),
+        "M1": GateReview(Verdict.PASS, last, RUN),
+        "M2": GateReview(Verdict.FAIL, last, RUN),
     }
     assert "older REVIEW entries moved to REVIEW-pvcheck.archive.md" in (
         paths.journal.read_text(encoding="utf-8")
@@ -388,8 +391,8 @@ def test_of_two_verdicts_in_the_same_second_the_later_in_the_file_wins(
         f"## M1 — t: **{second}** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-b`\n",
         "R",
     )
-    assert parse_verdicts(text)["M1"] == ReviewVerdict(
-        second, datetime(2026, 11, 26, 12, tzinfo=UTC), "pv-b"
+    assert parse_verdicts(text)["M1"] == GateReview(
+        Verdict(second.lower()), datetime(2026, 11, 26, 12, tzinfo=UTC), "pv-b"
     )
 
 
@@ -401,13 +404,13 @@ def test_only_an_entrys_header_or_a_persons_line_is_a_verdict() -> None:
     )
     text = replace_section("# REVIEW\n", "review.rv-a.M1", entry, "R")
     # Command output or a finding inside pvcheck's entry never counts, whatever it says.
-    assert parse_verdicts(text)["M1"] == ReviewVerdict(
-        "FAIL", datetime(2026, 11, 26, 12, tzinfo=UTC), "pv-a"
+    assert parse_verdicts(text)["M1"] == GateReview(
+        Verdict.FAIL, datetime(2026, 11, 26, 12, tzinfo=UTC), "pv-a"
     )
     # A person's verdict outside pvcheck's sections counts, naming no run.
     by_hand = text + "\n## M1 — t: **PASS** @2026-11-26T12:01:00Z\n"
-    assert parse_verdicts(by_hand)["M1"] == ReviewVerdict(
-        "PASS", datetime(2026, 11, 26, 12, 1, tzinfo=UTC), None
+    assert parse_verdicts(by_hand)["M1"] == GateReview(
+        Verdict.PASS, datetime(2026, 11, 26, 12, 1, tzinfo=UTC), None
     )
     assert "M1" not in parse_verdicts("```\n" + forged + "\n```\n")  # an example in a block
 
@@ -425,8 +428,8 @@ def test_an_older_verdict_later_in_the_file_does_not_win_nor_lend_its_run() -> N
         "## M1 — t: **FAIL** @2026-11-26T12:00:00Z\n\nReviewed the claim of run `pv-old`\n",
         "R",
     )
-    assert parse_verdicts(text)["M1"] == ReviewVerdict(
-        "PASS", datetime(2026, 11, 26, 12, 5, tzinfo=UTC), "pv-new"
+    assert parse_verdicts(text)["M1"] == GateReview(
+        Verdict.PASS, datetime(2026, 11, 26, 12, 5, tzinfo=UTC), "pv-new"
     )
 
 
@@ -437,12 +440,12 @@ NEW_CLAIM: dict[str, GateClaim] = {
 }
 
 
-def verdicts(result: str, at: datetime, run: str | None) -> dict[str, ReviewVerdict]:
-    return {g: ReviewVerdict(result, at, run) for g in Gate}
+def verdicts(result: Verdict, at: datetime, run: str | None) -> dict[str, GateReview]:
+    return {g: GateReview(result, at, run) for g in Gate}
 
 
 def test_latest_does_not_count_a_pass_of_an_older_run_for_a_newer_claim() -> None:
-    older_pass = verdicts("PASS", T0 + timedelta(minutes=30), "pv-1")
+    older_pass = verdicts(Verdict.PASS, T0 + timedelta(minutes=30), "pv-1")
     decision = done_rule(NEW_CLAIM, older_pass, T0 + timedelta(hours=2), DAY, "latest")
     assert not decision.ok
     assert decision.problems == [
@@ -451,20 +454,20 @@ def test_latest_does_not_count_a_pass_of_an_older_run_for_a_newer_claim() -> Non
 
 
 def test_first_counts_a_fresh_pass_of_an_earlier_run() -> None:
-    older_pass = verdicts("PASS", T0 + timedelta(minutes=30), "pv-1")
+    older_pass = verdicts(Verdict.PASS, T0 + timedelta(minutes=30), "pv-1")
     assert done_rule(NEW_CLAIM, older_pass, T0 + timedelta(hours=2), DAY, "first").ok
 
 
 @pytest.mark.parametrize("follows", ["latest", "first"])
 def test_a_fail_is_a_problem_whatever_done_follows(follows: str) -> None:
-    failed = verdicts("FAIL", T0 + timedelta(hours=1, minutes=5), "pv-2")
+    failed = verdicts(Verdict.FAIL, T0 + timedelta(hours=1, minutes=5), "pv-2")
     decision = done_rule(NEW_CLAIM, failed, T0 + timedelta(hours=2), DAY, follows)
     assert decision.problems == [f"{g}: the latest review is FAIL" for g in Gate]
 
 
 @pytest.mark.parametrize("follows", ["latest", "first"])
 def test_a_stale_pass_is_a_problem_whatever_done_follows(follows: str) -> None:
-    passed = verdicts("PASS", T0 + timedelta(hours=1, minutes=5), "pv-2")
+    passed = verdicts(Verdict.PASS, T0 + timedelta(hours=1, minutes=5), "pv-2")
     assert done_rule(NEW_CLAIM, passed, T0 + timedelta(hours=2), DAY, follows).ok
     late = T0 + timedelta(days=3)
     decision = done_rule(NEW_CLAIM, passed, late, DAY, follows)
@@ -583,12 +586,17 @@ def test_claim_message_names_the_gates_claimed_and_a_verdict_that_is_not_pass() 
     assert claim_message(nothing, "p") == f"evidence(p): run {RUN} FAIL"
 
 
+def review_withdraws(result: ReviewResult, standing: list[Veto]) -> str | None:
+    findings = [(f.gate, f.title) for f in result.findings]
+    return review_withdraws_done(result.review_id, result.verdicts, findings, standing)
+
+
 def test_review_withdraws_done() -> None:
     claims: dict[str, GateClaim] = {g: GateClaim(g, ClaimState.CLAIMED, T0, RUN) for g in Gate}
     passed = ReviewResult(
-        "rv-1", "2026-11-26T13:00:00Z", claims, verdicts={"M1": "PASS", "M2": "PASS"}
+        "rv-1", "2026-11-26T13:00:00Z", claims, verdicts={"M1": Verdict.PASS, "M2": Verdict.PASS}
     )
-    assert review_withdraws_done(passed, []) is None
+    assert review_withdraws(passed, []) is None
     findings = [
         Finding("a", Gate.M2, "leak one", "r"),
         Finding("b", Gate.M1, "not this gate", "r"),
@@ -599,14 +607,14 @@ def test_review_withdraws_done() -> None:
         "2026-11-26T13:00:00Z",
         claims,
         findings=findings,
-        verdicts={"M1": "PASS", "M2": "FAIL"},
+        verdicts={"M1": Verdict.PASS, "M2": Verdict.FAIL},
     )
-    assert review_withdraws_done(failed, []) == "review rv-2 failed M2: leak one; leak two"
+    assert review_withdraws(failed, []) == "review rv-2 failed M2: leak one; leak two"
     bare = dataclasses.replace(failed, findings=[])
-    assert review_withdraws_done(bare, []) == "review rv-2 failed M2"
+    assert review_withdraws(bare, []) == "review rv-2 failed M2"
     veto = Veto("STATUS", 9, "hold")
-    assert review_withdraws_done(passed, [veto]) == "VETO at STATUS line 9: hold"
-    assert review_withdraws_done(failed, [veto]) == "VETO at STATUS line 9: hold"
+    assert review_withdraws(passed, [veto]) == "VETO at STATUS line 9: hold"
+    assert review_withdraws(failed, [veto]) == "VETO at STATUS line 9: hold"
 
 
 # --- 9. endpoints attributed: ours, churn, unexplained ----------------------------------------
@@ -1100,12 +1108,12 @@ def test_a_finding_from_a_host_cannot_write_a_verdict_or_a_marker_into_review(
     )
     result.findings = [Finding("k", Gate.M1, hostile, hostile)]
     result.churn = [hostile]
-    result.judge()
+    judge_review(result)
     write_review(result, cfg)
     text = (tmp_path / "REVIEW-pvcheck.md").read_text(encoding="utf-8")
     assert not re.search(r"^## M1 — forged", text, re.M)
     assert not re.search(r"^<!-- pvcheck:end review\.x -->", text, re.M)
-    assert parse_verdicts(text)["M1"].result == "FAIL"
+    assert parse_verdicts(text)["M1"].verdict == Verdict.FAIL
     sections(text, "R")  # still well formed
     backlog = (tmp_path / "BACKLOG-pvcheck.md").read_text(encoding="utf-8")
     assert not re.search(r"^## M1 — forged", backlog, re.M)

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-from pvcheck.errors import ConfigError
-from pvcheck.stackfile import (
+from pvcheck.compose import (
     Confinement,
-    _ComposeLoader,
     confine,
     load_compose,
     never_published,
     prepare,
     read_env_file,
 )
+from pvcheck.compose.yamlio import _ComposeLoader
+from pvcheck.errors import ConfigError
 
 LAB = Path(__file__).parents[2] / "lab"
 STACK = "pvc-notes-abc123"

@@ -12,21 +12,21 @@ from pathlib import Path
 import pytest
 
 from pvcheck.allocator import AllocatorResult, RoundFigures
+from pvcheck.backlog import BUILD_SECTION, BuildItem, merge_build, parse_backlog
 from pvcheck.capacity import HeldCount
 from pvcheck.claims import curl_command
 from pvcheck.config import Config, load_config
 from pvcheck.evidence import (
-    merge_backlog,
-    parse_backlog,
     render,
     render_journal_entry,
     render_status_sections,
     write_evidence,
 )
-from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
+from pvcheck.hostfacts import HostFacts, NetworkFacts, ServiceFacts
 from pvcheck.logscan import LogScan
 from pvcheck.records import Check, Gate, Outcome, Stage, StageOutcome, Status
 from pvcheck.report import Report
+from pvcheck.statefiles import replace_section
 from tests.helpers import LAB_CONFIG
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -172,14 +172,18 @@ def test_curl_command_quotes_and_connects_to(cfg: Config) -> None:
 
 def test_backlog_has_one_item_per_failing_check_and_ticks_fixed_ones() -> None:
     failing = sample_report(True)
-    items = merge_backlog([], failing)
+    items = merge_build([], failing)
     assert [(i.num, i.check_id, i.done) for i in items] == [("B1", "svc.lab-drone_app", False)]
-    body = "\n".join(i.text for i in items)
-    again = merge_backlog(parse_backlog(body), failing)
+
+    def read_back(items: list[BuildItem]) -> list[BuildItem]:
+        body = "\n".join(i.text for i in items)
+        return parse_backlog(replace_section("", BUILD_SECTION, body, "B"), "B").build
+
+    again = merge_build(read_back(items), failing)
     assert len(again) == 1  # a second failing run does not file it again
-    fixed = merge_backlog(parse_backlog(body), sample_report(False))
+    fixed = merge_build(read_back(items), sample_report(False))
     assert fixed[0].done and "passing @2026-11-26T12:00:09Z" in fixed[0].text
-    back = merge_backlog(parse_backlog("\n".join(i.text for i in fixed)), failing)
+    back = merge_build(read_back(fixed), failing)
     assert len(back) == 1 and not back[0].done  # re-opened, not duplicated
 
 

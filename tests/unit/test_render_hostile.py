@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 
 from pvcheck import evidence
+from pvcheck.backlog import BuildItem, FindingItem, merge_build
 from pvcheck.config import Config, load_config
 from pvcheck.evidence import (
-    BacklogItem,
-    merge_backlog,
     render,
     render_journal_entry,
     render_review_entries,
@@ -36,14 +35,13 @@ from pvcheck.evidence import (
     write_unreachable,
 )
 from pvcheck.history import history_record
-from pvcheck.protocol import has_own_done
+from pvcheck.protocol import ClaimState, GateClaim, has_done, has_own_done, parse_claims
 from pvcheck.records import Check, Gate, Outcome, Stage, StageOutcome, Status, Verdict
 from pvcheck.report import Report
-from pvcheck.review import ClaimState, Finding, FindingItem, GateClaim, ReviewResult
+from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.statefiles import (
     FENCE,
     DocsPaths,
-    has_done,
     replace_section,
     sections,
     update_sections,
@@ -162,7 +160,7 @@ class World:
 
     report: Report
     vetoes: list[str]
-    backlog: list[BacklogItem]  # each item's text is a whole line of BACKLOG
+    backlog: list[BuildItem]  # each item's text is a whole line of BACKLOG
     findings: list[FindingItem]
     review: ReviewResult
     churn: list[str]
@@ -185,13 +183,13 @@ def world(report: Report) -> World:
             Finding("k1", Gate.M1, "route down", "curl http://x/"),
             Finding("k2", Gate.M2, "residue left", "docker service ls"),
         ],
-        verdicts={"M1": "FAIL", "M2": "FAIL"},
+        verdicts={"M1": Verdict.FAIL, "M2": Verdict.FAIL},
         churn=["service other_app: 1 → 2 replicas"],
     )
     return World(
         report=report,
         vetoes=["REVIEW-pvcheck.md line 3: the numbers were edited"],
-        backlog=merge_backlog([], sample_report(True)) + merge_backlog([], report),
+        backlog=merge_build([], sample_report(True)) + merge_build([], report),
         findings=[
             FindingItem("A1", "key-1", "route down", "OPEN", " (found @t)", "curl http://x/"),
             FindingItem("A2", "key-2", "residue", "FIXED", " @t: no longer reproducible", "ls"),
@@ -367,15 +365,13 @@ def test_a_failed_review_withdraws_done_first_and_a_passed_gate_does_not_bring_i
     write_evidence(sample_report(False), cfg)  # the claims the review reads
     with_done(cfg)
     status = cfg.docs.paths.status
-    from pvcheck.review import parse_claims
-
     claims = parse_claims(status.read_text(encoding="utf-8"), str(status))
     result = ReviewResult(
         "rv-1",
         "2026-11-26T12:30:00Z",
         claims,
         findings=[Finding("k", Gate.M2, FORGE, FORGE)],
-        verdicts={"M1": "PASS", "M2": "FAIL"},
+        verdicts={"M1": Verdict.PASS, "M2": Verdict.FAIL},
         churn=[FORGE],
     )
     write_review(result, cfg)  # M1 PASS marks its header: the old text must not come back

@@ -8,29 +8,31 @@ from pathlib import Path
 
 import pytest
 
+from pvcheck.backlog import FINDINGS_SECTION, merge_findings, parse_backlog
 from pvcheck.config import load_config
 from pvcheck.done import write_done
 from pvcheck.errors import StateFileError
 from pvcheck.evidence import render
-from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts
-from pvcheck.records import Gate
-from pvcheck.review import (
+from pvcheck.hostfacts import HostFacts, NetworkFacts, ServiceFacts
+from pvcheck.protocol import (
     ClaimState,
-    Finding,
     GateClaim,
-    Recorded,
-    Verdict,
-    compare_evidence,
+    GateReview,
     done_rule,
+    has_done,
     mark_gate_passed,
-    merge_findings,
     parse_claims,
-    parse_findings,
     parse_verdicts,
+)
+from pvcheck.records import Gate, Verdict
+from pvcheck.review import (
+    Recorded,
+    compare_evidence,
     read_recorded,
     recorded_from_json,
 )
-from pvcheck.statefiles import has_done, replace_section
+from pvcheck.reviewrecord import Finding
+from pvcheck.statefiles import replace_section
 from tests.helpers import LAB_CONFIG
 from tests.unit.test_render import sample_report
 
@@ -128,7 +130,8 @@ def test_findings_are_kept_once_fixed_and_reopened() -> None:
         f"### {i.num} [adversary] {i.title}\n<!-- key: {i.key} -->\n**Status:** {i.status}{i.note}\nRepro: {i.repro}"
         for i in first
     )
-    again = merge_findings(parse_findings(body), [a], "T2")
+    parsed = parse_backlog(replace_section("", FINDINGS_SECTION, body, "B"), "B").findings
+    again = merge_findings(parsed, [a], "T2")
     assert [(i.num, i.status) for i in again] == [("A1", "OPEN"), ("A2", "FIXED")]
     reopened = merge_findings(again, [a, b], "T3")
     assert [(i.num, i.status) for i in reopened] == [("A1", "OPEN"), ("A2", "OPEN")]
@@ -142,8 +145,8 @@ def test_done_rule() -> None:
     now = T0 + timedelta(hours=1)
     claims = {"M1": claim(T0), "M2": claim(T0)}
     fresh = {
-        "M1": Verdict("PASS", T0 + timedelta(minutes=5)),
-        "M2": Verdict("PASS", T0 + timedelta(minutes=6)),
+        "M1": GateReview(Verdict.PASS, T0 + timedelta(minutes=5)),
+        "M2": GateReview(Verdict.PASS, T0 + timedelta(minutes=6)),
     }
     assert done_rule(claims, fresh, now, timedelta(hours=24)).ok
     stale = done_rule(claims, fresh, now + timedelta(days=2), timedelta(hours=24))
@@ -156,7 +159,9 @@ def test_done_rule() -> None:
     ]
     missing = done_rule(claims, {"M1": fresh["M1"]}, now, timedelta(hours=24))
     assert missing.problems == ["M2: no review verdict in REVIEW"]
-    failed = done_rule(claims, {**fresh, "M1": Verdict("FAIL", now)}, now, timedelta(hours=24))
+    failed = done_rule(
+        claims, {**fresh, "M1": GateReview(Verdict.FAIL, now)}, now, timedelta(hours=24)
+    )
     assert failed.problems == ["M1: the latest review is FAIL"]
     unclaimed = done_rule(
         {"M1": claim(T0), "M2": GateClaim(Gate.M2, ClaimState.NONE, None, None)},
@@ -171,15 +176,17 @@ def test_done_rule_same_second_review_counts_only_for_the_claim_it_reviewed() ->
     # A fast lab run and its review can fall in one second: the review's own record of which
     # claim it verified decides; a hand-written verdict needs a strictly later timestamp.
     claims = {"M1": claim(T0), "M2": claim(T0)}
-    reviewed = {g: Verdict("PASS", T0, "pv-1") for g in claims}
+    reviewed = {g: GateReview(Verdict.PASS, T0, "pv-1") for g in claims}
     assert done_rule(claims, reviewed, T0, timedelta(hours=24)).ok
-    by_hand = done_rule(claims, {g: Verdict("PASS", T0) for g in claims}, T0, timedelta(hours=24))
+    by_hand = done_rule(
+        claims, {g: GateReview(Verdict.PASS, T0) for g in claims}, T0, timedelta(hours=24)
+    )
     assert by_hand.problems == [
         f"{g}: the PASS @2026-11-26T12:00:09Z is not newer than the claim @2026-11-26T12:00:09Z"
         for g in ("M1", "M2")
     ]
     # A later PASS of an earlier claim does not pass a claim made since.
-    other = {**reviewed, "M2": Verdict("PASS", T0 + timedelta(minutes=1), "pv-0")}
+    other = {**reviewed, "M2": GateReview(Verdict.PASS, T0 + timedelta(minutes=1), "pv-0")}
     assert done_rule(claims, other, T0, timedelta(hours=24)).problems == [
         "M2: the PASS reviewed run pv-0, not the current claim of run pv-1"
     ]
@@ -192,8 +199,8 @@ def test_verdicts_latest_wins() -> None:
         "## M2 — Real CI and allocator proof verified: **PASS** @2026-11-26T11:00:00Z\n"
     )
     verdicts = parse_verdicts(text)
-    assert verdicts["M1"].result == "PASS" and verdicts["M2"] == Verdict(
-        "PASS", datetime(2026, 11, 26, 11, tzinfo=UTC)
+    assert verdicts["M1"].verdict == Verdict.PASS and verdicts["M2"] == GateReview(
+        Verdict.PASS, datetime(2026, 11, 26, 11, tzinfo=UTC)
     )
 
 
@@ -219,7 +226,10 @@ def test_verdicts_read_the_reviewed_run_from_the_rendered_review() -> None:
     for n, body in enumerate(sections):
         text = replace_section(text, f"review.rv-{n}.M{n + 1}", body, "R")
     verdicts = parse_verdicts(text + "## Notes by hand\n\nReviewed the claim of run `x`\n")
-    assert verdicts == {"M1": Verdict("PASS", T0, "pv-a"), "M2": Verdict("PASS", T0, "pv-b")}
+    assert verdicts == {
+        "M1": GateReview(Verdict.PASS, T0, "pv-a"),
+        "M2": GateReview(Verdict.PASS, T0, "pv-b"),
+    }
 
 
 def test_done_writes_only_with_fresh_passes(tmp_path: Path) -> None:
@@ -250,7 +260,7 @@ def test_a_review_passes_only_the_claim_it_verified(tmp_path: Path) -> None:
     """A run may claim again while a review is running: the review's PASS must not land on
     the newer claim it never saw, even when both claims carry the same second."""
     from pvcheck.evidence import write_review
-    from pvcheck.review import ReviewResult
+    from pvcheck.reviewrecord import ReviewResult
 
     cfg = load_config(LAB_CONFIG, {"docs": {"dir": str(tmp_path)}})
     text = status_text(tmp_path)
@@ -259,7 +269,7 @@ def test_a_review_passes_only_the_claim_it_verified(tmp_path: Path) -> None:
     # The claim in STATUS now is another run's, made in the same second.
     status.write_text(text.replace("pv-20261126120000-abc123", "pv-20261126120000-def456"))
     result = ReviewResult(
-        "rv-1", "2026-11-26T12:00:09Z", seen, verdicts={"M1": "PASS", "M2": "FAIL"}
+        "rv-1", "2026-11-26T12:00:09Z", seen, verdicts={"M1": Verdict.PASS, "M2": Verdict.FAIL}
     )
     write_review(result, cfg)
     assert "## Gate: M1 — PASS @" not in status.read_text()

@@ -10,10 +10,15 @@ import pytest
 
 from pvcheck.config import GuardConfig
 from pvcheck.errors import StateFileError
-from pvcheck.history import append_history
 from pvcheck.runs import HostLock
 from pvcheck.safeio import atomic_write, read_capped, require_root_only
-from pvcheck.statefiles import append_journal, docs_lock, read_state, update_sections
+from pvcheck.statefiles import (
+    append_history,
+    append_journal,
+    docs_lock,
+    read_state,
+    update_sections,
+)
 from tests.helpers import check_guard
 
 pytestmark = pytest.mark.faults

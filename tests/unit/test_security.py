@@ -1,4 +1,4 @@
-"""Security rows of README "What the tests prove" that need no engine: time stamps from the
+"""Security rows of docs/testing.md that need no engine: time stamps from the
 future, the review's host commands, whole process groups at a deadline, bounded memory."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from pvcheck.claims import ColdCommand, differing_commands, m2_claim
 from pvcheck.config import load_config
 from pvcheck.errors import StateFileError
-from pvcheck.records import Gate
-from pvcheck.review import parse_claims, parse_verdicts
+from pvcheck.protocol import parse_claims, parse_verdicts
+from pvcheck.records import Gate, Verdict
 from tests.helpers import LAB_CONFIG
 from tests.unit.test_render import sample_report
 
@@ -32,7 +32,7 @@ def test_a_future_review_verdict_is_refused_naming_file_and_line() -> None:
     with pytest.raises(StateFileError, match=r"REVIEW-pvcheck\.md:3: timestamp .* in the future"):
         parse_verdicts(text, "REVIEW-pvcheck.md")
     near = f"## M1 — Control plane: **PASS** @{_future(hours=0.01)}\n"  # within the skew
-    assert parse_verdicts(near, "R")["M1"].result == "PASS"
+    assert parse_verdicts(near, "R")["M1"].verdict == Verdict.PASS
 
 
 def test_a_future_claim_or_pass_header_in_status_is_refused(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_a_cold_command_past_its_deadline_takes_its_whole_pipeline_with_it() -> 
 
 
 def test_a_hostile_guard_grep_cannot_hang_the_run(tmp_path: Path) -> None:
-    from pvcheck.guard import count_with
+    from pvcheck.procs import count_with
 
     started = time.monotonic()
     assert count_with([sys.executable, "-c", "import time; time.sleep(30)"], "x", 1) is None

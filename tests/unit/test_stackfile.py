@@ -15,8 +15,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pvcheck.errors import ConfigError
-from pvcheck.stackfile import (
+from pvcheck.compose import (
     MAX_ENV_BYTES,
     Confinement,
     Reference,
@@ -32,11 +31,10 @@ from pvcheck.stackfile import (
     prepare,
     read_env_file,
     references,
-    required_variables,
     resolve_environment,
     unset_variables,
-    variables,
 )
+from pvcheck.errors import ConfigError
 
 TWIN_RECIPE = Path(__file__).parents[2] / "lab/cc-ci-twin/recipes/custom-html/compose.yml"
 
@@ -246,13 +244,13 @@ def test_references_follow_compose_syntax(
     value: str, required: set[str], optional: set[str]
 ) -> None:
     doc = {"services": {"app": {"image": value}}}
-    assert required_variables(doc) == required
-    assert variables(doc) == required | optional
+    assert {ref.name for ref in references(doc) if ref.required} == required
+    assert {ref.name for ref in references(doc)} == required | optional
 
 
 def test_keys_are_not_interpolated_so_hold_no_references() -> None:
     doc = {"services": {"app": {"labels": {"traefik.http.routers.${KEY_VAR}.tls": "${VALUE}"}}}}
-    assert variables(doc) == {"VALUE"}
+    assert references(doc) == {Reference("VALUE", required=True)}
 
 
 def test_unset_variables_names_each_required_variable_the_env_lacks() -> None:
@@ -403,7 +401,7 @@ def test_escaped_output_read_again_by_the_same_rules_gives_the_value_back(
 ) -> None:
     # What the CLI does with pvcheck's output: interpolate it once more, in any environment.
     escaped = escape_dollars({"v": text})
-    assert variables(escaped) == set()
+    assert references(escaped) == set()
     assert interpolate(escaped, env, "x", escape=False) == {"v": text}
 
 
@@ -595,7 +593,7 @@ def test_prepare_gives_the_cli_a_file_with_nothing_left_to_interpolate(tmp_path:
     out = yaml.safe_load(text)
 
     assert overridden == []
-    assert variables(out) == set()  # the CLI's own interpolation changes nothing ...
+    assert references(out) == set()  # the CLI's own interpolation changes nothing ...
     cli_view = interpolate(out, {"DOMAIN": "from-the-cli-env"}, "x", escape=False)
     app = cli_view["services"]["app"]
     assert app["image"] == "nginx:1.27"

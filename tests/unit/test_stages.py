@@ -18,13 +18,12 @@ from pvcheck import allocator, deploy, facts, guard, logscan, preconditions, rou
 from pvcheck.allocator import AllocatorResult, RoundFigures
 from pvcheck.capacity import HeldCount
 from pvcheck.config import AllocatorConfig, Config, GuardConfig, RouteConfig, load_config
-from pvcheck.deploy import DeployOutcome, TierResult, TierStatus
-from pvcheck.facts import HostFacts, NetworkFacts, ServiceFacts, parse_network
 from pvcheck.guard import Canary, GuardSection
+from pvcheck.hostfacts import HostFacts, NetworkFacts, ServiceFacts, parse_network
 from pvcheck.logscan import LogScan
 from pvcheck.records import VIP_SIGNATURE, Check, Gate, Status
-from pvcheck.routes import RouteObservation
 from pvcheck.runs import RunRegistry
+from pvcheck.seams import DeployOutcome, RouteObservation, TierResult, TierStatus
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, LABEL_STACK
 from tasks.allocator import allocator_proof
 from tasks.deploy import deploy_proof, wait_for_quiet_host

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from pvcheck.errors import StateFileError
+from pvcheck.protocol import has_done
 from pvcheck.safeio import atomic_write
 from pvcheck.statefiles import (
     append_journal,
-    has_done,
     read_state,
     replace_section,
     section_body,
@@ -92,6 +92,23 @@ def test_atomic_write_failure_keeps_old_file(
         atomic_write(path, "new\n")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["STATUS.md"]  # no temp file left
+
+
+def test_a_seed_is_written_once_and_never_through_a_link(tmp_path: Path) -> None:
+    # The lab's STATUS-pvfix: created when absent, a person's file there is left alone.
+    from pvcheck.statefiles import seed_state
+
+    path = tmp_path / "docs" / "STATUS-pvfix.md"
+    seed_state(path, "# STATUS\n\n## DONE\n")
+    assert path.read_text() == "# STATUS\n\n## DONE\n"
+    path.write_text("by hand\n")
+    seed_state(path, "# STATUS\n\n## DONE\n")
+    assert path.read_text() == "by hand\n"
+    dangling = tmp_path / "docs" / "STATUS-other.md"
+    dangling.symlink_to(tmp_path / "elsewhere.md")
+    with pytest.raises(StateFileError, match="symbolic link"):
+        seed_state(dangling, "x\n")
+    assert not (tmp_path / "elsewhere.md").exists()
 
 
 def test_journal_only_grows(tmp_path: Path) -> None:
