@@ -147,7 +147,7 @@ def target_overlay(config: str, url: str) -> Iterator[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.verify import RunParameters, verify
+    from pvcheck.flows.verify import RunParameters, verify
 
     if args.canary and args.target:
         # Refused before anything connects: the canary makes an allocator log the signature
@@ -198,7 +198,7 @@ def _write_report(path: str | None, text: str) -> None:
 
 def cmd_review(args: argparse.Namespace) -> int:
     (name,) = pin([args.config])
-    from flows.review import review
+    from pvcheck.flows.review import review
     from pvcheck.reviewrecord import ReviewResult
 
     ensure_prefect_api()
@@ -245,14 +245,14 @@ def cmd_done(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     configs = pin(args.config)  # the served deployments may run these configs only
-    from flows.serving import serve_all
+    from pvcheck.flows.serving import serve_all
 
     serve_all(configs, args.cron, args.timezone)
     return EXIT_PASS
 
 
 def cmd_prefect_yaml(args: argparse.Namespace) -> int:
-    from flows.serving import prefect_yaml
+    from pvcheck.flows.serving import prefect_yaml
 
     configs = {c.target.name: c for c in map(load_config, args.config)}
     if len(configs) != len(args.config):
@@ -263,7 +263,7 @@ def cmd_prefect_yaml(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     pin(args.config)  # the worker's flow runs may run these configs only
-    from flows.serving import start_worker
+    from pvcheck.flows.serving import start_worker
 
     start_worker(args.pool)  # replaces this process
     return EXIT_PASS

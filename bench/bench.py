@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from bench.labconfig import all_tiers, write_config
 from pvcheck import allocator
 from pvcheck.api import wait_healthy
 from pvcheck.compose import prepare
@@ -41,7 +42,6 @@ from pvcheck.routes import probe_routes
 from pvcheck.stacks import remove_labelled
 from pvcheck.swarm import LABEL_RUN, Swarm
 from pvcheck.wiring import build_seams
-from tests.helpers import all_tiers, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -141,7 +141,7 @@ def full_runs(repeat: int, api_url: str, work: Path) -> dict[str, Figure]:
 def overhead(repeat: int, api_url: str, work: Path) -> dict[str, Figure]:
     os.environ["PREFECT_API_URL"] = api_url
     from bench.direct import run_direct
-    from flows.verify import RunParameters, verify
+    from pvcheck.flows.verify import RunParameters, verify
     from pvcheck.pinned import pin
 
     config = str(write_config(work))

@@ -11,8 +11,8 @@ from typing import Any
 
 from prefect.logging.loggers import disable_run_logger
 
-import flows.verify as verify_flow
-import tasks.engine as engine_tasks
+import pvcheck.flows.verify as verify_flow
+import pvcheck.tasks.engine as engine_tasks
 from pvcheck.config import load_config
 from pvcheck.report import Report
 from pvcheck.runs import HostLock

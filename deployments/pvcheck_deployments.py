@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from flows.serving import NIGHTLY_CRON, serve_all
+from pvcheck.flows.serving import NIGHTLY_CRON, serve_all
 from pvcheck.pinned import pin
 
 if __name__ == "__main__":

@@ -9,16 +9,16 @@ import os
 from prefect import State, flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.params import TARGET, Host
 from pvcheck import runlog
 from pvcheck.config import load_config
 from pvcheck.errors import HostBusy
+from pvcheck.flows.params import TARGET, Host
 from pvcheck.pinned import pinned_path
 from pvcheck.records import Status
 from pvcheck.runs import EngineLock, HostLock, RunRegistry
 from pvcheck.swarm import Swarm
-from tasks.engine import connect
-from tasks.teardown import reap_dead_runs
+from pvcheck.tasks.engine import connect
+from pvcheck.tasks.teardown import reap_dead_runs
 
 
 @flow(name="pvcheck-janitor", log_prints=False)

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from prefect import State, flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.params import TARGET, Host
 from pvcheck import facts, guard, logscan, preconditions, routes, runlog
 from pvcheck.claims import differing_commands, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.errors import HostBusy
 from pvcheck.evidence import write_review
+from pvcheck.flows.params import TARGET, Host
 from pvcheck.history import read_history
 from pvcheck.hostfacts import HostFacts
 from pvcheck.pinned import pinned_path
@@ -38,16 +38,16 @@ from pvcheck.seams import Seams
 from pvcheck.stacks import list_residue, residue_names
 from pvcheck.statefiles import read_state
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK
+from pvcheck.tasks.engine import connect
+from pvcheck.tasks.facts import capture_facts
+from pvcheck.tasks.guard import guard_proof
+from pvcheck.tasks.logs import scan_docker_log
+from pvcheck.tasks.preconditions import check_preconditions
+from pvcheck.tasks.review import run_cold_commands
+from pvcheck.tasks.routes import check_routes
 from pvcheck.teardown import Observation as Residue
 from pvcheck.teardown import Settings as ResidueSettings
 from pvcheck.teardown import judge as judge_residue
-from tasks.engine import connect
-from tasks.facts import capture_facts
-from tasks.guard import guard_proof
-from tasks.logs import scan_docker_log
-from tasks.preconditions import check_preconditions
-from tasks.review import run_cold_commands
-from tasks.routes import check_routes
 
 
 def _how_finding(gate: Gate, odd: list[str]) -> list[Finding]:

@@ -23,9 +23,6 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.schedules import Cron
 from prefect.utilities.annotations import freeze
 
-from flows.janitor import janitor
-from flows.review import review
-from flows.verify import RunParameters, verify
 from pvcheck.api import (
     accepts_anonymous,
     api_healthy,
@@ -37,6 +34,9 @@ from pvcheck.api import (
 )
 from pvcheck.config import Config
 from pvcheck.errors import PrefectUnavailable, PvcheckError
+from pvcheck.flows.janitor import janitor
+from pvcheck.flows.review import review
+from pvcheck.flows.verify import RunParameters, verify
 from pvcheck.safeio import require_root_only_tree
 
 # The nightly re-check, in UTC: 01:17 every day, clear of cc-ci's weekly /upgrade-all sweep

@@ -19,17 +19,6 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.params import (
-    BATCH,
-    CANARY,
-    CONCURRENCY,
-    ROUNDS,
-    TARGET,
-    Batch,
-    Concurrency,
-    Host,
-    Rounds,
-)
 from pvcheck import (
     allocator,
     deploy,
@@ -50,6 +39,17 @@ from pvcheck.config import (
 )
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
 from pvcheck.evidence import write_unreachable
+from pvcheck.flows.params import (
+    BATCH,
+    CANARY,
+    CONCURRENCY,
+    ROUNDS,
+    TARGET,
+    Batch,
+    Concurrency,
+    Host,
+    Rounds,
+)
 from pvcheck.pinned import pinned_path
 from pvcheck.records import (
     Check,
@@ -68,17 +68,17 @@ from pvcheck.report import Report
 from pvcheck.runs import EngineLock, HostLock, RunRegistry
 from pvcheck.seams import Seams
 from pvcheck.swarm import Swarm
-from tasks.allocator import allocator_proof
-from tasks.deploy import deploy_proof, wait_for_quiet_host
-from tasks.engine import connect
-from tasks.evidence import publish_artifacts, write_evidence_files
-from tasks.facts import capture_facts
-from tasks.guard import guard_proof
-from tasks.logs import scan_docker_log
-from tasks.preconditions import check_preconditions
-from tasks.routes import check_routes, recheck_core_routes
-from tasks.teardown import reap_dead_runs
-from tasks.teardown import teardown as teardown_task
+from pvcheck.tasks.allocator import allocator_proof
+from pvcheck.tasks.deploy import deploy_proof, wait_for_quiet_host
+from pvcheck.tasks.engine import connect
+from pvcheck.tasks.evidence import publish_artifacts, write_evidence_files
+from pvcheck.tasks.facts import capture_facts
+from pvcheck.tasks.guard import guard_proof
+from pvcheck.tasks.logs import scan_docker_log
+from pvcheck.tasks.preconditions import check_preconditions
+from pvcheck.tasks.routes import check_routes, recheck_core_routes
+from pvcheck.tasks.teardown import reap_dead_runs
+from pvcheck.tasks.teardown import teardown as teardown_task
 
 log = logging.getLogger(__name__)
 

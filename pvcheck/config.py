@@ -30,11 +30,12 @@ from pydantic import (
 from pvcheck.compose import load_compose, read_env_file, unset_variables
 from pvcheck.errors import ConfigError, StateFileError
 from pvcheck.records import VIP_SIGNATURE
+from pvcheck.resources import LAB
 from pvcheck.safeio import read_capped, require_root_only
 from pvcheck.statefiles import DocsPaths
 
 # The built-in lab's config: the default of every command and flow parameter.
-LAB_CONFIG = Path(__file__).resolve().parent.parent / "lab" / "pvcheck.toml"
+LAB_CONFIG = LAB / "pvcheck.toml"
 
 # Hard caps: no config value or UI parameter may raise the run past these.
 MAX_ALLOCATOR_BATCH = 20

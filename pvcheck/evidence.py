@@ -12,7 +12,6 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -48,6 +47,7 @@ from pvcheck.protocol import (
 )
 from pvcheck.records import GATES, Family, Gate, Status, Verdict, parse_ts
 from pvcheck.report import DocsOutcome, Report
+from pvcheck.resources import TEMPLATES
 from pvcheck.reviewrecord import ReviewResult
 from pvcheck.statefiles import (
     DocsPaths,
@@ -62,8 +62,6 @@ from pvcheck.statefiles import (
     update_sections,
     write_whole,
 )
-
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 def _env() -> jinja2.Environment:

@@ -29,13 +29,14 @@ from cryptography.x509.oid import NameOID
 from pvcheck.api import listener_is_ours
 from pvcheck.config import Config, LabConfig
 from pvcheck.errors import LabError, StateFileError
+from pvcheck.resources import LAB
 from pvcheck.safeio import atomic_write, read_capped
 
 log = logging.getLogger(__name__)
 
 CERT_DAYS = 90
 RENEW_DAYS = 14
-DRONE_API = Path(__file__).resolve().parent.parent / "lab" / "cc-ci-twin" / "drone_api.py"
+DRONE_API = LAB / "cc-ci-twin" / "drone_api.py"
 
 
 def ca_path(lab: LabConfig) -> Path:

@@ -10,7 +10,7 @@ from pvcheck.config import MAX_ALLOCATOR_BATCH, MAX_ALLOCATOR_CONCURRENCY, MAX_A
 from pvcheck.records import Check
 from pvcheck.seams import Seams
 from pvcheck.swarm import LABEL_RUN
-from tasks.progress import progress_artifacts
+from pvcheck.tasks.progress import progress_artifacts
 
 
 @task(name="allocator-proof", cache_policy=NO_CACHE)

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from pvcheck import deploy
 from pvcheck.records import Check, Status
 from pvcheck.seams import Seams
-from tasks.progress import progress_artifacts
+from pvcheck.tasks.progress import progress_artifacts
 
 
 @task(name="wait-for-quiet-host", cache_policy=NO_CACHE)

@@ -7,22 +7,23 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
+# Re-exported: the tests' lab config lives beside the bench's (bench/labconfig.py).
+from bench.labconfig import FOUR_TIERS as FOUR_TIERS
+from bench.labconfig import PVFIX_DONE as PVFIX_DONE
+from bench.labconfig import all_tiers as all_tiers
+from bench.labconfig import lab_raw as lab_raw
+from bench.labconfig import write_config as write_config
+from pvcheck.config import LAB_CONFIG as LAB_CONFIG
 from pvcheck.config import GuardConfig
 from pvcheck.records import Check
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
 
 ROOT = Path(__file__).resolve().parents[1]
-LAB_CONFIG = ROOT / "lab" / "pvcheck.toml"
 CCCI_CONFIG = ROOT / "deployments" / "cc-ci.toml"
-
-PVFIX_DONE = "# STATUS — pvfix\n\n## DONE\n"
 
 
 def check_guard(cfg: GuardConfig) -> tuple[list[Check], list[str] | None]:
@@ -33,48 +34,6 @@ def check_guard(cfg: GuardConfig) -> tuple[list[Check], list[str] | None]:
     settings = guard.Settings(cfg)
     obs = guard.gather(fake_seams(), settings)
     return guard.judge(obs, settings), obs.argv
-
-
-FOUR_TIERS = ["install", "upgrade", "backup_restore", "functional"]
-
-
-def all_tiers(raw: dict[str, Any]) -> None:
-    """write_config mutation: the shipped lab config's four tiers, as `pvcheck run` runs it."""
-    raw["deploy"]["tiers"] = list(FOUR_TIERS)
-
-
-def lab_raw() -> dict[str, Any]:
-    """The lab config as a dict, with its relative paths made absolute."""
-    raw = tomllib.loads(LAB_CONFIG.read_text(encoding="utf-8"))
-    base = LAB_CONFIG.parent
-    compose = raw["deploy"]["compose"]
-    for key in ("file", "upgrade_file", "env_file"):
-        if key in compose:
-            compose[key] = str(base / compose[key])
-    raw["guard"]["file"] = str(base / raw["guard"]["file"])
-    return raw
-
-
-def write_config(
-    tmp_path: Path,
-    mutate: Callable[[dict[str, Any]], None] | None = None,
-    name: str = "pvcheck.toml",
-) -> Path:
-    """A lab config whose machine-docs folder is tmp_path/docs (with pvfix done)."""
-    raw = lab_raw()
-    docs = tmp_path / "docs"
-    docs.mkdir(exist_ok=True)
-    (docs / "STATUS-pvfix.md").write_text(PVFIX_DONE, encoding="utf-8")
-    raw["docs"]["dir"] = str(docs)
-    raw["target"]["state_dir"] = str(tmp_path / "state")
-    # The recipe's install tier only: most tests are about other stages, and the four tiers
-    # take half a minute per run. Tests of the tiers use `all_tiers`.
-    raw["deploy"]["tiers"] = ["install"]
-    if mutate:
-        mutate(raw)
-    path = tmp_path / name
-    path.write_bytes(tomli_w.dumps(raw).encode())
-    return path
 
 
 @contextlib.contextmanager
@@ -101,7 +60,7 @@ def spawn_run(config: Path, log_path: Path, *extra: str) -> subprocess.Popen[str
     starts it. Output goes to a file: a pipe nobody reads would fill up and stall the run."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    argv = [sys.executable, "-m", "app.cli", "run", "--config", str(config), *extra]
+    argv = [sys.executable, "-m", "pvcheck.app.cli", "run", "--config", str(config), *extra]
     with open(log_path, "w") as log:
         return subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT

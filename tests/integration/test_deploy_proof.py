@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.compose import prepare, read_env_file
 from pvcheck.config import Config
 from pvcheck.stackcli import DockerCli

@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import Config
 from pvcheck.lab import _dockerd_pid, ensure_engine, wait_routes
 from pvcheck.stacks import list_residue

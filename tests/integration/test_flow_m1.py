@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import Config
 from pvcheck.hostfacts import parse_network
 from pvcheck.lab import wait_routes

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import Config
 from pvcheck.lab import LAB_LABELS, lab_down, lab_up
 from pvcheck.stacks import list_residue

@@ -223,7 +223,7 @@ def test_canary_shows_the_guard_detects_the_real_signature(
     lab: Config, engine: Swarm, tmp_path: Path
 ) -> None:
     out = tmp_path / "report.json"
-    from app.cli import main
+    from pvcheck.app.cli import main
 
     rc = main(["run", "--config", str(write_config(tmp_path)), "--json", str(out), "--canary"])
     report = json.loads(out.read_text())
@@ -237,7 +237,7 @@ def test_canary_shows_the_guard_detects_the_real_signature(
 
 @pytest.mark.faults
 def test_canary_is_refused_off_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from app.cli import main
+    from pvcheck.app.cli import main
 
     def not_lab(raw: dict[str, Any]) -> None:
         del raw["lab"]

@@ -51,7 +51,7 @@ def test_one_server_verifies_two_hosts_with_their_own_deployments(
     ]
     env = api_env(server)
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
-    argv = [sys.executable, "-m", "app.cli", "serve", "--cron", "17 3 * * *"]
+    argv = [sys.executable, "-m", "pvcheck.app.cli", "serve", "--cron", "17 3 * * *"]
     for config in configs:
         argv += ["--config", str(config)]
     proc = subprocess.Popen(

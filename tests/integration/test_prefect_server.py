@@ -92,7 +92,7 @@ def served(
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "pvcheck.app.cli",
             "serve",
             "--config",
             str(config),

@@ -43,7 +43,16 @@ def test_a_process_worker_runs_a_deployment_declared_in_prefect_yaml(
     assert (nightly["cron"], nightly["timezone"]) == ("17 1 * * *", "UTC")
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--config", str(config), "--pool", "pvcheck"],
+        [
+            sys.executable,
+            "-m",
+            "pvcheck.app.cli",
+            "worker",
+            "--config",
+            str(config),
+            "--pool",
+            "pvcheck",
+        ],
         env=env,
         cwd=tmp_path,
         stdout=log,

@@ -15,7 +15,7 @@ from typing import Any
 import docker
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import Config, load_config
 from pvcheck.protocol import has_done
 from pvcheck.swarm import LABEL_RUN, Swarm

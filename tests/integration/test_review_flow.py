@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import Config
 from pvcheck.lab import wait_routes
 from pvcheck.protocol import has_done

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import Config
 from pvcheck.runs import LOCK_LABEL, LOCK_NAME
 from pvcheck.stacks import list_residue

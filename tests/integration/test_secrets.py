@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import Config
 from pvcheck.masking import MASK
 from tests.fakes import drone_server

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from app.cli import main
 from pvcheck.api import free_port
+from pvcheck.app.cli import main
 from pvcheck.config import ActiveRunsConfig, Config, LogsConfig, load_config
 from pvcheck.deploy import judge_outcome
 from pvcheck.deploy.active import active_runs

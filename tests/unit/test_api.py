@@ -78,7 +78,7 @@ def test_only_the_main_thread_starts_one() -> None:
 def test_serve_refuses_an_api_anyone_can_call(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from flows.serving import ensure_server
+    from pvcheck.flows.serving import ensure_server
 
     with fake_api(anonymous_ok=True) as url:
         monkeypatch.setenv("PREFECT_API_URL", url)
@@ -93,7 +93,7 @@ def test_serve_refuses_an_api_anyone_can_call(
 def test_serve_never_attaches_to_a_port_someone_else_holds(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from flows.serving import ensure_server
+    from pvcheck.flows.serving import ensure_server
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with fake_api(anonymous_ok=False) as url:  # a squatter that even looks like Prefect
@@ -113,7 +113,7 @@ def test_the_served_auth_string_is_root_only_and_kept(tmp_path: Path) -> None:
 
 
 def test_served_parameters_name_a_pinned_config_never_a_path(tmp_path: Path) -> None:
-    from flows.serving import build_deployments
+    from pvcheck.flows.serving import build_deployments
     from pvcheck.pinned import pin, pinned_path
     from tests.helpers import write_config
 
@@ -121,9 +121,9 @@ def test_served_parameters_name_a_pinned_config_never_a_path(tmp_path: Path) -> 
     configs = pin([str(config)])
     from prefect.utilities.callables import parameter_schema
 
-    from flows.janitor import janitor
-    from flows.review import review
-    from flows.verify import verify
+    from pvcheck.flows.janitor import janitor
+    from pvcheck.flows.review import review
+    from pvcheck.flows.verify import verify
 
     for flow in (verify, review, janitor):  # the schema the server shows the UI form
         schema = parameter_schema(flow).model_dump()
@@ -139,7 +139,7 @@ def test_served_parameters_name_a_pinned_config_never_a_path(tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match=r"'/etc/evil\.toml' is not one of"):
         pinned_path("/etc/evil.toml")
-    from flows.verify import RunParameters
+    from pvcheck.flows.verify import RunParameters
 
     with pytest.raises(ValueError, match="config_path"):
         RunParameters.from_flow({"config_path": "/tmp/mine.toml"})

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from tests.helpers import ROOT
 
-PACKAGES = ("pvcheck", "flows", "tasks", "app", "lab", "bench")
+# Module prefix -> folder: the top-level folders install inside pvcheck (pyproject.toml).
+PACKAGES = {
+    "pvcheck": "pvcheck",
+    "pvcheck.app": "app",
+    "pvcheck.flows": "flows",
+    "pvcheck.tasks": "tasks",
+    "pvcheck.deployments": "deployments",
+    "bench": "bench",
+}
 # One module per stage (a package counts as one); none imports another for behaviour.
 STAGES = (
     "pvcheck.preconditions",
@@ -25,14 +33,15 @@ STAGES = (
 # What the seams may speak: the model modules, nothing that does I/O.
 SEAM_IMPORTS = {"pvcheck.config", "pvcheck.records"}
 # Who may build the real objects: the engine task and the bench (tests aside).
-WIRING_USERS = {"tasks.engine", "bench.bench"}
+WIRING_USERS = {"pvcheck.tasks.engine", "bench.bench"}
 
 
 def _modules(root: Path) -> dict[str, Path]:
     found = {}
-    for package in PACKAGES:
-        for path in (root / package).rglob("*.py"):
-            name = ".".join(path.relative_to(root).with_suffix("").parts)
+    for prefix, folder in PACKAGES.items():
+        for path in (root / folder).rglob("*.py"):  # pvcheck/'s links are not followed
+            parts = path.relative_to(root / folder).with_suffix("").parts
+            name = ".".join((prefix, *parts))
             found[name.removesuffix(".__init__")] = path
     return found
 

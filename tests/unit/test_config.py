@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.cli import main
+from pvcheck.app.cli import main
 from pvcheck.config import MAX_ALLOCATOR_BATCH, load_config
 from pvcheck.errors import ConfigError
 from tests.helpers import CCCI_CONFIG, LAB_CONFIG, write_config
@@ -185,7 +185,7 @@ def test_the_ui_form_cannot_raise_the_caps(field: str, value: int) -> None:
     from prefect.exceptions import ParameterTypeError
     from prefect.utilities.callables import parameter_schema
 
-    from flows.verify import RunParameters, verify
+    from pvcheck.flows.verify import RunParameters, verify
 
     with pytest.raises(ParameterTypeError, match=field):
         verify.validate_parameters({field: value})

@@ -32,7 +32,7 @@ def test_config_reference_is_what_the_model_generates() -> None:
 
 
 def test_the_command_prints_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
-    from app.cli import main
+    from pvcheck.app.cli import main
 
     assert main(["config", "reference"]) == 0
     assert capsys.readouterr().out == reference_markdown()

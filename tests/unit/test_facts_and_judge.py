@@ -302,7 +302,7 @@ def test_a_service_scaled_to_zero_is_settled_once_its_tasks_are_gone() -> None:
 
 
 def test_an_incomplete_verdict_is_a_failed_state_named_incomplete_and_an_error_in_junit() -> None:
-    from flows.verify import final_state
+    from pvcheck.flows.verify import final_state
     from pvcheck.report import Report
 
     report = Report("pv-1", "cc-ci", "c.toml", "2026-11-28T00:00:00Z")

@@ -64,8 +64,8 @@ def test_the_default_nightly_schedule_misses_the_weekly_sweep() -> None:
 
     from cronsim import CronSim
 
-    from app.cli import build_parser
-    from flows.serving import NIGHTLY_CRON, SWEEP_WINDOW_UTC
+    from pvcheck.app.cli import build_parser
+    from pvcheck.flows.serving import NIGHTLY_CRON, SWEEP_WINDOW_UTC
 
     serve = build_parser().parse_args(["serve", "--config", "x.toml"])
     assert serve.cron == NIGHTLY_CRON  # the CLI's default is the same schedule

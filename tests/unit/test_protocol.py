@@ -1120,7 +1120,7 @@ def test_a_finding_from_a_host_cannot_write_a_verdict_or_a_marker_into_review(
 
 
 def test_run_target_overlays_only_the_engine(tmp_path: Path) -> None:
-    from app.cli import target_overlay
+    from pvcheck.app.cli import target_overlay
 
     with target_overlay(str(LAB_CONFIG), "ssh://root@cc-ci.example:22") as path:
         assert oct(Path(path).parent.stat().st_mode & 0o777) == "0o700"

@@ -249,7 +249,7 @@ def home(tmp_path: Path) -> Path:
 
 def start_worker_in(home: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Run start_worker against `home`; the argv it would become (nothing is started)."""
-    import flows.serving as serving
+    import pvcheck.flows.serving as serving
 
     became: list[str] = []
     monkeypatch.setenv("PVCHECK_HOME", str(home))
@@ -296,7 +296,7 @@ def test_a_worker_refuses_a_home_holding_code_others_could_change(
 def test_a_worker_starts_from_a_roots_own_home_not_walking_git_or_the_venv(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.serving import HOME_NOT_RUN
+    from pvcheck.flows.serving import HOME_NOT_RUN
     from pvcheck.safeio import require_root_only_tree
 
     for skipped in (".git", ".venv"):

@@ -237,7 +237,7 @@ def test_every_path_valued_prefect_setting_is_checked() -> None:
 
 
 def test_relative_path_arguments_are_joined_to_the_callers_folder() -> None:
-    from app.cli import absolute_paths, build_parser
+    from pvcheck.app.cli import absolute_paths, build_parser
 
     args = build_parser().parse_args(
         ["run", "--config", "lab/x.toml", "--json", "-", "--junit", "out/../r.xml"]

@@ -147,7 +147,7 @@ def test_as_root_folders_and_configs_others_can_write_are_refused(tmp_path: Path
 def test_a_config_another_user_owns_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from app.cli import main
+    from pvcheck.app.cli import main
     from tests.helpers import write_config
 
     config = write_config(tmp_path)
@@ -172,8 +172,8 @@ def test_line_separators_cannot_break_an_owned_section(tmp_path: Path) -> None:
 def test_canary_with_a_target_override_exits_2_before_any_connection(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.cli import main
     from pvcheck import hosts
+    from pvcheck.app.cli import main
     from tests.helpers import LAB_CONFIG
 
     def no_connection(*args: object, **kwargs: object) -> None:

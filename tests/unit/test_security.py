@@ -75,7 +75,7 @@ class _RecordingSsh:
 
 
 def test_the_review_runs_host_commands_through_pvchecks_own_ssh() -> None:
-    from tasks.review import run_cold_command
+    from pvcheck.tasks.review import run_cold_command
 
     host = _RecordingSsh()
     cmd = ColdCommand("ssh cc-ci 'docker ps -q | wc -l'", "0", remote="docker ps -q | wc -l")
@@ -106,7 +106,7 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def test_a_cold_command_past_its_deadline_takes_its_whole_pipeline_with_it() -> None:
-    from tasks.review import run_cold_command
+    from pvcheck.tasks.review import run_cold_command
 
     marker = "31.4159"
     cmd = ColdCommand(f"sleep {marker} | sleep {marker} | wc -l", "0")

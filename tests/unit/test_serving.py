@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.serving import build_deployments, deployment_table, prefect_yaml, stagger
 from pvcheck.config import Config, load_config
+from pvcheck.flows.serving import build_deployments, deployment_table, prefect_yaml, stagger
 from tests.helpers import LAB_CONFIG, ROOT, write_config
 
 

@@ -25,15 +25,15 @@ from pvcheck.records import VIP_SIGNATURE, Check, Gate, Status
 from pvcheck.runs import RunRegistry
 from pvcheck.seams import DeployOutcome, RouteObservation, TierResult, TierStatus
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, LABEL_STACK
-from tasks.allocator import allocator_proof
-from tasks.deploy import deploy_proof, wait_for_quiet_host
-from tasks.facts import capture_facts
-from tasks.guard import guard_proof
-from tasks.logs import scan_docker_log
-from tasks.preconditions import check_preconditions
-from tasks.routes import check_routes, recheck_core_routes
-from tasks.teardown import reap_dead_runs
-from tasks.teardown import teardown as teardown_task
+from pvcheck.tasks.allocator import allocator_proof
+from pvcheck.tasks.deploy import deploy_proof, wait_for_quiet_host
+from pvcheck.tasks.facts import capture_facts
+from pvcheck.tasks.guard import guard_proof
+from pvcheck.tasks.logs import scan_docker_log
+from pvcheck.tasks.preconditions import check_preconditions
+from pvcheck.tasks.routes import check_routes, recheck_core_routes
+from pvcheck.tasks.teardown import reap_dead_runs
+from pvcheck.tasks.teardown import teardown as teardown_task
 from tests.fakes import (
     FakeDriver,
     FakeHost,
