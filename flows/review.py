@@ -13,55 +13,32 @@ from prefect import State, flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed
 
 from pvcheck import facts, guard, logscan, preconditions, routes, runlog
-from pvcheck.claims import differing_commands, m1_claim, m2_commands
+from pvcheck import review as review_stage
+from pvcheck.claims import m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.errors import HostBusy
 from pvcheck.evidence import write_review
 from pvcheck.flows.params import TARGET, Host
-from pvcheck.history import read_history
-from pvcheck.hostfacts import HostFacts
 from pvcheck.pinned import pinned_path
-from pvcheck.protocol import GateClaim, parse_claims
+from pvcheck.protocol import GateClaim
 from pvcheck.records import Check, Family, Gate, Verdict, format_ts
 from pvcheck.review import (
-    Comparison,
     Recorded,
-    compare_allocator,
-    compare_evidence,
-    compare_totals,
     judge_review,
-    read_recorded,
 )
 from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.runs import HostLock
 from pvcheck.seams import Seams
-from pvcheck.stacks import list_residue, residue_names
-from pvcheck.statefiles import read_state
-from pvcheck.swarm import LABEL_RUN, LABEL_STACK
 from pvcheck.tasks.engine import connect
 from pvcheck.tasks.facts import capture_facts
 from pvcheck.tasks.guard import guard_proof
 from pvcheck.tasks.logs import scan_docker_log
 from pvcheck.tasks.preconditions import check_preconditions
-from pvcheck.tasks.review import run_cold_commands
+from pvcheck.tasks.review import observe_host, run_cold_commands
 from pvcheck.tasks.routes import check_routes
 from pvcheck.teardown import Observation as Residue
 from pvcheck.teardown import Settings as ResidueSettings
 from pvcheck.teardown import judge as judge_residue
-
-
-def _how_finding(gate: Gate, odd: list[str]) -> list[Finding]:
-    if not odd:
-        return []
-    return [
-        Finding(
-            f"how:{gate}",
-            gate,
-            f"STATUS's {gate} HOW commands differ from what pvcheck generates for this "
-            "config and run: " + "; ".join(o[:120] for o in odd[:3]),
-            "pvcheck run --config CONFIG  # regenerates the claim",
-        )
-    ]
 
 
 def live_m1(
@@ -71,30 +48,8 @@ def live_m1(
     checks = check_preconditions(seams, preconditions.Settings.from_config(cfg))
     checks += [c for c in health if c.family == Family.SVC] + routes_f.result()
     regenerated = m1_claim(cfg).commands
-    findings = _how_finding(
-        Gate.M1, differing_commands(claim.commands, regenerated) if claim.is_claim else []
-    )
     checks += run_cold_commands(regenerated, Gate.M1, seams.host)
-    return checks, findings
-
-
-def deploy_stacks_gone(seams: Seams, recorded: Recorded) -> list[Finding]:
-    """The deploy proof's stacks stay gone: no object of theirs is back or left."""
-    log = get_run_logger()
-    findings = []
-    for stack in recorded.deploy_stacks:
-        left = residue_names(list_residue(seams.swarm, f"{LABEL_STACK}={stack}"))
-        log.info("objects labelled %s=%s -> %s", LABEL_STACK, stack, left or "nothing")
-        findings += [
-            Finding(
-                f"deploy:{stack}:{name}",
-                Gate.M2,
-                f"the deploy proof's stack {stack} is not gone: {name}",
-                f"docker stack ps {stack}",
-            )
-            for name in left
-        ]
-    return findings
+    return checks, review_stage.how_findings(Gate.M1, claim, regenerated)
 
 
 def live_m2(
@@ -103,22 +58,12 @@ def live_m2(
     claim: GateClaim,
     since: datetime | None,
     recorded: Recorded | None,
-    left: dict[str, list[str]],
+    host_now: review_stage.Observation,
 ) -> tuple[list[Check], list[Finding]]:
-    """`left`: what carries any pvcheck run's label (listed once per review)."""
-    log = get_run_logger()
-    names = residue_names(left)
-    checks = judge_residue(Residue(left, 0.0), ResidueSettings(run_id=""))
-    log.info("docker ps/service/network ls --filter label=%s -> %s", LABEL_RUN, names or "nothing")
-    findings = [
-        Finding(
-            f"residue:{name}",
-            Gate.M2,
-            f"leftover carrying a pvcheck run label: {name}",
-            f"docker ps -a --filter label={LABEL_RUN}",
-        )
-        for name in names
-    ]
+    """M2's live checks, and the review's own findings on what the host holds now."""
+    checks = judge_residue(Residue(host_now.left, 0.0), ResidueSettings(run_id=""))
+    findings = review_stage.residue_findings(host_now)
+    findings += review_stage.report_run_findings(claim, recorded)
     if since is not None:
         window = logscan.Settings.window(
             cfg,
@@ -139,37 +84,8 @@ def live_m2(
         ours = recorded.probe_ids if recorded is not None and same_run else ()
         regenerated = m2_commands(cfg, claim.run_id, run_window, ours=ours)
         checks += run_cold_commands(regenerated, Gate.M2, seams.host)
-        if claim.is_claim:
-            findings += _how_finding(Gate.M2, differing_commands(claim.commands, regenerated))
-            if recorded is not None and not same_run:
-                findings.append(
-                    Finding(
-                        "report:run",
-                        Gate.M2,
-                        f"the JSON report is of run {recorded.run_id}, the M2 claim of run "
-                        f"{claim.run_id}",
-                        "pvcheck run --config CONFIG  # writes claim and report together",
-                    )
-                )
-    if recorded is not None:
-        findings += deploy_stacks_gone(seams, recorded)
+        findings += review_stage.how_findings(Gate.M2, claim, regenerated)
     return checks, findings
-
-
-def compare_with_report(
-    cfg: Config, recorded: Recorded, live: HostFacts, ours: set[str]
-) -> Comparison:
-    """The host now against the run's JSON report (endpoints attributed per service; `ours`:
-    services carrying a pvcheck run label), and the report's figures against the run's
-    history record."""
-    log = get_run_logger()
-    compared = compare_evidence(recorded, live, ours)
-    history = read_history(cfg.docs.paths.history, limit=200)
-    findings = compared.findings + compare_allocator(recorded, history)
-    findings += compare_totals(recorded, history)
-    for line in compared.churn:
-        log.info("churn since run %s (not pvcheck's): %s", recorded.run_id, line)
-    return Comparison(findings, compared.churn)
 
 
 @flow(name="pvcheck-review", log_prints=False)
@@ -190,8 +106,8 @@ def review(target: Host = TARGET) -> State:
 def _review(cfg: Config) -> State:
     log = get_run_logger()
     paths = cfg.docs.paths
-    claims = parse_claims(read_state(paths.status) or "", str(paths.status))
-    recorded = read_recorded(paths.report)
+    inputs = review_stage.read_inputs(paths)
+    claims, recorded = inputs.claims, inputs.recorded
     review_id = f"rv-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
     result = ReviewResult(review_id, "", claims)
     log.info(
@@ -206,12 +122,13 @@ def _review(cfg: Config) -> State:
     live, health = capture_facts(seams, facts.Settings.from_config(cfg), "review")
     m1_checks, m1_findings = live_m1(cfg, seams, health, claims[Gate.M1])
     since = claims[Gate.M2].claimed_at or claims[Gate.M1].claimed_at
-    # Any pvcheck run's label, not only the claim's: listed once, never removed by a review.
-    left = list_residue(seams.swarm, LABEL_RUN)
-    m2_checks, m2_findings = live_m2(cfg, seams, claims[Gate.M2], since, recorded, left)
+    host_now = observe_host(seams, recorded)
+    m2_checks, m2_findings = live_m2(cfg, seams, claims[Gate.M2], since, recorded, host_now)
     result.checks = m1_checks + m2_checks
     if recorded is not None:
-        compared = compare_with_report(cfg, recorded, live.facts, set(left["services"]))
+        compared = review_stage.compare_with_report(recorded, live.facts, host_now, inputs.history)
+        for line in compared.churn:
+            log.info("churn since run %s (not pvcheck's): %s", recorded.run_id, line)
         result.findings += compared.findings
         result.churn = compared.churn
     result.findings += m1_findings + m2_findings

@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvcheck.claims import ColdCommand, differing_commands
 from pvcheck.errors import StateFileError
+from pvcheck.history import read_history
 from pvcheck.hostfacts import HostFacts, NetworkFacts
+from pvcheck.protocol import GateClaim, parse_claims
 from pvcheck.records import FIGURES, GATES, Check, Gate, Status, Verdict, format_ts, parse_ts
 from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.safeio import read_capped
+from pvcheck.seams import Seams
+from pvcheck.stacks import list_residue, residue_names
+from pvcheck.statefiles import DocsPaths, read_state
+from pvcheck.swarm import LABEL_RUN, LABEL_STACK
 
 
 @dataclass(frozen=True)
@@ -403,3 +410,107 @@ def failing_findings(checks: list[Check]) -> list[Finding]:
         for c in checks
         if c.status in (Status.FAIL, Status.ERROR)
     ]
+
+
+# --- the stage -------------------------------------------------------------------------------
+# The review's own part of the Adversary's run: what the builder's report and STATUS say,
+# what the host holds now, and the findings between them. The flow sequences it with the
+# other stages' live checks (preconditions, routes, facts, logs, guard, cold commands).
+@dataclass(frozen=True)
+class Inputs:
+    """What the builder wrote: STATUS's claims, the run's JSON report, the history."""
+
+    claims: dict[str, GateClaim]
+    recorded: Recorded | None
+    history: list[dict[str, Any]]
+
+
+def read_inputs(paths: DocsPaths) -> Inputs:
+    claims = parse_claims(read_state(paths.status) or "", str(paths.status))
+    return Inputs(claims, read_recorded(paths.report), read_history(paths.history, limit=200))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The host now: anything carrying any pvcheck run's label, and what is left of the
+    deploy proof's stacks (by stack label)."""
+
+    left: dict[str, list[str]]
+    stacks_left: dict[str, list[str]]  # stack -> its objects still present
+
+
+def gather(seams: Seams, recorded: Recorded | None) -> Observation:
+    """Listed once per review and never removed: a review only looks."""
+    left = list_residue(seams.swarm, LABEL_RUN)
+    stacks = recorded.deploy_stacks if recorded is not None else []
+    stacks_left = {
+        stack: residue_names(list_residue(seams.swarm, f"{LABEL_STACK}={stack}"))
+        for stack in stacks
+    }
+    return Observation(left, stacks_left)
+
+
+def residue_findings(obs: Observation) -> list[Finding]:
+    """Pure: a leftover of any pvcheck run, and a deploy-proof stack that is not gone."""
+    findings = [
+        Finding(
+            f"residue:{name}",
+            Gate.M2,
+            f"leftover carrying a pvcheck run label: {name}",
+            f"docker ps -a --filter label={LABEL_RUN}",
+        )
+        for name in residue_names(obs.left)
+    ]
+    findings += [
+        Finding(
+            f"deploy:{stack}:{name}",
+            Gate.M2,
+            f"the deploy proof's stack {stack} is not gone: {name}",
+            f"docker stack ps {stack}",
+        )
+        for stack, names in obs.stacks_left.items()
+        for name in names
+    ]
+    return findings
+
+
+def how_findings(gate: Gate, claim: GateClaim, regenerated: list[ColdCommand]) -> list[Finding]:
+    """Pure: STATUS's HOW commands against the ones pvcheck generates for this config/run."""
+    odd = differing_commands(claim.commands, regenerated) if claim.is_claim else []
+    if not odd:
+        return []
+    return [
+        Finding(
+            f"how:{gate}",
+            gate,
+            f"STATUS's {gate} HOW commands differ from what pvcheck generates for this "
+            "config and run: " + "; ".join(o[:120] for o in odd[:3]),
+            "pvcheck run --config CONFIG  # regenerates the claim",
+        )
+    ]
+
+
+def report_run_findings(claim: GateClaim, recorded: Recorded | None) -> list[Finding]:
+    """Pure: the JSON report must be of the run the M2 claim names."""
+    if not claim.is_claim or recorded is None or recorded.run_id == claim.run_id:
+        return []
+    return [
+        Finding(
+            "report:run",
+            Gate.M2,
+            f"the JSON report is of run {recorded.run_id}, the M2 claim of run {claim.run_id}",
+            "pvcheck run --config CONFIG  # writes claim and report together",
+        )
+    ]
+
+
+def compare_with_report(
+    recorded: Recorded, live: HostFacts, obs: Observation, history: list[dict[str, Any]]
+) -> Comparison:
+    """Pure: the host now against the run's JSON report (endpoints attributed per service;
+    services carrying a pvcheck run label are ours), and the report's figures against the
+    run's history record."""
+    compared = compare_evidence(recorded, live, set(obs.left["services"]))
+    findings = compared.findings + compare_allocator(recorded, history)
+    findings += compare_totals(recorded, history)
+    return Comparison(findings, compared.churn)

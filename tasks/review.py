@@ -1,14 +1,18 @@
-"""Review tasks: run a claim's cold commands the way a reviewer pastes them."""
+"""Review tasks: what the host holds now, and a claim's cold commands run the way a reviewer
+pastes them."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pvcheck import review as stage
 from pvcheck.claims import ColdCommand
 from pvcheck.procs import run_bounded
 from pvcheck.records import Check, Family, Gate, Status
-from pvcheck.seams import HostCommands
+from pvcheck.seams import HostCommands, Seams
+from pvcheck.stacks import residue_names
+from pvcheck.swarm import LABEL_RUN, LABEL_STACK
 
 
 def run_cold_command(
@@ -53,3 +57,18 @@ def run_cold_commands(
         )
         checks.append(check)
     return checks
+
+
+@task(name="review-host-now", cache_policy=NO_CACHE)
+def observe_host(seams: Seams, recorded: stage.Recorded | None) -> stage.Observation:
+    """Anything of any pvcheck run, and the deploy proof's stacks: listed, never removed."""
+    log = get_run_logger()
+    obs = stage.gather(seams, recorded)
+    log.info(
+        "docker ps/service/network ls --filter label=%s -> %s",
+        LABEL_RUN,
+        residue_names(obs.left) or "nothing",
+    )
+    for stack, left in obs.stacks_left.items():
+        log.info("objects labelled %s=%s -> %s", LABEL_STACK, stack, left or "nothing")
+    return obs

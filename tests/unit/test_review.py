@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,3 +286,44 @@ def test_the_reports_probe_ids_are_read_from_the_runs_log_window_strictly() -> N
     for bad in (["x; rm -rf /"], ["a"] * 65, [5]):
         with pytest.raises(StateFileError, match=r"run_logs\.probe_ids"):
             recorded_from_json({"run_id": "r", "run_logs": logs | {"probe_ids": bad}}, "R")
+
+
+def test_the_review_stage_finds_leftovers_and_a_deploy_stack_not_gone() -> None:
+    """The review's own stage through the fake seams: anything of any pvcheck run, and the
+    deploy proof's stack by its stack label, become M2 findings; nothing is removed."""
+    from pvcheck import review as stage
+    from pvcheck.swarm import LABEL_RUN, LABEL_STACK
+    from tests.fakes import FakeSwarm, fake_seams
+
+    def svc(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"ID": name, "Spec": {"Name": name, "Labels": labels}}
+
+    swarm = FakeSwarm(
+        services=[
+            svc("pvc-notes-1a2b_app", {LABEL_RUN: "pv-1", LABEL_STACK: "pvc-notes-1a2b"}),
+            svc("lab-traefik_app", {LABEL_STACK: "lab-traefik"}),
+        ]
+    )
+    recorded = Recorded("pv-1", {}, {}, 3, deploy_stacks=["pvc-notes-1a2b", "gone-stack"])
+    obs = stage.gather(fake_seams(swarm), recorded)
+    assert obs.left["services"] == ["pvc-notes-1a2b_app"]
+    assert obs.stacks_left == {"pvc-notes-1a2b": ["service pvc-notes-1a2b_app"], "gone-stack": []}
+    keys = [f.key for f in stage.residue_findings(obs)]
+    assert keys == [
+        "residue:service pvc-notes-1a2b_app",
+        "deploy:pvc-notes-1a2b:service pvc-notes-1a2b_app",
+    ]
+    assert swarm.removed == []  # a review only looks
+
+
+def test_the_report_must_be_of_the_claimed_run() -> None:
+    from pvcheck import review as stage
+    from pvcheck.protocol import ClaimState, GateClaim
+
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    claim = GateClaim(Gate.M2, ClaimState.CLAIMED, at, "pv-2")
+    other = Recorded("pv-1", {}, {}, 3)
+    assert [f.key for f in stage.report_run_findings(claim, other)] == ["report:run"]
+    assert stage.report_run_findings(claim, Recorded("pv-2", {}, {}, 3)) == []
+    unclaimed = GateClaim(Gate.M2, ClaimState.NONE, None, None)
+    assert stage.report_run_findings(unclaimed, other) == []
