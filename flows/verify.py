@@ -79,6 +79,7 @@ from pvcheck.tasks.preconditions import check_preconditions
 from pvcheck.tasks.routes import check_routes, recheck_core_routes
 from pvcheck.tasks.teardown import reap_dead_runs
 from pvcheck.tasks.teardown import teardown as teardown_task
+from pvcheck.wiring import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
         # The engine the run used: the config's, or the run's override of it.
         params = RunParameters.from_flow(flow_run.parameters or {})
         cfg = load_config(pinned_path(params.config), params.overrides())
-        obs = teardown.sweep(Swarm.for_target(cfg.target), teardown.Settings(str(flow_run.name)))
+        obs = teardown.sweep(open_engine(cfg.target), teardown.Settings(str(flow_run.name)))
         log.warning(
             "run %s ended %s; swept its label, left: %s", flow_run.name, state.type, obs.left
         )

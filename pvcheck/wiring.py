@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pvcheck.canary import lab_engine_problem
-from pvcheck.config import Config, HttpConfig, RouteConfig
+from pvcheck.config import Config, HttpConfig, RouteConfig, TargetConfig
 from pvcheck.deploy.command import CommandDriver
 from pvcheck.deploy.compose import ComposeDriver
 from pvcheck.deploy.drone import DroneDriver
@@ -34,13 +34,18 @@ class HttpProber:
         return probe_routes(list(routes), self.http, host=self.host)
 
 
+def open_engine(target: TargetConfig) -> Swarm:
+    """A connection to the target's engine: its socket here, or over ssh."""
+    return Swarm.for_target(target)
+
+
 def make_driver(seams: Seams, cfg: Config, run_id: str) -> DeployDriver | None:
     """The configured driver, built on the run's seams."""
     if cfg.deploy is None:
         return None
     drivers: dict[str, Callable[[Seams, Config, str], DeployDriver]] = {
         # The compose driver's attachment sampler polls on a connection of its own.
-        "compose": lambda s, c, r: ComposeDriver(s, c, r, lambda: Swarm.for_target(c.target)),
+        "compose": lambda s, c, r: ComposeDriver(s, c, r, lambda: open_engine(c.target)),
         "command": CommandDriver,
         "drone": DroneDriver,
     }

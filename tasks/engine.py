@@ -8,14 +8,14 @@ from prefect.cache_policies import NO_CACHE
 from pvcheck.config import Config
 from pvcheck.seams import Seams
 from pvcheck.swarm import Swarm
-from pvcheck.wiring import build_seams
+from pvcheck.wiring import build_seams, open_engine
 
 
 @task(name="connect-engine", cache_policy=NO_CACHE)
 def connect_engine(cfg: Config) -> Swarm:
     log = get_run_logger()
     log.info("docker -H %s version  (target %s)", cfg.target.docker_host, cfg.target.name)
-    swarm = Swarm.for_target(cfg.target)
+    swarm = open_engine(cfg.target)
     info = swarm.info()
     log.info(
         "engine %s, swarm %s, node %s",

@@ -33,7 +33,8 @@ STAGES = (
 # What the seams may speak: the model modules, nothing that does I/O.
 SEAM_IMPORTS = {"pvcheck.config", "pvcheck.records"}
 # Who may build the real objects: the engine task and the bench (tests aside).
-WIRING_USERS = {"pvcheck.tasks.engine", "bench.bench"}
+# (the verify flow: its abort hook reconnects once the run and its seams are gone)
+WIRING_USERS = {"pvcheck.tasks.engine", "pvcheck.flows.verify", "bench.bench"}
 
 
 def _modules(root: Path) -> dict[str, Path]:
