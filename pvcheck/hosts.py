@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from pvcheck.config import SSH_URL, TargetConfig
 from pvcheck.errors import TargetUnreachable
@@ -28,7 +29,17 @@ from pvcheck.procs import MAX_OUTPUT, run_bounded
 from pvcheck.seams import HostCommands
 
 
-class LocalHost:
+class BoundedRun:
+    """How every host runs a command: `argv` turned into the host's own argument list, under
+    pvcheck's time and output bounds (run_on)."""
+
+    def run(
+        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
+    ) -> tuple[int, str, str]:
+        return run_on(cast(HostCommands, self), argv, timeout_s, stdin, max_stdout or MAX_OUTPUT)
+
+
+class LocalHost(BoundedRun):
     """The target is this machine."""
 
     remote = False
@@ -42,11 +53,6 @@ class LocalHost:
     def argv(self, argv: list[str]) -> list[str]:
         return list(argv)
 
-    def run(
-        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
-    ) -> tuple[int, str, str]:
-        return run_on(self, argv, timeout_s, stdin, max_stdout or MAX_OUTPUT)
-
     def how(self, command: str) -> str:
         return command
 
@@ -58,7 +64,7 @@ class LocalHost:
 
 
 @dataclass
-class SshHost:
+class SshHost(BoundedRun):
     """The target is reached with the system ssh client."""
 
     target: TargetConfig
@@ -99,11 +105,6 @@ class SshHost:
     def argv(self, argv: list[str]) -> list[str]:
         remote = " ".join(shlex.quote(a) for a in argv)
         return ["ssh", *self.options(), "--", self.destination, remote]
-
-    def run(
-        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
-    ) -> tuple[int, str, str]:
-        return run_on(self, argv, timeout_s, stdin, max_stdout or MAX_OUTPUT)
 
     def how(self, command: str) -> str:
         """The command as an operator pastes it: `ssh [-p P] [-i KEY] host 'command'`."""

@@ -11,8 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pvcheck.config import RouteConfig
-from pvcheck.hosts import run_on
-from pvcheck.procs import MAX_OUTPUT
+from pvcheck.hosts import BoundedRun
 from pvcheck.seams import DeployOutcome, LogUnreadable, RouteObservation, Seams
 
 
@@ -185,7 +184,7 @@ class FakeLogSource:
         yield from self._lines
 
 
-class FakeHost:
+class FakeHost(BoundedRun):
     """The host-commands seam: commands run here, unchanged (and are recorded)."""
 
     remote = False
@@ -199,11 +198,6 @@ class FakeHost:
     def argv(self, argv: list[str]) -> list[str]:
         self.ran.append(list(argv))
         return list(argv)
-
-    def run(
-        self, argv: list[str], timeout_s: float, stdin: str | None = None, max_stdout: int = 0
-    ) -> tuple[int, str, str]:
-        return run_on(self, argv, timeout_s, stdin, max_stdout or MAX_OUTPUT)
 
     def how(self, command: str) -> str:
         return command
