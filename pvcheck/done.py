@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pvcheck.config import Config
 from pvcheck.evidence import set_done, vetoes, withdraw_done
 from pvcheck.gitdocs import Committed, commit_docs
-from pvcheck.protocol import Veto, done_rule, parse_claims, parse_verdicts
+from pvcheck.protocol import Veto, done_rule, parse_claims, read_verdicts
 from pvcheck.records import format_ts
 from pvcheck.statefiles import docs_lock, read_state
 
@@ -34,15 +34,18 @@ def write_done(cfg: Config, now: datetime | None = None) -> DoneResult:
     with docs_lock(paths.folder):
         status_text = read_state(status)
         claims = parse_claims(status_text or "", str(status))
-        verdicts = parse_verdicts(read_state(paths.review) or "", str(paths.review))
+        # Every verdict in REVIEW counts, whoever wrote it and in whichever of the record's
+        # forms: a real Adversary's FAIL dated after pvcheck's PASS blocks DONE.
+        reading = read_verdicts(read_state(paths.review) or "", str(paths.review))
         standing = vetoes(paths)
         decision = done_rule(
             claims,
-            verdicts,
+            reading.verdicts,
             moment,
             timedelta(hours=cfg.docs.freshness_h),
             cfg.docs.done_follows,
             standing,
+            reading.unread,
         )
         withdrawn = None
         if decision.ok and status_text is not None:

@@ -112,12 +112,22 @@ def outside_fences(text: str) -> list[tuple[int, str]]:
     return out
 
 
+# A `## DONE` heading as the record writes it: `## DONE` alone, or followed on the same line
+# by a space and more (`## DONE — 2026-05-27`). `## DONEX`, `## DONE-ish`, `### DONE` and an
+# indented `## DONE` are not one.
+_DONE_LINE = re.compile(r"^## DONE(?:[ \t].*)?$")
+
+
+def is_done_heading(line: str) -> bool:
+    """One line is a `## DONE` heading (trailing text and whitespace allowed)."""
+    return bool(_DONE_LINE.match(line.rstrip()))
+
+
 def has_done(text: str | None) -> bool:
-    """A phase is done: its STATUS holds a `## DONE` heading line, not one quoted inside a
-    code block (whoever wrote it: the precondition phase's STATUS is not pvcheck's)."""
-    return bool(text) and any(
-        line.rstrip() == DONE_HEADING for _, line in outside_fences(text or "")
-    )
+    """A phase is done: its STATUS holds a `## DONE` heading line (`## DONE`, or
+    `## DONE — <date>` and the like), not one quoted inside a code block (whoever wrote it:
+    the precondition phase's STATUS is not pvcheck's)."""
+    return bool(text) and any(is_done_heading(line) for _, line in outside_fences(text or ""))
 
 
 def has_own_done(text: str | None, path: str) -> bool:
@@ -156,7 +166,7 @@ def stray_done_lines(text: str | None, path: str) -> list[int]:
     them, but says so when it withdraws its own."""
     if not text:
         return []
-    return [no for no, line in person_lines(text, path) if (line or "").rstrip() == DONE_HEADING]
+    return [no for no, line in person_lines(text, path) if is_done_heading(line or "")]
 
 
 # REVIEW entries: one owned section per review and gate, appended in the order written.
@@ -259,9 +269,24 @@ class GateClaim:
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
+# A UTC timestamp as the record writes it: to the minute (`2026-06-11T07:54Z`, the
+# Adversary's form) or to the second (`2026-11-26T12:00:09Z`, pvcheck's).
+_RECORD_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2})?Z$")
+
+
+def parse_record_ts(text: str) -> datetime | None:
+    """A record timestamp (`YYYY-MM-DDTHH:MMZ` or `YYYY-MM-DDTHH:MM:SSZ`, UTC); None for
+    anything else (a date alone, an offset, a local time, a typo)."""
+    if not _RECORD_TS.match(text):
+        return None
+    if len(text) == len("YYYY-MM-DDTHH:MMZ"):
+        text = text[:-1] + ":00Z"
+    return parse_ts(text)
+
+
 def checked_ts(text: str, path: str, line: int) -> datetime | None:
     """The timestamp, refused (StateFileError naming file and line) when in the future."""
-    at = parse_ts(text)
+    at = parse_record_ts(text)
     if at is not None and at > datetime.now(UTC) + MAX_CLOCK_SKEW:
         raise StateFileError(path, f"timestamp {text} is in the future; refused", line)
     return at
@@ -358,7 +383,16 @@ def mark_reviewed(
 
 # --- REVIEW: the Adversary's verdicts, the newest per gate -----------------------------------
 
-_REVIEW = re.compile(r"^## (M\d+) — .*: \*\*(PASS|FAIL)\*\* @ ?(\S+)\s*$")
+# A verdict, in each form the record writes one (whoever wrote it):
+# - a heading: `## M1 — <title>: **PASS** @ 2026-06-11T07:54Z` (the Adversary, a space after
+#   `@`) or `## M1 — <title>: **FAIL** @2026-11-26T12:00:09Z` (pvcheck); `###` too; text may
+#   follow the timestamp after a space;
+# - a short line: `M2: FAIL @2026-06-11T09:10Z` (what the Adversary's prompt prescribes),
+#   optionally as a list item, evidence allowed after the timestamp.
+# The timestamp is group 3, and whatever stands there is checked separately: a verdict whose
+# timestamp cannot be read is not a verdict (UnreadVerdict says where it is).
+_VERDICT_HEADING = re.compile(r"^#{2,3} (M\d+) — .*: \*\*(PASS|FAIL)\*\*(?:\s*@ ?(\S*))?(?:\s.*)?$")
+_VERDICT_SHORT = re.compile(r"^(?:[-*] )?(M\d+): (PASS|FAIL) @ ?(\S*)(?:\s.*)?$")
 _REVIEWED = re.compile(r"^Reviewed the claim of run `([^`]+)`")
 
 
@@ -372,11 +406,51 @@ class GateReview:
     reviewed_run: str | None = None
 
 
-def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, GateReview]:
-    """Gate -> its newest verdict in REVIEW. A verdict is the header line of one of
-    pvcheck's entries (with the run its "Reviewed the claim of run" line names), or a line a
-    person wrote outside pvcheck's sections and code blocks; nothing else inside an entry
-    (findings, command output) can be read as one."""
+@dataclass(frozen=True)
+class UnreadVerdict:
+    """A line shaped like a verdict whose timestamp is missing or unreadable: it is not a
+    verdict (it cannot be ordered against the others), and it is said so."""
+
+    gate: str
+    verdict: Verdict
+    path: str
+    line: int
+    stamp: str  # what stood after `@` ("" when nothing did)
+    superseded: bool  # a readable verdict of the same gate stands later in the file
+
+    @property
+    def reason(self) -> str:
+        said = f"timestamp {self.stamp!r}" if self.stamp else "no timestamp"
+        return (
+            f"{self.gate}: {self.path} line {self.line}: a {self.verdict.label} with {said} "
+            "(expected YYYY-MM-DDTHH:MMZ or YYYY-MM-DDTHH:MM:SSZ, UTC) is not read as a "
+            f"verdict; append a dated verdict for {self.gate} after it"
+        )
+
+
+@dataclass(frozen=True)
+class VerdictReading:
+    verdicts: dict[str, GateReview]  # gate -> its newest verdict
+    unread: list[UnreadVerdict]  # verdict-shaped lines without a readable timestamp
+
+
+def match_verdict(line: str) -> tuple[str, Verdict, str | None] | None:
+    """(gate, verdict, what stands after `@`, None if no `@`) when the line has a verdict's
+    shape in one of the record's forms; None otherwise."""
+    match = _VERDICT_HEADING.match(line) or _VERDICT_SHORT.match(line)
+    if not match:
+        return None
+    gate, result, when = match.groups()
+    return gate, Verdict(result.lower()), when
+
+
+def read_verdicts(review_text: str, path: str = "REVIEW") -> VerdictReading:
+    """Every gate's newest verdict in REVIEW, and the verdict-shaped lines that could not be
+    read. A verdict is the header line of one of pvcheck's entries (with the run its
+    "Reviewed the claim of run" line names), or a line anyone else wrote outside pvcheck's
+    sections and code blocks, in any of the record's forms; nothing else inside an entry
+    (findings, command output) can be read as one. The newest by timestamp wins; of two with
+    the same timestamp, the later in the file."""
     candidates: list[tuple[int, str, str | None]] = []  # (line number, header, reviewed run)
     for name, (start, end) in sections(review_text, path).items():
         if not is_entry(name):
@@ -387,17 +461,34 @@ def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, GateRevi
         candidates.append((first, body[0] if body else "", reviewed))
     candidates += [(no, line, None) for no, line in person_lines(review_text, path) if line]
     out: dict[str, GateReview] = {}
+    last_read: dict[str, int] = {}  # gate -> line of its last readable verdict
+    unread: list[tuple[str, Verdict, int, str]] = []
     for no, line, reviewed in sorted(candidates):
-        match = _REVIEW.match(line)
-        if not match:
+        shaped = match_verdict(line)
+        if shaped is None:
             continue
-        gate, result, when = match.groups()
-        at = checked_ts(when, path, no)
+        gate, result, when = shaped
+        at = checked_ts(when, path, no) if when else None
+        if at is None:
+            unread.append((gate, result, no, when or ""))
+            continue
+        last_read[gate] = no
         latest = out.get(gate)
-        # Entries are appended in order: of two in the same second, the later one wins.
-        if latest is None or (at and (latest.at is None or at >= latest.at)):
-            out[gate] = GateReview(Verdict(result.lower()), at, reviewed)
-    return out
+        # Entries are appended in order: of two with the same timestamp, the later one wins.
+        if latest is None or latest.at is None or at >= latest.at:
+            out[gate] = GateReview(result, at, reviewed)
+    return VerdictReading(
+        out,
+        [
+            UnreadVerdict(gate, result, path, no, stamp, last_read.get(gate, 0) > no)
+            for gate, result, no, stamp in unread
+        ],
+    )
+
+
+def parse_verdicts(review_text: str, path: str = "REVIEW") -> dict[str, GateReview]:
+    """Gate -> its newest verdict in REVIEW (see read_verdicts)."""
+    return read_verdicts(review_text, path).verdicts
 
 
 # --- DONE: when it may be written, and when a run, a review or `done` withdraws it -----------
@@ -421,9 +512,12 @@ def done_rule(
     freshness: timedelta,
     follows: str = "latest",
     vetoes: Sequence[Veto] = (),
+    unread: Sequence[UnreadVerdict] = (),
 ) -> DoneDecision:
     """Pure: no VETO stands, and every gate has a PASS of its latest claim within the
-    freshness window.
+    freshness window. The verdict read is the newest in REVIEW whoever wrote it, so a FAIL
+    dated after pvcheck's PASS blocks DONE; so does a verdict line whose timestamp cannot be
+    read (`unread`) until a readable verdict of that gate follows it in the file.
 
     A verdict from `pvcheck review` names the claim's run it verified, which settles "newer
     than the claim" even when both fall in the same second. A verdict without that line (one
@@ -431,6 +525,7 @@ def done_rule(
     "first"` a fresh PASS of an earlier claim still counts while the gate stays claimed.
     """
     problems = [v.reason for v in vetoes]
+    problems += [u.reason for u in unread if not u.superseded]
     for gate in GATES:
         claim = claims.get(gate)
         verdict = verdicts.get(gate)
