@@ -1,5 +1,5 @@
 """The `pvcheck` command: run, review, done, serve, prefect-yaml, worker, lab up|down|status,
-config check|reference (`pvcheck --help`; exit codes in errors.py)."""
+config check|reference, report-schema (`pvcheck --help`; exit codes in errors.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,15 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     from pvcheck.configref import reference_markdown
 
     sys.stdout.write(reference_markdown())  # docs/config.md, byte for byte
+    return EXIT_PASS
+
+
+def cmd_report_schema(args: argparse.Namespace) -> int:
+    from pvcheck.reportmodel import report_schema
+
+    # The schema of the JSON report (`run --json`, REPORT json), from the model that writes
+    # it and that the review reads it back with.
+    print(json.dumps(report_schema(), indent=2))
     return EXIT_PASS
 
 
@@ -302,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the reference of every config key as Markdown (docs/config.md)",
     )
     reference.set_defaults(func=cmd_config_reference)
+
+    schema = sub.add_parser(
+        "report-schema",
+        help="print the JSON schema of the run's JSON report (run --json, REPORT json)",
+    )
+    schema.set_defaults(func=cmd_report_schema)
 
     run = sub.add_parser("run", help="run the verification flow and print the verdict")
     run.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)

@@ -25,6 +25,7 @@ from pvcheck import (
     facts,
     guard,
     logscan,
+    metrics,
     preconditions,
     routes,
     runlog,
@@ -408,6 +409,7 @@ def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, seams: Se
         report.finished_at = utc_now()
         written = write_evidence_files(report, cfg)
         report.evidence, report.docs = written.paths, written.docs
+        metrics.publish(report, cfg)  # a warning when it cannot be written; never the verdict
         publish_artifacts(report)
 
     gates = ", ".join(f"{g.gate} {g.status}" for g in report.gates)

@@ -413,6 +413,10 @@ def _regex(value: str) -> str:
 
 
 Regex = Annotated[str, Field(max_length=500), AfterValidator(_regex)]
+# A systemd timer or service name, passed to systemctl after `--`: never an option.
+SystemdUnit = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9:_.@-]{0,250}\.(timer|service)$")
+]
 
 
 class ActiveRunsConfig(Section):
@@ -434,6 +438,47 @@ class ActiveRunsConfig(Section):
     )
     drone_builds: bool = Field(
         True, description="also ask the Drone API (deploy.drone, when set) for running builds"
+    )
+    lock_folder: ConfigPath | None = Field(
+        None,
+        description="folder on the target host of the harness's run locks (cc-ci: /run/lock): "
+        "a lock file there that a process holds a flock on is a run in progress, an unheld "
+        "(stale) one is not; probed through /proc/locks on the host, never locked",
+    )
+    lock_pattern: Regex = Field(
+        r"\.lock$",
+        description="regular expression of the run lock files' names in lock_folder; a group "
+        "named domain names the run",
+    )
+    sweep_units: list[SystemdUnit] = Field(
+        default_factory=list,
+        max_length=20,
+        description="systemd timers or services of sweeps on the target host (cc-ci: "
+        "nightly-sweep.timer), read with systemctl show: a running service (for a timer, "
+        "the unit it triggers) is an active sweep; a unit that is not loaded counts as busy; "
+        "a host that does not run systemd runs none",
+    )
+    sweep_units_here: list[SystemdUnit] = Field(
+        default_factory=list,
+        max_length=20,
+        description="the same, for sweep units on the machine pvcheck runs on, when their "
+        "timer lives there rather than on the target (cc-ci's cc-ci-upgrade-all.timer is on "
+        "the orchestrator)",
+    )
+    sweep_lead_s: float = Field(
+        0.0,
+        ge=0,
+        le=24 * 3600,
+        description="a sweep timer due to fire within this many seconds (or overdue) counts "
+        "as an active sweep too; 0: only a running sweep",
+    )
+    sweep_window_s: float = Field(
+        0.0,
+        ge=0,
+        le=24 * 3600,
+        description="a sweep counts as active for this many seconds after its timer last "
+        "fired, even when its service has ended (a service that only launches the sweep in "
+        "the background); 0: only while its service runs",
     )
     wait_s: float = Field(
         300.0,
@@ -786,6 +831,24 @@ class LabConfig(Section):
         return value
 
 
+class MetricsConfig(Section):
+    textfile: ConfigPath | None = Field(
+        None,
+        description="Prometheus gauges of every run, in node_exporter's textfile format, "
+        "written atomically to this .prom file in the textfile collector's folder "
+        "(/var/lib/prometheus/node-exporter/pvcheck.prom on Debian); the folder must exist "
+        "and, as root, be root's alone; unset: no metrics",
+    )
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom_file(cls, value: Path | None) -> Path | None:
+        # node_exporter reads only *.prom files; the run's temp file beside it is not one.
+        if value is not None and value.suffix != ".prom":
+            raise ValueError(f"{str(value)!r} must end in .prom (node_exporter reads no other)")
+        return value
+
+
 class Config(Section):
     target: TargetConfig = Field(
         TargetConfig(), description="the host verified and how pvcheck reaches its engine"
@@ -805,6 +868,9 @@ class Config(Section):
     )
     guard: GuardConfig | None = Field(None, description="the upgrade procedure's Step-0 guard")
     docs: DocsConfig = Field(description="where the evidence goes (machine-docs)")
+    metrics: MetricsConfig = Field(
+        MetricsConfig(), description="Prometheus metrics written after every run"
+    )
     lab: LabConfig | None = Field(None, description="only in lab configs: the lab's shape")
     source: Path = Field(
         Path("<memory>"), exclude=True, description="the file read (set by pvcheck, not a key)"

@@ -216,13 +216,15 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         why = run_withdraws_done(report, cfg.docs.done_follows, standing)
         will_withdraw = why if has_own_done(status_text, str(paths.status)) else None
         docs = DocsOutcome(quoted, will_withdraw)
+        # The report through its model first: one pvcheck's review would refuse stops here.
+        report_json = dataclasses.replace(report, docs=docs).to_json()
         if why:
             # First of the writes: one that fails after it cannot leave an old DONE standing.
             withdraw_done(paths, why, report.finished_at)
         append_history(paths.history, history_record(report, _seconds(report)))
         records = read_history(paths.history, limit=30)
         write_whole(paths.trend, trend_svg(records))
-        write_whole(paths.report, dataclasses.replace(report, docs=docs).to_json())
+        write_whole(paths.report, report_json)
         trend = render("status_trend.md.j2", records=records[-10:], svg_src=paths.trend.name)
         update_sections(
             paths.status,
@@ -277,7 +279,7 @@ def review_message(result: ReviewResult, phase: str) -> str:
 
 
 def render_review_entries(result: ReviewResult) -> dict[str, str]:
-    """Pure: one dated REVIEW entry per gate (`## M1 — <title>: **PASS** @<UTC>`)."""
+    """Pure: one dated REVIEW entry per gate (`## M1 — <title>: **PASS** @ <UTC>`)."""
     entries = {}
     for gate in GATES:
         checks = [c for c in result.checks if c.gate == gate]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import logging
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from pydantic import ValidationError
+
 from pvcheck.allocator import AllocatorResult
+from pvcheck.errors import PvcheckError
 from pvcheck.hostfacts import HostFacts
 from pvcheck.logscan import LogScan
 from pvcheck.masking import redact
@@ -24,6 +28,9 @@ from pvcheck.records import (
     unproven,
     verdict,
 )
+from pvcheck.reportmodel import ReportDocument, refusal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,9 +99,22 @@ class Report:
     def failing(self) -> list[Check]:
         return [c for c in self.checks if c.status in (Status.FAIL, Status.ERROR)]
 
-    def as_json(self) -> dict[str, Any]:
+    def document(self) -> ReportDocument:
+        """The report as its one model (pvcheck.reportmodel): REPORT json and `--json` are its
+        dump, and the review reads them back through it. A value the review would refuse is
+        refused here (PvcheckError naming the field)."""
+        try:
+            return ReportDocument.written(self._parts())
+        except ValidationError as exc:
+            where, why = refusal(exc)
+            raise PvcheckError(
+                f"run {self.run_id}: the report's field {where} is one pvcheck's review would "
+                f"refuse: {why}"
+            ) from None
+
+    def _parts(self) -> dict[str, Any]:
         return {
-            "verdict": self.verdict.value,
+            "verdict": self.verdict,
             "incomplete_reason": self.incomplete_reason,
             "run_id": self.run_id,
             "target": self.target,
@@ -102,7 +122,7 @@ class Report:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "gates": {
-                g.gate: {"status": str(g.status), "title": g.title, "checks": len(g.checks)}
+                g.gate: {"status": g.status, "title": g.title, "checks": len(g.checks)}
                 for g in self.gates
             },
             "stages": {str(k): str(v) for k, v in self.stages.items()},
@@ -111,14 +131,28 @@ class Report:
                 "before": self.facts_before.as_dict() if self.facts_before else None,
                 "after": self.facts_after.as_dict() if self.facts_after else None,
             },
-            "logs": self.logs.__dict__ if self.logs else None,
+            "logs": asdict(self.logs) if self.logs else None,
             "evidence": self.evidence,
             "target_via": self.target_via,
-            "run_logs": self.run_logs.__dict__ if self.run_logs else None,
+            "run_logs": asdict(self.run_logs) if self.run_logs else None,
             "deploy": {"stacks": self.deploy_stacks},
-            "docs": self.docs.__dict__,
-            **({"allocator": self.allocator.as_dict()} if self.allocator else {}),
+            "docs": asdict(self.docs),
+            "allocator": self.allocator.as_dict() if self.allocator else None,
         }
+
+    def as_json(self) -> dict[str, Any]:
+        """The model's dump. A host value the model refuses (the review would refuse the
+        file, naming the field) never costs the run its evidence: the parts are written as
+        they are, and the refusal is logged."""
+        try:
+            return self.document().model_dump(mode="json")
+        except PvcheckError as exc:
+            log.warning("%s; written unchecked", exc)
+            parts = self._parts()
+            if parts["allocator"] is None:
+                del parts["allocator"]
+            loaded: dict[str, Any] = json.loads(json.dumps(parts, default=str))
+            return loaded
 
     def to_json(self) -> str:
         return redact(json.dumps(self.as_json(), indent=2, sort_keys=False)) + "\n"

@@ -5,19 +5,20 @@ does the I/O.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from pvcheck.claims import ColdCommand, differing_commands
 from pvcheck.errors import StateFileError
 from pvcheck.history import read_history
 from pvcheck.hostfacts import HostFacts, NetworkFacts
 from pvcheck.protocol import GateClaim, parse_claims
-from pvcheck.records import FIGURES, GATES, Check, Gate, Status, Verdict, format_ts, parse_ts
+from pvcheck.records import FIGURES, GATES, Check, Gate, Status, Verdict
+from pvcheck.reportmodel import ReportDocument, refusal
 from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.safeio import read_capped
 from pvcheck.seams import Seams
@@ -46,7 +47,6 @@ class Recorded:
 
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
-_OBJECT_ID = re.compile(r"^[a-z0-9]{1,64}$")
 _NETWORK_FACTS = {
     "subnet": "subnet",
     "capacity": "capacity",
@@ -62,112 +62,33 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-# A name as docker and pvcheck write them: nothing that could end a Markdown line or span.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
-
-
-class _Fields:
-    """Strict reading of a report's values: a report pvcheck did not write is refused,
-    naming the field (its numbers decide a gate; its names reach REVIEW)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def refuse(self, field: str, why: str) -> StateFileError:
-        return StateFileError(self.path, f"field {field}: {why}; not a report pvcheck wrote")
-
-    def count(self, value: Any, field: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.refuse(field, f"{value!r} is not a count")
-        return value
-
-    def name(self, value: Any, field: str) -> str:
-        if not isinstance(value, str) or not _NAME.match(value):
-            raise self.refuse(field, f"{str(value)[:80]!r} is not a name")
-        return value
-
-    def counts(self, value: Any, field: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
-        return {
-            self.name(k, field): self.count(v, f"{field}.{k}")
-            for k, v in _obj(value).items()
-            if keys is None or k in keys
-        }
-
-    def stamp(self, value: Any, field: str) -> str:
-        at = parse_ts(value) if isinstance(value, str) else None
-        if at is None:
-            raise self.refuse(field, f"{str(value)[:80]!r} is not a UTC timestamp")
-        return format_ts(at)
-
-
 def recorded_from_json(doc: Any, path: str) -> Recorded:
-    """Pure: the numbers of a run's JSON report; a report pvcheck did not write is refused,
-    naming the field."""
+    """Pure: the numbers of a run's JSON report, read through the report's model
+    (pvcheck.reportmodel); a report pvcheck did not write is refused, naming the field."""
     if not isinstance(doc, dict) or not isinstance(doc.get("run_id"), str):
         raise StateFileError(path, "not a pvcheck run report (no run_id)")
-    read = _Fields(path)
-    run_id = read.name(doc["run_id"], "run_id")
-    after = _obj(_obj(doc.get("facts")).get("after"))
-    net = _obj(after.get("network"))
-    network = {}
-    for fact, key in _NETWORK_FACTS.items():
-        if key == "subnet" and key in net:
-            if not _is_net(net[key]):
-                raise read.refuse("facts.after.network.subnet", "not a subnet")
-            network[fact] = str(net[key])
-        elif key in net:
-            network[fact] = str(read.count(net[key], f"facts.after.network.{key}"))
-    listed = after.get("services")
-    services = {
-        read.name(s["name"], "facts.after.services.name"): (
-            f"{read.count(s.get('running'), 'running')}/{read.count(s.get('desired'), 'desired')}"
-        )
-        for s in (listed if isinstance(listed, list) else [])
-        if isinstance(s, dict) and "name" in s
-    }
-    used = read.count(net["used"], "facts.after.network.used") if "used" in net else None
-    per_service = (
-        read.counts(net["per_service"], "facts.after.network.per_service")
-        if isinstance(net.get("per_service"), dict)
-        else None
-    )
-    stacks = _obj(doc.get("deploy")).get("stacks")
-    alloc = doc.get("allocator")
-    logs = _obj(doc.get("run_logs"))
-    window = None
-    if "since" in logs or "until" in logs:
-        since = read.stamp(logs.get("since"), "run_logs.since")
-        window = (since, read.stamp(logs.get("until"), "run_logs.until"))
-    return Recorded(
-        run_id,
-        network,
-        services,
-        used,
-        per_service,
-        read.count(net["containers"], "containers") if "containers" in net else 0,
-        [read.name(x, "deploy.stacks") for x in stacks] if isinstance(stacks, list) else [],
-        read.counts(alloc, "allocator", FIGURES) if isinstance(alloc, dict) else None,
-        window,
-        _probe_ids(read, logs),
-    )
-
-
-def _probe_ids(read: Any, logs: dict[str, Any]) -> tuple[str, ...]:
-    """The probe services the run's VIP lines name: swarm object IDs only, at most a few."""
-    ids = logs.get("probe_ids")
-    if not isinstance(ids, list):
-        return ()
-    if len(ids) > 64 or not all(isinstance(i, str) and _OBJECT_ID.match(i) for i in ids):
-        raise read.refuse("run_logs.probe_ids", "not a short list of swarm object IDs")
-    return tuple(ids)
-
-
-def _is_net(value: Any) -> bool:
     try:
-        ipaddress.ip_network(str(value), strict=False)
-    except ValueError:
-        return False
-    return True
+        report = ReportDocument.model_validate(doc)
+    except ValidationError as exc:
+        where, why = refusal(exc)
+        raise StateFileError(path, f"field {where}: {why}; not a report pvcheck wrote") from None
+    after = report.facts.after
+    net = after.network if after else None
+    alloc = report.allocator
+    logs = report.run_logs
+    return Recorded(
+        report.run_id,
+        {fact: str(getattr(net, key)) for fact, key in _NETWORK_FACTS.items()} if net else {},
+        {s.name: f"{s.running}/{s.desired}" for s in after.services} if after else {},
+        net.used if net else None,
+        net.per_service if net else None,
+        net.containers if net else 0,
+        list(report.deploy.stacks),
+        # A figure absent from the report (one of an older version) is compared as absent.
+        {k: getattr(alloc, k) for k in FIGURES if k in alloc.model_fields_set} if alloc else None,
+        (logs.since, logs.until) if logs else None,
+        tuple(logs.probe_ids) if logs else (),
+    )
 
 
 def read_recorded(path: Path) -> Recorded | None:

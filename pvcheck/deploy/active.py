@@ -1,9 +1,13 @@
 """Detect other recipe runs or sweeps in progress, so pvcheck never deploys beside one.
 
-Four signals, any of which means "busy": an entry in the harness's active-run folder, a
-sweep's marker file, a stack that matches the harness naming (never a control-plane stack:
-on cc-ci both end in `_ci_commoninternet_net`), and a running Drone build. A signal that
-cannot be read counts as busy too: pvcheck cannot tell that nothing runs.
+Signals, any of which means "busy": a harness run lock some process holds a flock on
+(pvcheck.liveness; cc-ci since commit b302f3a, 2026-06-10: a stale unheld lock file is no
+run), a sweep whose systemd service runs, whose timer is due or just fired, on the machine
+that owns it (pvcheck.timers), a stack that matches the harness naming (never a control-plane
+stack: on cc-ci both end in `_ci_commoninternet_net`), a running Drone build, and, only when
+configured, the older signals: an entry in an active-run folder (the registry cc-ci retired)
+and a sweep's marker file. A signal that cannot be read counts as busy too: pvcheck cannot
+tell that nothing runs.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pvcheck import progress
 from pvcheck.config import ActiveRunsConfig
+from pvcheck.liveness import CommandRunner, Here, busy_flocks
 from pvcheck.seams import HostCommands, SwarmApi
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK
+from pvcheck.timers import read_sweeps, sweep_activity
 
 
 def _folder_entries(folder: Path, host: HostCommands | None) -> tuple[list[str], str | None]:
@@ -73,6 +80,29 @@ def harness_stacks(
     return sorted(candidates - control_stacks)
 
 
+def _locks_and_sweeps(cfg: ActiveRunsConfig, host: HostCommands | None) -> list[str]:
+    """Held harness run locks and active sweeps, each read on the machine that owns it."""
+    target: CommandRunner = host if host is not None else Here()
+    found = []
+    if cfg.lock_folder is not None:
+        scan = busy_flocks(target, str(cfg.lock_folder), cfg.lock_pattern)
+        found += [lock.describe() for lock in scan.held]
+        if scan.problem:
+            found.append(
+                f"{cfg.lock_folder}: run locks cannot be read ({scan.problem}); a run may be active"
+            )
+    now = datetime.now(UTC)
+    places: list[tuple[list[str], CommandRunner, str]] = [
+        (cfg.sweep_units, target, "on the target host"),
+        (cfg.sweep_units_here, Here(), "on this machine"),
+    ]
+    for units, machine, where in places:
+        if units:
+            read = read_sweeps(machine, units)
+            found += sweep_activity(read, now, cfg.sweep_lead_s, cfg.sweep_window_s, where)
+    return found
+
+
 def active_runs(
     cfg: ActiveRunsConfig,
     swarm: SwarmApi,
@@ -93,6 +123,7 @@ def active_runs(
             # pvcheck cannot tell that no run is active, so it must not start one.
             found.append(f"{cfg.folder} cannot be listed ({problem}); a run may be active")
     found += [f"sweep marker {m}" for m in _present_markers(cfg.markers, host)]
+    found += _locks_and_sweeps(cfg, host)
     pattern = cfg.stack_pattern or stack_pattern
     if pattern:
         stacks = harness_stacks(swarm.services(), pattern, control_plane or [])

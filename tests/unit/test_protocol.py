@@ -65,7 +65,7 @@ from tests.unit.test_render import sample_report
 T0 = datetime(2026, 11, 26, 12, 0, 9, tzinfo=UTC)  # the sample report's finished_at
 RUN = "pv-20261126120000-abc123"  # the sample report's run id
 DAY = timedelta(hours=24)
-ENTRY_HEADER = re.compile(r"^## M1 — .*: \*\*PASS\*\* @\S+Z$", re.M)
+ENTRY_HEADER = re.compile(r"^## M1 — .*: \*\*PASS\*\* @ \S+Z$", re.M)
 DONE_BODY = "## DONE\n\nWritten @2026-11-26T13:00:00Z by pvcheck.\n"
 
 
@@ -323,7 +323,7 @@ def test_two_reviews_leave_two_dated_entries_per_gate_and_the_newest_is_read(
         "review.rv-2.M2",
     ]
     assert ENTRY_HEADER.findall(text) == [
-        "## M1 — Control plane and routing verified: **PASS** @2026-11-26T13:00:00Z"
+        "## M1 — Control plane and routing verified: **PASS** @ 2026-11-26T13:00:00Z"
     ]
     verdicts = parse_verdicts(text)
     at = datetime(2026, 11, 26, 13, 5, tzinfo=UTC)

@@ -1,0 +1,145 @@
+"""Harness-run liveness by flocks (pvcheck.liveness): /proc/locks parsing against the kernel's
+line format, and the probe against a REAL flock held by another process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pvcheck.config import ActiveRunsConfig
+from pvcheck.deploy.active import active_runs
+from pvcheck.liveness import (
+    FlockScan,
+    HeldLock,
+    LockFile,
+    busy_flocks,
+    device,
+    held_locks,
+    held_runs,
+    parse_listing,
+    split_dev,
+)
+from tests.fakes import FakeHost, FakeSwarm
+from tests.helpers import ROOT
+
+RECORD = ROOT / "tests" / "golden" / "record"
+CCCI_PATTERN = r"^cc-ci-app-(?P<domain>.+)\.lock$"
+HOLD = (
+    "import fcntl, sys\n"
+    "f = open(sys.argv[1], 'a')\n"
+    "fcntl.flock(f, fcntl.LOCK_EX)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_held_locks_reads_the_kernel_format_and_skips_waiters_and_leases() -> None:
+    held = held_locks((RECORD / "liveness-proc-locks.txt").read_text())
+    assert held == {
+        ("00:1a", 3107),  # the first run (its waiter adds nothing)
+        ("00:1a", 3121),  # the second run
+        ("fe:00", 1515551),  # POSIX
+        ("00:06", 3),  # OFD
+        ("103:02", 524310),  # a major above 255, in hex
+    }
+    assert ("fe:00", 88012) not in held  # a lease is not a run lock
+    assert held_locks("1: -> FLOCK  ADVISORY  WRITE 9 00:1a:77 0 EOF\nnot a line\n") == set()
+
+
+def test_device_numbers_decode_as_the_kernel_prints_them() -> None:
+    for major, minor in [(0, 26), (254, 0), (259, 2), (0, 300), (4095, 1048575)]:
+        assert split_dev(os.makedev(major, minor)) == (major, minor)
+    assert device(0, 26) == "00:1a" and device(259, 2) == "103:02" and device(0, 300) == "00:12c"
+
+
+def test_listing_and_matching_name_the_run() -> None:
+    dev = os.makedev(0, 26)
+    listing = (
+        f"{dev} 3107 cc-ci-app-ab12-0f0f0f.ci.commoninternet.net.lock\0"
+        f"{dev} 3200 cc-ci-app-stale-000000.ci.commoninternet.net.lock\0"
+        f"{dev} 3121 other.lock\0garbage\0"
+    )
+    files = parse_listing(listing)
+    assert files[0] == LockFile("cc-ci-app-ab12-0f0f0f.ci.commoninternet.net.lock", "00:1a", 3107)
+    runs = held_runs("/run/lock/", files, {("00:1a", 3107), ("00:1a", 3121)}, CCCI_PATTERN)
+    # The stale file is unheld and other.lock does not match: one run.
+    assert runs == [
+        HeldLock(
+            "/run/lock/cc-ci-app-ab12-0f0f0f.ci.commoninternet.net.lock",
+            "ab12-0f0f0f.ci.commoninternet.net",
+        )
+    ]
+    assert runs[0].describe().startswith("harness run ab12-0f0f0f.ci.commoninternet.net (flock")
+    # Same inode on another device: not the same file.
+    assert held_runs("/run/lock", files, {("fe:00", 3107)}, CCCI_PATTERN) == []
+
+
+def test_a_real_flock_is_seen_without_taking_it_and_is_gone_when_its_holder_exits(
+    tmp_path: Path,
+) -> None:
+    held = tmp_path / "cc-ci-app-ab12-0f0f0f.ci.commoninternet.net.lock"
+    stale = tmp_path / "cc-ci-app-cd34-1a1a1a.ci.commoninternet.net.lock"
+    stale.write_text("")  # a lock file nobody holds: no run
+    host = FakeHost()
+    assert busy_flocks(host, str(tmp_path), CCCI_PATTERN) == FlockScan()
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(held)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        scan = busy_flocks(host, str(tmp_path), CCCI_PATTERN)
+        assert scan == FlockScan([HeldLock(str(held), "ab12-0f0f0f.ci.commoninternet.net")])
+        # The probe is still not a holder: the lock can be tested by a third party as taken.
+        probe = subprocess.run(["flock", "-n", "-x", str(held), "true"], check=False)
+        assert probe.returncode == 1
+        # Through the stage: the held lock is an active run, the stale one is not.
+        cfg = ActiveRunsConfig(lock_folder=tmp_path, lock_pattern=CCCI_PATTERN)
+        assert active_runs(cfg, FakeSwarm(), host=host) == [
+            f"harness run ab12-0f0f0f.ci.commoninternet.net (flock held on {held})"
+        ]
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+    assert busy_flocks(host, str(tmp_path), CCCI_PATTERN) == FlockScan()
+    assert held.exists() and stale.exists()  # left as they were: never opened or removed
+    commands = [argv[0] for argv in host.ran]
+    assert set(commands) == {"find", "cat"}  # listed and read, nothing else
+
+
+def test_a_missing_folder_holds_no_run_and_an_unreadable_one_counts_as_busy(
+    tmp_path: Path,
+) -> None:
+    assert busy_flocks(FakeHost(), str(tmp_path / "absent"), CCCI_PATTERN) == FlockScan()
+
+    class Refused:
+        def run(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
+            return 1, "", f"find: '{argv[1]}': Permission denied\n"
+
+    scan = busy_flocks(Refused(), "/run/lock", CCCI_PATTERN)
+    assert scan.held == [] and scan.problem == "find: '/run/lock': Permission denied"
+
+    class NoLocks:
+        def run(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
+            if argv[0] == "find":
+                return 0, f"{os.makedev(0, 26)} 3107 cc-ci-app-x.lock\0", ""
+            return 1, "", "cat: /proc/locks: No such file or directory\n"
+
+    assert busy_flocks(NoLocks(), "/run/lock", CCCI_PATTERN).problem == (
+        "/proc/locks: cat: /proc/locks: No such file or directory"
+    )
+
+    class Slow:
+        def run(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
+            raise subprocess.TimeoutExpired(argv, timeout_s)
+
+    assert busy_flocks(Slow(), "/run/lock", CCCI_PATTERN).problem == "no answer within 30s"
+    found = active_runs(ActiveRunsConfig(lock_folder=Path("/run/lock")), FakeSwarm(), host=Slow())  # type: ignore[arg-type]
+    assert found == [
+        "/run/lock: run locks cannot be read (no answer within 30s); a run may be active"
+    ]
