@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 
-from prefect import State, flow, get_run_logger
-from prefect.states import Cancelled, Completed, Failed
+from prefect import State, flow
+from prefect.states import Completed, Failed
 
 from pvcheck import runlog
+from pvcheck.busy import step_aside, this_run
 from pvcheck.config import load_config
 from pvcheck.errors import HostBusy
-from pvcheck.flows.params import TARGET, Host
-from pvcheck.pinned import pinned_path
+from pvcheck.flows.params import TARGET, Host, served_config
 from pvcheck.records import Status
 from pvcheck.runs import EngineLock, HostLock, RunRegistry
 from pvcheck.swarm import Swarm
@@ -25,18 +25,18 @@ from pvcheck.tasks.teardown import reap_dead_runs
 def janitor(target: Host = TARGET) -> State:
     """Reap what pvcheck runs that died (killed, crashed) left on the host, by their labels."""
     runlog.install()
-    cfg = load_config(pinned_path(target))
+    cfg = load_config(served_config(target))
+    me = this_run(f"janitor-{os.getpid()}")
     try:
-        with HostLock(cfg.target.state_dir, cfg.target.docker_host):
-            seams = connect(cfg, f"janitor-{os.getpid()}", with_driver=False)
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me):
+            seams = connect(cfg, me.run_id, with_driver=False)
             assert isinstance(seams.swarm, Swarm)
             registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host)
-            with EngineLock(seams.swarm, f"janitor-{os.getpid()}"):
+            with EngineLock(seams.swarm, me.run_id, flow_run_url=me.flow_run_url):
                 check = reap_dead_runs(seams, registry, cfg.allocator.settle_timeout_s)
     except HostBusy as exc:
         # A run holds the host (it reaps at its own start): step aside, as verify does.
-        get_run_logger().warning("%s", exc)
-        return Cancelled(message=str(exc))
+        return step_aside(exc)
     if check.status != Status.PASS:
         return Failed(message=f"janitor: {check.found}")
     return Completed(message=f"janitor: {check.found}")

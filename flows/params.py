@@ -3,6 +3,7 @@ an operator, and bounds the form shows and Prefect's validator explains."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -13,9 +14,32 @@ from pvcheck.config import (
     MAX_ALLOCATOR_ROUNDS,
     AllocatorConfig,
 )
+from pvcheck.errors import ConfigError
+from pvcheck.pinned import PINNED, pinned_path
 
 # The form's defaults are the config's: one place for each (the caps are the constants).
 _ALLOCATOR = AllocatorConfig.model_fields
+
+# The form's field titles (the schema's `title`, the labels the UI shows), by parameter:
+# pvcheck's own messages about a parameter name it by its title too.
+TITLES = {
+    "target": "Host",
+    "allocator_batch": "Throwaway stacks per round",
+    "allocator_concurrency": "Stacks at once",
+    "allocator_rounds": "Rounds",
+    "canary": "Canary (lab only)",
+}
+FORM = "the run form"
+
+
+def served_config(target: str) -> Path:
+    """The pinned config the form's Host names; an unknown one is refused by that title."""
+    try:
+        return pinned_path(target)
+    except ConfigError as exc:
+        if not target or exc.path != PINNED:
+            raise
+        raise ConfigError(FORM, TITLES["target"], exc.problem) from None
 
 
 def _shown(default: Any, title: str, description: str) -> Any:
@@ -29,33 +53,33 @@ def _shown(default: Any, title: str, description: str) -> Any:
 Host = Annotated[str, Field(max_length=63)]
 TARGET = _shown(
     "",
-    "Host",
+    TITLES["target"],
     "The host, by the name its config gives it (`target.name`). The configs are fixed when "
     "pvcheck is served; empty means the first served host.",
 )
 Batch = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_BATCH)]
 BATCH = _shown(
     _ALLOCATOR["batch"].default,
-    "Throwaway stacks per round",
+    TITLES["allocator_batch"],
     "How many recipe-shaped throwaway stacks each round of the allocator reproduction deploys "
     f"and removes with `docker stack rm` (1 to {MAX_ALLOCATOR_BATCH}).",
 )
 Concurrency = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_CONCURRENCY)]
 CONCURRENCY = _shown(
     _ALLOCATOR["concurrency"].default,
-    "Stacks at once",
+    TITLES["allocator_concurrency"],
     "How many throwaway stacks are deployed or removed at the same time "
     f"(1 to {MAX_ALLOCATOR_CONCURRENCY}).",
 )
 Rounds = Annotated[int, Field(ge=1, le=MAX_ALLOCATOR_ROUNDS)]
 ROUNDS = _shown(
     _ALLOCATOR["rounds"].default,
-    "Rounds",
+    TITLES["allocator_rounds"],
     f"Deploy-then-remove rounds of the reproduction (1 to {MAX_ALLOCATOR_ROUNDS}).",
 )
 CANARY = _shown(
     False,
-    "Canary (lab only)",
+    TITLES["canary"],
     "On the built-in lab only: make the real allocator log the VIP-exhaustion line and prove "
     "the upgrade guard counts it. Refused against any other engine.",
 )

@@ -10,16 +10,16 @@ import secrets
 from datetime import UTC, datetime
 
 from prefect import State, flow, get_run_logger
-from prefect.states import Cancelled, Completed, Failed
+from prefect.states import Completed, Failed
 
 from pvcheck import facts, guard, logscan, preconditions, routes, runlog
 from pvcheck import review as review_stage
+from pvcheck.busy import explain_collisions, step_aside, this_run
 from pvcheck.claims import m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.errors import HostBusy
 from pvcheck.evidence import write_review
-from pvcheck.flows.params import TARGET, Host
-from pvcheck.pinned import pinned_path
+from pvcheck.flows.params import TARGET, Host, served_config
 from pvcheck.protocol import GateClaim
 from pvcheck.records import Check, Family, Gate, Verdict, format_ts
 from pvcheck.review import (
@@ -93,22 +93,24 @@ def review(target: Host = TARGET) -> State:
     """Re-verify the claimed gates from the live host and the run's JSON report (the
     Adversary); append the verdicts to REVIEW; end Failed when a gate fails."""
     runlog.install()
-    cfg = load_config(pinned_path(target))
+    cfg = load_config(served_config(target))
+    review_id = f"rv-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+    me, started = this_run(review_id), datetime.now(UTC)
     try:
         # Not beside a verification run: its throwaway stacks would read as leftovers.
-        with HostLock(cfg.target.state_dir, cfg.target.docker_host):
-            return _review(cfg)
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me):
+            state = _review(cfg, review_id)
+        explain_collisions(me, started)
+        return state
     except HostBusy as exc:
-        get_run_logger().warning("%s", exc)
-        return Cancelled(message=str(exc))
+        return step_aside(exc)
 
 
-def _review(cfg: Config) -> State:
+def _review(cfg: Config, review_id: str) -> State:
     log = get_run_logger()
     paths = cfg.docs.paths
     inputs = review_stage.read_inputs(paths)
     claims, recorded = inputs.claims, inputs.recorded
-    review_id = f"rv-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
     result = ReviewResult(review_id, "", claims)
     log.info(
         "review %s of %s: claims %s; recorded numbers of run %s (%s)",

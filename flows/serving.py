@@ -51,6 +51,15 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(
 )
 
 
+# What the concurrency limit and the host lock do, in every deployment's description (the
+# UI's Description tab): a cancelled run's own page says only Prefect's few words.
+COLLISIONS = (
+    "One run of this deployment at a time: a run started while another one of it is pending "
+    'or running is cancelled by Prefect before it starts ("Deployment concurrency limit '
+    'reached."); start it again once that one has finished. A run of another pvcheck '
+    "deployment that finds this host busy ends Cancelled too, naming the run that holds it."
+)
+
 STAGGER_MIN = 20  # a fleet's hosts start their nightly checks this many minutes apart
 
 
@@ -63,6 +72,15 @@ def stagger(cron: str, index: int) -> str:
     total = int(fields[1]) * 60 + int(fields[0]) + index * STAGGER_MIN
     fields[0], fields[1] = str(total % 60), str((total // 60) % 24)
     return " ".join(fields)
+
+
+def schedule_label(cron: str, timezone: str) -> str:
+    """Pure: the nightly schedule as the deployment page names it (its slug), time zone
+    included: the UI's own wording of a cron leaves the zone out."""
+    fields = cron.split()
+    if len(fields) == 5 and fields[0].isdigit() and fields[1].isdigit() and fields[2:] == ["*"] * 3:
+        return f"every day at {int(fields[1]):02d}:{int(fields[0]):02d} {timezone}"
+    return f"cron {cron} ({timezone})"
 
 
 def deployment_name(kind: str, target: str, fleet: bool) -> str:
@@ -88,7 +106,7 @@ def deployment_table(
                 None,
                 f"Verify {host} now: control plane and routing (M1), a real recipe deploy "
                 "and the allocator reproduction (M2). The form's limits are pvcheck's hard "
-                "caps. One run per host at a time; a second one is cancelled.",
+                "caps.",
             ),
             (
                 verify,
@@ -124,7 +142,8 @@ def deployment_table(
                     "parameters": parameters,
                     "cron": schedule,
                     "timezone": timezone,
-                    "description": description,
+                    "description": f"{description} {COLLISIONS}",
+                    "slug": schedule_label(schedule, timezone) if schedule else None,
                     "tags": ["pvcheck", f"host:{name}"],
                 }
             )
@@ -159,7 +178,14 @@ def prefect_yaml(
             "work_pool": {"name": pool},
             "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"},
             "schedules": (
-                [{"cron": row["cron"], "timezone": row["timezone"], "active": True}]
+                [
+                    {
+                        "cron": row["cron"],
+                        "timezone": row["timezone"],
+                        "slug": row["slug"],
+                        "active": True,
+                    }
+                ]
                 if row["cron"]
                 else []
             ),
@@ -200,10 +226,37 @@ def build_deployments(
             description=row["description"],
             concurrency_limit=ONE_AT_A_TIME,
             tags=row["tags"],
-            **({"schedule": Cron(row["cron"], timezone=row["timezone"])} if row["cron"] else {}),
+            **(
+                {"schedule": Cron(row["cron"], timezone=row["timezone"], slug=row["slug"])}
+                if row["cron"]
+                else {}
+            ),
         )
         for row in deployment_table(configs, cron, timezone)
     ]
+
+
+def drop_stale_schedules(deployments: list[Any], client: Any) -> list[str]:
+    """Remove the schedules a served deployment no longer has (its slug names its time and
+    time zone; Prefect keeps a schedule whose slug a re-served deployment does not name, so
+    a changed --cron or --timezone would otherwise leave two nightly runs). Only deployments
+    with schedules of their own are touched. Returns what was removed."""
+    from prefect.exceptions import ObjectNotFound
+
+    dropped = []
+    for dep in deployments:
+        wanted = {s.slug for s in dep.schedules or []}
+        if not wanted:
+            continue
+        try:
+            current = client.read_deployment_by_name(f"{dep.flow_name}/{dep.name}")
+        except ObjectNotFound:
+            continue
+        for schedule in current.schedules or []:
+            if schedule.slug not in wanted:
+                client.delete_deployment_schedule(current.id, schedule.id)
+                dropped.append(f"{dep.flow_name}/{dep.name}: {schedule.slug or schedule.id}")
+    return dropped
 
 
 def require_guarded_api() -> str:
@@ -266,8 +319,14 @@ def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
     first = next(iter(configs.values()))
     url = ensure_server(first.target.state_dir)
     print(f"serving pvcheck deployments on {url} (nightly cron {cron!r} {timezone})", flush=True)
+    deployments = build_deployments(configs, cron, timezone)
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for gone in drop_stale_schedules(deployments, client):
+            print(f"removed the old schedule of {gone}", flush=True)
     # Schedules stay active when the server goes away or this process restarts.
-    serve(*build_deployments(configs, cron, timezone), pause_on_shutdown=False)
+    serve(*deployments, pause_on_shutdown=False)
 
 
 # What in PVCHECK_HOME a flow run never loads, so is not walked. The pull step only makes

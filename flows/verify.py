@@ -16,7 +16,7 @@ from typing import Any
 from prefect import State, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as runtime_flow_run
-from prefect.states import Cancelled, Completed, Failed
+from prefect.states import Completed, Failed
 from pydantic import BaseModel, ConfigDict, Field
 
 from pvcheck import (
@@ -31,6 +31,7 @@ from pvcheck import (
     runlog,
     teardown,
 )
+from pvcheck.busy import explain_collisions, step_aside, this_run
 from pvcheck.config import (
     MAX_ALLOCATOR_BATCH,
     MAX_ALLOCATOR_CONCURRENCY,
@@ -44,12 +45,15 @@ from pvcheck.flows.params import (
     BATCH,
     CANARY,
     CONCURRENCY,
+    FORM,
     ROUNDS,
     TARGET,
+    TITLES,
     Batch,
     Concurrency,
     Host,
     Rounds,
+    served_config,
 )
 from pvcheck.pinned import pinned_path
 from pvcheck.records import (
@@ -340,22 +344,25 @@ def verify(
         allocator_rounds=allocator_rounds,
         canary=canary,
     )
-    cfg = load_config(pinned_path(params.config), params.overrides())
+    cfg = load_config(served_config(params.config), params.overrides())
     if params.canary and cfg.lab is None:
         raise ConfigError(
-            str(cfg.source),
-            "canary",
-            "the canary runs only against the built-in lab's own engine (a lab config)",
+            FORM,
+            TITLES["canary"],
+            f"the canary runs only against the built-in lab's own engine; {cfg.target.name!r} "
+            f"({cfg.source}) is not a lab config",
         )
     run_id = str(runtime_flow_run.name or new_run_id())
+    me, started = this_run(run_id), datetime.now(UTC)
     try:
-        with HostLock(cfg.target.state_dir, cfg.target.docker_host):
-            return _verify_locked(cfg, run_id, params)
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me):
+            state = _verify_locked(cfg, run_id, params)
+        explain_collisions(me, started)
+        return state
     except HostBusy as exc:
         # Another run (the UI's, the nightly one, another machine's) works on this engine:
         # this one steps aside.
-        get_run_logger().warning("%s", exc)
-        return Cancelled(message=str(exc))
+        return step_aside(exc)
 
 
 def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
@@ -368,7 +375,7 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
             log.warning("%s", line)
         raise
     assert isinstance(seams.swarm, Swarm)
-    with EngineLock(seams.swarm, run_id):
+    with EngineLock(seams.swarm, run_id, flow_run_url=this_run(run_id).flow_run_url):
         return _verify_on_engine(cfg, run_id, params, seams)
 
 

@@ -45,7 +45,7 @@ from pvcheck.protocol import (
     unreachable_withdraws_done,
     without_done,
 )
-from pvcheck.records import GATES, Family, Gate, Status, Verdict, parse_ts
+from pvcheck.records import GATES, NO_FIGURE, Family, Gate, Status, Verdict, figure, parse_ts
 from pvcheck.report import DocsOutcome, Report
 from pvcheck.resources import TEMPLATES
 from pvcheck.reviewrecord import ReviewResult
@@ -62,6 +62,15 @@ from pvcheck.statefiles import (
     update_sections,
     write_whole,
 )
+
+MAX_NAMES_SHOWN = 1  # names in a table cell; the JSON report keeps them all
+
+
+def short_names(names: list[str]) -> str:
+    """Pure: a table cell's list of names, short enough for the page: the first, and how
+    many more."""
+    more = len(names) - MAX_NAMES_SHOWN
+    return ", ".join(names[:MAX_NAMES_SHOWN]) + (f" +{more} more" if more > 0 else "") or "none"
 
 
 def _env() -> jinja2.Environment:
@@ -80,6 +89,10 @@ def _env() -> jinja2.Environment:
     env.filters["code_line"] = lambda v: str(v).replace("`" * 3, "'" * 3).replace("~~~", "-")
     # A name from the host shown as code: backticks cannot end the span.
     env.filters["code"] = lambda v: "`" + str(v).replace("`", "'") + "`"
+    # A figure the run did not measure: one spelling everywhere (records.NO_FIGURE).
+    env.filters["figure"] = figure
+    env.globals["no_figure"] = NO_FIGURE
+    env.filters["short_names"] = short_names
     return env
 
 

@@ -61,41 +61,48 @@ def read_history(path: Path, limit: int = 30) -> list[dict[str, Any]]:
     return out[-limit:]
 
 
-def trend_svg(records: list[dict[str, Any]], width: int = 640, height: int = 220) -> str:
-    """Pure: endpoints (left axis) and leaked addresses (right axis) per run, as SVG."""
-    pad_l, pad_r, pad_t, pad_b = 50, 50, 30, 40
+BLUE, RED = "#1f5fbf", "#c0392b"
+# The two series: key, colour, the axis title (with its unit), and the legend's words.
+SERIES = (
+    ("endpoints", BLUE, "endpoints in use (count)", "endpoints in use on the network"),
+    ("engine_leaked", RED, "leaked addresses (count)", "addresses leaked (allocator's count)"),
+)
+
+
+def _figure(record: dict[str, Any], key: str) -> float | None:
+    """A run's figure; None when the run did not measure it (it is left out, never a 0)."""
+    got = record.get(key)
+    if got is None and key == "engine_leaked":  # older records: the endpoint delta only
+        got = record.get("leaked")
+    return float(got) if isinstance(got, int | float) and not isinstance(got, bool) else None
+
+
+def trend_svg(records: list[dict[str, Any]], width: int = 640, height: int = 260) -> str:
+    """Pure: endpoints (left axis) and leaked addresses (right axis) per run, as SVG; both
+    axes titled with their unit, the time axis too, and a legend. A run without a figure
+    has no point on that line."""
+    pad_l, pad_r, pad_t, pad_b = 64, 64, 48, 52
     plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
-    n = len(records)
+    bottom, n = pad_t + plot_h, len(records)
 
     def xs(i: int) -> float:
         return pad_l + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
-
-    def value(record: dict[str, Any], key: str) -> float:
-        # Leaks as the allocator counts them; older records only have the endpoint delta.
-        got = record.get(key)
-        if got is None and key == "engine_leaked":
-            got = record.get("leaked")
-        return float(got) if isinstance(got, int | float) and not isinstance(got, bool) else 0.0
-
-    def series(key: str) -> tuple[list[tuple[float, float]], float]:
-        values = [value(r, key) for r in records]
-        top = max([*values, 1.0])
-        return [(xs(i), pad_t + plot_h * (1 - v / top)) for i, v in enumerate(values)], top
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{pad_l}" y="18" font-size="13">pvcheck trend: endpoints (blue, left) and '
-        f"leaked by the allocator's count (red, right), last {n} run(s)</text>",
-        f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" '
-        f'y2="{pad_t + plot_h}" stroke="#888"/>',
+        f'<text x="{pad_l}" y="16" font-size="13">pvcheck trend, last {n} run(s)</text>',
+        f'<line x1="{pad_l}" y1="{bottom}" x2="{pad_l + plot_w}" y2="{bottom}" stroke="#888"/>',
     ]
-    for key, colour, anchor, x_label in (
-        ("endpoints", "#1f5fbf", "end", pad_l - 6),
-        ("engine_leaked", "#c0392b", "start", pad_l + plot_w + 6),
-    ):
-        points, top = series(key)
+    for index, (key, colour, axis, legend) in enumerate(SERIES):
+        left = index == 0
+        edge = pad_l if left else pad_l + plot_w
+        values = [_figure(r, key) for r in records]
+        top = max([v for v in values if v is not None] + [1.0])
+        points = [
+            (xs(i), pad_t + plot_h * (1 - v / top)) for i, v in enumerate(values) if v is not None
+        ]
         if points:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
             parts.append(
@@ -104,16 +111,39 @@ def trend_svg(records: list[dict[str, Any]], width: int = 640, height: int = 220
             parts += [
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in points
             ]
-        for y, text in ((pad_t + 4, f"{top:g}"), (pad_t + plot_h, "0")):
+        # The axis: its line, its ticks (0, half, top) and its title with the unit.
+        parts.append(
+            f'<line x1="{edge}" y1="{pad_t}" x2="{edge}" y2="{bottom}" stroke="{colour}"/>'
+        )
+        tick_x, anchor = (edge - 6, "end") if left else (edge + 6, "start")
+        for fraction in (0.0, 0.5, 1.0):
+            y = bottom - plot_h * fraction
             parts.append(
-                f'<text x="{x_label}" y="{y}" text-anchor="{anchor}" fill="{colour}">{text}</text>'
+                f'<text x="{tick_x}" y="{y + 4:.1f}" text-anchor="{anchor}" fill="{colour}">'
+                f"{top * fraction:g}</text>"
             )
+        title_x = 14 if left else width - 10
+        parts.append(
+            f'<text x="{title_x}" y="{pad_t + plot_h / 2:.1f}" text-anchor="middle" '
+            f'fill="{colour}" transform="rotate(-90 {title_x} {pad_t + plot_h / 2:.1f})">'
+            f"{axis}</text>"
+        )
+        legend_x = pad_l + index * plot_w // 2
+        parts += [
+            f'<line x1="{legend_x}" y1="32" x2="{legend_x + 18}" y2="32" stroke="{colour}" '
+            'stroke-width="2"/>',
+            f'<text x="{legend_x + 24}" y="36" fill="{colour}">{legend}</text>',
+        ]
     for i, record in enumerate(records):
         label = escape(str(record.get("at", ""))[5:16].replace("T", " "))
         if n <= 8 or i in (0, n - 1):
             parts.append(
-                f'<text x="{xs(i):.1f}" y="{height - 20}" text-anchor="middle">{label}</text>'
+                f'<text x="{xs(i):.1f}" y="{bottom + 16}" text-anchor="middle">{label}</text>'
             )
+    parts.append(
+        f'<text x="{pad_l + plot_w / 2:.1f}" y="{bottom + 32}" text-anchor="middle">'
+        "run finished (UTC, month-day hour:minute)</text>"
+    )
     days = records[-1].get("days_to_exhaustion") if records else None
     if isinstance(days, dict) and days:
         text = "; ".join(

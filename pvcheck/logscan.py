@@ -97,6 +97,36 @@ GC_RACE = ("network_remove_failed", "key_modified")
 PROBE = "vip_probe"
 
 
+# How an operator reads each count (the pattern ids are the report's keys).
+SHOWN = {
+    "vip_exhausted": "VIP-exhaustion",
+    PROBE: "capacity-probe VIP",
+    "failed_allocation": "failed-allocation",
+    "network_remove_failed": "network-remove-failed",
+    "key_modified": "key-modified",
+}
+
+
+def summary(scan: LogScan, what: str) -> str:
+    """Pure: one line saying what the docker log held during a window, in words: the VIP
+    line first (the one that fails a gate), the GC-race lines as one figure with its parts."""
+    if scan.error:
+        return f"docker log not read for {what} ({scan.since} -> {scan.until}): {scan.error}"
+    counts = scan.counts
+    gc = sum(counts.get(k, 0) for k in GC_RACE)
+    parts = [f"{counts.get('vip_exhausted', 0)} VIP-exhaustion line(s)"]
+    if PROBE in counts:
+        parts.append(f"{counts[PROBE]} {SHOWN[PROBE]} line(s) of pvcheck's own probe")
+    parts.append(
+        f"{gc} GC-race line(s) ("
+        + ", ".join(f"{counts.get(k, 0)} {SHOWN[k]}" for k in GC_RACE)
+        + ")"
+    )
+    parts.append(f"{counts.get('failed_allocation', 0)} {SHOWN['failed_allocation']} line(s)")
+    shown = "" if not scan.lines else f"; {len(scan.lines)} matching line(s) at DEBUG"
+    return f"docker log during {what} ({scan.since} -> {scan.until}): {'; '.join(parts)}{shown}"
+
+
 def scan_lines(
     lines: Iterable[str],
     patterns: dict[str, str],

@@ -16,6 +16,7 @@ from pvcheck.config import Config, load_config
 from pvcheck.errors import ConfigError
 
 ENV = "PVCHECK_PINNED_CONFIGS"
+PINNED = "<pinned>"  # where a ConfigError about a pinned name points
 
 
 def pin(paths: list[str]) -> dict[str, Config]:
@@ -44,7 +45,7 @@ def pinned_path(name: str = "") -> Path:
     if not name:
         return Path(next(iter(table.values())))
     if name not in table:
-        raise ConfigError("<pinned>", "config", f"{name!r} is not one of {sorted(table)}")
+        raise ConfigError(PINNED, "config", f"{name!r} is not one of {sorted(table)}")
     return Path(table[name])
 
 

@@ -10,6 +10,14 @@ from typing import Any
 # What dockerd logs when swarm's IPAM cannot give a service its VIP: the incident's line.
 VIP_SIGNATURE = "could not find an available IP while allocating VIP"
 TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every timestamp pvcheck writes: UTC, to the second
+# A figure a run did not measure (a FAIL before the allocator, facts that could not be read),
+# spelt the same in every table, artifact and STATUS: never an empty cell, never a zero.
+NO_FIGURE = "n/a"
+
+
+def figure(value: object) -> object:
+    """Pure: a table cell's figure, NO_FIGURE when there is none."""
+    return NO_FIGURE if value is None or value == "" else value
 
 
 def format_ts(when: datetime) -> str:

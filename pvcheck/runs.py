@@ -6,6 +6,7 @@ that are no longer alive.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import json
@@ -160,12 +161,59 @@ class RunRegistry:
         return [r for r in self.records() if not r.alive()]
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the host lock, as its lock file records it: the run's id, its Prefect flow
+    run (id and UI link, when it runs under Prefect), the process, and since when."""
+
+    run_id: str = ""
+    flow_run_id: str = ""
+    flow_run_url: str = ""
+    pid: int = 0
+    host: str = ""
+    since: str = ""
+
+    def describe(self) -> str:
+        """One line for the operator: the holding run first, then where to see it."""
+        run = f"run {self.run_id}" if self.run_id else "a run"
+        if self.flow_run_url:
+            run += f" (flow run {self.flow_run_url})"
+        elif self.flow_run_id:
+            run += f" (flow run {self.flow_run_id})"
+        where = f"pid {self.pid} on {self.host or '?'}"
+        return f"{run}, {where}" + (f", since {self.since}" if self.since else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
+        """The record a lock file holds; None for an older or torn one."""
+        try:
+            data = json.loads(text)
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            holder = cls(**fields)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        ok = isinstance(holder.pid, int) and all(
+            isinstance(getattr(holder, k), str) for k in fields if k != "pid"
+        )
+        return holder if ok else None
+
+
+_ONE_LINE = re.compile(r"[^\x20-\x7e]+")
+
+
+def _shown(text: str, limit: int = 300) -> str:
+    """A lock file's text as one printable line (its folder is root's; still bounded)."""
+    return _ONE_LINE.sub(" ", text).strip()[:limit]
+
+
 class HostLock:
     """An exclusive flock per engine on this machine; the kernel releases it when its holder
-    dies. EngineLock keeps other machines out."""
+    dies. EngineLock keeps other machines out. The lock file names the holder (`Holder`), so
+    a run that finds the host busy can say which run has it."""
 
-    def __init__(self, state_dir: Path, docker_host: str) -> None:
+    def __init__(self, state_dir: Path, docker_host: str, holder: Holder | None = None) -> None:
         self.path = state_dir / f"{engine_key(docker_host)}.lock"
+        self.holder = holder or Holder()
         self._fh: IO[str] | None = None
 
     def __enter__(self) -> HostLock:
@@ -181,14 +229,23 @@ class HostLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read(200).strip() or "unknown"
+            text = fh.read(MAX_RECORD_BYTES)
             fh.close()
+            found = Holder.parse(text)
+            holder = found.describe() if found else (_shown(text) or "a run that left no record")
             raise HostBusy(
-                f"another pvcheck run holds {self.path} ({holder}); try again later"
+                f"another pvcheck run holds this host: {holder}. This run steps aside; start "
+                f"it again once that one has finished (lock {self.path})"
             ) from None
+        me = dataclasses.replace(
+            self.holder,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            since=format_ts(datetime.now(UTC)),
+        )
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.write(json.dumps(me.__dict__) + "\n")
         fh.flush()
         self._fh = fh
         return self
@@ -210,8 +267,11 @@ class EngineLock:
     against one host at once. A holder that died on this machine, or a lock older than
     `expiry_s`, is taken over."""
 
-    def __init__(self, swarm: Any, run_id: str, expiry_s: float = 12 * 3600) -> None:
+    def __init__(
+        self, swarm: Any, run_id: str, expiry_s: float = 12 * 3600, flow_run_url: str = ""
+    ) -> None:
         self.swarm, self.run_id, self.expiry_s = swarm, run_id, expiry_s
+        self.flow_run_url = flow_run_url
         self.held_id: str | None = None
 
     def _labels(self) -> dict[str, str]:
@@ -222,6 +282,7 @@ class EngineLock:
             f"{LOCK_LABEL}.pid": str(os.getpid()),
             f"{LOCK_LABEL}.proc_start": _proc_start(os.getpid()) or "",
             f"{LOCK_LABEL}.at": format_ts(datetime.now(UTC)),
+            f"{LOCK_LABEL}.flow_run_url": self.flow_run_url,
         }
 
     def _stale(self, labels: dict[str, str]) -> bool:
@@ -257,12 +318,17 @@ class EngineLock:
                 self.held_id = str(current["ID"])
                 return self
             if not self._stale(labels):
-                holder = labels.get(f"{LOCK_LABEL}.run", "?")
-                where = labels.get(f"{LOCK_LABEL}.host", "?")
+                holder = Holder(
+                    run_id=_shown(labels.get(f"{LOCK_LABEL}.run", ""), 80),
+                    flow_run_url=_shown(labels.get(f"{LOCK_LABEL}.flow_run_url", "")),
+                    pid=int(labels.get(f"{LOCK_LABEL}.pid", "0") or 0),
+                    host=_shown(labels.get(f"{LOCK_LABEL}.host", ""), 80),
+                    since=_shown(labels.get(f"{LOCK_LABEL}.at", ""), 40),
+                )
                 raise HostBusy(
-                    f"another pvcheck run ({holder} on {where}, since "
-                    f"{labels.get(f'{LOCK_LABEL}.at', '?')}) holds the engine lock "
-                    f"(docker config {LOCK_NAME}); try again later"
+                    f"another pvcheck run holds this host: {holder.describe()}. This run steps "
+                    f"aside; start it again once that one has finished (engine lock: docker "
+                    f"config {LOCK_NAME})"
                 )
             with contextlib.suppress(docker.errors.NotFound):
                 self.swarm.call(api.remove_config, current["ID"])

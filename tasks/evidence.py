@@ -13,10 +13,11 @@ from prefect.cache_policies import NO_CACHE
 
 from pvcheck.config import Config, load_config
 from pvcheck.errors import PvcheckError
-from pvcheck.evidence import Written, render, write_evidence
+from pvcheck.evidence import Written, render, short_names, write_evidence
 from pvcheck.history import read_history, trend_svg
 from pvcheck.masking import redact
 from pvcheck.pinned import pinned_all
+from pvcheck.records import NO_FIGURE, figure
 from pvcheck.report import Report
 
 ARTIFACT_KEYS = ("pvcheck-verdict", "pvcheck-network-facts", "pvcheck-allocator", "pvcheck-trend")
@@ -39,20 +40,34 @@ def svg_data_uri(svg: str) -> str:
 
 
 def allocator_rows(report: Report) -> list[dict[str, Any]]:
+    """Pure: one short row per round (the table fits a 1280 px page); the rest of each
+    round is in allocator_detail_rows."""
     alloc = report.allocator
     return [
         {
             "round": r.round,
             "stacks": r.stacks,
-            "endpoints before": sum(r.baseline.values()),
-            "peak": sum(r.peak.values()),
-            "after": sum(r.after.values()),
+            "endpoints before→peak→after": (
+                f"{sum(r.baseline.values())}→{sum(r.peak.values())}→{sum(r.after.values())}"
+            ),
             "leaked": r.leaked_total,
-            "other services": r.others,
-            "stack networks orphaned by stack rm": len(r.networks_orphaned),
-            "still left": ", ".join(r.networks_left) or "none",
-            "settled": r.settled,
-            "seconds": r.seconds,
+            "settled": "yes" if r.settled else "no",
+            "s": round(r.seconds, 1),
+        }
+        for r in (alloc.rounds if alloc else [])
+    ]
+
+
+def allocator_detail_rows(report: Report) -> list[dict[str, Any]]:
+    """Pure: each round's details: allocation, others' churn, the stack networks."""
+    alloc = report.allocator
+    return [
+        {
+            "round": r.round,
+            "all allocated": "yes" if r.allocated else "no",
+            "other services": f"{r.others:+d}",
+            "networks stack rm left": len(r.networks_orphaned),
+            "still left": short_names(r.networks_left),
         }
         for r in (alloc.rounds if alloc else [])
     ]
@@ -61,16 +76,19 @@ def allocator_rows(report: Report) -> list[dict[str, Any]]:
 def history_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
-            "finished": r.get("at"),
-            "run": r.get("run_id"),
-            "verdict": str(r.get("verdict", "")).upper(),
-            "endpoints": r.get("endpoints"),
-            "headroom %": r.get("headroom_pct"),
-            "leaked": r.get("leaked"),
-            "seconds": r.get("seconds"),
+            "finished": figure(r.get("at")),
+            "run": figure(r.get("run_id")),
+            "verdict": str(r.get("verdict", "")).upper() or NO_FIGURE,
+            "endpoints": figure(r.get("endpoints")),
+            "headroom %": figure(r.get("headroom_pct")),
+            "leaked": figure(r.get("leaked")),
+            "s": figure(r.get("seconds")),
         }
         for r in reversed(records)
     ]
+
+
+FLEET_LEAKS_SHOWN = 5  # the last runs' leaks a fleet row shows (and its trend reads)
 
 
 def fleet_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -79,14 +97,15 @@ def fleet_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
     for host, records in histories.items():
         last = records[-1] if records else {}
         leaks = [r["leaked"] for r in records if isinstance(r.get("leaked"), int)]
+        leaks = leaks[-FLEET_LEAKS_SHOWN:]
         rows.append(
             {
                 "host": host,
-                "latest verdict": str(last.get("verdict", "no run yet")).upper(),
-                "finished": last.get("at"),
-                "headroom %": last.get("headroom_pct"),
-                "endpoints": last.get("endpoints"),
-                f"leaked (last {len(leaks)} runs)": " ".join(map(str, leaks)) or "n/a",
+                "verdict": str(last.get("verdict", "no run yet")).upper(),
+                "finished": figure(last.get("at")),
+                "headroom %": figure(last.get("headroom_pct")),
+                "endpoints": figure(last.get("endpoints")),
+                "leaked, last runs": " ".join(map(str, leaks)) or NO_FIGURE,
                 "leak trend": _trend(leaks),
             }
         )
@@ -95,11 +114,13 @@ def fleet_rows(histories: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
 
 def _trend(leaks: list[int]) -> str:
     """Pure: how the leaked addresses moved over the last runs."""
+    if not leaks:
+        return NO_FIGURE
     if not any(leaks):
         return "no leak"
     if leaks[-1] > leaks[0]:
         return "rising"
-    return "leaked before, not in the latest run" if leaks[-1] == 0 else "steady or falling"
+    return "none in latest run" if leaks[-1] == 0 else "steady or falling"
 
 
 def fleet_histories() -> dict[str, list[dict[str, Any]]]:
@@ -136,6 +157,7 @@ def publish_artifacts(report: Report) -> None:
         "pvcheck-allocator": "Allocator reproduction",
         "pvcheck-trend": "Trend of the last runs (chart)",
         "pvcheck-allocator-rounds": "Allocator rounds (table)",
+        "pvcheck-allocator-round-details": "Allocator rounds, details (table)",
         "pvcheck-history": "Run history (table)",
         "pvcheck-fleet": "Every served host's latest verdict (table)",
     }
@@ -149,6 +171,7 @@ def publish_artifacts(report: Report) -> None:
         )
     tables = {
         "pvcheck-allocator-rounds": allocator_rows(report),
+        "pvcheck-allocator-round-details": allocator_detail_rows(report),
         "pvcheck-history": history_rows(records),
         "pvcheck-fleet": fleet_rows(fleet_histories()),
     }

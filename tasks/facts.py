@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck import facts
 from pvcheck.records import Check
 from pvcheck.seams import Seams
+from pvcheck.tasks.naming import run_name
 
 
-@task(name="capture-facts", cache_policy=NO_CACHE)
+@run_name
+def facts_run_name(parameters: dict[str, Any]) -> str:
+    """The task run's name says which capture it is: before, after, review."""
+    return f"capture-facts-{parameters.get('when', facts.BEFORE)}"
+
+
+@task(name="capture-facts", task_run_name=facts_run_name, cache_policy=NO_CACHE)
 def capture_facts(
     seams: Seams, settings: facts.Settings, when: str = facts.BEFORE
 ) -> tuple[facts.Observation, list[Check]]:

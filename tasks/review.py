@@ -3,6 +3,8 @@ pastes them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -13,6 +15,7 @@ from pvcheck.records import Check, Family, Gate, Status
 from pvcheck.seams import HostCommands, Seams
 from pvcheck.stacks import residue_names
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK
+from pvcheck.tasks.naming import run_name
 
 
 def run_cold_command(
@@ -44,7 +47,13 @@ def run_cold_command(
     )
 
 
-@task(name="cold-commands", cache_policy=NO_CACHE)
+@run_name
+def cold_run_name(parameters: dict[str, Any]) -> str:
+    """The task run's name says whose commands they are: cold-commands-m1, -m2."""
+    return f"cold-commands-{str(parameters.get('gate', '')).lower()}".rstrip("-")
+
+
+@task(name="cold-commands", task_run_name=cold_run_name, cache_policy=NO_CACHE)
 def run_cold_commands(
     commands: list[ColdCommand], gate: Gate, host: HostCommands | None = None
 ) -> list[Check]:

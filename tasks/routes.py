@@ -4,6 +4,7 @@ before new test traffic."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -12,6 +13,7 @@ from pvcheck import routes
 from pvcheck.claims import route_command
 from pvcheck.records import Check, Status
 from pvcheck.seams import Seams
+from pvcheck.tasks.naming import run_name
 
 
 @task(name="check-routes", cache_policy=NO_CACHE)
@@ -31,7 +33,13 @@ def check_routes(seams: Seams, settings: routes.Settings) -> list[Check]:
     return checks
 
 
-@task(name="recheck-core-routes", cache_policy=NO_CACHE)
+@run_name
+def recheck_run_name(parameters: dict[str, Any]) -> str:
+    """The task run's name says which stage the re-check comes before."""
+    return f"recheck-core-routes-before-{parameters.get('before', '')}".rstrip("-")
+
+
+@task(name="recheck-core-routes", task_run_name=recheck_run_name, cache_policy=NO_CACHE)
 def recheck_core_routes(seams: Seams, settings: routes.Settings, before: str) -> Check:
     check = routes.recheck(seams, settings, before)
     log = get_run_logger()

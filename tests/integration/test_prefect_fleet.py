@@ -88,7 +88,7 @@ def test_one_server_verifies_two_hosts_with_their_own_deployments(
         )
         (fleet,) = [a for a in artifacts if a["key"] == "pvcheck-fleet"]
         rows = json.loads(fleet["data"]) if isinstance(fleet["data"], str) else fleet["data"]
-        assert {r["host"]: r["latest verdict"] for r in rows} == {"lab": "PASS", "lab-ssh": "PASS"}
+        assert {r["host"]: r["verdict"] for r in rows} == {"lab": "PASS", "lab-ssh": "PASS"}
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -234,6 +234,8 @@ def test_deployments_and_nightly_schedule(served: tuple[str, Path]) -> None:
     assert len(schedules) == 1 and schedules[0]["active"]
     assert schedules[0]["schedule"]["cron"] == "17 3 * * *"
     assert schedules[0]["schedule"]["timezone"] == "Europe/Berlin"
+    # The deployment page names the schedule by its slug: the time zone shows there.
+    assert schedules[0]["slug"] == "every day at 03:17 Europe/Berlin"
 
 
 @pytest.mark.faults
@@ -251,7 +253,16 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
     assert done["state_type"] == "COMPLETED", done["state"]
     assert "pvcheck verdict PASS" in done["state"]["message"]
     assert _wait(url, second)["state_type"] == "CANCELLED"
-    assert _wait(url, janitor)["state_type"] == "CANCELLED"
+    stepped_aside = _wait(url, janitor)
+    assert stepped_aside["state_type"] == "CANCELLED"
+    # The janitor names the run holding the host, and its log has no engine traceback.
+    assert (
+        f"another pvcheck run holds this host: run {done['name']}"
+        in (stepped_aside["state"]["message"])
+    )
+    assert "Engine execution exited with unexpected exception" not in _logs(url, janitor)
+    # The run the concurrency limit cancelled is told why in its own log.
+    assert f"run {done['name']}" in _logs(url, second)
     wanted = [
         "docker network inspect --verbose proxy",
         "proxy subnet 10.10.0.0/16",

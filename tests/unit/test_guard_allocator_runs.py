@@ -283,7 +283,9 @@ def test_host_lock_refuses_a_second_holder(tmp_path: Path) -> None:
         "HostLock(Path(sys.argv[1]), 'ssh://root@cc-ci')",
         tmp_path,
     )
-    busy = pytest.raises(HostBusy, match=r"another pvcheck run holds .*cc-ci_22\.lock \(pid \d+")
+    busy = pytest.raises(
+        HostBusy, match=r"another pvcheck run holds this host: a run, pid \d+ .*cc-ci_22\.lock\)"
+    )
     # The same engine under another spelling is the same lock.
     with held, busy, HostLock(tmp_path, "ssh://root@cc-ci:22"):
         pass
