@@ -116,7 +116,7 @@ def test_claim_review_done_withdraw_veto_as_commits(
     assert has_done(status.read_text())
     for gate, title in (("M1", "Control plane"), ("M2", "Real CI")):
         passes = re.findall(
-            rf"^## {gate} — {title}.*: \*\*PASS\*\* @\S+Z$", review_md.read_text(), re.M
+            rf"^## {gate} — {title}.*: \*\*PASS\*\* @ \S+Z$", review_md.read_text(), re.M
         )
         assert len(passes) == 2, passes  # two reviews, two dated entries
 

@@ -48,10 +48,10 @@ def test_run_review_done_on_a_healthy_lab_keeps_notes(lab: Config, tmp_path: Pat
     assert result["gates"]["M1"]["status"] == "pass" and result["gates"]["M2"]["status"] == "pass"
     review_text = (docs / "REVIEW-pvcheck.md").read_text()
     assert re.search(
-        r"^## M1 — Control plane and routing verified: \*\*PASS\*\* @\S+Z$", review_text, re.M
+        r"^## M1 — Control plane and routing verified: \*\*PASS\*\* @ \S+Z$", review_text, re.M
     )
     assert re.search(
-        r"^## M2 — Real CI and allocator proof verified: \*\*PASS\*\* @\S+Z$", review_text, re.M
+        r"^## M2 — Real CI and allocator proof verified: \*\*PASS\*\* @ \S+Z$", review_text, re.M
     )
     status = (docs / "STATUS-pvcheck.md").read_text()
     assert "## Gate: M1 — PASS @" in status and "## Gate: M2 — PASS @" in status
