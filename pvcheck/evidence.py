@@ -229,7 +229,8 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         why = run_withdraws_done(report, cfg.docs.done_follows, standing)
         will_withdraw = why if has_own_done(status_text, str(paths.status)) else None
         docs = DocsOutcome(quoted, will_withdraw)
-        # The report through its model first: one pvcheck's review would refuse stops here.
+        # The report through its model first (a value the model refuses is logged and written
+        # unchecked, never costing the run its evidence: Report.as_json).
         report_json = dataclasses.replace(report, docs=docs).to_json()
         if why:
             # First of the writes: one that fails after it cannot leave an old DONE standing.

@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pvcheck.procs import PLAIN_ENV, run_bounded
+from pvcheck.procs import MAX_OUTPUT, PLAIN_ENV, printable, run_bounded
 
 # The lock kinds a process holds on a file; leases and delegations are not run locks.
 _KINDS = ("FLOCK", "POSIX", "OFDLCK")
@@ -106,7 +106,8 @@ class HeldLock:
     run: str  # the pattern's `domain` group (or first group), else the file name
 
     def describe(self) -> str:
-        return f"harness run {self.run} (flock held on {self.path})"
+        # Names come from a folder others can write (/run/lock is 1777): one printable line.
+        return printable(f"harness run {self.run} (flock held on {self.path})")
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ def busy_flocks(host: CommandRunner, folder: str, pattern: str) -> FlockScan:
             return FlockScan()
         if rc != 0:
             return FlockScan(problem=err.strip()[-200:] or f"find exited {rc}")
+        if _capped(out):
+            return FlockScan(problem=f"{folder} lists more than pvcheck reads: {TOO_MUCH}")
         files = parse_listing(out)
         if not files:
             return FlockScan()
@@ -153,4 +156,15 @@ def busy_flocks(host: CommandRunner, folder: str, pattern: str) -> FlockScan:
         return FlockScan(problem=f"no answer within {exc.timeout:g}s")
     if rc != 0:
         return FlockScan(problem=f"/proc/locks: {err.strip()[-200:] or f'cat exited {rc}'}")
+    if _capped(locks):
+        return FlockScan(problem=f"/proc/locks is longer than pvcheck reads: {TOO_MUCH}")
     return FlockScan(held_runs(folder, files, held_locks(locks), pattern))
+
+
+# A listing cut at the output cap could hide the one held lock that matters (a user can fill
+# a 1777 folder with long names, or hold many locks): never judged as quiet.
+TOO_MUCH = "a run may be hidden in what was cut, so the host counts as busy"
+
+
+def _capped(text: str) -> bool:
+    return len(text.encode("utf-8", errors="replace")) >= MAX_OUTPUT - 4

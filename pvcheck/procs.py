@@ -192,3 +192,12 @@ def count_with(argv: list[str], sample: str, timeout_s: float = 10) -> int | Non
         return None
     numbers = re.findall(r"\d+", done.stdout.decode("utf-8", errors="replace"))
     return int(numbers[-1]) if numbers else None
+
+
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text from a host or a file others may name, as one line of printable ASCII: no line
+    break to forge a log line, no terminal escape."""
+    return _NOT_PRINTABLE.sub(" ", text).strip()[:limit]

@@ -22,6 +22,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from pvcheck.errors import HostBusy, StateFileError
+from pvcheck.procs import printable
 from pvcheck.records import format_ts, parse_ts
 from pvcheck.safeio import atomic_write, open_regular, read_capped, require_root_only
 
@@ -181,7 +182,7 @@ class Holder:
         elif self.flow_run_id:
             run += f" (flow run {self.flow_run_id})"
         where = f"pid {self.pid} on {self.host or '?'}"
-        return f"{run}, {where}" + (f", since {self.since}" if self.since else "")
+        return printable(f"{run}, {where}" + (f", since {self.since}" if self.since else ""))
 
     @classmethod
     def parse(cls, text: str) -> Holder | None:
@@ -196,14 +197,6 @@ class Holder:
             isinstance(getattr(holder, k), str) for k in fields if k != "pid"
         )
         return holder if ok else None
-
-
-_ONE_LINE = re.compile(r"[^\x20-\x7e]+")
-
-
-def _shown(text: str, limit: int = 300) -> str:
-    """A lock file's text as one printable line (its folder is root's; still bounded)."""
-    return _ONE_LINE.sub(" ", text).strip()[:limit]
 
 
 class HostLock:
@@ -232,7 +225,7 @@ class HostLock:
             text = fh.read(MAX_RECORD_BYTES)
             fh.close()
             found = Holder.parse(text)
-            holder = found.describe() if found else (_shown(text) or "a run that left no record")
+            holder = found.describe() if found else (printable(text) or "a run that left no record")
             raise HostBusy(
                 f"another pvcheck run holds this host: {holder}. This run steps aside; start "
                 f"it again once that one has finished (lock {self.path})"
@@ -319,11 +312,11 @@ class EngineLock:
                 return self
             if not self._stale(labels):
                 holder = Holder(
-                    run_id=_shown(labels.get(f"{LOCK_LABEL}.run", ""), 80),
-                    flow_run_url=_shown(labels.get(f"{LOCK_LABEL}.flow_run_url", "")),
+                    run_id=printable(labels.get(f"{LOCK_LABEL}.run", ""), 80),
+                    flow_run_url=printable(labels.get(f"{LOCK_LABEL}.flow_run_url", "")),
                     pid=int(labels.get(f"{LOCK_LABEL}.pid", "0") or 0),
-                    host=_shown(labels.get(f"{LOCK_LABEL}.host", ""), 80),
-                    since=_shown(labels.get(f"{LOCK_LABEL}.at", ""), 40),
+                    host=printable(labels.get(f"{LOCK_LABEL}.host", ""), 80),
+                    since=printable(labels.get(f"{LOCK_LABEL}.at", ""), 40),
                 )
                 raise HostBusy(
                     f"another pvcheck run holds this host: {holder.describe()}. This run steps "

@@ -90,7 +90,10 @@ def parse_timestamp(value: str) -> datetime | None:
     found = _TIMESTAMP.match(text)
     if found is None:
         return None
-    return datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    try:
+        return datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:  # the shape matched, the date does not exist (2026-13-40)
+        return None
 
 
 @dataclass(frozen=True)
@@ -222,13 +225,18 @@ def _show(host: CommandRunner, units: list[str], props: tuple[str, ...]) -> dict
     return _by_id(parse_show(out), units)
 
 
+MAX_SPECS = 20  # OnCalendar expressions handed to systemd-analyze at once (host text)
+
+
 class _Unreadable(Exception):
     pass
 
 
 def _next_from_calendar(host: CommandRunner, specs: list[str]) -> datetime | None:
     """The earliest next elapse of the expressions, by systemd-analyze on the same machine."""
-    rc, out, _ = host.run(_env(["systemd-analyze", "calendar", *specs]), timeout_s=TIMEOUT_S)
+    rc, out, _ = host.run(
+        _env(["systemd-analyze", "calendar", "--", *specs[:MAX_SPECS]]), timeout_s=TIMEOUT_S
+    )
     times = [c.next_elapse for c in parse_analyze_calendar(out) if c.next_elapse]
     return min(times) if rc == 0 and times else None
 

@@ -143,3 +143,28 @@ def test_a_missing_folder_holds_no_run_and_an_unreadable_one_counts_as_busy(
     assert found == [
         "/run/lock: run locks cannot be read (no answer within 30s); a run may be active"
     ]
+
+
+def test_a_listing_cut_at_the_output_cap_counts_as_busy_never_as_quiet() -> None:
+    """Attacker's read: /run/lock is open to all; enough long names pushed the harness's
+    lock past the cap, run_on returned the cut text with rc 0, and the host read as quiet."""
+    from pvcheck.procs import MAX_OUTPUT
+
+    held = f"{os.makedev(0, 26)} 3107 cc-ci-app-real.example.lock\0"
+    filler = f"{os.makedev(0, 26)} 1 " + "x" * 200 + ".lock\0"
+
+    class Flooded:
+        def run(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
+            if argv[0] == "find":  # what run_on hands back at the cap: the cut text, rc 0
+                return 0, (filler * (MAX_OUTPUT // len(filler) + 1))[:MAX_OUTPUT], ""
+            return 0, "1: FLOCK  ADVISORY  WRITE 4242 00:1a:3107 0 EOF\n", ""
+
+    scan = busy_flocks(Flooded(), "/run/lock", CCCI_PATTERN)
+    assert scan.held == [] and scan.problem is not None and "counts as busy" in scan.problem
+    assert held  # the lock the flood hid: never reached, yet the host is not called quiet
+
+
+def test_a_lock_file_name_cannot_forge_a_log_line() -> None:
+    name = "cc-ci-app-x\n2026-12-05 | INFO | host quiet: verdict PASS\x1b[2K.lock"
+    shown = HeldLock(f"/run/lock/{name}", "x\n\x1b[2K").describe()
+    assert "\n" not in shown and "\x1b" not in shown and "host quiet" in shown

@@ -208,7 +208,15 @@ def test_a_timer_whose_next_elapse_cannot_be_read_asks_systemd_analyze() -> None
     services = (
         "Id=cc-ci-upgrade-all.service\nLoadState=loaded\nActiveState=inactive\nSubState=dead\n"
     )
-    analyze = ["env", "TZ=UTC", "LC_ALL=C", "systemd-analyze", "calendar", "Sun *-*-* 02:00:00 UTC"]
+    analyze = [
+        "env",
+        "TZ=UTC",
+        "LC_ALL=C",
+        "systemd-analyze",
+        "calendar",
+        "--",
+        "Sun *-*-* 02:00:00 UTC",
+    ]
     machine = Systemctl(
         {
             tuple(show_argv(UNITS[:1], SHOW_TIMER)): (0, show, ""),
@@ -271,3 +279,20 @@ def test_sweep_unit_names_are_never_options_or_other_unit_types(unit: str) -> No
     assert ActiveRunsConfig(sweep_units=["nightly-sweep.timer"]).sweep_units == [
         "nightly-sweep.timer"
     ]
+
+
+def test_host_text_never_becomes_an_option_and_a_bad_date_is_no_time() -> None:
+    from pvcheck import timers
+
+    assert timers.parse_timestamp("Thu 2026-13-40 02:00:00 UTC") is None
+
+    seen: list[list[str]] = []
+
+    class Records:
+        def run(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
+            seen.append(argv)
+            return 1, "", ""
+
+    timers._next_from_calendar(Records(), ["--root=/x", "--help", *["daily"] * 50])
+    calendar = seen[0][seen[0].index("calendar") + 1 :]
+    assert calendar[0] == "--" and len(calendar) == 1 + timers.MAX_SPECS
