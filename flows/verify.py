@@ -174,6 +174,7 @@ class Verification:
         self.deploy = deploy.Settings.from_config(cfg)
         # Every capacity-probe service the run created: a VIP line naming one is ours.
         self.probe_ids: tuple[str, ...] = ()
+        self.interrupted: BaseException | None = None  # SIGINT/SIGTERM met during teardown
         self.log = get_run_logger()
 
     def _logs(
@@ -285,14 +286,35 @@ class Verification:
         checks = [guard.not_configured()] if settings is None else guard_proof(self.seams, settings)
         self.report.stages[Stage.GUARD] = stage_outcome(self.report.add(checks))
 
+    def abort(self, exc: BaseException) -> None:
+        """An interrupted run proves nothing: it must not leave a claim behind."""
+        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        for gate in Gate:
+            self.report.add(
+                [
+                    Check(
+                        Family.RUN.id(f"aborted.{gate}"),
+                        gate,
+                        Status.ERROR,
+                        "the run completes",
+                        why,
+                    )
+                ]
+            )
+        self.report.stages[Stage.ABORTED] = StageOutcome(Outcome.FAIL, why)
+
     def teardown_stage(self) -> bool:
         """Remove what this run made; True when nothing is left."""
         settings = teardown.Settings(self.run_id)
         try:
             checks = teardown_task(self.seams, settings)
-        except BaseException:
+        except BaseException as exc:
             # The engine may be shutting down (SIGINT/SIGTERM): sweep directly, then re-check.
             checks = teardown.judge(teardown.gather(self.seams, settings), settings)
+            if not isinstance(exc, Exception):
+                # The operator stopped the run during its teardown: it ends interrupted (after
+                # its evidence), never with the verdict it had before.
+                self.interrupted = exc
         residue = self.report.add(checks)[0]
         clean = residue.status == Status.PASS
         self.report.stages[Stage.TEARDOWN] = (
@@ -392,32 +414,22 @@ def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, seams: Se
             run.allocator_stage()
         run.finish_logs_and_guard(canary=params.canary and traffic)
     except BaseException as exc:
-        # An interrupted run proves nothing: it must not leave a claim behind.
-        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        for gate in Gate:
-            report.add(
-                [
-                    Check(
-                        Family.RUN.id(f"aborted.{gate}"),
-                        gate,
-                        Status.ERROR,
-                        "the run completes",
-                        why,
-                    )
-                ]
-            )
-        report.stages[Stage.ABORTED] = StageOutcome(Outcome.FAIL, why)
+        run.abort(exc)
         raise
     finally:
         # Evidence is written whatever the host does from here on.
         if run.teardown_stage():
             registry.finish(run_id)
+        if run.interrupted is not None and Stage.ABORTED not in report.stages:
+            run.abort(run.interrupted)
         run.after_facts()
         report.finished_at = utc_now()
         written = write_evidence_files(report, cfg)
         report.evidence, report.docs = written.paths, written.docs
         metrics.publish(report, cfg)  # a warning when it cannot be written; never the verdict
         publish_artifacts(report)
+    if run.interrupted is not None:
+        raise run.interrupted
 
     gates = ", ".join(f"{g.gate} {g.status}" for g in report.gates)
     log.info("verdict %s (%s) %s", report.verdict, gates, report.incomplete_reason)

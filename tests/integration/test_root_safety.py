@@ -67,7 +67,7 @@ def test_another_machines_run_on_the_engine_makes_this_one_step_aside(
     # lock kept on the engine can see the other run.
     assert main(["run", "--config", str(write_config(tmp_path))]) == 5
     err = capsys.readouterr().err
-    assert "pv-20261128000000-0e1e2e on builder-2.example" in err and LOCK_NAME in err
+    assert "run pv-20261128000000-0e1e2e, pid 4242 on builder-2.example" in err and LOCK_NAME in err
 
 
 def test_a_dead_holders_engine_lock_is_taken_over(
