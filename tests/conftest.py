@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,13 @@ from pvcheck.swarm import Swarm
 from tests.helpers import LAB_CONFIG
 
 quiet_prefect()
+
+# The children the tests start (pvcheck runs, Prefect workers) get Ctrl-C as an operator's
+# terminal gives it, even when the test session itself runs in a background job: a shell
+# starts those with SIGINT ignored, the children inherit that, and a SIGINT test (or Prefect's
+# own graceful shutdown) would meet a process that carries on. A handled signal is reset to
+# its default on exec; an ignored one stays ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 HOW_TO_RUN = (
     "no Docker Engine reachable: integration tests need the real lab. As root run "
