@@ -31,6 +31,8 @@ cleanup() { # whatever way it ends, what it made goes
     docker stack rm "$stack" > /dev/null
   done
   docker secret rm rb-notes_api_key_v1 > /dev/null 2>&1 || true
+  docker service ls -q --filter label=rb=probe | xargs -r docker service rm > /dev/null 2>&1 || true
+  docker network rm rb-scratch > /dev/null 2>&1 || true
 }
 # Only on the lab's own engine: its proxy network carries the lab label.
 [ "$(docker network inspect "$NET" --format '{{index .Labels "pvcheck.lab"}}' 2>/dev/null)" = 1 ] ||
@@ -110,37 +112,67 @@ released() { [ "$(endpoints)" -le "$before" ]; }
 wait_for 60 released || fail "recipe left endpoints"
 echo "deploy: install, upgrade, backup/restore, functional; teardown clean"
 
-# 4. the allocator reproduction: recipe-shaped throwaway stacks (own network, published port),
-#    deployed one after another, removed by concurrent `docker stack rm`
+# 4. the allocator reproduction, as pvcheck does it (issue 27): ingress's headroom counted by
+#    a fill of minimal published-port services (no task), then recipe-shaped throwaway stacks
+#    on a scratch overlay of their own, removed by concurrent `docker stack rm`, then the
+#    scratch network filled one task-less service at a time until the allocator refuses a VIP:
+#    what it still holds after the removals, listed or not.
 busybox=local/busybox:1
-base=$(endpoints)
+SCRATCH=rb-scratch SCRATCH_SUBNET=10.254.7.0/26 GRACE=10 FLOOR_PCT=50 INGRESS_MAX=256
+capacity() { local p=${1#*/}; echo $(( (1 << (32 - p)) - 3 )); }
+has_vip() { [ "$(docker service inspect "$1" --format '{{len .Endpoint.VirtualIPs}}' 2>/dev/null)" -gt 0 ]; }
+vip_within() { # service seconds: the allocator hands a VIP out in milliseconds, or never
+  local deadline=$((SECONDS + $2)); until has_vip "$1"; do [ $SECONDS -lt $deadline ] || return 1; sleep 0.05; done; }
+fill() { # network-or-ingress limit batch prefix: services created until one is refused; prints the count
+  local net=$1 limit=$2 batch=$3 prefix=$4 made=0 got=0 refused=0 names=() b n
+  local where=(--network "$net"); [ "$net" = ingress ] && where=(--publish target=80)
+  while [ $got -lt "$limit" ] && [ $refused -eq 0 ]; do
+    b=()
+    for _ in $(seq 1 $(( limit - got < batch ? limit - got : batch ))); do
+      n=$prefix-$made; made=$((made + 1)); b+=("$n"); names+=("$n")
+      docker service create -d -q --replicas 0 --name "$n" --label rb=probe "${where[@]}" $busybox true > /dev/null 2>&1
+    done
+    for n in "${b[@]}"; do if vip_within "$n" 3; then got=$((got + 1)); else refused=1; fi; done
+  done
+  docker service rm "${names[@]}" > /dev/null
+  echo "$got"
+}
+ing_used=$(docker network inspect -v ingress --format '{{range .Services}}{{len .Tasks}} {{end}}{{len .Containers}}' | awk '{n=0; for(i=1;i<=NF;i++) n+=$i; print n}')
+ing_cap=$(capacity "$(docker network inspect ingress --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}')")
+need=$(( (ing_cap * FLOOR_PCT + 99) / 100 )); free=$((ing_cap - ing_used))
+limit=$(( need < INGRESS_MAX ? need : INGRESS_MAX )); limit=$(( limit < free ? limit : free ))
+echo "ingress: $(fill ingress "$limit" 8 rb-ing) of $limit probe services got a VIP"
+docker network create -d overlay --subnet "$SCRATCH_SUBNET" --label rb=scratch "$SCRATCH" > /dev/null
+scratch_used() { docker network inspect -v "$SCRATCH" --format '{{range .Services}}{{len .Tasks}} {{end}}' | awk '{n=0; for(i=1;i<=NF;i++) n+=$i; print n}'; }
 for i in $(seq 1 "$BATCH"); do
   cat <<YAML | deploy "rb-alloc-$i"
 services:
   app:
     image: $busybox
-    command: ["sleep", "3600"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
     networks: [proxy, internal]
-    ports: [{target: 80, mode: ingress}]
-    stop_signal: KILL
-    stop_grace_period: 1s
+    stop_grace_period: ${GRACE}s
     deploy:
       labels: {traefik.enable: "true", traefik.http.routers.rb-alloc-$i.rule: "Host(\`rb-alloc-$i.pvcheck.invalid\`)", traefik.http.services.rb-alloc-$i.loadbalancer.server.port: "80"}
 networks:
-  proxy: {external: true, name: $NET}
+  proxy: {external: true, name: $SCRATCH}
   internal: {}
 YAML
 done
 running() { [ "$(docker service ls --filter name=rb-alloc- --format '{{.Replicas}}' | grep -c '^1/1')" -eq "$BATCH" ]; }
 wait_for 120 running || fail "throwaways never ran"
-peak=$(endpoints)
+peak=$(scratch_used)
 for i in $(seq 1 "$BATCH"); do docker stack rm "rb-alloc-$i" > /dev/null 2>&1 & done; wait
-wait_for 120 released || fail "the allocator kept endpoints"
+scratch_released() { [ "$(scratch_used)" -eq 0 ]; }
+wait_for 120 scratch_released || fail "the allocator kept endpoints"
 for i in $(seq 1 "$BATCH"); do
   wait_for 60 sh -c "docker network rm rb-alloc-${i}_internal > /dev/null 2>&1 || ! docker network inspect rb-alloc-${i}_internal > /dev/null 2>&1" ||
     fail "rb-alloc-$i left its network"
 done
-echo "allocator: $base -> $peak -> $(endpoints) endpoints"
+scratch_cap=$(capacity "$SCRATCH_SUBNET")
+allocatable=$(fill "$SCRATCH" "$scratch_cap" 1 rb-probe)
+wait_for 60 sh -c "docker network rm $SCRATCH > /dev/null 2>&1" || fail "the scratch network stayed"
+echo "allocator: $peak endpoints at the peak; $allocatable/$scratch_cap allocatable after the removals"
 
 # 5. fresh logs and the upgrade guard
 echo "log: $(grep -c "$VIP" "$LOG" || true) VIP lines after the reproduction"

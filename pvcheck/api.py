@@ -1,11 +1,18 @@
 """The Prefect API a command-line run reports to.
 
-With no API configured (PREFECT_API_URL, or a Prefect profile), Prefect would start a
-temporary server of its own and stop it at exit, but a pvcheck killed with SIGKILL never
-reaches exit: the server was left running for good (about 200 MB each; the fault tests
-alone left fifteen). pvcheck therefore starts that temporary server itself, the same way,
-from the main thread and with the kernel told to stop it when pvcheck dies
-(PR_SET_PDEATHSIG), and points Prefect at it. A configured API is used as is.
+A configured API (PREFECT_API_URL, or a Prefect profile) is used as is. Without one, Prefect
+would start a temporary server of its own per process and stop it at exit; a pvcheck killed
+with SIGKILL never reaches exit, and the server lived on for good (about 200 MB each; the
+fault tests alone left fifteen). Starting that server is also two thirds of a CLI run's CPU
+(importing Prefect's server app, bench/RESULTS.md). So pvcheck starts it itself:
+
+- kept (the default): one server per Prefect home, shared by the runs and reviews that come
+  while it lives. Each user holds a shared flock on `pvcheck-api.lock` for its whole life;
+  the server stops itself once nobody holds it and no request came for PVCHECK_API_KEEP_S
+  seconds (`pvcheck.apiserver`), so a killed run leaves it for that long at most. Its
+  address, pid and auth string are in `pvcheck-api.json` (root-only, mode 0600).
+- per run (PVCHECK_API_KEEP_S=0): started from the main thread with the kernel told to stop
+  it when pvcheck dies (PR_SET_PDEATHSIG).
 
 Every API pvcheck starts requires an auth string (PREFECT_SERVER_API_AUTH_STRING): without
 one, any local user could call it, and a served API hands out runs that pvcheck executes as
@@ -15,7 +22,10 @@ root.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
+import fcntl
+import json
 import logging
 import os
 import secrets
@@ -26,18 +36,33 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from pvcheck import masking, quiet_prefect
-from pvcheck.errors import PrefectUnavailable
-from pvcheck.safeio import atomic_write, read_capped, require_root_only
+from pvcheck.errors import EnvironmentSettingError, PrefectUnavailable
+from pvcheck.procs import printable
+from pvcheck.safeio import atomic_write, open_regular, read_capped, require_root_only
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 60.0
+
+KEEP_ENV = "PVCHECK_API_KEEP_S"
+DEFAULT_KEEP_S = 900.0
+MAX_KEEP_S = 86400.0
+LOCK_NAME = "pvcheck-api.lock"  # users hold it shared; the idle server takes it to stop
+START_LOCK_NAME = "pvcheck-api.start.lock"  # one pvcheck at a time chooses or starts
+RECORD_NAME = "pvcheck-api.json"
+LOG_NAME = "pvcheck-api.log"
+LOCK_WAIT_S = 120.0  # another pvcheck starting the kept server: wait for it, not race it
+# What the kept server inherits from the run that starts it: Prefect's settings and what a
+# Python process needs, never the rest (a token in the operator's environment would outlive
+# the run by the server's whole life).
+_SERVER_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
 
 
 def _die_with_parent(parent: int) -> None:
@@ -54,30 +79,61 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(host: str, port: int, auth: str, ui: bool = False) -> subprocess.Popen[bytes]:
+@dataclass(frozen=True)
+class Keep:
+    """How a kept server stops itself: after `seconds` with no user holding `lock` and no
+    request; `record` is the file that names it (removed as it goes)."""
+
+    seconds: float
+    lock: Path
+    record: Path
+    log: Path
+    start_lock: Path
+
+
+def start_server(
+    host: str, port: int, auth: str, ui: bool = False, keep: Keep | None = None
+) -> subprocess.Popen[bytes]:
     """A Prefect server on host:port that requires `auth` (Basic "user:secret") for every
-    call but /health, and that the kernel stops when this process dies. With `ui`, the full
-    `prefect server start` (the UI asks for the auth string); without, only what a temporary
-    API needs, as Prefect's own temporary server runs it."""
+    call but /health. With `ui`, the full `prefect server start` (the UI asks for the auth
+    string); without, only what a temporary API needs, as Prefect's own temporary server
+    runs it. The kernel stops it when this process dies, unless it is `keep`: then it is a
+    session of its own that stops itself when idle."""
     import prefect
     from prefect.settings import get_current_settings
 
     quiet_prefect()
     parent = os.getpid()
+    base = (
+        {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith("PREFECT_")}
+        if keep
+        else dict(os.environ)
+    )
     env = {
-        **os.environ,
+        **base,
         **get_current_settings().to_environment_variables(exclude_unset=True),
         "PREFECT_SERVER_API_AUTH_STRING": auth,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_API_AUTH_STRING", None)
     if ui:
         prefect_cli = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
         argv = [prefect_cli, "server", "start", "--host", host, "--port", str(port)]
     else:
+        app_dir, factory = Path(prefect.__file__).parents[1], "prefect.server.api.server"
+        if keep:
+            app_dir, factory = Path(__file__).parents[1], "pvcheck.apiserver"
+            env.update(
+                {
+                    KEEP_ENV: f"{keep.seconds:g}",
+                    "PVCHECK_API_LOCK": str(keep.lock),
+                    "PVCHECK_API_RECORD": str(keep.record),
+                }
+            )
         argv = [
-            *(sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1])),
-            *("--factory", "prefect.server.api.server:create_app"),
+            *(sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir)),
+            *("--factory", f"{factory}:create_app"),
             *("--host", host, "--port", str(port), "--log-level", "error"),
             *("--lifespan", "on"),
         ]
@@ -88,6 +144,20 @@ def start_server(host: str, port: int, auth: str, ui: bool = False) -> subproces
             own = Path(get_current_settings().home) / "pvcheck-temporary.db"
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{own}"
         env["PREFECT__SERVER_FINAL"] = "1"
+    if keep:
+        log_fd = open_regular(keep.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            return subprocess.Popen(
+                argv,
+                env=env,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                start_new_session=True,  # an operator's Ctrl-C stops the run, not the server
+            )
+        finally:
+            os.close(log_fd)
     return subprocess.Popen(
         argv,
         env=env,
@@ -220,14 +290,115 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def ensure_prefect_api() -> str | None:
-    """Start the temporary API for this process unless one is configured (then None; a
-    configured one that does not answer is PrefectUnavailable, exit 7, not a verdict).
+def keep_seconds() -> float:
+    """PVCHECK_API_KEEP_S: how long a kept server outlives its last user (0: per run)."""
+    raw = os.environ.get(KEEP_ENV, "").strip()
+    if not raw:
+        return DEFAULT_KEEP_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_KEEP_S:  # NaN fails both comparisons
+        raise EnvironmentSettingError(
+            f"{KEEP_ENV}={printable(raw, 40)!r}: want seconds from 0 (a server per run) "
+            f"to {MAX_KEEP_S:g}"
+        )
+    return value
 
-    It requires an auth string only this process knows, is stopped at exit after Prefect's
-    own exit handlers (registered later, so run earlier) have sent the last logs and events
-    to it, and if pvcheck is killed, the kernel stops it.
-    """
+
+@dataclass(frozen=True)
+class KeptApi:
+    """The kept server as its record names it."""
+
+    url: str
+    port: int
+    pid: int
+    auth: str
+
+    def to_json(self) -> str:
+        return json.dumps({"url": self.url, "pid": self.pid, "auth": self.auth}) + "\n"
+
+    @classmethod
+    def parse(cls, data: bytes | None) -> KeptApi | None:
+        """Pure: the record, or None for anything but the shape pvcheck writes (a loopback
+        URL with a port, a pid, an auth string of pvcheck's form)."""
+        try:
+            doc = json.loads(data or b"")
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        url, pid, auth = doc.get("url"), doc.get("pid"), doc.get("auth")
+        if not (isinstance(url, str) and isinstance(auth, str) and type(pid) is int and pid > 1):
+            return None
+        prefix, _, rest = url.partition("http://127.0.0.1:")
+        port_text, _, path = rest.partition("/")
+        if prefix or path != "api" or not port_text.isdigit() or not auth.startswith("pvcheck:"):
+            return None
+        port = int(port_text)
+        return cls(url, port, pid, auth) if 0 < port < 65536 else None
+
+
+def kept_paths(home: Path) -> Keep:
+    names = (LOCK_NAME, RECORD_NAME, LOG_NAME, START_LOCK_NAME)
+    return Keep(keep_seconds(), *(home / name for name in names))
+
+
+# The lock this process holds shared for its whole life while it uses the kept server.
+_held: list[int] = []
+
+
+def _lock_exclusive(path: Path, wait_s: float) -> int:
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise PrefectUnavailable(
+                    f"{path} stayed locked for {wait_s:g}s (another pvcheck starting the kept "
+                    "Prefect API); set PREFECT_API_URL to use a running server"
+                ) from None
+            time.sleep(0.1)
+
+
+def _alive(kept: KeptApi) -> bool:
+    return listener_is_ours(kept.port, kept.pid) and api_healthy(kept.url)
+
+
+def _start(auth: str, keep: Keep | None) -> tuple[str, int, subprocess.Popen[bytes]]:
+    for _ in range(3):  # a port taken between choosing and binding: choose again
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        proc = start_server("127.0.0.1", port, auth, keep=keep)
+        if wait_healthy(url, START_TIMEOUT_S, proc) and listener_is_ours(port, proc.pid):
+            return url, port, proc
+        _stop(proc)
+    where = f"; its output is in {keep.log}" if keep else ""
+    raise PrefectUnavailable(f"the Prefect API did not start{where}; set PREFECT_API_URL")
+
+
+def _prefect_home() -> Path:
+    from prefect.settings import get_current_settings
+
+    home = Path(get_current_settings().home)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        require_root_only(home, "the Prefect home (PREFECT_HOME)")
+    return home
+
+
+def ensure_prefect_api() -> str | None:
+    """Point this process at a Prefect API unless one is configured (then None; a configured
+    one that does not answer is PrefectUnavailable, exit 7, not a verdict): the kept server
+    of this Prefect home, started if none lives, or with PVCHECK_API_KEEP_S=0 one for this
+    process alone, stopped at exit after Prefect's own exit handlers (registered later, so
+    run earlier) have sent the last logs and events to it, and by the kernel if pvcheck is
+    killed. Every server pvcheck starts requires an auth string only pvcheck knows."""
     from prefect.settings import get_current_settings
 
     configured = get_current_settings().api.url
@@ -235,26 +406,78 @@ def ensure_prefect_api() -> str | None:
         if not api_healthy(str(configured)):
             raise PrefectUnavailable(
                 f"the Prefect API at {configured} does not answer /health; start it, or unset "
-                "PREFECT_API_URL to let pvcheck run a temporary one"
+                "PREFECT_API_URL to let pvcheck run one"
             )
         return None
     if threading.current_thread() is not threading.main_thread():
         return None  # not the main thread (see start_server): Prefect's own then
-    auth = new_auth_string()
-    for _ in range(3):  # a port taken between choosing and binding: choose again
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/api"
-        proc = start_server("127.0.0.1", port, auth)
-        if wait_healthy(url, START_TIMEOUT_S, proc) and listener_is_ours(port, proc.pid):
-            break
-        _stop(proc)
+    keep = kept_paths(_prefect_home())
+    if keep.seconds == 0:
+        auth = new_auth_string()
+        url, _, proc = _start(auth, None)
+        atexit.register(_stop, proc)
+        note = "for this run"
     else:
-        raise PrefectUnavailable("the temporary Prefect API did not start; set PREFECT_API_URL")
-    atexit.register(_stop, proc)
+        url, auth, note = _attach_kept(keep)
     print(
-        f"pvcheck: temporary Prefect API on {url} for this run "
-        "(set PREFECT_API_URL to use a running server)",
+        f"pvcheck: Prefect API on {url} {note} (set PREFECT_API_URL to use a running server)",
         file=sys.stderr,
     )
     use_api(url, auth)
     return url
+
+
+def _attach_kept(keep: Keep) -> tuple[str, str, str]:
+    """The kept server's URL and auth string (started if none answers), with this process
+    counted as its user until it exits."""
+    start_fd = _lock_exclusive(keep.start_lock, LOCK_WAIT_S)
+    users_fd = open_regular(keep.lock, os.O_RDWR | os.O_CREAT)
+    try:
+        kept = KeptApi.parse(read_capped(keep.record, 4096, root_only=True))
+        note = ""
+        if kept is not None and _alive(kept):
+            # Shared: the server cannot stop from now on. It waits only while a server
+            # that is stopping lets go; then that one is gone, and a new one starts.
+            fcntl.flock(users_fd, fcntl.LOCK_SH)
+            note = f"kept by pid {kept.pid}, reused" if _alive(kept) else ""
+        if not note:
+            auth = new_auth_string()
+            url, port, proc = _start(auth, keep)
+            kept = KeptApi(url, port, proc.pid, auth)
+            atomic_write(keep.record, kept.to_json(), new_mode=0o600)
+            fcntl.flock(users_fd, fcntl.LOCK_SH)
+            note = f"kept {keep.seconds:g}s after its last run (pid {proc.pid})"
+        assert kept is not None
+        masking.register(kept.auth)
+    except BaseException:
+        os.close(users_fd)
+        raise
+    finally:
+        os.close(start_fd)
+    _held.append(users_fd)  # held until this process exits
+    return kept.url, kept.auth, note
+
+
+def stop_kept(home: Path, timeout_s: float = 30.0) -> int | None:
+    """Stop the kept server of `home` now (the pid stopped, or None when none lived); waits
+    for the runs using it first."""
+    keep = kept_paths(home)
+    if not keep.lock.exists():
+        return None
+    start_fd = _lock_exclusive(keep.start_lock, timeout_s)
+    try:
+        kept = KeptApi.parse(read_capped(keep.record, 4096, root_only=True))
+        if kept is None or not listener_is_ours(kept.port, kept.pid):
+            return None
+        os.close(_lock_exclusive(keep.lock, timeout_s))  # no run uses it now
+        os.kill(kept.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{kept.pid}").exists() and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(kept.pid, os.WNOHANG)  # ours to reap when this process started it
+            time.sleep(0.1)
+        with contextlib.suppress(FileNotFoundError):
+            keep.record.unlink()
+        return kept.pid
+    finally:
+        os.close(start_fd)

@@ -44,6 +44,12 @@ class StateFileError(PvcheckError):
         super().__init__(f"{where}: {problem}")
 
 
+class EnvironmentSettingError(PvcheckError):
+    """An environment variable pvcheck reads holds a value it cannot use; names it."""
+
+    exit_code = EXIT_USAGE
+
+
 class TargetUnreachable(PvcheckError):
     """The docker engine (or the ssh path to it) cannot be reached."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,11 @@ quiet_prefect()
 # own graceful shutdown) would meet a process that carries on. A handled signal is reset to
 # its default on exec; an ignored one stays ignored.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The runs the tests start share the kept Prefect API of this Prefect home (pvcheck.api); it
+# is stopped when the session ends, and would stop itself a minute after the last run.
+os.environ.setdefault("PVCHECK_API_KEEP_S", "60")
+PREFECT_HOME = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
 
 HOW_TO_RUN = (
     "no Docker Engine reachable: integration tests need the real lab. As root run "
@@ -55,3 +62,11 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=240):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_kept_prefect_api() -> Iterator[None]:
+    yield
+    from pvcheck.api import stop_kept
+
+    stop_kept(PREFECT_HOME, timeout_s=60)

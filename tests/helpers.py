@@ -56,8 +56,8 @@ def held_in_another_process(import_line: str, lock_expr: str, folder: Path) -> I
 
 
 def spawn_run(config: Path, log_path: Path, *extra: str) -> subprocess.Popen[str]:
-    """`pvcheck run` in a child process with its own embedded API, as an operator's shell
-    starts it. Output goes to a file: a pipe nobody reads would fill up and stall the run."""
+    """`pvcheck run` in a child process with no Prefect API configured (the kept one of
+    this Prefect home then), as an operator's shell starts it. Output goes to a file: a pipe nobody reads would fill up and stall the run."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     argv = [sys.executable, "-m", "pvcheck.app.cli", "run", "--config", str(config), *extra]

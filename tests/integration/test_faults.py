@@ -46,12 +46,16 @@ def test_second_run_on_a_busy_host_refuses_and_the_first_is_unaffected(
 PREFECT_SERVER = b"prefect.server.api.server:create_app"
 
 
-def test_a_killed_run_leaves_no_prefect_server_behind(lab: Config, tmp_path: Path) -> None:
-    """Without a configured API a run starts a temporary one; SIGKILL skips every exit
-    handler, so the kernel must stop it (it used to live on, about 200 MB each)."""
+def test_a_killed_run_leaves_no_prefect_server_behind(
+    lab: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PVCHECK_API_KEEP_S=0 and no configured API a run starts one of its own; SIGKILL
+    skips every exit handler, so the kernel must stop it (it used to live on, about 200 MB
+    each). The kept server's own stop is tests/unit/test_api_kept.py's."""
+    monkeypatch.setenv("PVCHECK_API_KEEP_S", "0")
     log = tmp_path / "run.log"
     proc = spawn_run(write_config(tmp_path), log)
-    wait_for_line(log, "temporary Prefect API on http://127.0.0.1:", proc, timeout_s=120)
+    wait_for_line(log, "for this run (set PREFECT_API_URL", proc, timeout_s=120)
     (server,) = [
         pid
         for pid, (ppid, cmd) in process_table().items()
@@ -61,7 +65,7 @@ def test_a_killed_run_leaves_no_prefect_server_behind(lab: Config, tmp_path: Pat
     proc.wait(timeout=30)
     deadline = time.monotonic() + 15
     while PREFECT_SERVER in process_table().get(server, (0, b""))[1]:  # whoever its parent is
-        assert time.monotonic() < deadline, f"the temporary Prefect API (pid {server}) lives on"
+        assert time.monotonic() < deadline, f"the run's Prefect API (pid {server}) lives on"
         time.sleep(0.2)
     # Killed before any test stack existed; the run's registry record is all it left, and
     # the next run's janitor reaps it.
