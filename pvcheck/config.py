@@ -106,7 +106,7 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 Subnet = Annotated[str, AfterValidator(_subnet)]
 Url = Annotated[str, AfterValidator(_http_url)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
-Tier = Literal["install", "upgrade", "backup_restore", "functional"]
+Tier = Literal["install", "upgrade", "backup_restore", "functional", "lint"]
 DEFAULT_TIERS: tuple[Tier, ...] = ("install", "upgrade")
 
 
@@ -401,6 +401,15 @@ class DroneDriverConfig(Section):
     )
     poll_s: float = Field(
         10.0, gt=0, le=300, description="seconds between looks at the build's state"
+    )
+    results_path: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=r"^/[^{}\x00-\x1f]*\{build\}[^{}\x00-\x1f]*$",
+        description="where the build's harness writes results.json on the host, `{build}` "
+        "standing for the Drone build number (cc-ci: "
+        "/var/lib/cc-ci-runs/{build}/results.json); the tiers, the teardown and leak flags "
+        "are read from it; unset: tiers from the build's step names",
     )
 
 

@@ -52,18 +52,6 @@ class TierStatus(StrEnum):
         return {TierStatus.PASS: Status.PASS, TierStatus.SKIP: Status.SKIP}.get(self, Status.FAIL)
 
 
-# A harness's stage names (results.json, Drone steps) -> the tier pvcheck judges.
-TIER_NAMES = {
-    "install": "install",
-    "upgrade": "upgrade",
-    "backup_restore": "backup_restore",
-    "backup/restore": "backup_restore",
-    "backup-restore": "backup_restore",
-    "backup": "backup_restore",
-    "functional": "functional",
-}
-
-
 @dataclass(frozen=True)
 class TierResult:
     tier: str
@@ -86,8 +74,29 @@ class DeployOutcome:
     attached: bool = False
     attach_detail: str = ""
     clean_teardown_reported: bool | None = None  # what the harness itself said, if anything
+    no_secret_leak_reported: bool | None = None  # the harness's own leak scan of its artifacts
     info: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+
+    def take(self, results: HarnessReport) -> None:
+        """What a harness's results file reports: tiers, flags and identifying facts."""
+        self.tiers = list(results.tiers)
+        self.clean_teardown_reported = results.clean_teardown
+        self.no_secret_leak_reported = results.no_secret_leak
+        self.info.update(results.info)
+
+
+class HarnessReport(Protocol):
+    """What a harness's results file reports (pvcheck.harnessresults.HarnessResults)."""
+
+    @property
+    def tiers(self) -> list[TierResult]: ...
+    @property
+    def clean_teardown(self) -> bool | None: ...
+    @property
+    def no_secret_leak(self) -> bool | None: ...
+    @property
+    def info(self) -> dict[str, str]: ...
 
 
 class LogUnreadable(Exception):

@@ -41,6 +41,19 @@ def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: st
             outcome.attach_detail or ("attached" if outcome.attached else "never seen attached"),
         )
     )
+    if outcome.no_secret_leak_reported is not None:
+        # The harness scans its own artifacts for the run's secrets (cc-ci's no_secret_leak).
+        leak_free = outcome.no_secret_leak_reported
+        checks.append(
+            Check(
+                Family.DEPLOY.id("no-secret-leak"),
+                Gate.M2,
+                Status.PASS if leak_free else Status.FAIL,
+                "the harness found none of the run's secrets in its artifacts",
+                "none found" if leak_free else "a secret found",
+                "" if leak_free else "results.json flags.no_secret_leak is false",
+            )
+        )
     by_tier = {t.tier: t for t in outcome.tiers}
     for tier in expected_tiers:
         result = by_tier.get(tier)

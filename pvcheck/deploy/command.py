@@ -1,136 +1,36 @@
 """The command driver: run the operator's own harness (an argument list, never a shell) and
-read the results.json it writes: {recipe, version, run_id, stages: [{name, status, tests}],
-rungs, flags: {clean_teardown, ...}}.
+read the results.json it writes (`pvcheck.harnessresults`: cc-ci's schema 2, or stages).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 from pvcheck.config import Config
 from pvcheck.deploy.attach import AttachmentSampler, fixed_stack, watched_stacks
-from pvcheck.errors import StateFileError
+from pvcheck.harnessresults import (
+    ResultsError,
+    fetch_results,
+    parse_results,
+    read_results,
+)
 from pvcheck.procs import MAX_LINE, child_env
-from pvcheck.safeio import read_capped, writable_by_others
-from pvcheck.seams import TIER_NAMES, DeployOutcome, HostCommands, Seams, TierResult, TierStatus
+from pvcheck.seams import DeployOutcome, Seams, TierStatus
+
+__all__ = ["CommandDriver", "ResultsError", "read_results", "run_harness"]
 
 log = logging.getLogger(__name__)
 
-MAX_RESULTS_BYTES = 4 * 1024 * 1024
-STATUSES = {str(s) for s in TierStatus}
 # On a remote host the harness runs under coreutils `timeout`: it exits 124 when it sent TERM
 # at the deadline, 137 when the KILL after REMOTE_KILL_AFTER_S was needed.
 REMOTE_KILL_AFTER_S = 5.0
 REMOTE_GRACE_S = 10.0
 TIMEOUT_EXIT_CODES = (124, 137)
-
-
-class ResultsError(ValueError):
-    """results.json is missing, too large, not JSON, or lacks the fields pvcheck reads."""
-
-
-def parse_results(doc: Any) -> tuple[list[TierResult], bool | None, dict[str, str]]:
-    """Pure: tiers, the harness's clean_teardown flag, and identifying info."""
-    if not isinstance(doc, dict):
-        raise ResultsError("results.json must hold a JSON object")
-    stages = doc.get("stages")
-    if not isinstance(stages, list):
-        raise ResultsError("results.json: 'stages' must be a list")
-    tiers: dict[str, TierResult] = {}
-    for i, stage in enumerate(stages):
-        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
-            raise ResultsError(f"results.json: stages[{i}] needs a string 'name'")
-        status = stage.get("status")
-        if status not in STATUSES:
-            raise ResultsError(
-                f"results.json: stages[{i}].status must be one of {sorted(STATUSES)}"
-            )
-        tier = TIER_NAMES.get(stage["name"].lower())
-        if tier is None:
-            continue  # a stage pvcheck does not judge (lint, build, ...)
-        tests = stage.get("tests")
-        count = len(tests) if isinstance(tests, list) else 0
-        reason = str(stage.get("reason", ""))[:500]
-        result = TierResult(
-            tier,
-            TierStatus(status),
-            f"{count} tests" + (f"; {reason}" if reason else ""),
-            # A recipe may declare a tier not applicable (no state to back up); never install.
-            not_applicable=status == TierStatus.SKIP and bool(reason) and tier != "install",
-        )
-        # The same tier twice: a failing report wins, as a failing Drone step does.
-        if tier not in tiers or status == TierStatus.FAIL:
-            tiers[tier] = result
-    flags = doc.get("flags")
-    clean = flags.get("clean_teardown") if isinstance(flags, dict) else None
-    info = {k: str(doc[k])[:200] for k in ("recipe", "version", "run_id") if k in doc}
-    stack = results_stack(doc)
-    if stack:
-        info["stack"] = stack
-    return list(tiers.values()), clean if isinstance(clean, bool) else None, info
-
-
-_STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-def results_stack(doc: dict[str, Any]) -> str | None:
-    """Pure: the stack results.json names: `stack`, or the app `domain` turned into a stack
-    name the way abra does (dots become underscores). Anything not a docker name is ignored."""
-    stack = doc.get("stack")
-    if not isinstance(stack, str):
-        domain = doc.get("domain")
-        stack = domain.replace(".", "_") if isinstance(domain, str) else None
-    return stack if stack and _STACK_NAME.match(stack) else None
-
-
-def decode_results(data: bytes, where: str) -> Any:
-    """Pure: the JSON document in a results file's bytes, refused past MAX_RESULTS_BYTES."""
-    if len(data) > MAX_RESULTS_BYTES:
-        raise ResultsError(f"{where}: more than {MAX_RESULTS_BYTES} bytes")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{where}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise ResultsError(f"{where}: nested too deeply to be a results file") from None
-
-
-def read_results(path: Path, not_before: float | None = None) -> Any:
-    """The local results file; as root, only one root alone could have written, in a folder
-    only root can change (another user could plant a passing one where the harness writes,
-    or put back an earlier run's), and written since `not_before` (this harness run's start,
-    in epoch seconds): an older one is a previous run's."""
-    if os.geteuid() == 0:
-        why = writable_by_others(path.parent)
-        if why:
-            raise ResultsError(f"{path.parent} is {why}: results there could be anyone's")
-    try:
-        data = read_capped(path, MAX_RESULTS_BYTES, root_only=True)
-    except StateFileError as exc:  # a link, a FIFO, others', or past the cap: refused unread
-        raise ResultsError(str(exc)) from None
-    if data is None:
-        raise ResultsError(f"{path}: the harness wrote no results file")
-    if not_before is not None and os.stat(path, follow_symlinks=False).st_mtime < not_before:
-        raise ResultsError(f"{path}: written before this harness run started; not this run's")
-    return decode_results(data, str(path))
-
-
-def fetch_results(host: HostCommands, path: Path) -> Any:
-    """results.json from the host, read with the same size bound as a local one."""
-    rc, out, _ = host.run(["head", "-c", str(MAX_RESULTS_BYTES + 1), "--", str(path)], 60)
-    where = host.how(f"cat {path}")
-    if rc != 0:
-        raise ResultsError(f"{where}: the harness wrote no results file")
-    return decode_results(out.encode(), where)
 
 
 def run_harness(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
@@ -237,15 +137,14 @@ class CommandDriver:
                 if host.remote
                 else read_results(results, not_before=wall_start - 1)
             )
-            tiers, clean, info = parse_results(doc)
+            reported = parse_results(doc)
         except ResultsError as exc:
             last = tail.splitlines()[-1:] or ["(no output)"]
             outcome.error = f"{exc} (harness exit code {rc}; its last line: {last[0][:300]})"
             return outcome
-        outcome.tiers, outcome.clean_teardown_reported = tiers, clean
-        outcome.info.update(info)
-        if "stack" in info:
-            outcome.stacks = watched_stacks(info["stack"], sampler)
-        if rc != 0 and all(t.status != TierStatus.FAIL for t in tiers):
+        outcome.take(reported)
+        if "stack" in reported.info:
+            outcome.stacks = watched_stacks(reported.info["stack"], sampler)
+        if rc != 0 and all(t.status != TierStatus.FAIL for t in outcome.tiers):
             outcome.error = f"harness exited {rc} but reported no failing tier: {tail[-300:]}"
         return outcome

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,8 @@ from pvcheck import masking, progress
 from pvcheck.config import Config, DroneDriverConfig
 from pvcheck.deploy.attach import AttachmentSampler, fixed_stack, watched_stacks
 from pvcheck.errors import ConfigError
-from pvcheck.seams import TIER_NAMES, DeployOutcome, Seams, TierResult, TierStatus
+from pvcheck.harnessresults import STAGE_TIER, ResultsError, fetch_results, parse_results
+from pvcheck.seams import DeployOutcome, HostCommands, Seams, TierResult, TierStatus
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,13 @@ def drone_token(cfg: DroneDriverConfig, source: str) -> str:
 
 
 def tiers_from_build(build: dict[str, Any]) -> list[TierResult]:
-    """Pure: every step whose name names a tier becomes that tier's result."""
+    """Pure: every step whose name names a tier becomes that tier's result (a pipeline with
+    a step per tier; cc-ci's runs its harness in one step: deploy.drone.results_path)."""
     out: dict[str, TierResult] = {}
     for stage in _dicts(build.get("stages")):
         for step in _dicts(stage.get("steps")):
             name = str(step.get("name", "")).lower()
-            tier = next((t for key, t in TIER_NAMES.items() if key in name), None)
+            tier = next((t for key, t in STAGE_TIER.items() if key in name), None)
             if tier is None:
                 continue
             status = STEP_STATUS.get(str(step.get("status")), TierStatus.UNVERIFIED)
@@ -176,6 +179,7 @@ class DroneDriver:
     ) -> None:
         assert cfg.deploy is not None and cfg.deploy.drone is not None
         self.swarm, self.cfg, self.run_id = seams.swarm, cfg, run_id
+        self.host: HostCommands = seams.host
         self.deploy_cfg, self.drone = cfg.deploy, cfg.deploy.drone
         self.client = DroneClient(self.drone, drone_token(self.drone, str(cfg.source)), transport)
 
@@ -220,7 +224,16 @@ class DroneDriver:
             build = self.client.get(number)
         outcome.info["status"] = str(build["status"])
         log.info("Drone build %d finished: %s", number, build["status"])
-        outcome.tiers = tiers_from_build(build)
+        if self.drone.results_path:
+            path = Path(self.drone.results_path.replace("{build}", str(number)))
+            try:
+                outcome.take(parse_results(fetch_results(self.host, path)))
+            except ResultsError as exc:
+                outcome.error = f"Drone build {number} ended {build['status']}: {exc}"
+                return
+            outcome.info["results"] = str(path)
+        else:
+            outcome.tiers = tiers_from_build(build)
         if build["status"] != "success" and not any(
             t.status == TierStatus.FAIL for t in outcome.tiers
         ):

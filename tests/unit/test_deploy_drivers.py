@@ -17,15 +17,10 @@ import pytest
 from pvcheck.config import Config, load_config
 from pvcheck.deploy import judge_outcome
 from pvcheck.deploy.active import active_runs
-from pvcheck.deploy.command import (
-    MAX_RESULTS_BYTES,
-    CommandDriver,
-    ResultsError,
-    parse_results,
-    read_results,
-)
+from pvcheck.deploy.command import CommandDriver
 from pvcheck.deploy.drone import DroneDriver, tiers_from_build
 from pvcheck.errors import ConfigError
+from pvcheck.harnessresults import MAX_RESULTS_BYTES, ResultsError, parse_results, read_results
 from pvcheck.records import Gate, Status, judge_gate
 from pvcheck.seams import DeployOutcome, TierResult, TierStatus
 from tests.fakes import DroneState, FakeSwarm, fake_seams
@@ -48,13 +43,15 @@ def results_doc(**stages: str) -> dict[str, Any]:
 
 def test_parse_results_maps_stage_names_to_tiers() -> None:
     doc = results_doc(lint="pass", install="pass", upgrade="fail", **{"backup/restore": "skip"})
-    tiers, clean, info = parse_results(doc)
-    assert [(t.tier, t.status) for t in tiers] == [
+    got = parse_results(doc)
+    assert [(t.tier, t.status) for t in got.tiers] == [
+        ("lint", "pass"),
         ("install", "pass"),
         ("upgrade", "fail"),
         ("backup_restore", "skip"),
     ]
-    assert clean is True and info == {"recipe": "hello", "version": "1.1.0", "run_id": "r1"}
+    assert got.clean_teardown is True and got.no_secret_leak is None
+    assert got.info == {"recipe": "hello", "version": "1.1.0", "run_id": "r1"}
 
 
 @pytest.mark.parametrize(
@@ -497,7 +494,7 @@ def test_sampler_finds_the_harness_stack_and_ignores_what_was_there() -> None:
 
 
 def test_results_name_the_stack_by_stack_or_by_domain() -> None:
-    from pvcheck.deploy.command import results_stack
+    from pvcheck.harnessresults import results_stack
 
     assert results_stack({"domain": "cust-1a2b3c.ci.commoninternet.net"}) == (
         "cust-1a2b3c_ci_commoninternet_net"
@@ -546,11 +543,11 @@ def test_a_repeated_tier_cannot_hide_a_failure_and_install_is_never_not_applicab
             {"name": "upgrade", "status": "skip", "reason": "n/a, trust me"},
         ]
     }
-    tiers, _, _ = parse_results(doc)
+    tiers = parse_results(doc).tiers
     assert [(t.tier, t.status) for t in tiers] == [("install", "fail"), ("upgrade", "skip")]
-    skipped_install, _, _ = parse_results(
+    skipped_install = parse_results(
         {"stages": [{"name": "install", "status": "skip", "reason": "no"}]}
-    )
+    ).tiers
     assert not skipped_install[0].not_applicable
 
 

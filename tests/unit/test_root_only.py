@@ -224,7 +224,7 @@ def test_a_nested_include_is_followed_and_a_roots_own_include_is_fine(repo: Path
 
 
 def test_a_results_file_someone_else_could_write_is_refused(tmp_path: Path) -> None:
-    from pvcheck.deploy.command import ResultsError, read_results
+    from pvcheck.harnessresults import ResultsError, read_results
 
     results = tmp_path / "results.json"
     results.write_text('{"stages": [{"name": "install", "status": "pass"}]}')
@@ -462,7 +462,7 @@ def test_results_in_a_folder_others_control_or_older_than_the_run_are_refused(
 ) -> None:
     """An earlier run's passing file, moved aside and put back after this run's harness
     wrote a failing one: refused by where it is and by when it was written."""
-    from pvcheck.deploy.command import ResultsError, read_results
+    from pvcheck.harnessresults import ResultsError, read_results
 
     theirs = tmp_path / "theirs"
     theirs.mkdir()
