@@ -35,7 +35,7 @@ from pvcheck.report import Report
 from pvcheck.safeio import atomic_write
 from pvcheck.seams import RouteObservation
 
-NIGHTLY = "17 1 * * *"  # flows.serving.NIGHTLY_CRON, without importing Prefect's flows here
+NIGHTLY = "17 0 * * *"  # flows.serving.NIGHTLY_CRON, without importing Prefect's flows here
 CONFIG_HELP = "the config to use (required; the built-in lab's is lab/pvcheck.toml)"
 # `pvcheck lab up --profile NAME`: which lab to build. cc-ci: a twin of the real host, whose
 # config is the shipped deployments/cc-ci.toml with only locations changed.
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--cron",
         default=NIGHTLY,
-        help="nightly schedule (default 01:17, clear of the Saturday 03:00 UTC upgrade sweep)",
+        help="nightly schedule (default 00:17, clear of the Saturday 03:00 UTC upgrade sweep)",
     )
     srv.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
     srv.set_defaults(func=cmd_serve)

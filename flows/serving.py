@@ -15,10 +15,13 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
+from cronsim import CronSim
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 from prefect.utilities.annotations import freeze
@@ -33,18 +36,25 @@ from pvcheck.api import (
     wait_healthy,
 )
 from pvcheck.config import Config
+from pvcheck.hosts import host_for
+from pvcheck.liveness import CommandRunner, Here
+from pvcheck.timers import (
+    SCHEDULE_DAYS,
+    describe_windows,
+    nightly_clashes,
+    read_windows,
+)
 from pvcheck.errors import PrefectUnavailable, PvcheckError
 from pvcheck.flows.janitor import janitor
 from pvcheck.flows.review import review
 from pvcheck.flows.verify import RunParameters, verify
 from pvcheck.safeio import require_root_only_tree
 
-# The nightly re-check, in UTC: 01:17 every day, clear of cc-ci's weekly /upgrade-all sweep
-# (Saturdays from 03:00 UTC), whose Step 0 may restart docker under a running check. A run
-# that still meets a sweep (its marker) waits within deploy.active_runs.wait_s, then ends
-# INCOMPLETE.
-NIGHTLY_CRON = "17 1 * * *"
-SWEEP_WINDOW_UTC = (5, 3, 9)  # Saturday (Monday = 0), 03:00 to 09:00: no default run there
+# The nightly re-check: 00:17 every day. `serve` checks it against the sweep timers the config
+# names, read on the machines that own them (cc-ci: Sundays 02:00 UTC on the orchestrator,
+# 03:00 on the host), and says which windows it avoids or meets. A run that still meets a
+# sweep waits within deploy.active_runs.wait_s, then ends INCOMPLETE.
+NIGHTLY_CRON = "17 0 * * *"
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(
     limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
@@ -88,16 +98,56 @@ def deployment_name(kind: str, target: str, fleet: bool) -> str:
     return f"{kind}-{target}" if fleet else kind
 
 
+def nightly_times(cron: str, timezone: str, now: datetime, days: int) -> list[datetime]:
+    """Pure: when the cron fires from `now` for `days` days, in UTC."""
+    zone = ZoneInfo(timezone)
+    until = now + timedelta(days=days)
+    found = []
+    for moment in CronSim(cron, now.astimezone(zone)):
+        if moment > until:
+            break
+        found.append(moment.astimezone(UTC))
+    return found
+
+
+def check_nightly(cfg: Config, cron: str, timezone: str, now: datetime) -> tuple[str, list[str]]:
+    """The sweep timers the nightly schedule was checked against (for the description) and
+    the nightly runs that would meet one, each read where the timer lives."""
+    active = cfg.deploy.active_runs if cfg.deploy is not None else None
+    if active is None or not (active.sweep_units or active.sweep_units_here):
+        return "no sweep timer configured", []
+    places: list[tuple[list[str], CommandRunner, str]] = [
+        (list(active.sweep_units), host_for(cfg.target), "on the target host"),
+        (list(active.sweep_units_here), Here(), "on this machine"),
+    ]
+    windows = read_windows(places, now)
+    if not windows:
+        return "no sweep timer could fire (no systemd where they are configured)", []
+    nightly = nightly_times(cron, timezone, now, SCHEDULE_DAYS)
+    clashes = nightly_clashes(nightly, windows, active.sweep_lead_s, active.sweep_window_s)
+    return describe_windows(windows), clashes
+
+
 def deployment_table(
-    configs: dict[str, Config], cron: str = NIGHTLY_CRON, timezone: str = "UTC"
+    configs: dict[str, Config],
+    cron: str = NIGHTLY_CRON,
+    timezone: str = "UTC",
+    sweeps: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Pure: every deployment `serve` builds (and prefect.yaml declares): flow, name,
-    parameters (the config's values; a target name, never a path), schedule, description."""
+    parameters (the config's values; a target name, never a path), schedule, description.
+    `sweeps`: per target, the sweep timers its nightly schedule was checked against."""
     fleet = len(configs) > 1
     table = []
     for index, (name, cfg) in enumerate(configs.items()):
         nightly = stagger(cron, index)
         host = f"`{name}` ({cfg.target.docker_host})"
+        checked = (sweeps or {}).get(name)
+        against = (
+            f"checked against the sweep timers: {checked}"
+            if checked
+            else "sweep timers are checked by `pvcheck serve`"
+        )
         rows: list[tuple[Any, str, dict[str, Any], str | None, str]] = [
             (
                 verify,
@@ -114,8 +164,7 @@ def deployment_table(
                 RunParameters.form(cfg),
                 nightly,
                 f"Re-check {host} every night: cron `{nightly}` in time zone {timezone} "
-                "(clear of cc-ci's Saturday 03:00 UTC upgrade sweep; a run that meets a "
-                "sweep waits, then ends INCOMPLETE).",
+                f"({against}; a run that meets a sweep waits, then ends INCOMPLETE).",
             ),
             (
                 review,
@@ -214,7 +263,10 @@ def prefect_yaml(
 
 
 def build_deployments(
-    configs: dict[str, Config], cron: str = NIGHTLY_CRON, timezone: str = "UTC"
+    configs: dict[str, Config],
+    cron: str = NIGHTLY_CRON,
+    timezone: str = "UTC",
+    sweeps: dict[str, str] | None = None,
 ) -> list[Any]:
     """The deployments `pvcheck serve` runs, one set per served config."""
     return [
@@ -232,7 +284,7 @@ def build_deployments(
                 else {}
             ),
         )
-        for row in deployment_table(configs, cron, timezone)
+        for row in deployment_table(configs, cron, timezone, sweeps)
     ]
 
 
@@ -319,7 +371,15 @@ def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
     first = next(iter(configs.values()))
     url = ensure_server(first.target.state_dir)
     print(f"serving pvcheck deployments on {url} (nightly cron {cron!r} {timezone})", flush=True)
-    deployments = build_deployments(configs, cron, timezone)
+    sweeps = {}
+    now = datetime.now(UTC)
+    for index, (name, cfg) in enumerate(configs.items()):
+        checked, clashes = check_nightly(cfg, stagger(cron, index), timezone, now)
+        sweeps[name] = checked
+        print(f"nightly of {name}: checked against {checked}", flush=True)
+        for clash in clashes:
+            print(f"WARNING: {clash}; choose another --cron", file=sys.stderr, flush=True)
+    deployments = build_deployments(configs, cron, timezone, sweeps)
     from prefect import get_client
 
     with get_client(sync_client=True) as client:

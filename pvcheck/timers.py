@@ -159,6 +159,7 @@ def persistent(unit_text: str) -> bool:
 class CalendarNext:
     normalized: str
     next_elapse: datetime | None  # None: the expression never elapses again
+    later: tuple[datetime, ...] = ()  # the elapses after it (`--iterations`)
 
 
 def parse_analyze_calendar(text: str) -> list[CalendarNext]:
@@ -167,18 +168,29 @@ def parse_analyze_calendar(text: str) -> list[CalendarNext]:
     found: list[CalendarNext] = []
     block: dict[str, str] = {}
 
+    later: list[datetime] = []
+
     def close() -> None:
         if "Normalized form" in block:
             when = block.get("(in UTC)") or block.get("Next elapse", "")
-            found.append(CalendarNext(block["Normalized form"], parse_timestamp(when)))
+            found.append(
+                CalendarNext(block["Normalized form"], parse_timestamp(when), tuple(later))
+            )
 
     for line in text.splitlines():
         if not line.strip():
             close()
             block = {}
+            later.clear()
             continue
         key, sep, value = line.strip().partition(": ")
-        if sep:
+        if not sep:
+            continue
+        if key.startswith("Iter. #"):  # `--iterations`: one line per later elapse
+            moment = parse_timestamp(value.strip())
+            if moment is not None:
+                later.append(moment)
+        else:
             block[key.strip()] = value.strip()
     close()
     return found
@@ -329,3 +341,100 @@ def sweep_activity(
                 f"sweep {sweep.unit}{on} fired at {_when(last)}, less than {window_s:g}s ago"
             )
     return found
+
+
+# --- the nightly schedule against the sweeps (serve) ----------------------------------------
+SCHEDULE_DAYS = 8  # a week of nightly runs, and the weekly sweeps in it
+
+
+def sweep_elapses(
+    host: CommandRunner, specs: tuple[str, ...], until: datetime
+) -> list[datetime] | None:
+    """When the calendar expressions fire from now until `until`, by systemd-analyze on the
+    machine that owns the timer (an hourly timer gives at most 200); None when it cannot
+    tell."""
+    if not specs:
+        return []
+    try:
+        rc, out, _ = host.run(
+            _env(["systemd-analyze", "calendar", "--iterations=200", "--", *specs[:MAX_SPECS]]),
+            timeout_s=TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if rc != 0:
+        return None
+    found = []
+    for cal in parse_analyze_calendar(out):
+        for moment in (cal.next_elapse, *cal.later):
+            if moment is not None and moment <= until:
+                found.append(moment)
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class SweepWindow:
+    """A sweep timer as the nightly schedule must avoid it."""
+
+    unit: str
+    where: str  # "on the target host" / "on this machine"
+    schedule: tuple[str, ...]
+    elapses: tuple[datetime, ...]
+    problem: str | None = None  # why its schedule could not be read
+
+
+def nightly_clashes(
+    nightly: list[datetime], windows: list[SweepWindow], lead_s: float, window_s: float
+) -> list[str]:
+    """Pure: the nightly runs that would meet a sweep: one starting `lead_s` before a sweep
+    fires to `window_s` after it (and at least an hour after, the sweep's run) would wait,
+    then end INCOMPLETE."""
+    after = max(window_s, 3600.0)
+    found = []
+    for win in windows:
+        for fire in win.elapses:
+            for start in nightly:
+                if fire - timedelta(seconds=lead_s) <= start <= fire + timedelta(seconds=after):
+                    found.append(
+                        f"the nightly run at {_when(start)} meets {win.unit} {win.where} "
+                        f"(fires {_when(fire)})"
+                    )
+    return sorted(set(found))
+
+
+def describe_windows(windows: list[SweepWindow]) -> str:
+    """Pure: the sweeps a nightly schedule was checked against, for people."""
+    parts = []
+    for win in windows:
+        if win.problem:
+            parts.append(f"{win.unit} {win.where} (unread: {win.problem})")
+        else:
+            spec = "; ".join(win.schedule) or "no calendar"
+            parts.append(f"{win.unit} {win.where} ({spec})")
+    return ", ".join(parts)
+
+
+def read_windows(
+    places: list[tuple[list[str], CommandRunner, str]], now: datetime
+) -> list[SweepWindow]:
+    """Each configured sweep timer's schedule and its elapses over the next SCHEDULE_DAYS,
+    read on the machine that owns it."""
+    until = now + timedelta(days=SCHEDULE_DAYS)
+    windows = []
+    for units, machine, where in places:
+        timers = [u for u in units if u.endswith(".timer")]
+        if not timers:
+            continue
+        read = read_sweeps(machine, timers)
+        if read.no_systemd:
+            continue  # no timer can fire there
+        if read.problem:
+            windows += [SweepWindow(u, where, (), (), read.problem) for u in timers]
+            continue
+        for sweep in read.sweeps:
+            elapses = sweep_elapses(machine, sweep.schedule, until)
+            problem = None if elapses is not None else "systemd-analyze could not compute it"
+            windows.append(
+                SweepWindow(sweep.unit, where, sweep.schedule, tuple(elapses or ()), problem)
+            )
+    return windows

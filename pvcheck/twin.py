@@ -139,8 +139,8 @@ def harness_argv(cfg: Config, results: str) -> list[str]:
     if lab is None or lab.harness is None:
         raise LabError(f"{cfg.source}: lab.harness is not set")
     argv = [sys.executable, str(lab.harness), "{recipe}", "--results", results]
-    if cfg.deploy is not None and cfg.deploy.active_runs.folder is not None:
-        argv += ["--active-dir", str(cfg.deploy.active_runs.folder)]
+    if cfg.deploy is not None and cfg.deploy.active_runs.lock_folder is not None:
+        argv += ["--lock-dir", str(cfg.deploy.active_runs.lock_folder)]
     if lab.tls_port is not None:
         argv += ["--https", f"127.0.0.1:{lab.tls_port}", "--cacert", str(ca_path(lab))]
     return argv

@@ -1,24 +1,27 @@
 #!/usr/bin/env python3
 """The cc-ci twin's recipe harness: what a `!testme` build runs on the host.
 
-Like cc-ci's harness it takes a recipe, registers the run in the active-run folder while it
-runs, deploys the recipe with `docker stack deploy` as a generated app
-`<4 chars>-<6 hex>.<domain suffix>` (stack `<4 chars>-<6 hex>_<suffix with dots as _>`, the
-way abra names stacks) joining `proxy`, runs its tiers through the host's Traefik over TLS,
-writes results.json and tears the app down. Only the standard library, the docker CLI and
-curl: it does not know pvcheck.
+Modelled on cc-ci's own (lab/cc-ci-twin/FACTS.md): it takes a recipe, names the app
+`<first 4 chars of the recipe>-<6 hex of a hash over recipe, PR and ref>.<domain suffix>` (the
+stack is the domain with dots as underscores, as abra names it), holds an exclusive flock on
+`<lock dir>/cc-ci-app-<domain>.lock` for its whole life (a second run of the same domain
+waits for it), deploys the recipe with `docker stack deploy` joining `proxy`, runs its tiers
+through the host's Traefik over TLS, tears the app down, and writes results.json in schema 2
+(the record's 17 keys). Only the standard library, the docker CLI and curl: it does not know
+pvcheck.
 
-Usage: harness.py RECIPE --results FILE [--recipes DIR] [--active-dir DIR]
-       [--domain-suffix ci.commoninternet.net] [--https 127.0.0.1:443] [--cacert CA]
-       [--leave-stack]
+Usage: harness.py RECIPE --results FILE [--run-id ID] [--pr N] [--ref SHA] [--recipes DIR]
+       [--lock-dir /run/lock] [--active-dir DIR] [--domain-suffix ci.commoninternet.net]
+       [--https 127.0.0.1:443] [--cacert CA] [--leave-stack]
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -56,18 +59,32 @@ def run(argv: list[str], env: dict[str, str] | None = None, stdin: bytes | None 
     return proc.stdout.decode(errors="replace")
 
 
-def app_name(recipe: str, suffix: str) -> tuple[str, str]:
-    """(domain, stack): `cust-1a2b3c.ci.commoninternet.net`, `cust-1a2b3c_ci_commoninternet_net`."""
-    head = re.sub(r"[^a-z0-9]", "", recipe.lower())[:4]
-    head += "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(4 - len(head)))
-    domain = f"{head}-{secrets.token_hex(3)}.{suffix}"
+def app_name(recipe: str, suffix: str, pr: str, ref: str) -> tuple[str, str]:
+    """(domain, stack): `cust-1a2b3c.ci.commoninternet.net`, `cust-1a2b3c_ci_commoninternet_net`;
+    the same recipe, PR and ref give the same name."""
+    head = recipe.lower()[:4]
+    digest = hashlib.sha256(f"{recipe}|{pr}|{ref}".encode()).hexdigest()[:6]
+    domain = f"{head}-{digest}.{suffix}"
     return domain, domain.replace(".", "_")
+
+
+def hold_app_lock(lock_dir: str, domain: str) -> int:
+    """The run's flock on its app's lock file, held until the process ends (the kernel lets
+    go of a killed run's); a run of the same domain waits here."""
+    Path(lock_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = Path(lock_dir) / f"cc-ci-app-{domain}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    say(f"waiting for {path}")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.utime(fd)
+    say(f"holding {path}")
+    return fd
 
 
 class App:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.domain, self.stack = app_name(args.recipe, args.domain_suffix)
+        self.domain, self.stack = app_name(args.recipe, args.domain_suffix, args.pr, args.ref)
         self.compose = Path(args.recipes) / args.recipe / "compose.yml"
         # The image by ID: the engine never tries a registry for a local-only image.
         self.image = run(["docker", "image", "inspect", "-f", "{{.Id}}", IMAGE]).strip()
@@ -262,76 +279,151 @@ TIERS = (
 )
 
 
+# The twin's tiers as cc-ci's stages, and the rung each stage feeds.
+TIER_STAGES = {"backup_restore": ["backup", "restore"], "functional": ["custom"]}
+STAGE_RUNG = {
+    "install": "install",
+    "upgrade": "upgrade",
+    "backup": "backup_restore",
+    "restore": "backup_restore",
+    "custom": "functional",
+}
+RUNGS = ("install", "upgrade", "backup_restore", "functional", "lint")
+RUNG_STATUS = {"pass": "pass", "fail": "fail", "error": "fail"}
+
+
+def rungs_of(results: dict[str, str]) -> dict[str, str]:
+    """Each rung's status from its stages: a failed or errored stage fails it; one that did
+    not run (an earlier tier failed) leaves it unverified. The twin has no abra, so lint is
+    never verified here."""
+    rungs: dict[str, str] = {}
+    for stage, rung in STAGE_RUNG.items():
+        status = {"pass": "pass", "fail": "fail", "error": "fail"}.get(
+            results.get(stage, ""), "unver"
+        )
+        if rungs.get(rung, "pass") == "pass" or status == "fail":
+            rungs[rung] = status
+    rungs["lint"] = "unver"
+    return rungs
+
+
+def level_of(rungs: dict[str, str]) -> int:
+    """The highest passed rung with every rung below it passed or skipped."""
+    level = 0
+    for i, rung in enumerate(RUNGS, start=1):
+        if rungs.get(rung) == "pass":
+            level = i
+        elif rungs.get(rung) != "skip":
+            break
+    return level
+
+
+def results_doc(
+    args: argparse.Namespace, stages: list[dict[str, Any]], clean: bool
+) -> dict[str, Any]:
+    results = {s["name"]: s["status"] for s in stages}
+    rungs = rungs_of(results)
+    return {
+        "schema": 2,
+        "recipe": args.recipe,
+        "version": "1.1.0",
+        "pr": int(args.pr) if args.pr.isdigit() else None,
+        "ref": args.ref,
+        "run_id": int(args.run_id) if args.run_id.isdigit() else args.run_id,
+        "finished": time.time(),
+        "stages": stages,
+        "results": results,
+        "level": level_of(rungs),
+        "rungs": rungs,
+        "skips": {
+            "intentional": {},
+            "unintentional": [r for r, v in rungs.items() if v == "unver"],
+        },
+        "lint": {"status": "unver", "detail": "no abra on the twin", "rules_failed": []},
+        # The twin's recipe takes no secret: there is none to leak into the artifacts.
+        "flags": {"clean_teardown": clean, "no_secret_leak": True},
+        "screenshot": None,
+        "summary_card": None,
+        "customization": {},
+    }
+
+
+def run_tiers(app: App) -> list[dict[str, Any]]:
+    stages: list[dict[str, Any]] = []
+    failed = False
+    for name, tier in TIERS:
+        names = (
+            ["backup", "restore"]
+            if name == "backup_restore"
+            else ["custom"]
+            if name == "functional"
+            else [name]
+        )
+        if failed:
+            continue  # not run: its rung stays unverified
+        t0 = time.monotonic()
+        try:
+            tests = tier(app)
+            if name == app.args.fail_tier:
+                raise TierFailed(f"{name} failed on purpose (--fail-tier)")
+            ms = int((time.monotonic() - t0) * 1000)
+            status, cases = (
+                "pass",
+                [{"name": t, "status": "pass", "ms": ms // len(tests)} for t in tests],
+            )
+            say(f"tier {name}: pass")
+        except (TierFailed, subprocess.TimeoutExpired) as exc:
+            failed = True
+            status, cases = "fail", [{"name": str(exc)[:300], "status": "fail", "ms": 0}]
+            say(f"tier {name}: FAIL {exc}")
+        for stage in names:
+            stages.append({"name": stage, "status": status, "tests": cases})
+    return stages
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--results", default=os.environ.get("PVCHECK_RESULTS"))
+    parser.add_argument(
+        "--run-id", default=os.environ.get("DRONE_BUILD_NUMBER", f"manual-{os.getpid()}")
+    )
+    parser.add_argument("--pr", default="")
+    parser.add_argument("--ref", default="0000000000ab")
     parser.add_argument("--recipes", default=str(HERE / "recipes"))
-    parser.add_argument("--active-dir", default="/run/cc-ci-active")
+    parser.add_argument("--lock-dir", default="/run/lock")
+    parser.add_argument("--active-dir", help="also register in this folder (the old registry)")
     parser.add_argument("--domain-suffix", default="ci.commoninternet.net")
     parser.add_argument("--https", default="127.0.0.1:443")
     parser.add_argument("--cacert")
     parser.add_argument("--leave-stack", action="store_true", help="fault: skip the teardown")
+    parser.add_argument("--fail-tier", help="fault: this tier fails after it ran")
     args = parser.parse_args()
     if not args.results:
         parser.error("--results (or PVCHECK_RESULTS) is required")
     app = App(args)
-    say(f"recipe {args.recipe}: app {app.domain}, stack {app.stack}")
-    active = Path(args.active_dir)
-    active.mkdir(parents=True, exist_ok=True)
-    marker = active / app.domain
-    marker.write_text(f"{args.recipe} pid {os.getpid()}\n")
-    stages: list[dict[str, Any]] = []
+    say(f"recipe {args.recipe}: app {app.domain}, stack {app.stack}, run {args.run_id}")
+    hold_app_lock(args.lock_dir, app.domain)
+    marker = Path(args.active_dir) / app.domain if args.active_dir else None
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{args.recipe} pid {os.getpid()}\n")
     clean = False
     try:
-        failed = False
-        for name, tier in TIERS:
-            if failed:
-                stages.append(
-                    {
-                        "name": name,
-                        "status": "skip",
-                        "tests": [],
-                        "reason": "an earlier tier failed",
-                    }
-                )
-                continue
-            t0 = time.monotonic()
-            try:
-                tests = tier(app)
-                stages.append(
-                    {
-                        "name": name,
-                        "status": "pass",
-                        "tests": [{"name": t, "status": "pass"} for t in tests],
-                        "seconds": round(time.monotonic() - t0, 1),
-                    }
-                )
-                say(f"tier {name}: pass")
-            except (TierFailed, subprocess.TimeoutExpired) as exc:
-                failed = True
-                stages.append(
-                    {"name": name, "status": "fail", "tests": [], "reason": str(exc)[:300]}
-                )
-                say(f"tier {name}: FAIL {exc}")
+        stages = run_tiers(app)
     finally:
         if args.leave_stack:
             say(f"leaving {app.stack} behind (--leave-stack)")
         else:
             clean = app.remove()
             say(f"teardown of {app.stack}: {'clean' if clean else 'NOT clean'}")
-        marker.unlink(missing_ok=True)
-    doc = {
-        "recipe": args.recipe,
-        "version": "1.1.0",
-        "run_id": f"twin-{secrets.token_hex(4)}",
-        "domain": app.domain,
-        "stages": stages,
-        "rungs": [s["name"] for s in stages if s["status"] == "pass"],
-        "flags": {"clean_teardown": clean},
-    }
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+    doc = results_doc(args, stages, clean)
+    Path(args.results).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=Path(args.results).parent, delete=False) as out:
         json.dump(doc, out, indent=2)
+    os.chmod(out.name, 0o644)
     os.replace(out.name, args.results)
     return 1 if any(s["status"] == "fail" for s in stages) else 0
 

@@ -6,6 +6,7 @@ only what a test must move (its docs and state folders; a wait bound, a driver o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -107,7 +108,10 @@ def test_shipped_config_passes_m1_and_m2_through_drone(cc_ci_twin: Config, tmp_p
     rc, report = run(overlay(tmp_path), tmp_path)
     assert rc == 0, report.get("stages")
     _assert_passes(report, "drone")
-    assert "step install: success" in check(report, "deploy.tier.install")["detail"]
+    # The tiers come from the build's results.json (schema 2), not from Drone steps.
+    assert check(report, "deploy.tier.install")["detail"] == "install: 2 tests pass"
+    assert check(report, "deploy.tier.backup_restore")["detail"].startswith("backup: 6 tests pass")
+    assert check(report, "deploy.no-secret-leak")["status"] == "pass"
     routes = [c for c in report["checks"] if c["id"].startswith("route.")]
     assert {c["id"] for c in routes} - {"route.recheck-deploy", "route.recheck-allocator"} == {
         "route.dashboard",
@@ -129,28 +133,47 @@ def test_shipped_config_passes_m1_and_m2_through_the_command_driver(
     _assert_passes(report, "command")
 
 
-@pytest.mark.parametrize("busy", ["harness marker", "sweep marker"])
+@pytest.mark.parametrize("busy", ["held app lock", "sweep marker"])
 def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
     cc_ci_twin: Config, tmp_path: Path, busy: str
 ) -> None:
-    active, sweep = tmp_path / "active", tmp_path / "upgrade-all.lock"
-    active.mkdir()
-    if busy == "harness marker":
-        (active / "cust-0a1b2c.ci.commoninternet.net").write_text("custom-html pid 1\n")
+    """A harness run holds its app's flock for its whole life (cc-ci b302f3a); a stale lock
+    file beside it, held by nobody, is not a run."""
+    locks, sweep = tmp_path / "locks", tmp_path / "upgrade-all.lock"
+    locks.mkdir()
+    (locks / "cc-ci-app-stal-000000.ci.commoninternet.net.lock").write_text("")  # unheld
+    held = locks / "cc-ci-app-cust-0a1b2c.ci.commoninternet.net.lock"
+    holder = None
+    if busy == "held app lock":
+        holder = subprocess.Popen(["flock", str(held), "sleep", "120"])
+        deadline = time.monotonic() + 10
+        while not held.exists() or str(held.stat().st_ino) not in _locked_inodes():
+            assert time.monotonic() < deadline, "flock never took the lock"
+            time.sleep(0.1)
     else:
         sweep.write_text("sweep running\n")
     config = overlay(
         tmp_path,
-        {"deploy": {"active_runs": {"folder": str(active), "markers": [str(sweep)], "wait_s": 2}}},
+        {
+            "deploy": {
+                "active_runs": {"lock_folder": str(locks), "markers": [str(sweep)], "wait_s": 2}
+            }
+        },
     )
     started = datetime.now(UTC)
-    rc, report = run(config, tmp_path)
+    try:
+        rc, report = run(config, tmp_path)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
     assert rc == 4, report.get("stages")
     assert report["verdict"] == "incomplete"
     assert report["gates"]["M1"]["status"] == "pass"
     assert report["incomplete_reason"].startswith("M2 not proven — deploy.active: ")
-    named = "cust-0a1b2c.ci.commoninternet.net" if busy == "harness marker" else str(sweep)
+    named = "cust-0a1b2c.ci.commoninternet.net" if busy == "held app lock" else str(sweep)
     assert named in report["incomplete_reason"]
+    assert "stal-000000" not in report["incomplete_reason"]
     assert services_created(started) == []
     for stage in ("deploy", "allocator"):
         assert "another run or sweep is active" in report["stages"][stage]
@@ -158,21 +181,26 @@ def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
     assert f"run `{report['run_id']}`: INCOMPLETE" in journal
 
 
-@pytest.fixture
-def busy_drone(cc_ci_twin: Config, tmp_path: Path) -> Iterator[str]:
-    """A second Drone API stand-in with one build running (its runner sleeps): the URL."""
+def _locked_inodes() -> set[str]:
+    """The inode numbers /proc/locks names (its sixth field: major:minor:inode)."""
+    rows = Path("/proc/locks").read_text().splitlines()
+    return {row.split()[5].rsplit(":", 1)[1] for row in rows if len(row.split()) > 5}
+
+
+@contextlib.contextmanager
+def drone_standin(cfg: Config, tmp_path: Path, *harness: str) -> Iterator[str]:
+    """A second Drone API stand-in running `harness` for each build: its URL."""
     token_file = tmp_path / "token"
     token_file.write_text(os.environ["PVCHECK_TWIN_DRONE_TOKEN"])
     port = free_port()
-    assert cc_ci_twin.deploy is not None and cc_ci_twin.deploy.drone is not None
+    assert cfg.deploy is not None and cfg.deploy.drone is not None
     proc = subprocess.Popen(
         [sys.executable, str(twin.DRONE_API), "--port", str(port), "--token-file",
-         str(token_file), "--repo", cc_ci_twin.deploy.drone.repo, "--workdir",
-         str(tmp_path / "builds"), "--", "sleep", "120"],
+         str(token_file), "--repo", cfg.deploy.drone.repo, "--workdir",
+         str(tmp_path / "builds"), "--", *harness],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {token_file.read_text()}"}
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -182,13 +210,42 @@ def busy_drone(cc_ci_twin: Config, tmp_path: Path) -> Iterator[str]:
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "the stand-in did not start"
                 time.sleep(0.1)
-        builds = f"{url}/api/repos/{cc_ci_twin.deploy.drone.repo}/builds"
-        made = httpx.post(builds, params={"RECIPE": "other"}, headers=headers, trust_env=False)
-        assert made.status_code == 200
         yield f"{url}/"
     finally:
         os.killpg(proc.pid, 15)
         proc.wait()
+
+
+@pytest.fixture
+def busy_drone(cc_ci_twin: Config, tmp_path: Path) -> Iterator[str]:
+    """A second Drone API stand-in with one build running (its runner sleeps): the URL."""
+    with drone_standin(cc_ci_twin, tmp_path, "sleep", "120") as url:
+        assert cc_ci_twin.deploy is not None and cc_ci_twin.deploy.drone is not None
+        builds = f"{url}api/repos/{cc_ci_twin.deploy.drone.repo}/builds"
+        headers = {"Authorization": f"Bearer {os.environ['PVCHECK_TWIN_DRONE_TOKEN']}"}
+        made = httpx.post(builds, params={"RECIPE": "other"}, headers=headers, trust_env=False)
+        assert made.status_code == 200
+        yield url
+
+
+def test_a_failing_rung_in_the_builds_results_fails_m2_naming_it(
+    cc_ci_twin: Config, tmp_path: Path
+) -> None:
+    """One step ran the whole harness and failed; which tier failed is in results.json."""
+    harness = [*twin.harness_argv(cc_ci_twin, "{results}"), "--fail-tier", "upgrade"]
+    with drone_standin(cc_ci_twin, tmp_path, *harness) as url:
+        results = str(tmp_path / "builds" / "runs" / "{build}" / "results.json")
+        config = overlay(tmp_path, {"deploy": {"drone": {"url": url, "results_path": results}}})
+        rc, report = run(config, tmp_path)
+    assert rc == 1, report.get("stages")
+    assert report["gates"]["M2"]["status"] == "fail"
+    upgrade = check(report, "deploy.tier.upgrade")
+    assert upgrade["status"] == "fail" and upgrade["found"] == "fail"
+    assert upgrade["detail"].startswith("upgrade: 1 tests fail")
+    assert check(report, "deploy.tier.install")["status"] == "pass"
+    # Never run after the failure: unverified, which is never a pass.
+    assert check(report, "deploy.tier.backup_restore")["found"] == "unver"
+    assert check(report, "deploy.teardown")["status"] == "pass"
 
 
 def test_a_running_drone_build_gives_incomplete_and_creates_nothing(

@@ -42,7 +42,7 @@ def test_a_process_worker_runs_a_deployment_declared_in_prefect_yaml(
     assert {"manual", "nightly", "review", "janitor"} <= set(deployments)
     assert all(d["work_pool_name"] == "pvcheck" for d in deployments.values())
     nightly = deployments["nightly"]["schedules"][0]["schedule"]
-    assert (nightly["cron"], nightly["timezone"]) == ("17 1 * * *", "UTC")
+    assert (nightly["cron"], nightly["timezone"]) == ("17 0 * * *", "UTC")
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
         [

@@ -59,25 +59,32 @@ def test_shipped_automations_are_valid_prefect_automations() -> None:
     assert {"prefect.flow-run.Failed", "prefect.flow-run.Incomplete"} <= set(expected)
 
 
-def test_the_default_nightly_schedule_misses_the_weekly_sweep() -> None:
+def test_the_default_nightly_schedule_misses_cc_cis_sweeps() -> None:
+    """Against the record's sweep timers (the orchestrator's Sun 02:00 UTC, the host's Sun
+    03:00) with the shipped one-hour lead, over three weeks: no nightly run meets one. The
+    old default, 01:17, met the /upgrade-all every Sunday: the test can fail."""
     from datetime import UTC, datetime, timedelta
 
-    from cronsim import CronSim
-
     from pvcheck.app.cli import build_parser
-    from pvcheck.flows.serving import NIGHTLY_CRON, SWEEP_WINDOW_UTC
+    from pvcheck.flows.serving import NIGHTLY_CRON, nightly_times
+    from pvcheck.timers import SweepWindow, nightly_clashes
 
     serve = build_parser().parse_args(["serve", "--config", "x.toml"])
     assert serve.cron == NIGHTLY_CRON  # the CLI's default is the same schedule
-    day, start_h, end_h = SWEEP_WINDOW_UTC
-    fires = CronSim(NIGHTLY_CRON, datetime(2026, 11, 28, tzinfo=UTC))
-    seen = 0
-    for when in fires:
-        if when > datetime(2026, 11, 28, tzinfo=UTC) + timedelta(days=21):
-            break
-        seen += 1
-        assert not (when.weekday() == day and start_h <= when.hour < end_h), when
-    assert seen == 21
-    # The old default fell inside it: the test can fail.
-    old = next(iter(CronSim("17 3 * * *", datetime(2026, 11, 28, tzinfo=UTC))))  # a Saturday
-    assert old.weekday() == day and start_h <= old.hour < end_h
+    now = datetime(2026, 11, 28, tzinfo=UTC)  # a Saturday
+    sundays = [now + timedelta(days=1 + 7 * week) for week in range(3)]
+    windows = [
+        SweepWindow("cc-ci-upgrade-all.timer", "on this machine", ("Sun *-*-* 02:00:00 UTC",),
+                    tuple(d.replace(hour=2) for d in sundays)),
+        SweepWindow("nightly-sweep.timer", "on the target host", ("Sun *-*-* 03:00:00",),
+                    tuple(d.replace(hour=3) for d in sundays)),
+    ]  # fmt: skip
+    nightly = nightly_times(NIGHTLY_CRON, "UTC", now, 21)
+    assert len(nightly) == 21
+    assert nightly_clashes(nightly, windows, 3600, 0) == []
+    old = nightly_clashes(nightly_times("17 1 * * *", "UTC", now, 21), windows, 3600, 0)
+    assert old == [
+        f"the nightly run at {d:%Y-%m-%d} 01:17 UTC meets cc-ci-upgrade-all.timer on this "
+        f"machine (fires {d:%Y-%m-%d} 02:00 UTC)"
+        for d in sundays
+    ]

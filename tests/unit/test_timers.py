@@ -296,3 +296,39 @@ def test_host_text_never_becomes_an_option_and_a_bad_date_is_no_time() -> None:
     timers._next_from_calendar(Records(), ["--root=/x", "--help", *["daily"] * 50])
     calendar = seen[0][seen[0].index("calendar") + 1 :]
     assert calendar[0] == "--" and len(calendar) == 1 + timers.MAX_SPECS
+
+
+def test_systemd_analyze_iterations_give_a_week_of_elapses() -> None:
+    from pvcheck.timers import sweep_elapses
+
+    text = _fixture("timer-systemd-analyze-iterations.txt")
+    upgrade_all, nightly = parse_analyze_calendar(text)
+    assert upgrade_all.next_elapse == _utc("2026-12-06 02:00:00")
+    assert upgrade_all.later == (_utc("2026-12-13 02:00:00"), _utc("2026-12-20 02:00:00"))
+    assert nightly.later[-1] == _utc("2026-12-20 03:00:00")
+    specs = ("Sun *-*-* 02:00:00 UTC", "Sun *-*-* 03:00:00")
+    argv = ["env", "TZ=UTC", "LC_ALL=C", "systemd-analyze", "calendar", "--iterations=200",
+            "--", *specs]  # fmt: skip
+    machine = Systemctl({tuple(argv): (0, text, "")})
+    week = sweep_elapses(machine, specs, _utc("2026-12-13 02:30:00"))
+    assert week == [_utc("2026-12-06 02:00:00"), _utc("2026-12-06 03:00:00"),
+                    _utc("2026-12-13 02:00:00")]  # fmt: skip
+
+
+def test_the_schedule_check_reads_each_timer_where_it_lives() -> None:
+    from pvcheck.timers import describe_windows, read_windows
+
+    host = _machine()
+    here = Systemctl({})  # this machine: no answer at all -> unreadable, never "clear"
+    windows = read_windows(
+        [(UNITS, host, "on the target host"), (["nightly-sweep.timer"], here, "on this machine")],
+        _utc("2026-06-10 00:00:00"),
+    )
+    assert [w.unit for w in windows] == [*UNITS, "nightly-sweep.timer"]
+    assert windows[0].schedule == ("Sun *-*-* 02:00:00 UTC",)
+    # systemd-analyze gave no answer: unread, never "clear"
+    assert windows[0].problem == "systemd-analyze could not compute it"
+    assert windows[-1].problem is not None
+    text = describe_windows(windows)
+    assert "cc-ci-upgrade-all.timer on the target host (unread: systemd-analyze" in text
+    assert "nightly-sweep.timer on this machine (unread: " in text

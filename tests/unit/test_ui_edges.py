@@ -361,7 +361,7 @@ def test_the_trend_chart_titles_both_axes_with_units_and_has_a_legend() -> None:
     from pvcheck.history import trend_svg
 
     records = [
-        {"run_id": str(i), "endpoints": 29, "engine_leaked": i % 2, "at": f"2026-11-2{i}T01:17:00Z"}
+        {"run_id": str(i), "endpoints": 29, "engine_leaked": i % 2, "at": f"2026-11-2{i}T00:17:00Z"}
         for i in range(4)
     ]
     records[2]["engine_leaked"] = None  # a FAIL run: no figure, no point at 0
@@ -381,7 +381,7 @@ def test_every_deployment_says_what_a_collision_does_and_the_nightly_shows_its_z
     from pvcheck.flows.serving import build_deployments, schedule_label
 
     cfg = load_config(LAB_CONFIG)
-    built = build_deployments({cfg.target.name: cfg}, "17 1 * * *", "Europe/Berlin")
+    built = build_deployments({cfg.target.name: cfg}, "17 0 * * *", "Europe/Berlin")
     for dep in built:
         text = str(dep.description)
         assert "Deployment concurrency limit reached." in text, dep.name
@@ -389,7 +389,7 @@ def test_every_deployment_says_what_a_collision_does_and_the_nightly_shows_its_z
         assert "naming the run that holds it" in text
     nightly = next(d for d in built if d.name == "nightly")
     # The deployment page shows a schedule by its slug when it has one.
-    assert [s.slug for s in nightly.schedules or []] == ["every day at 01:17 Europe/Berlin"]
+    assert [s.slug for s in nightly.schedules or []] == ["every day at 00:17 Europe/Berlin"]
     assert schedule_label("*/15 1 * * 1-5", "UTC") == "cron */15 1 * * 1-5 (UTC)"
 
 
@@ -404,7 +404,7 @@ def test_a_changed_nightly_schedule_does_not_leave_the_old_one_behind() -> None:
 
     cfg = load_config(LAB_CONFIG)
     built = build_deployments({cfg.target.name: cfg}, "30 2 * * *", "UTC")
-    old = SimpleNamespace(id=uuid4(), slug="every day at 01:17 UTC")
+    old = SimpleNamespace(id=uuid4(), slug="every day at 00:17 UTC")
     kept = SimpleNamespace(id=uuid4(), slug="every day at 02:30 UTC")
     unslugged = SimpleNamespace(id=uuid4(), slug=None)
     deleted: list[Any] = []
@@ -420,7 +420,7 @@ def test_a_changed_nightly_schedule_does_not_leave_the_old_one_behind() -> None:
 
     dropped = drop_stale_schedules(built, Client())
     assert deleted == [("dep", old.id), ("dep", unslugged.id)]
-    assert dropped[0] == "pvcheck-verify/nightly: every day at 01:17 UTC"
+    assert dropped[0] == "pvcheck-verify/nightly: every day at 00:17 UTC"
 
 
 def test_runs_the_concurrency_limit_cancelled_are_told_why_in_their_own_log() -> None:
