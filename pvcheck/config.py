@@ -761,10 +761,20 @@ class DocsConfig(Section):
         description="REVIEW's size bound, in KiB: older entries roll over to "
         "REVIEW-<phase>.archive.md",
     )
+    journal_max_kb: int = Field(
+        512,
+        ge=4,
+        le=4 * 1024,
+        description="JOURNAL's size bound, in KiB: past it pvcheck writes its full entries to "
+        "JOURNAL-<phase>.runs.md and only their headings to JOURNAL (which others write too: "
+        "it is never rewritten)",
+    )
 
     @property
     def paths(self) -> DocsPaths:
-        return DocsPaths(self.dir, self.phase, self.review_max_kb * 1024)
+        return DocsPaths(
+            self.dir, self.phase, self.review_max_kb * 1024, self.journal_max_kb * 1024
+        )
 
     @property
     def precondition_status(self) -> Path:

@@ -148,6 +148,30 @@ def render_status_sections(
     }
 
 
+def add_journal_entry(paths: DocsPaths, header: str, entry: str) -> None:
+    """One entry in JOURNAL; once JOURNAL has passed its bound, the full entry goes to the
+    runs file and JOURNAL gets its heading and where to read it. JOURNAL is never rewritten:
+    others append to it too, and a rewrite could lose what one of them appended meanwhile."""
+    try:
+        size = os.stat(paths.journal, follow_symlinks=False).st_size
+    except FileNotFoundError:
+        size = 0
+    if size <= paths.journal_max_bytes:
+        append_journal(paths.journal, header, entry)
+        return
+    append_journal(
+        paths.journal_runs, render("journal_runs_header.md.j2", phase=paths.phase), entry
+    )
+    heading = entry.strip().splitlines()[0] if entry.strip() else "## (entry)"
+    pointer = render(
+        "journal_pointer.md.j2",
+        heading=heading.removeprefix("## "),
+        runs_name=paths.journal_runs.name,
+        max_kb=paths.journal_max_bytes // 1024,
+    )
+    append_journal(paths.journal, header, pointer)
+
+
 def render_journal_entry(report: Report, cfg: Config) -> str:
     return render("journal_entry.md.j2", **_context(report, cfg))
 
@@ -189,7 +213,7 @@ def withdraw_done(paths: DocsPaths, why: str, at: str) -> str | None:
         stray=stray[0] if stray else None,
         status_name=paths.status.name,
     )
-    append_journal(paths.journal, render("journal_header.md.j2", phase=paths.phase), entry)
+    add_journal_entry(paths, render("journal_header.md.j2", phase=paths.phase), entry)
     return why
 
 
@@ -235,7 +259,9 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         if why:
             # First of the writes: one that fails after it cannot leave an old DONE standing.
             withdraw_done(paths, why, report.finished_at)
-        append_history(paths.history, history_record(report, _seconds(report)))
+        append_history(
+            paths.history, history_record(report, _seconds(report)), paths.history_archive
+        )
         records = read_history(paths.history, limit=30)
         write_whole(paths.trend, trend_svg(records))
         write_whole(paths.report, report_json)
@@ -250,10 +276,8 @@ def write_evidence(report: Report, cfg: Config) -> Written:
             render("backlog_header.md.j2", **ctx),
             {BUILD_SECTION: render("backlog_build.md.j2", items=items)},
         )
-        append_journal(
-            paths.journal,
-            render("journal_header.md.j2", **ctx),
-            render_journal_entry(report, cfg),
+        add_journal_entry(
+            paths, render("journal_header.md.j2", **ctx), render_journal_entry(report, cfg)
         )
         committed = commit_docs(cfg.docs, claim_message(report, cfg.docs.phase))
     docs = dataclasses.replace(docs, committed=str(committed) if committed else None)
@@ -267,8 +291,8 @@ def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> Docs
     with docs_lock(paths.folder):  # the folder's checks, as for every write there
         # DONE first: a journal that cannot be appended to must not keep it standing.
         withdrawn = withdraw_done(paths, unreachable_withdraws_done(run_id, cfg.target.name), at)
-        append_journal(
-            paths.journal,
+        add_journal_entry(
+            paths,
             render("journal_header.md.j2", phase=paths.phase),
             render(
                 "journal_unreachable.md.j2",
@@ -380,7 +404,7 @@ def write_review(result: ReviewResult, cfg: Config) -> Written:
             moved=moved,
             archive_name=paths.review_archive.name,
         )
-        append_journal(paths.journal, render("journal_header.md.j2", phase=paths.phase), entry)
+        add_journal_entry(paths, render("journal_header.md.j2", phase=paths.phase), entry)
         committed = commit_docs(cfg.docs, review_message(result, cfg.docs.phase))
     written = {"status": paths.status, "review": paths.review, "backlog": paths.backlog}
     if moved:

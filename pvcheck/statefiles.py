@@ -35,6 +35,7 @@ class DocsPaths:
     folder: Path
     phase: str
     review_max_bytes: int = 256 * 1024  # REVIEW's roll-over bound (docs.review_max_kb)
+    journal_max_bytes: int = 512 * 1024  # past it, run entries go to journal_runs
 
     def _file(self, kind: str, suffix: str = "md") -> Path:
         return self.folder / f"{kind}-{self.phase}.{suffix}"
@@ -61,8 +62,19 @@ class DocsPaths:
         return self.folder / f"REVIEW-{self.phase}.archive.md"
 
     @property
+    def journal_runs(self) -> Path:
+        """pvcheck's full JOURNAL entries once JOURNAL has passed its bound (JOURNAL then gets
+        one heading per entry, pointing here); only appended to."""
+        return self.folder / f"JOURNAL-{self.phase}.runs.md"
+
+    @property
     def history(self) -> Path:
         return self._file("HISTORY", "jsonl")
+
+    @property
+    def history_archive(self) -> Path:
+        """HISTORY's older records, moved here when it outgrows HISTORY_KEEP; only appended to."""
+        return self.folder / f"HISTORY-{self.phase}.archive.jsonl"
 
     @property
     def trend(self) -> Path:
@@ -206,9 +218,24 @@ def append_only(path: Path, text: str) -> None:
     append(path, text.encode("utf-8"))
 
 
-def append_history(path: Path, record: dict[str, Any]) -> None:
-    """Append one run's HISTORY record: one JSON line, masked."""
+HISTORY_KEEP = 400  # records HISTORY keeps: the trend reads 30, a reviewer a year of nights
+HISTORY_ROLL_BYTES = 1024 * 1024  # HISTORY is looked at for a roll-over only past this
+
+
+def append_history(path: Path, record: dict[str, Any], archive: Path) -> int:
+    """Append one run's HISTORY record: one JSON line, masked. Past HISTORY_ROLL_BYTES its
+    oldest records move to `archive` (appended there first: a crash in between duplicates a
+    record, never loses one), keeping the newest HISTORY_KEEP. Returns how many moved."""
     append(path, (redact(json.dumps(record, sort_keys=True)) + "\n").encode("utf-8"))
+    if os.stat(path, follow_symlinks=False).st_size <= HISTORY_ROLL_BYTES:
+        return 0
+    lines = (read_state(path) or "").splitlines(keepends=True)
+    if len(lines) <= HISTORY_KEEP:
+        return 0
+    old, kept = lines[:-HISTORY_KEEP], lines[-HISTORY_KEEP:]
+    append_only(archive, "".join(old))
+    write_whole(path, "".join(kept))
+    return len(old)
 
 
 def seed_state(path: Path, text: str) -> None:

@@ -24,8 +24,7 @@ import tomli_w
 
 from pvcheck import twin
 from pvcheck.api import free_port
-from pvcheck.config import Config, load_config
-from pvcheck.swarm import Swarm
+from pvcheck.config import Config
 from tests.helpers import PVFIX_DONE, ROOT
 from tests.integration.test_flow_m1 import check, run
 
@@ -33,23 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 TWIN = ROOT / "lab" / "cc-ci-twin.toml"
 HARNESS_STACK = re.compile(r"^[a-z0-9]{4}-[0-9a-f]{6}_ci_commoninternet_net$")
-
-
-@pytest.fixture(scope="session")
-def cc_ci_twin(engine: Swarm) -> Iterator[Config]:
-    """The twin, brought up once per session, and the stand-in's token in the environment
-    the shipped config names (deploy.drone.token_env, moved by the overlay)."""
-    from pvcheck.lab import lab_up
-
-    cfg = load_config(TWIN)
-    probes = lab_up(cfg)
-    bad = [p for p, r in zip(probes, cfg.routes, strict=True) if p.status not in r.expect_status]
-    assert not bad, f"twin routes not answering: {bad}"
-    assert cfg.lab is not None and cfg.deploy is not None and cfg.deploy.drone is not None
-    token = twin.token_path(cfg.lab).read_text().strip()
-    os.environ[cfg.deploy.drone.token_env] = token
-    yield cfg
-    os.environ.pop(cfg.deploy.drone.token_env, None)
 
 
 def overlay(tmp_path: Path, extra: dict[str, Any] | None = None) -> Path:

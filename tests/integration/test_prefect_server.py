@@ -240,7 +240,7 @@ def test_deployments_and_nightly_schedule(served: tuple[str, Path]) -> None:
 
 @pytest.mark.faults
 def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
-    served: tuple[str, Path], engine: Swarm
+    served: tuple[str, Path], engine: Swarm, tmp_path: Path
 ) -> None:
     url, _ = served
     first = _trigger(url, "manual")
@@ -261,6 +261,18 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
         in (stepped_aside["state"]["message"])
     )
     assert "Engine execution exited with unexpected exception" not in _logs(url, janitor)
+    # As the operator sees it: the cancelled run's page in a real browser names the run that
+    # holds the host, and shows no traceback or engine error.
+    with chromium(tmp_path / "profile") as page:
+        page.goto(f"{url.removesuffix('/api')}/")
+        page.wait_for_text("")
+        page.evaluate(f"localStorage.setItem('prefect-password', btoa({AUTH!r}))")
+        page.goto(f"{url.removesuffix('/api')}/runs/flow-run/{janitor}")
+        shown = page.wait_for_text(
+            "Cancelled", f"another pvcheck run holds this host: run {done['name']}"
+        )
+    for crash in ("Traceback", "unexpected exception", "CancelledRun"):
+        assert crash not in shown, crash
     # The run the concurrency limit cancelled is told why in its own log.
     assert f"run {done['name']}" in _logs(url, second)
     wanted = [

@@ -222,8 +222,8 @@ def test_the_twin_overlay_changes_only_where_things_are() -> None:
         ("logs", "path"),
         ("deploy", "drone", "url"),
         ("deploy", "drone", "token_env"),
-        ("deploy", "active_runs", "folder"),
-        ("deploy", "active_runs", "markers"),
+        ("deploy", "drone", "results_path"),
+        ("deploy", "active_runs", "lock_folder"),
         ("guard", "file"),
         ("docs", "dir"),
     }
@@ -338,4 +338,4 @@ def test_config_check_json_prints_the_effective_config(
     assert doc["target"]["name"] == "cc-ci-twin"
     assert doc["services"]["control_plane"][0] == "traefik_ci_commoninternet_net_app"
     assert doc["routes"][0]["connect_to"] == "127.0.0.1:18443"
-    assert doc["deploy"]["drone"]["repo"] == "coop-cloud/cc-ci"  # from the base
+    assert doc["deploy"]["drone"]["repo"] == "recipe-maintainers/cc-ci"  # from the base

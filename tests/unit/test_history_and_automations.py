@@ -16,13 +16,14 @@ from tests.helpers import ROOT
 
 def test_history_appends_and_skips_torn_lines(tmp_path: Path) -> None:
     path = tmp_path / "HISTORY.jsonl"
+    archive = tmp_path / "HISTORY.archive.jsonl"
     append_history(
-        path, {"run_id": "a", "endpoints": 11, "leaked": 0, "at": "2026-11-26T01:00:00Z"}
+        path, {"run_id": "a", "endpoints": 11, "leaked": 0, "at": "2026-11-26T01:00:00Z"}, archive
     )
     with open(path, "a") as fh:
         fh.write('{"torn": \n')
     append_history(
-        path, {"run_id": "b", "endpoints": 13, "leaked": 2, "at": "2026-11-27T01:00:00Z"}
+        path, {"run_id": "b", "endpoints": 13, "leaked": 2, "at": "2026-11-27T01:00:00Z"}, archive
     )
     assert [r["run_id"] for r in read_history(path)] == ["a", "b"]
     assert read_history(tmp_path / "none.jsonl") == []

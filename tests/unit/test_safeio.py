@@ -45,7 +45,7 @@ def test_a_symlinked_state_file_is_refused_and_its_target_untouched(
     with pytest.raises(StateFileError, match="symbolic link"):
         append_journal(status, "# J\n", "entry")
     with pytest.raises(StateFileError, match="symbolic link"):
-        append_history(status, {"run_id": "x"})
+        append_history(status, {"run_id": "x"}, tmp_path / "archive.jsonl")
     assert victim.read_text() == VICTIM and status.is_symlink()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -134,3 +135,55 @@ def test_docs_lock_serializes_writers(tmp_path: Path) -> None:
         pass
     with docs_lock(tmp_path, timeout_s=5):  # released when its holder died
         pass
+
+
+def test_history_rolls_its_oldest_records_over_keeping_what_the_trend_reads(
+    tmp_path: Path,
+) -> None:
+    from pvcheck.history import read_history
+    from pvcheck.statefiles import HISTORY_KEEP, append_history
+
+    history, archive = tmp_path / "HISTORY-x.jsonl", tmp_path / "HISTORY-x.archive.jsonl"
+    pad = "p" * 1200  # ~1.2 KB a record: past the roll-over size after some 850 runs
+    total = 1000
+    moved = [
+        append_history(history, {"run_id": f"r{i}", "pad": pad}, archive) for i in range(total)
+    ]
+    assert len([m for m in moved if m]) == 1  # rolled once, back to HISTORY_KEEP records
+    kept = [json.loads(line)["run_id"] for line in history.read_text().splitlines()]
+    old = [json.loads(line)["run_id"] for line in archive.read_text().splitlines()]
+    assert old + kept == [f"r{i}" for i in range(total)]  # none lost, none twice, in order
+    assert len(kept) == HISTORY_KEEP + moved[::-1].index(max(moved))  # and what came after
+    assert [r["run_id"] for r in read_history(history, limit=3)] == [
+        f"r{total - 3}",
+        f"r{total - 2}",
+        f"r{total - 1}",
+    ]
+
+
+def test_past_its_bound_the_journal_gets_headings_and_is_never_rewritten(tmp_path: Path) -> None:
+    from pvcheck.evidence import add_journal_entry
+    from pvcheck.statefiles import DocsPaths
+
+    paths = DocsPaths(tmp_path, "x", journal_max_bytes=4096)
+    theirs = "# JOURNAL — x\n\n## 2026-12-01 — the Builder's note\n\n" + "w" * 5000 + "\n"
+    paths.journal.write_text(theirs)
+    before = paths.journal.stat().st_ino
+    entry = "## 2026-12-05T01:00Z — run `pv-1`: PASS\n\n- Gates: M1 PASS, M2 PASS\n"
+    add_journal_entry(paths, "# JOURNAL — x\n", entry)
+    text = paths.journal.read_text()
+    assert text.startswith(theirs)  # appended to, never rewritten
+    assert paths.journal.stat().st_ino == before
+    assert text[len(theirs) :].strip().splitlines() == [
+        "## 2026-12-05T01:00Z — run `pv-1`: PASS",
+        "",
+        "- Full entry in `JOURNAL-x.runs.md` (this journal has passed 4 KiB, "
+        "`docs.journal_max_kb`).",
+    ]
+    runs = paths.journal_runs.read_text()
+    assert runs.startswith("# JOURNAL runs — x") and runs.rstrip().endswith("M2 PASS")
+    # Under the bound: the whole entry goes to JOURNAL, as before.
+    small = DocsPaths(tmp_path / "small", "x")
+    add_journal_entry(small, "# JOURNAL — x\n", entry)
+    assert "- Gates: M1 PASS, M2 PASS" in small.journal.read_text()
+    assert not small.journal_runs.exists()
