@@ -343,6 +343,16 @@ def versions() -> str:
     )
 
 
+def replace_section(text: str, heading: str, new: str) -> str:
+    """Pure: `text` with the section under `heading` (to the next `## `) replaced by `new`,
+    appended when absent: each sitting rewrites its own section of RESULTS.md."""
+    start = text.find(heading)
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + new
+    end = text.find("\n## ", start + len(heading))
+    return text[:start] + new + (text[end + 1 :] if end >= 0 else "")
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.bench import PVCHECK, RESULTS, ROOT, versions
+from bench.bench import PVCHECK, RESULTS, ROOT, replace_section, versions
 from bench.labconfig import all_tiers, write_config
 from pvcheck.api import KeptApi, stop_kept
 
@@ -153,15 +153,6 @@ def section(samples: list[Sample], api_rss: float, repeat: int, started: datetim
     )
 
 
-def replace_section(text: str, new: str) -> str:
-    """Pure: `text` with the section under HEADING replaced by `new` (appended if absent)."""
-    start = text.find(HEADING)
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + new
-    end = text.find("\n## ", start + len(HEADING))
-    return text[:start] + new + (text[end + 1 :] if end >= 0 else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=3)
@@ -171,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pvcheck-cli-cost-") as tmp:
         samples, api_rss = sitting(args.repeat, Path(tmp), home)
     text = section(samples, api_rss, args.repeat, started)
-    RESULTS.write_text(replace_section(RESULTS.read_text(), text))
+    RESULTS.write_text(replace_section(RESULTS.read_text(), HEADING, text))
     print(text)
     return 0
 

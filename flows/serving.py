@@ -36,19 +36,19 @@ from pvcheck.api import (
     wait_healthy,
 )
 from pvcheck.config import Config
+from pvcheck.errors import PrefectUnavailable, PvcheckError
+from pvcheck.flows.janitor import janitor
+from pvcheck.flows.review import review
+from pvcheck.flows.verify import RunParameters, verify
 from pvcheck.hosts import host_for
 from pvcheck.liveness import CommandRunner, Here
+from pvcheck.safeio import require_root_only_tree
 from pvcheck.timers import (
     SCHEDULE_DAYS,
     describe_windows,
     nightly_clashes,
     read_windows,
 )
-from pvcheck.errors import PrefectUnavailable, PvcheckError
-from pvcheck.flows.janitor import janitor
-from pvcheck.flows.review import review
-from pvcheck.flows.verify import RunParameters, verify
-from pvcheck.safeio import require_root_only_tree
 
 # The nightly re-check: 00:17 every day. `serve` checks it against the sweep timers the config
 # names, read on the machines that own them (cc-ci: Sundays 02:00 UTC on the orchestrator,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -81,6 +82,22 @@ def _dockerd_pid() -> int | None:
     except FileNotFoundError:
         return None
     return int(out.stdout.split()[0]) if out.stdout.strip() else None
+
+
+def restart_dockerd(lab: LabConfig, timeout_s: float = 90.0) -> float:
+    """Stop the lab's dockerd (SIGTERM, as `systemctl restart docker` does) and start it
+    again; the seconds the engine was away. A fault the tests and the soak inject."""
+    pid = _dockerd_pid()
+    if pid is None:
+        raise LabError("no dockerd runs here to restart")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    while _dockerd_pid() == pid:
+        if time.monotonic() - t0 > timeout_s:
+            raise LabError(f"dockerd (pid {pid}) did not stop within {timeout_s:g}s")
+        time.sleep(0.2)
+    ensure_engine(lab)
+    return time.monotonic() - t0
 
 
 def ensure_engine(lab: LabConfig, timeout_s: float = 90.0) -> Swarm:

@@ -90,6 +90,15 @@ def chromium(profile: Path) -> Iterator[Page]:
             tab = Page(ws)
             tab.call("Page.enable")
             tab.call("Runtime.enable")
+            # A desktop window, as an operator's: at headless Chromium's own 780x437 the
+            # Prefect UI lays a run page out without its log lines.
+            tab.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=1440,
+                height=900,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             yield tab
     finally:
         proc.terminate()

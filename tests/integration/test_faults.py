@@ -19,7 +19,7 @@ import pytest
 
 from pvcheck.app.cli import main
 from pvcheck.config import Config
-from pvcheck.lab import _dockerd_pid, ensure_engine, wait_routes
+from pvcheck.lab import restart_dockerd, wait_routes
 from pvcheck.stacks import list_residue
 from pvcheck.swarm import LABEL_ROLE, LABEL_RUN, Swarm
 from tests.helpers import process_table, spawn_run, wait_for_line, wait_for_throwaways, write_config
@@ -207,18 +207,8 @@ def test_traefik_outage_mid_run_starts_no_new_traffic(
 
 
 def _restart_dockerd(lab: Config) -> float:
-    """Stop dockerd (SIGTERM, as `systemctl restart docker` does) and start it again; returns
-    the seconds the engine was away."""
     assert lab.lab is not None
-    pid = _dockerd_pid()
-    assert pid is not None
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGTERM)
-    while _dockerd_pid() == pid:
-        assert time.monotonic() - t0 < 90, "dockerd did not stop"
-        time.sleep(0.2)
-    ensure_engine(lab.lab)
-    return time.monotonic() - t0
+    return restart_dockerd(lab.lab)
 
 
 def test_dockerd_restart_mid_reproduction_ends_with_a_verdict_and_zero_residue(

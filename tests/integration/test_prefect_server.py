@@ -262,15 +262,18 @@ def test_ui_trigger_completes_with_evidence_and_a_second_trigger_is_cancelled(
     )
     assert "Engine execution exited with unexpected exception" not in _logs(url, janitor)
     # As the operator sees it: the cancelled run's page in a real browser names the run that
-    # holds the host, and shows no traceback or engine error.
+    # holds the host, and shows no traceback or engine error. (The page reads a finished
+    # run's log once: wait until the run's last lines have reached the server.)
+    holder = f"another pvcheck run holds this host: run {done['name']}"
+    deadline = time.monotonic() + 60
+    while holder not in _logs(url, janitor) and time.monotonic() < deadline:
+        time.sleep(1)
     with chromium(tmp_path / "profile") as page:
         page.goto(f"{url.removesuffix('/api')}/")
         page.wait_for_text("")
         page.evaluate(f"localStorage.setItem('prefect-password', btoa({AUTH!r}))")
         page.goto(f"{url.removesuffix('/api')}/runs/flow-run/{janitor}")
-        shown = page.wait_for_text(
-            "Cancelled", f"another pvcheck run holds this host: run {done['name']}"
-        )
+        shown = page.wait_for_text("Cancelled", holder)
     for crash in ("Traceback", "unexpected exception", "CancelledRun"):
         assert crash not in shown, crash
     # The run the concurrency limit cancelled is told why in its own log.
