@@ -64,7 +64,11 @@ def _route_lines(cfg: Config, probes: list[RouteObservation]) -> tuple[list[str]
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
     if not args.json:
+        from pvcheck.placement import describe
+
         print(f"{args.file}: valid")
+        print("Where each path and command is used:")
+        print("\n".join(describe(cfg)))
     # The effective config: bases merged, defaults filled in, paths absolute.
     print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     return EXIT_PASS

@@ -351,7 +351,7 @@ def ensure_server(
                 "PREFECT_API_URL to a server you run with PREFECT_SERVER_API_AUTH_STRING"
             )
     auth = auth_string(state_dir / "prefect-api-auth")
-    proc = start_server(host, port, auth, ui=True)
+    proc = start_server(host, port, auth)
     if not wait_healthy(url, timeout_s, proc):
         raise PrefectUnavailable(f"prefect server did not answer on {url} within {timeout_s:g}s")
     if not listener_is_ours(port, proc.pid):

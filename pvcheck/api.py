@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx
 
 from pvcheck import masking, quiet_prefect
-from pvcheck.errors import EnvironmentSettingError, PrefectUnavailable
+from pvcheck.errors import EnvironmentSettingError, PrefectUnavailable, PvcheckError
 from pvcheck.procs import printable
 from pvcheck.safeio import atomic_write, open_regular, read_capped, require_root_only
 
@@ -58,7 +58,9 @@ LOCK_NAME = "pvcheck-api.lock"  # users hold it shared; the idle server takes it
 START_LOCK_NAME = "pvcheck-api.start.lock"  # one pvcheck at a time chooses or starts
 RECORD_NAME = "pvcheck-api.json"
 LOG_NAME = "pvcheck-api.log"
-LOCK_WAIT_S = 120.0  # another pvcheck starting the kept server: wait for it, not race it
+# Another pvcheck starting the kept server: wait for it (three tries of a start), not race it.
+LOCK_WAIT_S = 3 * (START_TIMEOUT_S + 10) + 30
+GRACEFUL_S = 10  # a stopping server's open requests get this long
 # What the kept server inherits from the run that starts it: Prefect's settings and what a
 # Python process needs, never the rest (a token in the operator's environment would outlive
 # the run by the server's whole life).
@@ -91,19 +93,10 @@ class Keep:
     start_lock: Path
 
 
-def start_server(
-    host: str, port: int, auth: str, ui: bool = False, keep: Keep | None = None
-) -> subprocess.Popen[bytes]:
-    """A Prefect server on host:port that requires `auth` (Basic "user:secret") for every
-    call but /health. With `ui`, the full `prefect server start` (the UI asks for the auth
-    string); without, only what a temporary API needs, as Prefect's own temporary server
-    runs it. The kernel stops it when this process dies, unless it is `keep`: then it is a
-    session of its own that stops itself when idle."""
-    import prefect
+def _server_env(auth: str, keep: Keep | None) -> dict[str, str]:
     from prefect.settings import get_current_settings
 
     quiet_prefect()
-    parent = os.getpid()
     base = (
         {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith("PREFECT_")}
         if keep
@@ -117,57 +110,90 @@ def start_server(
     }
     env.pop("PREFECT_API_URL", None)
     env.pop("PREFECT_API_AUTH_STRING", None)
-    if ui:
-        prefect_cli = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
-        argv = [prefect_cli, "server", "start", "--host", host, "--port", str(port)]
-    else:
-        app_dir, factory = Path(prefect.__file__).parents[1], "prefect.server.api.server"
-        if keep:
-            app_dir, factory = Path(__file__).parents[1], "pvcheck.apiserver"
-            env.update(
-                {
-                    KEEP_ENV: f"{keep.seconds:g}",
-                    "PVCHECK_API_LOCK": str(keep.lock),
-                    "PVCHECK_API_RECORD": str(keep.record),
-                }
-            )
-        argv = [
-            *(sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir)),
-            *("--factory", f"{factory}:create_app"),
-            *("--host", host, "--port", str(port), "--log-level", "error"),
-            *("--lifespan", "on"),
-        ]
-        env.update({"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"})
-        # Its own database: runs of a temporary API (a killed one stays "Running" for ever)
-        # never show in the UI of the server the operator serves from the default one.
-        if "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in os.environ:
-            own = Path(get_current_settings().home) / "pvcheck-temporary.db"
-            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{own}"
-        env["PREFECT__SERVER_FINAL"] = "1"
-    if keep:
-        log_fd = open_regular(keep.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            return subprocess.Popen(
-                argv,
-                env=env,
-                cwd="/",
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                start_new_session=True,  # an operator's Ctrl-C stops the run, not the server
-            )
-        finally:
-            os.close(log_fd)
+    return env
+
+
+def start_server(host: str, port: int, auth: str) -> subprocess.Popen[bytes]:
+    """The full `prefect server start` on host:port (UI included: it asks for the auth
+    string), requiring `auth` (Basic "user:secret") for every call but /health; the kernel
+    stops it when this process dies."""
+    parent = os.getpid()
+    prefect_cli = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
     return subprocess.Popen(
-        argv,
-        env=env,
+        [prefect_cli, "server", "start", "--host", host, "--port", str(port)],
+        env=_server_env(auth, None),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL if ui else None,
-        stderr=subprocess.DEVNULL if ui else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         # Forked from the main thread, which lives as long as pvcheck: the death signal
         # follows the thread that forked, not the process.
         preexec_fn=lambda: _die_with_parent(parent),
     )
+
+
+def start_api(auth: str, keep: Keep | None) -> tuple[subprocess.Popen[bytes], int]:
+    """Only what an API for runs needs, as Prefect's own temporary server runs it, on a
+    127.0.0.1 socket this process binds and hands over (no one can take the port between
+    choosing and binding it): the server and its port. Without `keep` the kernel stops it
+    when this process dies; with it, it is a session of its own that stops itself when
+    idle."""
+    import prefect
+    from prefect.settings import get_current_settings
+
+    env = _server_env(auth, keep)
+    app_dir, factory = Path(prefect.__file__).parents[1], "prefect.server.api.server"
+    if keep:
+        app_dir, factory = Path(__file__).parents[1], "pvcheck.apiserver"
+        env.update(
+            {
+                KEEP_ENV: f"{keep.seconds:g}",
+                "PVCHECK_API_LOCK": str(keep.lock),
+                "PVCHECK_API_RECORD": str(keep.record),
+            }
+        )
+    env.update({"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"})
+    # Its own database: runs of this API (a killed one stays "Running" for ever) never show
+    # in the UI of the server the operator serves from the default one.
+    if "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in os.environ:
+        own = Path(get_current_settings().home) / "pvcheck-temporary.db"
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{own}"
+    env["PREFECT__SERVER_FINAL"] = "1"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        port = int(sock.getsockname()[1])
+        argv = [
+            *(sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir)),
+            *("--factory", f"{factory}:create_app", "--fd", str(sock.fileno())),
+            *("--log-level", "error", "--lifespan", "on"),
+            # A client that never reads its answers must not hold the stop for ever.
+            *("--timeout-graceful-shutdown", str(GRACEFUL_S)),
+        ]
+        if keep:
+            log_fd = open_regular(keep.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    env=env,
+                    cwd="/",
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    pass_fds=(sock.fileno(),),
+                    start_new_session=True,  # an operator's Ctrl-C stops the run, not it
+                )
+            finally:
+                os.close(log_fd)
+        else:
+            parent = os.getpid()
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(sock.fileno(),),
+                preexec_fn=lambda: _die_with_parent(parent),  # see start_server
+            )
+    return proc, port
 
 
 def new_auth_string() -> str:
@@ -201,9 +227,9 @@ def use_api(url: str, auth: str | None) -> None:
     refresh_global_settings_context()  # Prefect read its settings when it was imported
 
 
-def _listening_inodes(port: int) -> set[str]:
-    """Socket inodes listening on TCP `port` on 127.0.0.1 or any address."""
-    found = set()
+def _listening(port: int) -> dict[str, int]:
+    """Socket inode -> owner uid of what listens on TCP `port` (127.0.0.1 or any address)."""
+    found = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
@@ -211,10 +237,31 @@ def _listening_inodes(port: int) -> set[str]:
             continue
         for row in rows:
             fields = row.split()
-            local, state, inode = fields[1], fields[3], fields[9]
+            local, state, uid, inode = fields[1], fields[3], fields[7], fields[9]
             if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                found.add(inode)
+                found[inode] = int(uid)
     return found
+
+
+def _listening_inodes(port: int) -> set[str]:
+    return set(_listening(port))
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/PID/stat field 22): with
+    the boot id, one process for ever, where a pid is soon another's."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _process_tree(pid: int) -> set[int]:
@@ -315,14 +362,18 @@ class KeptApi:
     port: int
     pid: int
     auth: str
+    start: int  # the process's start time (process_start) in this boot
+    boot: str
 
     def to_json(self) -> str:
-        return json.dumps({"url": self.url, "pid": self.pid, "auth": self.auth}) + "\n"
+        doc = {"url": self.url, "pid": self.pid, "auth": self.auth}
+        return json.dumps(doc | {"start": self.start, "boot": self.boot}) + "\n"
 
     @classmethod
     def parse(cls, data: bytes | None) -> KeptApi | None:
         """Pure: the record, or None for anything but the shape pvcheck writes (a loopback
-        URL with a port, a pid, an auth string of pvcheck's form)."""
+        URL with a port, a pid with its start time and boot, an auth string of pvcheck's
+        form)."""
         try:
             doc = json.loads(data or b"")
         except ValueError:
@@ -330,14 +381,30 @@ class KeptApi:
         if not isinstance(doc, dict):
             return None
         url, pid, auth = doc.get("url"), doc.get("pid"), doc.get("auth")
-        if not (isinstance(url, str) and isinstance(auth, str) and type(pid) is int and pid > 1):
+        start, boot = doc.get("start"), doc.get("boot")
+        if not (isinstance(url, str) and isinstance(auth, str) and isinstance(boot, str)):
+            return None
+        if not (type(pid) is int and pid > 1 and type(start) is int and start >= 0):
             return None
         prefix, _, rest = url.partition("http://127.0.0.1:")
         port_text, _, path = rest.partition("/")
         if prefix or path != "api" or not port_text.isdigit() or not auth.startswith("pvcheck:"):
             return None
         port = int(port_text)
-        return cls(url, port, pid, auth) if 0 < port < 65536 else None
+        return cls(url, port, pid, auth, start, boot) if 0 < port < 65536 else None
+
+    def is_live_server(self) -> bool:
+        """The very process the record names (same boot, same start time: not a pid used
+        again), listening on its port with a socket of the right owner (root's, as root), and
+        answering /health. Only then does it get the auth string."""
+        if self.boot != boot_id() or process_start(self.pid) != self.start:
+            return False
+        if not listener_is_ours(self.port, self.pid):
+            return False
+        owners = set(_listening(self.port).values())
+        if os.geteuid() == 0 and owners != {0}:
+            return False
+        return api_healthy(self.url)
 
 
 def kept_paths(home: Path) -> Keep:
@@ -349,35 +416,38 @@ def kept_paths(home: Path) -> Keep:
 _held: list[int] = []
 
 
-def _lock_exclusive(path: Path, wait_s: float) -> int:
-    fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+def _lock(fd: int, kind: int, path: Path, wait_s: float) -> None:
+    """flock `fd` (LOCK_EX or LOCK_SH) within `wait_s`, else PrefectUnavailable naming it."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                os.close(fd)
                 raise PrefectUnavailable(
-                    f"{path} stayed locked for {wait_s:g}s (another pvcheck starting the kept "
-                    "Prefect API); set PREFECT_API_URL to use a running server"
+                    f"{path} stayed locked for {wait_s:g}s (another pvcheck starting or "
+                    "stopping the kept Prefect API); set PREFECT_API_URL to use a running server"
                 ) from None
             time.sleep(0.1)
 
 
-def _alive(kept: KeptApi) -> bool:
-    return listener_is_ours(kept.port, kept.pid) and api_healthy(kept.url)
+def _lock_exclusive(path: Path, wait_s: float) -> int:
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+    try:
+        _lock(fd, fcntl.LOCK_EX, path, wait_s)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _start(auth: str, keep: Keep | None) -> tuple[str, int, subprocess.Popen[bytes]]:
-    for _ in range(3):  # a port taken between choosing and binding: choose again
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/api"
-        proc = start_server("127.0.0.1", port, auth, keep=keep)
-        if wait_healthy(url, START_TIMEOUT_S, proc) and listener_is_ours(port, proc.pid):
-            return url, port, proc
-        _stop(proc)
+    proc, port = start_api(auth, keep)
+    url = f"http://127.0.0.1:{port}/api"
+    if wait_healthy(url, START_TIMEOUT_S, proc) and listener_is_ours(port, proc.pid):
+        return url, port, proc
+    _stop(proc)
     where = f"; its output is in {keep.log}" if keep else ""
     raise PrefectUnavailable(f"the Prefect API did not start{where}; set PREFECT_API_URL")
 
@@ -431,26 +501,28 @@ def _attach_kept(keep: Keep) -> tuple[str, str, str]:
     """The kept server's URL and auth string (started if none answers), with this process
     counted as its user until it exits."""
     start_fd = _lock_exclusive(keep.start_lock, LOCK_WAIT_S)
-    users_fd = open_regular(keep.lock, os.O_RDWR | os.O_CREAT)
+    users_fd = -1
     try:
+        users_fd = open_regular(keep.lock, os.O_RDWR | os.O_CREAT)
+        # Shared first: no server can stop while this process decides and uses it (one that
+        # is stopping holds it exclusively until it is gone; its record is gone by then).
+        _lock(users_fd, fcntl.LOCK_SH, keep.lock, LOCK_WAIT_S)
         kept = KeptApi.parse(read_capped(keep.record, 4096, root_only=True))
-        note = ""
-        if kept is not None and _alive(kept):
-            # Shared: the server cannot stop from now on. It waits only while a server
-            # that is stopping lets go; then that one is gone, and a new one starts.
-            fcntl.flock(users_fd, fcntl.LOCK_SH)
-            note = f"kept by pid {kept.pid}, reused" if _alive(kept) else ""
-        if not note:
+        if kept is not None and kept.is_live_server():
+            note = f"kept by pid {kept.pid}, reused"
+        else:
             auth = new_auth_string()
             url, port, proc = _start(auth, keep)
-            kept = KeptApi(url, port, proc.pid, auth)
+            start = process_start(proc.pid)
+            if start is None:
+                raise PrefectUnavailable(f"the Prefect API (pid {proc.pid}) ended at once")
+            kept = KeptApi(url, port, proc.pid, auth, start, boot_id())
             atomic_write(keep.record, kept.to_json(), new_mode=0o600)
-            fcntl.flock(users_fd, fcntl.LOCK_SH)
             note = f"kept {keep.seconds:g}s after its last run (pid {proc.pid})"
-        assert kept is not None
         masking.register(kept.auth)
     except BaseException:
-        os.close(users_fd)
+        if users_fd >= 0:
+            os.close(users_fd)
         raise
     finally:
         os.close(start_fd)
@@ -459,23 +531,27 @@ def _attach_kept(keep: Keep) -> tuple[str, str, str]:
 
 
 def stop_kept(home: Path, timeout_s: float = 30.0) -> int | None:
-    """Stop the kept server of `home` now (the pid stopped, or None when none lived); waits
-    for the runs using it first."""
+    """Stop the kept server of `home` now, once no run uses it: the pid stopped, or None
+    when none lived (or it did not stop within `timeout_s`: its record then stays)."""
+    if _held:
+        raise PvcheckError("this process uses the kept Prefect API; it cannot stop it")
     keep = kept_paths(home)
     if not keep.lock.exists():
         return None
     start_fd = _lock_exclusive(keep.start_lock, timeout_s)
     try:
         kept = KeptApi.parse(read_capped(keep.record, 4096, root_only=True))
-        if kept is None or not listener_is_ours(kept.port, kept.pid):
+        if kept is None or not kept.is_live_server():
             return None
         os.close(_lock_exclusive(keep.lock, timeout_s))  # no run uses it now
         os.kill(kept.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while Path(f"/proc/{kept.pid}").exists() and time.monotonic() < deadline:
+        while process_start(kept.pid) == kept.start and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(kept.pid, os.WNOHANG)  # ours to reap when this process started it
             time.sleep(0.1)
+        if process_start(kept.pid) == kept.start:
+            return None
         with contextlib.suppress(FileNotFoundError):
             keep.record.unlink()
         return kept.pid

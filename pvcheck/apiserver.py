@@ -1,16 +1,20 @@
 """The kept Prefect API's application (runs in the server process, see `pvcheck.api`).
 
-Prefect's own server app, wrapped so that every request marks the server busy, plus a
+Prefect's own server app, wrapped so that every request carrying the auth string marks the
+server busy (anyone may call /health; that must not keep a root process alive), plus a
 watchdog thread: once no pvcheck process holds the users' lock (each holds it shared for its
-whole life, and the kernel lets go of a killed one's) and no request came for
+whole life, and the kernel lets go of a killed one's) and no such request came for
 PVCHECK_API_KEEP_S seconds, it takes the lock exclusively (no pvcheck can pick the server up
-from then on), removes the record that names it and stops the server gracefully.
+from then on), removes the record that names it and stops the server: gracefully, and for
+good STOP_S later whatever the open requests do. A watchdog that fails stops the server too.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import hmac
 import os
 import signal
 import threading
@@ -39,14 +43,21 @@ class Idle:
         return self._clock() - self._last
 
 
-class Touching:
-    """An ASGI app that marks `idle` on every call before handing it to `app`."""
+STOP_S = 30.0  # after the graceful stop began, the process ends regardless
 
-    def __init__(self, app: App, idle: Idle) -> None:
+
+class Touching:
+    """An ASGI app that marks `idle` on every call carrying `auth` (Basic), then hands the
+    call to `app`."""
+
+    def __init__(self, app: App, idle: Idle, auth: str) -> None:
         self.app, self.idle = app, idle
+        self.header = b"Basic " + base64.b64encode(auth.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.idle.touch()
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if isinstance(given, bytes) and hmac.compare_digest(given, self.header):
+            self.idle.touch()
         await self.app(scope, receive, send)
 
 
@@ -74,11 +85,18 @@ def should_stop(idle_s: float, keep_s: float, lock_fd: int) -> bool:
     return True
 
 
+def _open_lock(lock: Path) -> int:
+    return os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 def watch(lock: Path, record: Path, keep_s: float, idle: Idle) -> None:
-    fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = _open_lock(lock)
     tick = min(1.0, max(keep_s / 4, 0.1))
     while True:
         time.sleep(tick)
+        if os.fstat(fd).st_ino != os.stat(lock, follow_symlinks=False).st_ino:
+            os.close(fd)  # the file was made anew: its users lock the new one
+            fd = _open_lock(lock)
         if should_stop(idle.seconds(), keep_s, fd):
             break
         if idle.seconds() >= keep_s:
@@ -89,6 +107,16 @@ def watch(lock: Path, record: Path, keep_s: float, idle: Idle) -> None:
     # The lock stays held (fd open) until the process is gone: whoever waits for it then
     # finds no record and starts a new server.
     os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(STOP_S)
+    os._exit(0)
+
+
+def _watch_or_die(lock: Path, record: Path, keep_s: float, idle: Idle) -> None:
+    """A watchdog that fails would leave the server running for ever: it ends it instead."""
+    try:
+        watch(lock, record, keep_s, idle)
+    except BaseException:
+        os._exit(70)
 
 
 def create_app() -> App:
@@ -97,5 +125,6 @@ def create_app() -> App:
     idle = Idle()
     keep_s = float(os.environ["PVCHECK_API_KEEP_S"])
     lock, record = Path(os.environ["PVCHECK_API_LOCK"]), Path(os.environ["PVCHECK_API_RECORD"])
-    threading.Thread(target=watch, args=(lock, record, keep_s, idle), daemon=True).start()
-    return Touching(prefect_app(), idle)
+    auth = os.environ["PREFECT_SERVER_API_AUTH_STRING"]
+    threading.Thread(target=_watch_or_die, args=(lock, record, keep_s, idle), daemon=True).start()
+    return Touching(prefect_app(), idle, auth)

@@ -95,12 +95,9 @@ def test_shipped_config_passes_m1_and_m2_through_drone(cc_ci_twin: Config, tmp_p
     assert check(report, "deploy.tier.backup_restore")["detail"].startswith("backup: 6 tests pass")
     assert check(report, "deploy.no-secret-leak")["status"] == "pass"
     routes = [c for c in report["checks"] if c["id"].startswith("route.")]
+    names = ["dashboard", "drone-ui", "drone-health", "reports", "traefik-api"]
     assert {c["id"] for c in routes} - {"route.recheck-deploy", "route.recheck-allocator"} == {
-        "route.dashboard",
-        "route.drone-ui",
-        "route.drone-health",
-        "route.reports",
-        "route.traefik-api",
+        f"route.{name}{side}" for name in names for side in ("", "-via-host")
     }
     assert all(c["status"] == "pass" for c in routes)
     status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()

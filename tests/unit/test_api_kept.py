@@ -14,11 +14,17 @@ from pathlib import Path
 import pytest
 
 from pvcheck.api import KeptApi, keep_seconds, stop_kept
-from pvcheck.apiserver import Idle, should_stop
+from pvcheck.apiserver import Idle, Touching, should_stop
 from pvcheck.errors import EnvironmentSettingError
 from tests.helpers import ROOT
 
-GOOD = {"url": "http://127.0.0.1:4321/api", "pid": 4242, "auth": "pvcheck:abc"}
+GOOD = {
+    "url": "http://127.0.0.1:4321/api",
+    "pid": 4242,
+    "auth": "pvcheck:abc",
+    "start": 123456,
+    "boot": "0b6f",
+}
 
 
 def _record(**change: object) -> bytes:
@@ -27,7 +33,7 @@ def _record(**change: object) -> bytes:
 
 def test_a_record_round_trips() -> None:
     kept = KeptApi.parse(_record())
-    assert kept == KeptApi("http://127.0.0.1:4321/api", 4321, 4242, "pvcheck:abc")
+    assert kept == KeptApi("http://127.0.0.1:4321/api", 4321, 4242, "pvcheck:abc", 123456, "0b6f")
     assert KeptApi.parse(kept.to_json().encode()) == kept
 
 
@@ -48,6 +54,9 @@ def test_a_record_round_trips() -> None:
         _record(pid="4242"),
         _record(auth="someone:else"),
         _record(auth=None),
+        _record(start=None),  # an older record: no start time, no trust
+        _record(start=-1),
+        _record(boot=7),
     ],
 )
 def test_a_record_of_any_other_shape_names_no_server(data: bytes) -> None:
@@ -80,6 +89,29 @@ def test_idle_counts_from_the_last_touch() -> None:
     idle.touch()
     now[0] = 131.0
     assert idle.seconds() == 1
+
+
+def test_only_calls_with_the_auth_string_keep_the_server_alive() -> None:
+    import asyncio
+    import base64
+
+    now = [0.0]
+    idle = Idle(lambda: now[0])
+    seen: list[str] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        seen.append(str(scope["path"]))
+
+    touching = Touching(app, idle, "pvcheck:s3cret")  # type: ignore[arg-type]
+    good = b"Basic " + base64.b64encode(b"pvcheck:s3cret")
+    for headers, path in (([], "/api/health"), ([(b"authorization", b"Basic eA==")], "/api/x")):
+        now[0] += 100
+        asyncio.run(touching({"path": path, "headers": headers}, None, None))  # type: ignore[arg-type]
+        assert idle.seconds() >= 100  # anyone's call: still idle
+    now[0] += 100
+    asyncio.run(touching({"path": "/api/y", "headers": [(b"authorization", good)]}, None, None))  # type: ignore[arg-type]
+    assert idle.seconds() == 0
+    assert seen == ["/api/health", "/api/x", "/api/y"]  # every call still answered
 
 
 def test_the_server_stops_only_when_idle_and_no_user_holds_the_lock(tmp_path: Path) -> None:
@@ -174,3 +206,66 @@ def test_with_keep_zero_the_server_is_the_runs_own(tmp_path: Path) -> None:
     assert url and "for this run" in note
     assert user.wait(timeout=30) == 0
     assert not (home / "pvcheck-api.json").exists()
+
+
+SQUATTER = (
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        open(sys.argv[1], 'a').write(str(self.headers.get('Authorization')) + '\\n')\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(b'true')\n"
+    "    do_POST = do_GET\n"
+    "    def log_message(self, *a): pass\n"
+    "s = http.server.HTTPServer(('127.0.0.1', 0), H)\n"
+    "print(s.server_address[1], flush=True)\n"
+    "s.serve_forever()\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_record_naming_another_users_listener_never_gets_the_auth_string(
+    tmp_path: Path,
+) -> None:
+    """A stale record whose pid and port a local user took over (the server died, the pid
+    came round again, the port was bound): that process is not the server pvcheck started,
+    and never hears the auth string; a new server starts instead."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the squatter runs as nobody)")
+    import tempfile
+
+    from pvcheck.api import boot_id, process_start
+
+    # Where nobody can write what it heard (pytest's own folders are root's alone).
+    shared = Path(tempfile.mkdtemp(prefix="pvcheck-squat-"))
+    os.chmod(shared, 0o755)
+    seen = shared / "heard"
+    seen.touch()
+    os.chmod(seen, 0o666)
+    squatter = subprocess.Popen(
+        ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", SQUATTER, str(seen)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert squatter.stdout is not None
+        port = int(squatter.stdout.readline())
+        pid = int(subprocess.check_output(["pgrep", "-P", str(squatter.pid)]).split()[0])
+        home = tmp_path / "prefect"
+        home.mkdir(mode=0o700)
+        start = process_start(pid)
+        assert start is not None
+        stale = KeptApi(f"http://127.0.0.1:{port}/api", port, pid, "pvcheck:old", start, boot_id())
+        (home / "pvcheck-api.json").write_text(stale.to_json())
+        os.chmod(home / "pvcheck-api.json", 0o600)
+        user = _user(home, 0)
+        url, note = _url(user)
+        assert user.wait(timeout=60) == 0
+        assert url != stale.url and "kept 2s after its last run" in note
+        assert "pvcheck:" not in seen.read_text() and "Basic" not in seen.read_text()
+    finally:
+        squatter.kill()
+        subprocess.run(["pkill", "-u", "nobody", "-f", "http.server"], check=False)
+        stop_kept(tmp_path / "prefect")
+        for path in (seen, shared):
+            path.unlink() if path.is_file() else path.rmdir()

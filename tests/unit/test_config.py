@@ -31,7 +31,8 @@ def test_cc_ci_config_carries_the_documented_facts() -> None:
     assert len(cfg.services.control_plane) == 7
     statuses = {r.name: r.expect_status for r in cfg.routes}
     assert statuses["drone-ui"] == [303] and statuses["dashboard"] == [200]
-    assert all(r.verify_tls and r.connect_to == "127.0.0.1:443" for r in cfg.routes)
+    assert all(r.verify_tls for r in cfg.routes)  # the public certificate, verified
+    assert {r.connect_to for r in cfg.routes if r.check_from == "host"} == {"127.0.0.1:443"}
 
 
 def test_relative_paths_resolve_against_the_config_folder() -> None:
@@ -216,6 +217,8 @@ def test_the_twin_overlay_changes_only_where_things_are() -> None:
     locations = {
         ("base",),
         ("target", "name"),
+        ("target", "docker_host"),
+        ("routes",),
         ("http", "connect_to"),
         ("http", "ca_bundle"),
         ("logs", "source"),
@@ -232,8 +235,10 @@ def test_the_twin_overlay_changes_only_where_things_are() -> None:
     shipped, twin = load_config(CCCI_CONFIG), load_config(TWIN_CONFIG)
     # What the run checks is the shipped config's, value for value.
     assert twin.services == shipped.services and twin.network == shipped.network
-    assert [(r.name, r.url, r.expect_status, r.core) for r in twin.routes] == [
-        (r.name, r.url, r.expect_status, r.core) for r in shipped.routes
+    # The routes are the shipped ones, name for name, checked from the same side: only where
+    # they connect to differs (the twin's Traefik port, not the host's 443).
+    assert [(r.name, r.url, r.expect_status, r.core, r.check_from) for r in twin.routes] == [
+        (r.name, r.url, r.expect_status, r.core, r.check_from) for r in shipped.routes
     ]
     assert twin.allocator == shipped.allocator
     assert twin.deploy is not None and shipped.deploy is not None
@@ -339,3 +344,35 @@ def test_config_check_json_prints_the_effective_config(
     assert doc["services"]["control_plane"][0] == "traefik_ci_commoninternet_net_app"
     assert doc["routes"][0]["connect_to"] == "127.0.0.1:18443"
     assert doc["deploy"]["drone"]["repo"] == "recipe-maintainers/cc-ci"  # from the base
+
+
+def test_the_shipped_cc_ci_configs_read_each_path_on_the_machine_it_is_on() -> None:
+    """cc-ci runs its phases on the orchestrator, which drives the host as `ssh cc-ci`: the
+    phase files and the skill are read here, the engine's log, run locks and the host's sweep
+    timer there; every route is checked from outside and through the host's own Traefik. The
+    on-host overlay keeps every path on the host."""
+    from pvcheck.placement import HERE, HOST, describe, placement
+
+    shipped = load_config(CCCI_CONFIG)
+    assert shipped.target.docker_host == "ssh://cc-ci"
+    where = {p.setting: p.machine for p in placement(shipped)}
+    assert where["docs.dir"] == where["guard.file"] == where["target.state_dir"] == HERE
+    assert where["logs (journald)"] == where["active_runs.lock_folder"] == HOST
+    assert where["active_runs.sweep_units"] == HOST
+    assert where["active_runs.sweep_units_here"] == HERE
+    outside = [r for r in shipped.routes if r.check_from == "here"]
+    inside = [r for r in shipped.routes if r.check_from == "host"]
+    assert [r.name + "-via-host" for r in outside] == [r.name for r in inside]
+    assert all(r.connect_to is None for r in outside)  # real name resolution from here
+    assert {r.connect_to for r in inside} == {"127.0.0.1:443"}
+    assert shipped.docs.dir.parts[:3] == ("/", "srv", "cc-ci")  # the orchestrator's clone
+    lines = describe(shipped)
+    assert any("docs.dir" in line and "on this machine:" in line for line in lines)
+    assert any("lock_folder" in line and "on ssh://cc-ci:" in line for line in lines)
+
+    on_host = load_config(CCCI_CONFIG.with_name("cc-ci-on-host.toml"))
+    assert on_host.target.docker_host == "unix:///var/run/docker.sock"
+    assert on_host.deploy is not None and on_host.deploy.active_runs.sweep_units_here == []
+    assert all("this machine (the target host)" in line for line in describe(on_host))
+    assert not str(on_host.docs.dir).startswith("/srv/")  # no orchestrator path on the host
+    assert on_host.guard is not None and not str(on_host.guard.file).startswith("/srv/")

@@ -59,6 +59,7 @@ def test_the_wheel_in_a_fresh_virtualenv_renders_status(tmp_path: Path) -> None:
         "pvcheck/labdata/recipes/notes/.env.sample",
         "pvcheck/labdata/upgrade-all/SKILL.md",
         "pvcheck/deployments/cc-ci.toml",
+        "pvcheck/deployments/cc-ci-on-host.toml",
         "pvcheck/flows/verify.py",
         "pvcheck/tasks/engine.py",
         "pvcheck/app/cli.py",
@@ -93,7 +94,12 @@ def test_the_wheel_in_a_fresh_virtualenv_renders_status(tmp_path: Path) -> None:
     )
     assert version.stdout.strip() == "pvcheck 0.1.0"
     # The shipped configs, as the wheel holds them, pass `pvcheck config check`.
-    for shipped in ("labdata/pvcheck.toml", "labdata/cc-ci-twin.toml", "deployments/cc-ci.toml"):
+    for shipped in (
+        "labdata/pvcheck.toml",
+        "labdata/cc-ci-twin.toml",
+        "deployments/cc-ci.toml",
+        "deployments/cc-ci-on-host.toml",
+    ):
         checked = subprocess.run(
             [str(fresh / "bin" / "pvcheck"), "config", "check", str(site / "pvcheck" / shipped)],
             capture_output=True,
