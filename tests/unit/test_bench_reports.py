@@ -33,6 +33,11 @@ def test_the_soak_counts_a_verdict_as_explained_by_its_fault() -> None:
     assert _row(3, "kill", -9).explained
     assert _row(6, "docs-disk-full", 2).explained
     assert not _row(6, "docs-disk-full", 0).explained  # the full disk went unnoticed
+    assert _row(6, "dockerd-restart", 0).explained  # rode through it: reconnected, re-measured
+    late = _row(9, "traefik-down", 0)
+    assert not late.explained
+    late.after_checks = True  # the fault came once the run's report was written
+    assert late.explained
 
 
 @pytest.mark.parametrize("bad", ["unexplained", "residue"])
