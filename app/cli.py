@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--cron",
         default=NIGHTLY,
-        help="nightly schedule (default 00:17, clear of the Saturday 03:00 UTC upgrade sweep)",
+        help="nightly schedule (default 00:17; checked against the config's sweep timers)",
     )
     srv.add_argument("--timezone", default="UTC", help="time zone of the cron schedule")
     srv.set_defaults(func=cmd_serve)

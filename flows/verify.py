@@ -40,7 +40,7 @@ from pvcheck.config import (
     load_config,
 )
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
-from pvcheck.evidence import write_unreachable
+from pvcheck.evidence import require_writable_docs, write_unreachable
 from pvcheck.flows.params import (
     BATCH,
     CANARY,
@@ -390,6 +390,9 @@ def verify(
 def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
     log = get_run_logger()
     log.info("pvcheck run %s against %s (config %s)", run_id, cfg.target.name, cfg.source)
+    # The evidence is written last: a docs folder it cannot be written to (not root's alone,
+    # read-only) is refused now, before a deploy or a throwaway is made for nothing.
+    require_writable_docs(cfg)
     try:
         seams = connect(cfg, run_id)
     except TargetUnreachable as exc:

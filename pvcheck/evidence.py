@@ -284,6 +284,13 @@ def write_evidence(report: Report, cfg: Config) -> Written:
     return Written({kind: str(path) for kind, path in written.items()}, docs)
 
 
+def require_writable_docs(cfg: Config) -> None:
+    """StateFileError (exit 2, naming the folder) now when the docs folder could not take the
+    evidence: not root's alone as root, read-only, or its lock not creatable."""
+    with docs_lock(cfg.docs.paths.folder):
+        pass
+
+
 def write_unreachable(cfg: Config, run_id: str, at: str, exc: Exception) -> DocsOutcome:
     """What is written when the target cannot be reached: a JOURNAL entry (and DONE goes:
     a run that proved nothing leaves no DONE standing)."""

@@ -480,3 +480,48 @@ def test_results_in_a_folder_others_control_or_older_than_the_run_are_refused(
     with pytest.raises(ResultsError, match="written before this harness run started"):
         read_results(old, not_before=time.time() - 60)
     assert read_results(old, not_before=past - 1)["stages"][0]["status"] == "pass"
+
+
+@pytest.mark.faults
+def test_a_docs_folder_the_evidence_cannot_go_to_is_refused_before_the_engine_is_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], prefect_api: None
+) -> None:
+    """The evidence is written at the end of a run: a docs folder others can change (as on an
+    orchestrator whose clones another user works in) must stop the run before it deploys
+    anything, not after: the "engine" here only counts who connects to it."""
+    import socket
+    import threading
+
+    from pvcheck.app.cli import main
+    from tests.helpers import write_config
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    calls: list[object] = []
+
+    def count() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            calls.append(conn)
+            conn.close()
+
+    threading.Thread(target=count, daemon=True).start()
+    port = listener.getsockname()[1]
+
+    def counted(raw: dict[str, object]) -> None:
+        raw["target"] = {**raw["target"], "docker_host": f"tcp://127.0.0.1:{port}"}  # type: ignore[dict-item]
+
+    config = write_config(tmp_path, counted)
+    docs = tmp_path / "docs"
+    docs.chmod(0o777)
+    try:
+        assert main(["run", "--config", str(config)]) == 2
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert str(docs) in err and "machine-docs folder" in err
+    assert calls == []  # the engine was never asked
