@@ -132,6 +132,11 @@ def test_a_fleet_served_from_a_postgresql_backed_server_runs_each_host(
     cc_ci_twin: Config,
     tmp_path: Path,
 ) -> None:
+    from pvcheck.lab import lab_up
+
+    # The twin as the session made it may be gone: `lab down` (test_lab.py) removes every lab
+    # service, the twin's too, and brings back only the lab. Up again (idempotent).
+    lab_up(cc_ci_twin)
     (tmp_path / "lab").mkdir()
     (tmp_path / "twin").mkdir()
     configs = [write_config(tmp_path / "lab"), overlay(tmp_path / "twin")]
