@@ -243,10 +243,6 @@ def _listening(port: int) -> dict[str, int]:
     return found
 
 
-def _listening_inodes(port: int) -> set[str]:
-    return set(_listening(port))
-
-
 def boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -283,7 +279,7 @@ def _process_tree(pid: int) -> set[int]:
 def listener_is_ours(port: int, pid: int) -> bool:
     """Whether what listens on `port` is the server pvcheck started (process `pid` or one of
     its children): a squatter that answers /health first never gets the auth string."""
-    inodes = {f"socket:[{i}]" for i in _listening_inodes(port)}
+    inodes = {f"socket:[{i}]" for i in _listening(port)}
     if not inodes:
         return False
     for member in _process_tree(pid):

@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape
 from pvcheck.allocator import AllocatorResult, forecasts
 from pvcheck.report import Report
 from pvcheck.safeio import read_capped
+from pvcheck.statefiles import MAX_HISTORY_BYTES
 
 
 def history_record(report: Report, seconds: float | None = None) -> dict[str, Any]:
@@ -39,9 +40,6 @@ def history_record(report: Report, seconds: float | None = None) -> dict[str, An
 
 def _days(alloc: AllocatorResult) -> dict[str, float | None]:
     return {f.network: None if f.days is None else round(f.days, 1) for f in forecasts(alloc)}
-
-
-MAX_HISTORY_BYTES = 16 * 1024 * 1024
 
 
 def read_history(path: Path, limit: int = 30) -> list[dict[str, Any]]:

@@ -83,8 +83,6 @@ def describe(cfg: Config) -> list[str]:
         HERE: "this machine" + (" (the target host)" if local else ""),
         HOST: "this machine (the target host)" if local else f"{cfg.target.docker_host}",
     }
-    width = max(len(p.setting) for p in placement(cfg))
-    return [
-        f"  {p.setting:<{width}}  on {names[p.machine]}: {p.value} ({p.use})"
-        for p in placement(cfg)
-    ]
+    placed = placement(cfg)
+    width = max(len(p.setting) for p in placed)
+    return [f"  {p.setting:<{width}}  on {names[p.machine]}: {p.value} ({p.use})" for p in placed]

@@ -220,6 +220,7 @@ def append_only(path: Path, text: str) -> None:
 
 HISTORY_KEEP = 400  # records HISTORY keeps: the trend reads 30, a reviewer a year of nights
 HISTORY_ROLL_BYTES = 1024 * 1024  # HISTORY is looked at for a roll-over only past this
+MAX_HISTORY_BYTES = 16 * 1024 * 1024  # read past this is refused (an older, unrolled file fits)
 
 
 def append_history(path: Path, record: dict[str, Any], archive: Path) -> int:
@@ -229,7 +230,10 @@ def append_history(path: Path, record: dict[str, Any], archive: Path) -> int:
     append(path, (redact(json.dumps(record, sort_keys=True)) + "\n").encode("utf-8"))
     if os.stat(path, follow_symlinks=False).st_size <= HISTORY_ROLL_BYTES:
         return 0
-    lines = (read_state(path) or "").splitlines(keepends=True)
+    # Read with HISTORY's own cap, not a Markdown file's: a HISTORY grown before roll-over
+    # existed (up to MAX_HISTORY_BYTES) must roll, not stop the run's evidence.
+    data = read_capped(path, MAX_HISTORY_BYTES) or b""
+    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
     if len(lines) <= HISTORY_KEEP:
         return 0
     old, kept = lines[:-HISTORY_KEEP], lines[-HISTORY_KEEP:]

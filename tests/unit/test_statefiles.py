@@ -187,3 +187,18 @@ def test_past_its_bound_the_journal_gets_headings_and_is_never_rewritten(tmp_pat
     add_journal_entry(small, "# JOURNAL — x\n", entry)
     assert "- Gates: M1 PASS, M2 PASS" in small.journal.read_text()
     assert not small.journal_runs.exists()
+
+
+def test_a_history_larger_than_a_markdown_file_may_be_rolls_instead_of_failing(
+    tmp_path: Path,
+) -> None:
+    """A HISTORY grown before the roll-over existed (past the 8 MiB a Markdown state file may
+    have, under HISTORY's own 16 MiB) must roll, not stop the run's evidence."""
+    from pvcheck.statefiles import HISTORY_KEEP, MAX_STATE_BYTES, append_history
+
+    history, archive = tmp_path / "HISTORY-x.jsonl", tmp_path / "HISTORY-x.archive.jsonl"
+    line = json.dumps({"run_id": "old", "pad": "p" * 1000}) + "\n"
+    history.write_text(line * (MAX_STATE_BYTES // len(line) + 100))
+    moved = append_history(history, {"run_id": "new"}, archive)
+    assert moved > 0 and len(history.read_text().splitlines()) == HISTORY_KEEP
+    assert history.read_text().splitlines()[-1] == '{"run_id": "new"}'
