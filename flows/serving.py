@@ -12,6 +12,8 @@ deployments against one host are serialized by the host lock (a colliding run en
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -23,6 +25,8 @@ from zoneinfo import ZoneInfo
 import yaml
 from cronsim import CronSim
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.exceptions import TerminationSignal
+from prefect.runner import Runner
 from prefect.schedules import Cron
 from prefect.utilities.annotations import freeze
 
@@ -366,8 +370,6 @@ def ensure_server(
 
 
 def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
-    from prefect import serve
-
     first = next(iter(configs.values()))
     url = ensure_server(first.target.state_dir)
     print(f"serving pvcheck deployments on {url} (nightly cron {cron!r} {timezone})", flush=True)
@@ -385,8 +387,55 @@ def serve_all(configs: dict[str, Config], cron: str, timezone: str) -> None:
     with get_client(sync_client=True) as client:
         for gone in drop_stale_schedules(deployments, client):
             print(f"removed the old schedule of {gone}", flush=True)
-    # Schedules stay active when the server goes away or this process restarts.
-    serve(*deployments, pause_on_shutdown=False)
+    serve_deployments(deployments)
+
+
+# How long a stopping serve waits for the process of a run that has already ended to exit.
+FINISHED_EXIT_S = 30.0
+
+
+class FinishingRunner(Runner):
+    """Prefect's runner, stopping without rewriting runs that have already ended.
+
+    On SIGTERM Prefect's own runner cancels every flow run whose process it still tracks, with
+    `force=True`, even one whose state is already final: a run that ended PASS a moment before
+    (its process still flushing logs and exiting) becomes Cancelled ("Runner is shutting
+    down.") and its abort hook sweeps the host again. Seen in CI on Prefect 3.9.1 with
+    `systemctl stop`'s signal. Runs still going are cancelled as before; ended ones are given
+    FINISHED_EXIT_S to exit, then killed, their state left as it is.
+    """
+
+    async def cancel_all(self) -> None:
+        procs = getattr(self, "_process_manager", None)
+        cancels = getattr(self, "_cancellation_manager", None)
+        if procs is None or cancels is None:  # a Prefect without these: its own rule
+            await super().cancel_all()
+            return
+        for run_id in procs.flow_run_ids():
+            try:
+                run = await self._client.read_flow_run(run_id)
+            except Exception:
+                self._logger.exception("could not read flow run %s while stopping", run_id)
+                continue
+            if run.state is None or not run.state.is_final():
+                await cancels.cancel(run, state_msg="pvcheck serve was stopped during this run")
+                continue
+            if not await procs.wait_for_exit(run_id, grace_seconds=FINISHED_EXIT_S):
+                with contextlib.suppress(ProcessLookupError):
+                    await procs.kill(run_id, grace_seconds=0)
+            self._logger.info("flow run %s had ended %s; left as it is", run.name, run.state.name)
+
+
+def serve_deployments(deployments: list[Any]) -> None:
+    """Prefect's `serve` with FinishingRunner; schedules stay active when the server goes
+    away or this process restarts (no pause on shutdown)."""
+    runner = FinishingRunner(pause_on_shutdown=False)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        print("pvcheck serve: stopped", flush=True)
 
 
 # What in PVCHECK_HOME a flow run never loads, so is not walked. The pull step only makes

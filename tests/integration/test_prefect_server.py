@@ -374,3 +374,35 @@ def test_the_run_form_in_a_real_browser_shows_titles_and_bounds(
             "Throwaway stacks per round", "(1 to 20)", "Stacks at once", "(1 to 10)", "Host"
         )
     assert "RunParameters" not in shown and "params" not in shown.split()
+
+
+@pytest.mark.parametrize(
+    ("runner", "after_stop"), [("pvcheck", "COMPLETED"), ("prefect", "CANCELLED")]
+)
+def test_stopping_serve_leaves_a_run_that_has_ended_as_it_ended(
+    server: str, tmp_path: Path, runner: str, after_stop: str
+) -> None:
+    """A run Completed whose process is still exiting when serve gets SIGTERM: pvcheck's
+    runner leaves it Completed; Prefect's own (the second case, the hazard itself) rewrites it
+    Cancelled. Seen in CI: a fleet run's PASS turned Cancelled when the test stopped serve."""
+    script = Path(__file__).with_name("linger_serve.py")
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), runner], stdout=log, stderr=subprocess.STDOUT,
+            env=api_env(server), cwd=ROOT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "linger" not in _deployments(server):
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(1)
+            run_id = _trigger(server, "linger")
+            assert _wait(server, run_id, timeout_s=120)["state_type"] == "COMPLETED"
+            proc.terminate()  # while the run's process lingers (LINGER_S)
+            proc.wait(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    final = _run(server, run_id)
+    assert final["state_type"] == after_stop, (final["state"], log_path.read_text()[-2000:])
