@@ -28,10 +28,12 @@ def janitor(target: Host = TARGET) -> State:
     cfg = load_config(served_config(target))
     me = this_run(f"janitor-{os.getpid()}")
     try:
-        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me):
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me, cfg.target.ssh.config_file):
             seams = connect(cfg, me.run_id, with_driver=False)
             assert isinstance(seams.swarm, Swarm)
-            registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host)
+            registry = RunRegistry(
+                cfg.target.state_dir, cfg.target.docker_host, cfg.target.ssh.config_file
+            )
             with EngineLock(seams.swarm, me.run_id, flow_run_url=me.flow_run_url):
                 check = reap_dead_runs(seams, registry, cfg.allocator.settle_timeout_s)
     except HostBusy as exc:

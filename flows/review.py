@@ -98,7 +98,7 @@ def review(target: Host = TARGET) -> State:
     me, started = this_run(review_id), datetime.now(UTC)
     try:
         # Not beside a verification run: its throwaway stacks would read as leftovers.
-        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me):
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me, cfg.target.ssh.config_file):
             state = _review(cfg, review_id)
         explain_collisions(me, started)
         return state

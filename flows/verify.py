@@ -377,7 +377,7 @@ def verify(
     run_id = str(runtime_flow_run.name or new_run_id())
     me, started = this_run(run_id), datetime.now(UTC)
     try:
-        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me):
+        with HostLock(cfg.target.state_dir, cfg.target.docker_host, me, cfg.target.ssh.config_file):
             state = _verify_locked(cfg, run_id, params)
         explain_collisions(me, started)
         return state
@@ -407,7 +407,7 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
 def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, seams: Seams) -> State:
     run = Verification(cfg, run_id, seams)
     report, log = run.report, run.log
-    registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host)
+    registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host, cfg.target.ssh.config_file)
     report.add([reap_dead_runs(seams, registry, cfg.allocator.settle_timeout_s)])
     registry.start(run_id)
     try:

@@ -127,6 +127,11 @@ class SshConfig(Section):
         description="known_hosts file the host key is checked against; "
         "unset: ssh's own ~/.ssh/known_hosts",
     )
+    config_file: ConfigPath | None = Field(
+        None,
+        description="ssh client config read instead of ~/.ssh/config (`ssh -F`): where the "
+        "target's Host alias (ssh://cc-ci) is defined; unset: ssh's own",
+    )
     connect_timeout_s: float = Field(
         10.0, gt=0, le=120, description="ssh connect timeout, in seconds"
     )
@@ -135,6 +140,18 @@ class SshConfig(Section):
         pattern=r"^/[A-Za-z0-9._/-]+$",
         description="path of the Docker Engine's unix socket on the remote host",
     )
+
+    @field_validator("config_file")
+    @classmethod
+    def _root_only(cls, path: Path | None) -> Path | None:
+        # An ssh config runs commands (ProxyCommand, Match exec): as root, it must be root's.
+        if path is not None and path.exists():
+            try:
+                for where, what in ((path, "the ssh config"), (path.parent, "its folder")):
+                    require_root_only(where.resolve(), what)
+            except StateFileError as exc:
+                raise ValueError(exc.problem) from None
+        return path
 
 
 class TargetConfig(Section):

@@ -82,6 +82,7 @@ class SshHost(BoundedRun):
     def options(self) -> list[str]:
         ssh = self.target.ssh
         opts = [
+            *(["-F", str(ssh.config_file)] if ssh.config_file is not None else []),
             "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes",
             "-o", f"ConnectTimeout={int(max(1, ssh.connect_timeout_s))}",
@@ -110,6 +111,8 @@ class SshHost(BoundedRun):
         """The command as an operator pastes it: `ssh [-p P] [-i KEY] host 'command'`."""
         ssh = self.target.ssh
         parts = ["ssh"]
+        if ssh.config_file is not None:
+            parts += ["-F", str(ssh.config_file)]
         if self.port != 22:
             parts += ["-p", str(self.port)]
         if ssh.identity_file is not None:

@@ -30,8 +30,9 @@ from pvcheck import twin
 from pvcheck.canary import lab_engine_problem
 from pvcheck.compose import dump_compose, inject_labels
 from pvcheck.config import Config, LabConfig, StandinConfig
-from pvcheck.errors import LabError, TargetUnreachable
+from pvcheck.errors import LabError, StateFileError, TargetUnreachable
 from pvcheck.routes import probe_routes
+from pvcheck.safeio import read_capped
 from pvcheck.seams import RouteObservation
 from pvcheck.stackcli import LABEL_SPEC, DockerCli, spec_hash
 from pvcheck.stacks import list_residue, local_image_ref, remove_labelled
@@ -76,12 +77,18 @@ SITES: dict[str, dict[str, str]] = {
 
 
 # --- the engine ------------------------------------------------------------------------------
+DOCKERD_PID = Path("/var/run/docker.pid")
+
+
 def _dockerd_pid() -> int | None:
+    """This machine's dockerd, by its pid file: `pidof` would also name the twin machine's
+    (a second dockerd in its own namespaces, pvcheck.machine)."""
     try:
-        out = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False)
-    except FileNotFoundError:
+        pid = int((read_capped(DOCKERD_PID, 64) or b"").strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError, StateFileError):
         return None
-    return int(out.stdout.split()[0]) if out.stdout.strip() else None
+    return pid if comm == "dockerd" else None
 
 
 def restart_dockerd(lab: LabConfig, timeout_s: float = 90.0) -> float:

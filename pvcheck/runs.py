@@ -50,16 +50,18 @@ SSH_RESOLVE_TIMEOUT_S = 10.0
 
 
 @functools.lru_cache(maxsize=64)
-def _ssh_destination(user: str | None, host: str, port: int) -> tuple[str, str, int]:
+def _ssh_destination(
+    user: str | None, host: str, port: int, config: str | None = None
+) -> tuple[str, str, int]:
     """(user, hostname, port) as ssh itself resolves them for the way pvcheck connects
-    (`ssh -p PORT [user@]host`, pvcheck.hosts): `ssh -G` applies ssh_config (Host aliases,
-    HostName, User) without connecting. Without a working ssh: the URL's, with ssh's
-    defaults (the current user's name)."""
+    (`ssh [-F CONFIG] -p PORT [user@]host`, pvcheck.hosts): `ssh -G` applies ssh_config (Host
+    aliases, HostName, User) without connecting. Without a working ssh: the URL's, with
+    ssh's defaults (the current user's name)."""
     fallback = (user or pwd.getpwuid(os.geteuid()).pw_name, host.lower(), port)
     dest = f"{user}@{host}" if user else host
     try:
         done = subprocess.run(
-            ["ssh", "-G", "-p", str(port), "--", dest],
+            ["ssh", *(["-F", config] if config else []), "-G", "-p", str(port), "--", dest],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -75,7 +77,7 @@ def _ssh_destination(user: str | None, host: str, port: int) -> tuple[str, str, 
     return resolved if done.returncode == 0 and all(resolved) else fallback
 
 
-def _canonical(docker_host: str) -> str:
+def _canonical(docker_host: str, ssh_config: Path | None = None) -> str:
     """One spelling per engine: a unix socket by its real path, ssh by the user, host and
     port ssh resolves, tcp with its default port; anything else as given."""
     url = docker_host.strip().rstrip("/")
@@ -83,7 +85,10 @@ def _canonical(docker_host: str) -> str:
     if scheme == "unix":
         return "unix:" + os.path.realpath("/" + rest.lstrip("/"))
     if scheme == "ssh" and (found := _SSH_URL.match(url)):
-        user, host, port = _ssh_destination(found["user"], found["host"], int(found["port"] or 22))
+        config = str(ssh_config) if ssh_config is not None else None
+        user, host, port = _ssh_destination(
+            found["user"], found["host"], int(found["port"] or 22), config
+        )
         return f"ssh:{user}@{host}:{port}"
     if scheme == "tcp":
         try:
@@ -94,11 +99,11 @@ def _canonical(docker_host: str) -> str:
     return f"{scheme}:{rest}"
 
 
-def engine_key(docker_host: str) -> str:
+def engine_key(docker_host: str, ssh_config: Path | None = None) -> str:
     """The engine a run works on, as a file name: the lock and the registry belong to the
     engine, not to a config's name or to how its URL is spelt (`unix:///var/run/docker.sock`
     and `unix:///run/docker.sock`, `ssh://root@h` and `ssh://h:22` as root, are one engine)."""
-    scheme, _, where = _canonical(docker_host).partition(":")
+    scheme, _, where = _canonical(docker_host, ssh_config).partition(":")
     return f"{scheme}_" + re.sub(r"[^A-Za-z0-9@._-]", "_", where.lstrip("/"))
 
 
@@ -125,9 +130,9 @@ class RunRecord:
 class RunRegistry:
     """One JSON file per started run under STATE_DIR/runs/ENGINE/."""
 
-    def __init__(self, state_dir: Path, docker_host: str) -> None:
+    def __init__(self, state_dir: Path, docker_host: str, ssh_config: Path | None = None) -> None:
         self.engine = docker_host
-        self.dir = state_dir / "runs" / engine_key(docker_host)
+        self.dir = state_dir / "runs" / engine_key(docker_host, ssh_config)
 
     def start(self, run_id: str) -> RunRecord:
         record = RunRecord(
@@ -204,8 +209,14 @@ class HostLock:
     dies. EngineLock keeps other machines out. The lock file names the holder (`Holder`), so
     a run that finds the host busy can say which run has it."""
 
-    def __init__(self, state_dir: Path, docker_host: str, holder: Holder | None = None) -> None:
-        self.path = state_dir / f"{engine_key(docker_host)}.lock"
+    def __init__(
+        self,
+        state_dir: Path,
+        docker_host: str,
+        holder: Holder | None = None,
+        ssh_config: Path | None = None,
+    ) -> None:
+        self.path = state_dir / f"{engine_key(docker_host, ssh_config)}.lock"
         self.holder = holder or Holder()
         self._fh: IO[str] | None = None
 

@@ -126,3 +126,12 @@ def test_a_run_under_the_other_spelling_of_the_ssh_host_is_busy(tmp_path: Path) 
     )
     with held, pytest.raises(HostBusy), HostLock(tmp_path, "ssh://h:22"):
         pass
+
+
+def test_an_ssh_config_file_names_the_engine_as_ssh_resolves_it_with_that_file(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "ssh_config"
+    conf.write_text("Host cc-ci\n  HostName 169.254.78.2\n  User root\n")
+    assert engine_key("ssh://cc-ci", conf) == "ssh_root@169.254.78.2_22"  # the real ssh -G
+    assert engine_key("ssh://cc-ci", conf) == engine_key("ssh://root@169.254.78.2")

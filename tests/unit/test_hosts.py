@@ -46,6 +46,33 @@ def test_how_is_what_an_operator_pastes() -> None:
     )
 
 
+def test_an_ssh_config_file_is_read_for_every_ssh_call(tmp_path: Path) -> None:
+    conf = tmp_path / "ssh_config"
+    conf.write_text("Host cc-ci\n  HostName 169.254.78.2\n")
+    host = host_for(_target("ssh://cc-ci", config_file=str(conf)))
+    assert isinstance(host, SshHost)
+    argv = host.argv(["true"])
+    assert argv[1:3] == ["-F", str(conf)]  # before any -o: ssh reads it first
+    assert host.how("docker ps") == f"ssh -F {conf} cc-ci 'docker ps'"
+
+
+def test_an_ssh_config_others_can_change_is_refused_as_root(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("the rule is root's")
+    conf = tmp_path / "ssh_config"
+    conf.write_text("Host cc-ci\n  ProxyCommand touch /tmp/pwned\n")
+    conf.chmod(0o666)
+    config = write_config(tmp_path, lambda raw: raw["target"].update(
+        docker_host="ssh://cc-ci", ssh={"config_file": str(conf)}))  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        load_config(config)
+    assert exc.value.field == "target.ssh.config_file", exc.value
+    conf.chmod(0o600)
+    assert load_config(config).target.ssh.config_file == conf
+
+
 @pytest.mark.faults
 @pytest.mark.parametrize(
     "url",
