@@ -133,6 +133,9 @@ def _review(cfg: Config, review_id: str) -> State:
             log.info("churn since run %s (not pvcheck's): %s", recorded.run_id, line)
         result.findings += compared.findings
         result.churn = compared.churn
+        result.findings += review_stage.status_edit_findings(
+            inputs.status, str(paths.status), recorded
+        )
     result.findings += m1_findings + m2_findings
     result.at = format_ts(datetime.now(UTC))
     judge_review(result)

@@ -58,9 +58,11 @@ from pvcheck.statefiles import (
     one_line_breaks,
     read_state,
     replace_section,
+    section_digest,
     sections,
     update_sections,
     write_whole,
+    written_body,
 )
 
 MAX_NAMES_SHOWN = 1  # names in a table cell; the JSON report keeps them all
@@ -135,6 +137,12 @@ def _context(report: Report, cfg: Config, vetoes: list[str] | None = None) -> di
         "after": report.facts_after,
         "Status": Status,
     }
+
+
+# STATUS sections a review holds to the run that wrote them: the run's figures and verdict.
+# (The gate sections are not: a review marks a verified claim there; their HOW commands are
+# compared on their own, review.how_findings.)
+HELD_SECTIONS = ("summary", "evidence")
 
 
 def render_status_sections(
@@ -252,7 +260,9 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         read_state(paths.journal)
         why = run_withdraws_done(report, cfg.docs.done_follows, standing)
         will_withdraw = why if has_own_done(status_text, str(paths.status)) else None
-        docs = DocsOutcome(quoted, will_withdraw)
+        bodies = render_status_sections(report, cfg, quoted)
+        held = {n: section_digest(written_body(bodies[n])) for n in HELD_SECTIONS}
+        docs = DocsOutcome(quoted, will_withdraw, status_digests=held)
         # The report through its model first (a value the model refuses is logged and written
         # unchecked, never costing the run its evidence: Report.as_json).
         report_json = dataclasses.replace(report, docs=docs).to_json()
@@ -269,7 +279,7 @@ def write_evidence(report: Report, cfg: Config) -> Written:
         update_sections(
             paths.status,
             render("status_header.md.j2", **ctx),
-            {**render_status_sections(report, cfg, quoted), "trend": trend},
+            {**bodies, "trend": trend},
         )
         update_sections(
             paths.backlog,

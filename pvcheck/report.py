@@ -40,6 +40,9 @@ class DocsOutcome:
     vetoes: list[str] = field(default_factory=list)  # each standing VETO, quoted
     withdrawn: str | None = None  # why `## DONE` was withdrawn now
     committed: str | None = None  # the docs commit, or why it was not made (None: not asked)
+    # STATUS sections the run wrote whose text a review holds to the run: name -> digest
+    # (statefiles.section_digest).
+    status_digests: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [

@@ -191,6 +191,10 @@ class DocsPart(_Model):
     vetoes: list[str] = []
     withdrawn: str | None = None
     committed: str | None = None
+    status_digests: dict[
+        Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")],
+        Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")],
+    ] = Field({}, max_length=20, description="STATUS section -> sha256 of its text as written")
 
 
 class RoundPart(_Model):

@@ -23,7 +23,7 @@ from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.safeio import read_capped
 from pvcheck.seams import Seams
 from pvcheck.stacks import list_residue, residue_names
-from pvcheck.statefiles import DocsPaths, read_state
+from pvcheck.statefiles import DocsPaths, read_state, section_body, section_digest
 from pvcheck.swarm import LABEL_RUN, LABEL_STACK
 
 
@@ -44,6 +44,7 @@ class Recorded:
     allocator: dict[str, int] | None = None  # allocator.FIGURES
     run_logs: tuple[str, str] | None = None  # the run's own log window (since, until)
     probe_ids: tuple[str, ...] = ()  # the run's probe services its VIP lines name
+    status_digests: dict[str, str] = field(default_factory=dict)  # STATUS sections as written
 
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -88,6 +89,7 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
         {k: getattr(alloc, k) for k in FIGURES if k in alloc.model_fields_set} if alloc else None,
         (logs.since, logs.until) if logs else None,
         tuple(logs.probe_ids) if logs else (),
+        dict(report.docs.status_digests),
     )
 
 
@@ -344,11 +346,32 @@ class Inputs:
     claims: dict[str, GateClaim]
     recorded: Recorded | None
     history: list[dict[str, Any]]
+    status: str = ""  # STATUS's text
 
 
 def read_inputs(paths: DocsPaths) -> Inputs:
-    claims = parse_claims(read_state(paths.status) or "", str(paths.status))
-    return Inputs(claims, read_recorded(paths.report), read_history(paths.history, limit=200))
+    status = read_state(paths.status) or ""
+    claims = parse_claims(status, str(paths.status))
+    history = read_history(paths.history, limit=200)
+    return Inputs(claims, read_recorded(paths.report), history, status)
+
+
+def status_edit_findings(status: str, path: str, recorded: Recorded) -> list[Finding]:
+    """Pure: STATUS's figures and verdict are the run's only while their sections are the text
+    the run wrote (its report holds their digests); a figure changed by hand is a finding on
+    both gates, whose claims stand on it."""
+    changed = []
+    for name, digest in recorded.status_digests.items():
+        body = section_body(status, name, path)
+        if body is None:
+            changed.append(f"section {name} is gone")
+        elif section_digest(body) != digest:
+            changed.append(f"section {name} is not the text run {recorded.run_id} wrote")
+    if not changed:
+        return []
+    title = f"STATUS was edited after its run: {'; '.join(changed)}"
+    repro = f"git log -p -- {path}  # who changed it; a new run (pvcheck run) writes it again"
+    return [Finding(f"status-edit:{gate}", gate, title, repro) for gate in Gate]
 
 
 @dataclass(frozen=True)

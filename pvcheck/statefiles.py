@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -197,12 +198,23 @@ def replace_section(text: str, name: str, body: str, path: str) -> str:
     return text + ("\n" if text else "") + block
 
 
+def written_body(body: str) -> str:
+    """A section's body as update_sections writes it (secrets masked, one kind of line break)."""
+    return one_line_breaks(redact(body))
+
+
+def section_digest(body: str) -> str:
+    """What a run records of a section it wrote, so a review can tell a hand edit: sha256 of
+    the body as written, line breaks as LF (an editor that turns them into CRLF edits nothing)."""
+    return hashlib.sha256(body.replace("\r\n", "\n").encode()).hexdigest()
+
+
 def update_sections(path: Path, header: str, bodies: dict[str, str]) -> None:
     """Set owned sections of a state file (created with `header` when new), atomically."""
     text = read_state(path)
     new = header if text is None else text
     for name, body in bodies.items():
-        new = replace_section(new, name, one_line_breaks(redact(body)), str(path))
+        new = replace_section(new, name, written_body(body), str(path))
     if new != text:
         atomic_write(path, new)
 

@@ -31,6 +31,7 @@ from pvcheck.review import (
     compare_evidence,
     read_recorded,
     recorded_from_json,
+    status_edit_findings,
 )
 from pvcheck.reviewrecord import Finding
 from pvcheck.statefiles import replace_section
@@ -327,3 +328,24 @@ def test_the_report_must_be_of_the_claimed_run() -> None:
     assert stage.report_run_findings(claim, Recorded("pv-2", {}, {}, 3)) == []
     unclaimed = GateClaim(Gate.M2, ClaimState.NONE, None, None)
     assert stage.report_run_findings(unclaimed, other) == []
+
+
+@pytest.mark.faults
+def test_a_figure_edited_by_hand_in_status_is_a_finding_on_both_gates(tmp_path: Path) -> None:
+    text = status_text(tmp_path)
+    recorded = read_recorded(tmp_path / "REPORT-pvcheck.json")
+    assert recorded is not None and set(recorded.status_digests) == {"summary", "evidence"}
+    assert status_edit_findings(text, "S", recorded) == []
+    # The review's own mark on a verified claim, and line breaks an editor changed: no edit.
+    marked = mark_gate_passed(text, "M1", "2026-11-26T13:00:00Z", "S")
+    assert status_edit_findings(marked.replace("\n", "\r\n"), "S", recorded) == []
+    row = next(line for line in text.splitlines() if line.startswith("| service VIPs |"))
+    edited = text.replace(row, row.replace("| 5 |", "| 4 |", 1))
+    assert edited != text
+    found = status_edit_findings(edited, "S", recorded)
+    assert {f.gate for f in found} == {Gate.M1, Gate.M2}
+    assert "section evidence is not the text run pv-20261126120000-abc123 wrote" in found[0].title
+    # A section removed is a finding too; one the run did not hold (the gate's) is not checked.
+    begin, end = "<!-- pvcheck:begin summary -->", "<!-- pvcheck:end summary -->\n"
+    gone = text[: text.index(begin)] + text[text.index(end) + len(end) :]
+    assert "section summary is gone" in status_edit_findings(gone, "S", recorded)[0].title
