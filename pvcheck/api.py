@@ -227,10 +227,12 @@ def use_api(url: str, auth: str | None) -> None:
     refresh_global_settings_context()  # Prefect read its settings when it was imported
 
 
-def _listening(port: int) -> dict[str, int]:
-    """Socket inode -> owner uid of what listens on TCP `port` (127.0.0.1 or any address)."""
+def _listening(port: int, pid: int | None = None) -> dict[str, int]:
+    """Socket inode -> owner uid of what listens on TCP `port` (127.0.0.1 or any address), in
+    the network namespace of process `pid` (this process's when None)."""
     found = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    base = f"/proc/{pid}/net" if pid is not None else "/proc/net"
+    for table in (f"{base}/tcp", f"{base}/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -279,7 +281,7 @@ def _process_tree(pid: int) -> set[int]:
 def listener_is_ours(port: int, pid: int) -> bool:
     """Whether what listens on `port` is the server pvcheck started (process `pid` or one of
     its children): a squatter that answers /health first never gets the auth string."""
-    inodes = {f"socket:[{i}]" for i in _listening(port)}
+    inodes = {f"socket:[{i}]" for i in _listening(port, pid)}
     if not inodes:
         return False
     for member in _process_tree(pid):

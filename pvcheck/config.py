@@ -144,11 +144,12 @@ class SshConfig(Section):
     @field_validator("config_file")
     @classmethod
     def _root_only(cls, path: Path | None) -> Path | None:
-        # An ssh config runs commands (ProxyCommand, Match exec): as root, it must be root's.
-        if path is not None and path.exists():
+        # An ssh config runs commands (ProxyCommand, Match exec): as root, it must be root's,
+        # followed as ssh follows it (every link and folder on the way; one not made yet, in a
+        # folder only root can write). Checked again before each use (pvcheck.hosts).
+        if path is not None:
             try:
-                for where, what in ((path, "the ssh config"), (path.parent, "its folder")):
-                    require_root_only(where.resolve(), what)
+                require_root_only(path, "the ssh config")
             except StateFileError as exc:
                 raise ValueError(exc.problem) from None
         return path
@@ -814,11 +815,71 @@ class StandinConfig(Section):
     )
 
 
+MACHINE_OWN = ("/run", "/var/log", "/var/lib/docker")  # always a lab machine's own
+
+
+class MachineConfig(Section):
+    """A second machine on this one for a two-machine twin (pvcheck.machine): its own network
+    and mount namespaces, dockerd, swarm and sshd, reached from here as `ssh <name>`."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")] = Field(
+        "cc-ci", description="its ssh Host alias (target.docker_host = ssh://<name>)"
+    )
+    netns: Annotated[str, Field(pattern=r"^pvcheck-[a-z0-9-]{1,20}$")] = Field(
+        "pvcheck-ccci", description="its network namespace"
+    )
+    link: ipaddress.IPv4Network = Field(
+        ipaddress.IPv4Network("169.254.78.0/30"),
+        description="the /30 link-local veth link to it: this machine .1, it .2",
+    )
+    private_dirs: list[ConfigPath] = Field(
+        default_factory=list,
+        max_length=10,
+        description="folders it has its own copy of, as a separate machine would (besides "
+        "/run, /var/log and /var/lib/docker, always its own)",
+    )
+
+    @field_validator("private_dirs")
+    @classmethod
+    def _own_folders(cls, dirs: list[Path]) -> list[Path]:
+        for d in dirs:
+            bad = not d.is_absolute() or ".." in d.parts or len(d.parts) < 3
+            if bad or any(d == Path(o) or Path(o) in d.parents for o in MACHINE_OWN):
+                raise ValueError(
+                    f"{d}: an absolute folder at least two levels deep, outside "
+                    + ", ".join(MACHINE_OWN)
+                )
+        return dirs
+
+    @field_validator("link")
+    @classmethod
+    def _link_local_30(cls, net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        # Link-local only: no address another machine could have is ever used.
+        if net.prefixlen != 30 or not net.is_link_local:
+            raise ValueError("must be a /30 inside 169.254.0.0/16")
+        # Not where clouds put metadata and DNS (169.254.169.254, .169.253), nor the blocks
+        # RFC 3927 reserves: a route to the machine there would take the host's own traffic.
+        for reserved in ("169.254.0.0/24", "169.254.169.0/24", "169.254.255.0/24"):
+            if net.subnet_of(ipaddress.IPv4Network(reserved)):
+                raise ValueError(f"must not be inside {reserved} (reserved, or cloud metadata)")
+        return net
+
+    @property
+    def here(self) -> str:
+        return str(self.link.network_address + 1)
+
+    @property
+    def address(self) -> str:
+        return str(self.link.network_address + 2)
+
+
 class LabConfig(Section):
-    http_port: int = Field(18080, ge=1024, le=65535, description="Traefik's HTTP port on 127.0.0.1")
+    http_port: int = Field(
+        18080, ge=1, le=65535, description="Traefik's HTTP port (below 1024: only in a machine)"
+    )
     tls_port: int | None = Field(
         None,
-        ge=1024,
+        ge=1,
         le=65535,
         description="a TLS entrypoint on this port, certificates from the lab's own CA under "
         "state_dir; unset: none",
@@ -857,6 +918,22 @@ class LabConfig(Section):
         description="serve the Drone API stand-in at deploy.drone.url (it runs the harness "
         "for each build)",
     )
+    machine: MachineConfig | None = Field(
+        None,
+        description="build the lab on a second machine in namespaces of this one (the "
+        "two-machine cc-ci twin); unset: on this machine's engine",
+    )
+
+    @model_validator(mode="after")
+    def _low_ports_in_a_machine(self) -> LabConfig:
+        # This machine's ports below 1024 belong to its real services; a machine's are its own.
+        low = [p for p in (self.http_port, self.tls_port) if p is not None and p < 1024]
+        if low and self.machine is None:
+            raise ValueError(f"port {low[0]} is below 1024: only a lab.machine may use it")
+        # A machine's ssh and sshd configs name files under state_dir, unquoted.
+        if self.machine is not None and not re.fullmatch(r"/[A-Za-z0-9._/-]+", str(self.state_dir)):
+            raise ValueError("state_dir: with a lab.machine only letters, digits and . _ / -")
+        return self
 
     @field_validator("image_aliases")
     @classmethod

@@ -26,6 +26,7 @@ from typing import cast
 from pvcheck.config import SSH_URL, TargetConfig
 from pvcheck.errors import TargetUnreachable
 from pvcheck.procs import MAX_OUTPUT, run_bounded
+from pvcheck.safeio import require_root_only
 from pvcheck.seams import HostCommands
 
 
@@ -81,6 +82,8 @@ class SshHost(BoundedRun):
 
     def options(self) -> list[str]:
         ssh = self.target.ssh
+        if ssh.config_file is not None:  # as at load: still root's alone, at each use
+            require_root_only(ssh.config_file, "target.ssh.config_file")
         opts = [
             *(["-F", str(ssh.config_file)] if ssh.config_file is not None else []),
             "-o", "BatchMode=yes",
@@ -97,7 +100,14 @@ class SshHost(BoundedRun):
         return opts
 
     def describe(self) -> str:
-        kh = self.target.ssh.known_hosts or "~/.ssh/known_hosts"
+        ssh = self.target.ssh
+        kh = str(ssh.known_hosts or "")
+        if not kh:  # without -o UserKnownHostsFile: ssh's own, or what -F's file names
+            kh = (
+                f"the known hosts {ssh.config_file} names"
+                if ssh.config_file
+                else "~/.ssh/known_hosts"
+            )
         return (
             f"ssh {self.destination} port {self.port} (host key verified against {kh}); "
             f"docker API through the forwarded socket {self.target.ssh.docker_socket}"

@@ -31,6 +31,8 @@ from pvcheck.canary import lab_engine_problem
 from pvcheck.compose import dump_compose, inject_labels
 from pvcheck.config import Config, LabConfig, StandinConfig
 from pvcheck.errors import LabError, StateFileError, TargetUnreachable
+from pvcheck.hosts import host_for
+from pvcheck.machine import ensure_machine, machine_of, stop_machine
 from pvcheck.routes import probe_routes
 from pvcheck.safeio import read_capped
 from pvcheck.seams import RouteObservation
@@ -82,13 +84,19 @@ DOCKERD_PID = Path("/var/run/docker.pid")
 
 def _dockerd_pid() -> int | None:
     """This machine's dockerd, by its pid file: `pidof` would also name the twin machine's
-    (a second dockerd in its own namespaces, pvcheck.machine)."""
+    (a second dockerd in its own namespaces, pvcheck.machine). A stale pid file's pid taken
+    by another dockerd (a user's rootless one, the machine's) is not it: root's, and in this
+    process's mount and network namespaces."""
     try:
         pid = int((read_capped(DOCKERD_PID, 64) or b"").strip())
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        proc = Path(f"/proc/{pid}")
+        ours = all(os.readlink(proc / "ns" / ns) == os.readlink(f"/proc/self/ns/{ns}")
+                   for ns in ("mnt", "net"))  # fmt: skip
+        if (proc / "comm").read_text().strip() != "dockerd" or not ours:
+            return None
+        return pid if proc.stat().st_uid == 0 else None
     except (OSError, ValueError, StateFileError):
         return None
-    return pid if comm == "dockerd" else None
 
 
 def restart_dockerd(lab: LabConfig, timeout_s: float = 90.0) -> float:
@@ -432,6 +440,20 @@ def deploy_unchanged(swarm: Swarm, cli: DockerCli, stack: str, doc: dict[str, An
 def _lab(cfg: Config) -> LabConfig:
     if cfg.lab is None:
         raise LabError(f"{cfg.source}: this config has no [lab] section; it is not a lab config")
+    # A lab machine's engine is reached through its own socket under the lab's state folder,
+    # never through the config's target (ssh://cc-ci: that is what the run under test uses).
+    machine = machine_of(cfg.lab)
+    if machine is not None:
+        # The lab probes routes through the config's target (as a run does): only this
+        # machine's, by the ssh config the lab writes; never ~/.ssh/config's or a real host.
+        name = machine.spec.name
+        if cfg.target.docker_host not in (f"ssh://{name}", f"ssh://root@{name}"):
+            raise LabError(f"{cfg.source}: target.docker_host must be ssh://{name} (lab.machine)")
+        if cfg.target.ssh.config_file != machine.ssh_config:
+            raise LabError(
+                f"{cfg.source}: target.ssh.config_file must be {machine.ssh_config} (lab.machine)"
+            )
+        return cfg.lab
     if not cfg.target.docker_host.startswith("unix://"):
         raise LabError(
             f"{cfg.source}: the lab runs only on the local engine, not {cfg.target.docker_host}"
@@ -439,13 +461,19 @@ def _lab(cfg: Config) -> LabConfig:
     return cfg.lab
 
 
+def _engine_url(cfg: Config) -> str:
+    machine = machine_of(_lab(cfg))
+    return machine.engine_url if machine else cfg.target.docker_host
+
+
 def _lab_engine(cfg: Config) -> Swarm:
     """The local engine, proven to be the lab's: its network carries the lab label, or it
     has none (a lab already taken down; only lab-labelled objects are ever touched)."""
-    swarm = Swarm.connect(cfg.target.docker_host, cfg.target.timeout_s)
+    url = _engine_url(cfg)
+    swarm = Swarm.connect(url, cfg.target.timeout_s)
     if swarm.network(cfg.network.name) is None:
         return swarm
-    problem = lab_engine_problem(swarm, cfg.target.docker_host, cfg.network.name)
+    problem = lab_engine_problem(swarm, url, cfg.network.name)
     if problem:
         raise LabError(f"not a lab engine: {problem}; nothing was changed")
     return swarm
@@ -500,7 +528,11 @@ def restrict_to_loopback(lab: LabConfig, add: bool = True) -> list[int]:
 def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
     """Bring the lab up (idempotent) and wait until every route answers; returns the probes."""
     lab = _lab(cfg)
-    swarm = ensure_engine(lab)
+    if lab.machine is not None:
+        engine = ensure_machine(lab).engine_url
+        swarm = Swarm.connect(engine, timeout_s=30)
+    else:
+        engine, swarm = LAB_ENGINE, ensure_engine(lab)
     ensure_swarm(swarm)
     ensure_network(swarm, cfg)
     ensure_images(swarm)
@@ -512,19 +544,27 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
         twin.ensure_tls(lab)
     stacks = [(split_service(lab.traefik_service)[0], traefik_stack(cfg, lab))]
     stacks += [(split_service(s.service)[0], standin_stack(cfg, s)) for s in lab.standins]
-    cli = DockerCli(LAB_ENGINE)  # the engine proven above, never the config's target
+    cli = DockerCli(engine)  # the engine proven above, never the config's target
     for stack, doc in stacks:
         deploy_unchanged(swarm, cli, stack, doc)
     seed_state(cfg.docs.precondition_status, PVFIX_STATUS)
-    restrict_to_loopback(lab)
+    if lab.machine is None:  # a machine's ports are on its own link only
+        restrict_to_loopback(lab)
     twin.ensure_drone_api(cfg)
     return wait_routes(cfg, wait_s)
+
+
+def _probe(cfg: Config) -> list[RouteObservation]:
+    """Every route, those checked from the host through it (a lab machine's: over ssh, as a
+    run does; the built-in lab's host is this machine)."""
+    machine = cfg.lab is not None and cfg.lab.machine is not None
+    return probe_routes(cfg.routes, cfg.http, host=host_for(cfg.target) if machine else None)
 
 
 def wait_routes(cfg: Config, wait_s: float) -> list[RouteObservation]:
     deadline = time.monotonic() + wait_s
     while True:
-        probes = probe_routes(cfg.routes, cfg.http)
+        probes = _probe(cfg)
         ok = all(p.answers(r) for p, r in zip(probes, cfg.routes, strict=True))
         if ok or time.monotonic() > deadline:
             return probes
@@ -544,14 +584,18 @@ def lab_status(cfg: Config) -> tuple[list[tuple[str, str]], list[RouteObservatio
                 f"{status.get('RunningTasks', 0)}/{status.get('DesiredTasks', 0)}",
             )
         )
-    return rows, probe_routes(cfg.routes, cfg.http)
+    return rows, _probe(cfg)
 
 
 def lab_down(cfg: Config, timeout_s: float = 120.0) -> dict[str, list[str]]:
     """Remove everything labelled pvcheck.lab; returns what is left (empty lists when clean)."""
     lab = _lab(cfg)
-    swarm = _lab_engine(cfg)
-    twin.stop_drone_api(lab)
-    restrict_to_loopback(lab, add=False)
-    remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s=timeout_s)
-    return list_residue(swarm, f"{LABEL_LAB}=1")
+    try:
+        swarm = _lab_engine(cfg)
+        twin.stop_drone_api(lab)
+        if lab.machine is None:
+            restrict_to_loopback(lab, add=False)
+        remove_labelled(swarm, f"{LABEL_LAB}=1", timeout_s=timeout_s)
+        return list_residue(swarm, f"{LABEL_LAB}=1")
+    finally:
+        stop_machine(lab)  # even with its engine gone; its engine's data stays

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import ssl
 import subprocess
@@ -270,7 +271,32 @@ def gather(seams: Seams, settings: Settings) -> list[RouteObservation]:
 
 
 def judge(probes: list[RouteObservation], settings: Settings) -> list[Check]:
-    return [route_answer(r, p) for r, p in zip(settings.routes, probes, strict=True)]
+    checks = [route_answer(r, p) for r, p in zip(settings.routes, probes, strict=True)]
+    return told_apart(settings.routes, checks)
+
+
+# What a failing route's other side says: (where it was checked from, the other side's status).
+_SIDES = {
+    ("here", Status.PASS): "the way in is broken: it answers on the host through its own Traefik",
+    ("host", Status.PASS): "the host's own way to Traefik is broken: it answers from outside",
+    ("here", Status.FAIL): "Traefik or the app is broken: no answer from outside nor on the host",
+    ("host", Status.FAIL): "Traefik or the app is broken: no answer on the host nor from outside",
+}
+
+
+def told_apart(routes: list[RouteConfig], checks: list[Check]) -> list[Check]:
+    """Pure: a route checked both from here and on the host through its own Traefik says
+    which side is broken when it fails: the way in (name resolution, firewall, the host's
+    address), or what is behind it (Traefik, the app)."""
+    by_side = {(r.url, r.check_from): c for r, c in zip(routes, checks, strict=True)}
+    out = []
+    for route, check in zip(routes, checks, strict=True):
+        other = by_side.get((route.url, "host" if route.check_from == "here" else "here"))
+        why = _SIDES.get((route.check_from, other.status)) if other is not None else None
+        if check.status == Status.FAIL and other is not None and why:
+            check = dataclasses.replace(check, detail=f"{check.detail}; {why} ({other.id})")
+        out.append(check)
+    return out
 
 
 def route_answer(route: RouteConfig, obs: RouteObservation) -> Check:

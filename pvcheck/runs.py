@@ -85,6 +85,8 @@ def _canonical(docker_host: str, ssh_config: Path | None = None) -> str:
     if scheme == "unix":
         return "unix:" + os.path.realpath("/" + rest.lstrip("/"))
     if scheme == "ssh" and (found := _SSH_URL.match(url)):
+        if ssh_config is not None:  # read by `ssh -G` below: as root, root's alone
+            require_root_only(ssh_config, "target.ssh.config_file")
         config = str(ssh_config) if ssh_config is not None else None
         user, host, port = _ssh_destination(
             found["user"], found["host"], int(found["port"] or 22), config

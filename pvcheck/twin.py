@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from pvcheck.api import listener_is_ours
 from pvcheck.config import Config, LabConfig
 from pvcheck.errors import LabError, StateFileError
+from pvcheck.machine import machine_of
 from pvcheck.resources import LAB
 from pvcheck.safeio import atomic_write, read_capped
 
@@ -188,16 +189,22 @@ def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
     if lab is None or not lab.drone_api or deploy is None or deploy.drone is None:
         return
     url = httpx.URL(deploy.drone.url)
-    if url.host != "127.0.0.1" or url.port is None:
-        raise LabError(f"{cfg.source}: deploy.drone.url must be http://127.0.0.1:PORT/ in a lab")
+    machine = machine_of(lab)
+    # On a lab machine the stand-in runs there (as Drone runs on cc-ci), on its address.
+    listen = machine.spec.address if machine else "127.0.0.1"
+    if url.host != listen or url.port is None:
+        raise LabError(f"{cfg.source}: deploy.drone.url must be http://{listen}:PORT/ in this lab")
     lab.state_dir.mkdir(parents=True, exist_ok=True)
     token = token_path(lab)
     if not token.exists():
         _write(token, secrets.token_hex(20).encode(), 0o600)
     pid_file = lab.state_dir / "drone-api.pid"
     argv = [
-        sys.executable, str(DRONE_API), "--port", str(url.port), "--token-file", str(token),
-        "--repo", deploy.drone.repo, "--workdir", str(lab.state_dir / "builds"),
+        sys.executable, str(DRONE_API), "--listen", listen, "--port", str(url.port),
+        "--token-file", str(token), "--repo", deploy.drone.repo,
+        "--workdir", str(lab.state_dir / "builds"),
+        # On a machine, where results_path says (its own folder); here, under the state folder.
+        "--runs-dir", str(_runs_dir(cfg) if machine else lab.state_dir / "builds" / "runs"),
         "--recipe-param", deploy.drone.recipe_param, "--",
         *harness_argv(cfg, "{results}"),
     ]  # fmt: skip
@@ -217,7 +224,8 @@ def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
     )
     with os.fdopen(log_fd, "ab") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            machine.enter(argv) if machine else argv,  # nsenter execs: the pid is the stand-in's
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
     _write(pid_file, str(proc.pid).encode(), 0o644)
@@ -232,6 +240,21 @@ def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
             f"{deploy.drone.url} answers, but not from the Drone API stand-in pvcheck started "
             "(another process holds the port); nothing is sent to it"
         )
+
+
+def _runs_dir(cfg: Config) -> Path:
+    """The folder of per-build run folders that deploy.drone.results_path names
+    (`<runs dir>/{build}/results.json`), where the stand-in's harness writes."""
+    assert cfg.deploy is not None and cfg.deploy.drone is not None and cfg.lab is not None
+    pattern = cfg.deploy.drone.results_path
+    if pattern is None:
+        return cfg.lab.state_dir / "builds" / "runs"
+    folder, _, rest = pattern.partition("/{build}/")
+    if rest != "results.json" or "{" in folder:
+        raise LabError(
+            f"{cfg.source}: deploy.drone.results_path must be DIR/{{build}}/results.json here"
+        )
+    return Path(folder)
 
 
 def stop_drone_api(lab: LabConfig) -> None:

@@ -11,8 +11,9 @@ stages, as Drone's list does); GET …/builds/{n} returns one build with its sta
 step; DELETE …/builds/{n} kills it. Every call needs `Authorization: Bearer <token>` (the
 token file given at start); 401 otherwise.
 
-Usage: drone_api.py --port P --token-file F --repo owner/name --workdir DIR [--runs-dir DIR]
-       [--runners N] -- HARNESS ARGV... ({recipe}, {results} and {build} are replaced)
+Usage: drone_api.py [--listen ADDR] --port P --token-file F --repo owner/name --workdir DIR
+       [--runs-dir DIR] [--runners N] -- HARNESS ARGV...
+({recipe}, {results} and {build} are replaced in HARNESS ARGV)
 """
 
 from __future__ import annotations
@@ -268,6 +269,7 @@ def handler(builds: Builds, token: str, repo: str) -> type[BaseHTTPRequestHandle
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1", help="the address to serve on")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token-file", required=True)
     parser.add_argument("--repo", required=True)
@@ -281,8 +283,8 @@ def main() -> int:
     args = parser.parse_args()
     token = Path(args.token_file).read_text().strip()
     builds = Builds(args)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(builds, token, args.repo))
-    print(f"[drone-api] serving {args.repo} on 127.0.0.1:{args.port}", flush=True)
+    server = ThreadingHTTPServer((args.listen, args.port), handler(builds, token, args.repo))
+    print(f"[drone-api] serving {args.repo} on {args.listen}:{args.port}", flush=True)
     server.serve_forever()
     return 0
 

@@ -1,4 +1,6 @@
-"""The shipped cc-ci config, proven on the cc-ci twin (`pvcheck lab up --profile cc-ci`).
+"""The shipped cc-ci config, proven on the cc-ci twin (`pvcheck lab up --profile cc-ci`): two
+machines, this one the orchestrator and the swarm host a machine in namespaces of this one,
+reached as `ssh cc-ci` (pvcheck.machine).
 
 Each test runs deployments/cc-ci.toml through lab/cc-ci-twin.toml, adding in its own overlay
 only what a test must move (its docs and state folders; a wait bound, a driver or a fault).
@@ -25,6 +27,7 @@ import tomli_w
 from pvcheck import twin
 from pvcheck.api import free_port
 from pvcheck.config import Config
+from pvcheck.machine import machine_of
 from tests.helpers import PVFIX_DONE, ROOT
 from tests.integration.test_flow_m1 import check, run
 
@@ -59,8 +62,24 @@ def command_driver(cfg: Config, tmp_path: Path, *harness_flags: str) -> dict[str
     return {"deploy": {"driver": "command", "command": {"argv": argv, "results": str(results)}}}
 
 
-def services_created(since: datetime) -> list[str]:
-    client = docker.from_env()
+def host_engine(cfg: Config) -> docker.DockerClient:
+    """The twin host's engine, through the lab's own socket to it (never the run's way in)."""
+    assert cfg.lab is not None
+    machine = machine_of(cfg.lab)
+    assert machine is not None, "the twin is two machines"
+    return docker.DockerClient(base_url=machine.engine_url)
+
+
+def on_host(cfg: Config, argv: list[str]) -> list[str]:
+    assert cfg.lab is not None
+    machine = machine_of(cfg.lab)
+    assert machine is not None
+    return machine.enter(argv)
+
+
+def services_created(cfg: Config, since: datetime) -> list[str]:
+    """Services the twin host's engine created since then (its own `docker events`)."""
+    client = host_engine(cfg)
     events = client.events(
         since=since,
         until=datetime.now(UTC),
@@ -123,8 +142,8 @@ def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
     (locks / "cc-ci-app-stal-000000.ci.commoninternet.net.lock").write_text("")  # unheld
     held = locks / "cc-ci-app-cust-0a1b2c.ci.commoninternet.net.lock"
     holder = None
-    if busy == "held app lock":
-        holder = subprocess.Popen(["flock", str(held), "sleep", "120"])
+    if busy == "held app lock":  # held by a process on the host, as the harness holds it
+        holder = subprocess.Popen(on_host(cc_ci_twin, ["flock", str(held), "sleep", "120"]))
         deadline = time.monotonic() + 10
         while not held.exists() or str(held.stat().st_ino) not in _locked_inodes():
             assert time.monotonic() < deadline, "flock never took the lock"
@@ -153,7 +172,7 @@ def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
     named = "cust-0a1b2c.ci.commoninternet.net" if busy == "held app lock" else str(sweep)
     assert named in report["incomplete_reason"]
     assert "stal-000000" not in report["incomplete_reason"]
-    assert services_created(started) == []
+    assert services_created(cc_ci_twin, started) == []
     for stage in ("deploy", "allocator"):
         assert "another run or sweep is active" in report["stages"][stage]
     journal = (tmp_path / "docs" / "JOURNAL-pvcheck.md").read_text()
@@ -168,18 +187,22 @@ def _locked_inodes() -> set[str]:
 
 @contextlib.contextmanager
 def drone_standin(cfg: Config, tmp_path: Path, *harness: str) -> Iterator[str]:
-    """A second Drone API stand-in running `harness` for each build: its URL."""
+    """A second Drone API stand-in on the twin host running `harness` for each build: its
+    URL."""
     token_file = tmp_path / "token"
     token_file.write_text(os.environ["PVCHECK_TWIN_DRONE_TOKEN"])
     port = free_port()
     assert cfg.deploy is not None and cfg.deploy.drone is not None
+    assert cfg.lab is not None and cfg.lab.machine is not None
+    address = cfg.lab.machine.address
     proc = subprocess.Popen(
-        [sys.executable, str(twin.DRONE_API), "--port", str(port), "--token-file",
-         str(token_file), "--repo", cfg.deploy.drone.repo, "--workdir",
-         str(tmp_path / "builds"), "--", *harness],
+        on_host(cfg, [sys.executable, str(twin.DRONE_API), "--listen", address, "--port",
+                      str(port), "--token-file", str(token_file), "--repo",
+                      cfg.deploy.drone.repo, "--workdir", str(tmp_path / "builds"), "--",
+                      *harness]),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{address}:{port}"
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -246,28 +269,32 @@ def test_a_running_drone_build_gives_incomplete_and_creates_nothing(
     assert rc == 4, report.get("stages")
     assert report["verdict"] == "incomplete"
     assert "Drone build 1 running" in report["incomplete_reason"]
-    assert services_created(started) == []
+    assert services_created(cc_ci_twin, started) == []
 
 
 @pytest.fixture
-def leftover_stacks() -> Iterator[list[str]]:
-    """Stacks a faulty harness left behind: removed after the test (pvcheck never removes
-    what it did not create)."""
+def leftover_stacks(cc_ci_twin: Config) -> Iterator[list[str]]:
+    """Stacks a faulty harness left behind on the twin host: removed after the test (pvcheck
+    never removes what it did not create)."""
     left: list[str] = []
     yield left
+    assert cc_ci_twin.lab is not None
+    machine = machine_of(cc_ci_twin.lab)
+    assert machine is not None
+    docker_cli = ["docker", "-H", machine.engine_url]
     for stack in left:
-        subprocess.run(["docker", "stack", "rm", stack], capture_output=True, check=False)
+        subprocess.run([*docker_cli, "stack", "rm", stack], capture_output=True, check=False)
     label = [f"label=com.docker.stack.namespace={s}" for s in left]
     deadline = time.monotonic() + 60
     for flt in label:
-        while subprocess.run(["docker", "ps", "-aq", "--filter", flt], capture_output=True,
+        while subprocess.run([*docker_cli, "ps", "-aq", "--filter", flt], capture_output=True,
                              text=True, check=False).stdout.strip():  # fmt: skip
             assert time.monotonic() < deadline
             time.sleep(0.5)
-        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", flt],
+        vols = subprocess.run([*docker_cli, "volume", "ls", "-q", "--filter", flt],
                               capture_output=True, text=True, check=False).stdout.split()  # fmt: skip
         for vol in vols:
-            subprocess.run(["docker", "volume", "rm", vol], capture_output=True, check=False)
+            subprocess.run([*docker_cli, "volume", "rm", vol], capture_output=True, check=False)
 
 
 def test_a_harness_that_leaves_its_stack_fails_the_teardown_naming_it(
@@ -285,3 +312,35 @@ def test_a_harness_that_leaves_its_stack_fails_the_teardown_naming_it(
     assert f"service {stack}_app" in teardown["found"]
     assert f"volume {stack}_content" in teardown["found"]
     assert report["gates"]["M2"]["status"] == "fail"
+
+
+@pytest.fixture
+def way_in_cut(cc_ci_twin: Config) -> Iterator[str]:
+    """This machine's packets to the host's HTTPS port rejected: its public way in is cut,
+    while its Traefik still answers on the host itself."""
+    assert cc_ci_twin.lab is not None and cc_ci_twin.lab.machine is not None
+    address = cc_ci_twin.lab.machine.address
+    rule = ["OUTPUT", "-d", address, "-p", "tcp", "--dport", "443", "-m", "comment",
+            "--comment", "pvcheck-test: way in cut", "-j", "REJECT"]  # fmt: skip
+    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+    try:
+        yield address
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+
+
+def test_the_way_in_and_traefik_are_told_apart(
+    cc_ci_twin: Config, tmp_path: Path, way_in_cut: str
+) -> None:
+    started = datetime.now(UTC)
+    rc, report = run(overlay(tmp_path), tmp_path)
+    assert rc == 1, report.get("stages")
+    dashboard, on_host = check(report, "route.dashboard"), check(report, "route.dashboard-via-host")
+    assert dashboard["status"] == "fail" and on_host["status"] == "pass"
+    assert (
+        "the way in is broken: it answers on the host through its own Traefik"
+        in (dashboard["detail"])
+    )
+    assert report["gates"]["M1"]["status"] == "fail"
+    assert "fix routing first" in report["stages"]["deploy"]  # no test traffic on a cut host
+    assert services_created(cc_ci_twin, started) == []

@@ -214,19 +214,19 @@ def test_the_twin_overlay_changes_only_where_things_are() -> None:
     import tomllib
 
     overlay = tomllib.loads(TWIN_CONFIG.read_text())
+    # Two machines, as cc-ci: the engine is the shipped `ssh://cc-ci` (the lab's ssh config
+    # names it), the routes are the shipped ones untouched, results and run locks are read
+    # at the shipped paths on the host.
     locations = {
         ("base",),
         ("target", "name"),
-        ("target", "docker_host"),
-        ("routes",),
+        ("target", "ssh", "config_file"),
         ("http", "connect_to"),
         ("http", "ca_bundle"),
         ("logs", "source"),
         ("logs", "path"),
         ("deploy", "drone", "url"),
         ("deploy", "drone", "token_env"),
-        ("deploy", "drone", "results_path"),
-        ("deploy", "active_runs", "lock_folder"),
         ("guard", "file"),
         ("docs", "dir"),
     }
@@ -235,18 +235,27 @@ def test_the_twin_overlay_changes_only_where_things_are() -> None:
     shipped, twin = load_config(CCCI_CONFIG), load_config(TWIN_CONFIG)
     # What the run checks is the shipped config's, value for value.
     assert twin.services == shipped.services and twin.network == shipped.network
-    # The routes are the shipped ones, name for name, checked from the same side: only where
-    # they connect to differs (the twin's Traefik port, not the host's 443).
+    assert twin.target.docker_host == shipped.target.docker_host == "ssh://cc-ci"
+    # The routes are the shipped ones, name for name, checked from the same side; those from
+    # outside connect to the twin host's address (what cc-ci's name resolves to).
     assert [(r.name, r.url, r.expect_status, r.core, r.check_from) for r in twin.routes] == [
         (r.name, r.url, r.expect_status, r.core, r.check_from) for r in shipped.routes
     ]
+    assert twin.deploy is not None and shipped.deploy is not None
+    assert twin.deploy.active_runs == shipped.deploy.active_runs
+    assert twin.deploy.drone is not None and shipped.deploy.drone is not None
+    assert twin.deploy.drone.results_path == shipped.deploy.drone.results_path
     assert twin.allocator == shipped.allocator
     assert twin.deploy is not None and shipped.deploy is not None
     assert twin.deploy.stack_pattern == shipped.deploy.stack_pattern
     assert (twin.deploy.recipe, twin.deploy.tiers) == (shipped.deploy.recipe, shipped.deploy.tiers)
     assert twin.deploy.active_runs.wait_s == shipped.deploy.active_runs.wait_s
-    # Every route now reaches the twin's Traefik and trusts the lab CA, not `verify_tls = false`.
-    assert all(r.connect_to == "127.0.0.1:18443" and r.verify_tls for r in twin.routes)
+    # Every route reaches the twin's Traefik and trusts the lab CA, not `verify_tls = false`.
+    assert {(r.check_from, r.connect_to) for r in twin.routes} == {
+        ("here", "169.254.78.2:443"),
+        ("host", "127.0.0.1:443"),
+    }
+    assert all(r.verify_tls for r in twin.routes)
     assert {str(r.ca_bundle) for r in twin.routes} == {"/var/lib/pvcheck-lab/cc-ci-twin/ca.pem"}
 
 
@@ -342,7 +351,7 @@ def test_config_check_json_prints_the_effective_config(
     doc = json.loads(capsys.readouterr().out)
     assert doc["target"]["name"] == "cc-ci-twin"
     assert doc["services"]["control_plane"][0] == "traefik_ci_commoninternet_net_app"
-    assert doc["routes"][0]["connect_to"] == "127.0.0.1:18443"
+    assert doc["routes"][0]["connect_to"] == "169.254.78.2:443"
     assert doc["deploy"]["drone"]["repo"] == "recipe-maintainers/cc-ci"  # from the base
 
 

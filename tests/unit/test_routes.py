@@ -114,3 +114,39 @@ def test_hanging_and_resetting_routes_are_bounded(hanging_server: tuple[int, int
     assert time.monotonic() - t0 < 5  # 2 attempts x 0.3 s, concurrently
     assert hang.status is None and hang.error and "no answer within 0.3s" in hang.error
     assert reset.status is None and reset.error and reset.attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("outside", "on_host", "says"),
+    [
+        (None, 200, "the way in is broken: it answers on the host through its own Traefik"),
+        (None, None, "Traefik or the app is broken: no answer from outside nor on the host"),
+        (200, None, None),  # the outside route passes: nothing to say about it
+    ],
+)
+def test_a_route_checked_from_both_sides_says_which_side_is_broken(
+    outside: int | None, on_host: int | None, says: str | None
+) -> None:
+    from pvcheck.records import Status
+    from pvcheck.routes import Settings, judge
+    from pvcheck.seams import RouteObservation
+
+    url = "https://ci.example.test/"
+    routes = [
+        RouteConfig(name="dash", url=url),
+        RouteConfig(name="dash-via-host", url=url, check_from="host", connect_to="127.0.0.1:443"),
+        RouteConfig(name="other", url="https://other.example.test/"),  # one side only
+    ]
+
+    def seen(name: str, status: int | None) -> RouteObservation:
+        return RouteObservation(name, url, status, None, 0.01, 1, None if status else "refused")
+
+    checks = judge([seen("dash", outside), seen("dash-via-host", on_host), seen("other", None)],
+                   Settings(routes))  # fmt: skip
+    dash, _, other = checks
+    assert (dash.status == Status.FAIL) == (outside is None)
+    if says:
+        assert dash.detail.endswith(f"; {says} (route.dash-via-host)")
+    else:
+        assert "broken:" not in dash.detail
+    assert "broken:" not in other.detail.split("is down")[-1]  # no pair, no diagnosis
