@@ -38,3 +38,9 @@ def cc_ci_twin(engine: Swarm) -> Iterator[Config]:
     os.environ[cfg.deploy.drone.token_env] = token
     yield cfg
     os.environ.pop(cfg.deploy.drone.token_env, None)
+    # The twin's host machine stops with the session (its engine's data stays: the next
+    # `lab up` has it back in seconds); nothing of it runs on after the tests.
+    from pvcheck.machine import stop_machine
+
+    twin.stop_drone_api(cfg.lab)
+    stop_machine(cfg.lab)

@@ -135,29 +135,23 @@ def test_shipped_config_passes_m1_and_m2_through_the_command_driver(
 def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
     cc_ci_twin: Config, tmp_path: Path, busy: str
 ) -> None:
-    """A harness run holds its app's flock for its whole life (cc-ci b302f3a); a stale lock
-    file beside it, held by nobody, is not a run."""
-    locks, sweep = tmp_path / "locks", tmp_path / "upgrade-all.lock"
-    locks.mkdir()
-    (locks / "cc-ci-app-stal-000000.ci.commoninternet.net.lock").write_text("")  # unheld
-    held = locks / "cc-ci-app-cust-0a1b2c.ci.commoninternet.net.lock"
+    """A harness run holds its app's flock in the host's /run/lock for its whole life (cc-ci
+    b302f3a); a stale lock file beside it, held by nobody, is not a run. The shipped lock
+    folder, on the host: a file of the same name on this machine would not count."""
+    sweep = tmp_path / "upgrade-all.lock"
+    stale = "/run/lock/cc-ci-app-stal-000000.ci.commoninternet.net.lock"
+    held = "/run/lock/cc-ci-app-cust-0a1b2c.ci.commoninternet.net.lock"
+    subprocess.run(on_host(cc_ci_twin, ["touch", stale]), check=True)  # unheld
     holder = None
-    if busy == "held app lock":  # held by a process on the host, as the harness holds it
-        holder = subprocess.Popen(on_host(cc_ci_twin, ["flock", str(held), "sleep", "120"]))
+    if busy == "held app lock":
+        holder = subprocess.Popen(on_host(cc_ci_twin, ["flock", held, "sleep", "120"]))
         deadline = time.monotonic() + 10
-        while not held.exists() or str(held.stat().st_ino) not in _locked_inodes():
+        while subprocess.run(on_host(cc_ci_twin, ["flock", "-n", held, "true"])).returncode == 0:
             assert time.monotonic() < deadline, "flock never took the lock"
             time.sleep(0.1)
     else:
         sweep.write_text("sweep running\n")
-    config = overlay(
-        tmp_path,
-        {
-            "deploy": {
-                "active_runs": {"lock_folder": str(locks), "markers": [str(sweep)], "wait_s": 2}
-            }
-        },
-    )
+    config = overlay(tmp_path, {"deploy": {"active_runs": {"markers": [str(sweep)], "wait_s": 2}}})
     started = datetime.now(UTC)
     try:
         rc, report = run(config, tmp_path)
@@ -165,6 +159,7 @@ def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
         if holder is not None:
             holder.kill()
             holder.wait()
+        subprocess.run(on_host(cc_ci_twin, ["rm", "-f", stale, held]), check=True)
     assert rc == 4, report.get("stages")
     assert report["verdict"] == "incomplete"
     assert report["gates"]["M1"]["status"] == "pass"
@@ -177,12 +172,6 @@ def test_an_active_run_or_sweep_gives_incomplete_and_creates_nothing(
         assert "another run or sweep is active" in report["stages"][stage]
     journal = (tmp_path / "docs" / "JOURNAL-pvcheck.md").read_text()
     assert f"run `{report['run_id']}`: INCOMPLETE" in journal
-
-
-def _locked_inodes() -> set[str]:
-    """The inode numbers /proc/locks names (its sixth field: major:minor:inode)."""
-    rows = Path("/proc/locks").read_text().splitlines()
-    return {row.split()[5].rsplit(":", 1)[1] for row in rows if len(row.split()) > 5}
 
 
 @contextlib.contextmanager
