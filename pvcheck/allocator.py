@@ -12,6 +12,7 @@ forecasts when the real networks would run out at the measured leak.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -434,8 +435,14 @@ def reproduce(
         for rnd in range(1, alloc.rounds + 1):
             result.rounds.append(_round(seams, settings, result.scratch, rnd, progress))
         result.scratch_count = _count_scratch(swarm, settings, result, scratch_id, progress)
-    finally:
-        result.scratch_left = not _remove_network(swarm, scratch_id, alloc.settle_timeout_s)
+    except BaseException:
+        # Interrupted (SIGINT, SIGTERM, a cancel) or failed: the throwaways may still hold the
+        # scratch network, and only teardown removes them (services first, by label). One try
+        # here, never a wait for what cannot happen: an interrupted run stops in seconds.
+        with contextlib.suppress(Exception):
+            swarm.remove_network(scratch_id)
+        raise
+    result.scratch_left = not _remove_network(swarm, scratch_id, alloc.settle_timeout_s)
     after, result.shared_after = _shared_count(swarm, net)
     result.used_after = after.used
     result.finished_at = datetime.now(UTC)

@@ -88,15 +88,24 @@ def _bigger_batch(raw: dict[str, Any]) -> None:
     raw["allocator"]["batch"] = 10
 
 
+def _bigger_batch_install_only(raw: dict[str, Any]) -> None:
+    """For tests about what comes after the deploy proof: its install tier only (a real
+    deploy joining proxy and its teardown), not the upgrade and backup it would wait for."""
+    _bigger_batch(raw)
+    raw["deploy"]["tiers"] = ["install"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.faults
 def test_interrupt_mid_reproduction_leaves_zero_residue(
     lab: Config, engine: Swarm, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    proc = spawn_run(write_config(tmp_path, _bigger_batch), tmp_path / "run.log")
+    proc = spawn_run(write_config(tmp_path, _bigger_batch_install_only), tmp_path / "run.log")
     run_id = wait_for_throwaways(engine, proc)
     proc.send_signal(sig)
-    proc.wait(timeout=180)
+    # Well under allocator.settle_timeout_s (90 s): an interrupted reproduction no longer
+    # waits for its scratch network, which only teardown can free, before tearing down.
+    proc.wait(timeout=60)
     assert proc.returncode in (130, 143, 1, -signal.SIGTERM), (tmp_path / "run.log").read_text()[
         -3000:
     ]
@@ -140,7 +149,7 @@ def test_sigkill_at_each_stage_then_the_next_run_reaps_it(
 ) -> None:
     """A chain: each run is killed at a later stage, and the next run's janitor reaps it; the
     last run is left to finish and must pass with nothing of any killed run left."""
-    config = write_config(tmp_path, _bigger_batch)
+    config = write_config(tmp_path, _bigger_batch_install_only)
     stages: dict[str, Callable[[Path, str, subprocess.Popen[str]], None]] = {
         "routes": lambda log, rid, p: wait_for_line(log, "routes checked in", p),
         "deploy": lambda log, rid, p: _wait_for_services(engine, rid, p),
