@@ -29,7 +29,7 @@ from pvcheck.procs import MAX_OUTPUT, PLAIN_ENV, printable, run_bounded
 # The lock kinds a process holds on a file; leases and delegations are not run locks.
 _KINDS = ("FLOCK", "POSIX", "OFDLCK")
 _LOCK_LINE = re.compile(
-    r"^\s*\d+:\s+(?P<waiter>->\s+)?(?P<kind>[A-Z]+)\s+\S+\s+\S+\s+-?\d+\s+"
+    r"^\s*\d+:\s+(?P<waiter>->\s+)?(?P<kind>[A-Z]+)\s+\S+\s+\S+\s+(?P<pid>-?\d+)\s+"
     r"(?P<major>[0-9a-fA-F]+):(?P<minor>[0-9a-fA-F]+):(?P<inode>\d+)\s"
 )
 TIMEOUT_S = 30.0
@@ -69,14 +69,67 @@ def split_dev(st_dev: int) -> tuple[int, int]:
 def held_locks(proc_locks: str) -> set[DeviceInode]:
     """Pure: the (device, inode) of every file some process holds a FLOCK, POSIX or OFD lock
     on; blocked waiters (`->`) hold nothing, other lines are ignored."""
-    held = set()
+    return set(lock_holders(proc_locks))
+
+
+def lock_holders(proc_locks: str) -> dict[DeviceInode, set[int]]:
+    """Pure: (device, inode) -> the pids /proc/locks names as holding a lock on it (an OFD
+    lock's is -1: no process)."""
+    held: dict[DeviceInode, set[int]] = {}
     for line in proc_locks.splitlines():
         found = _LOCK_LINE.match(line)
         if found is None or found["waiter"] or found["kind"] not in _KINDS:
             continue
         dev = device(int(found["major"], 16), int(found["minor"], 16))
-        held.add((dev, int(found["inode"])))
+        held.setdefault((dev, int(found["inode"])), set()).add(int(found["pid"]))
     return held
+
+
+# Drone sets it in every step's environment (docs.drone.io, pipeline environment reference);
+# cc-ci's harness runs in its one step and holds its app's flock for its life (b302f3a).
+BUILD_VAR = "DRONE_BUILD_NUMBER"
+
+
+def parse_build_var(text: str) -> int | None:
+    """Pure: the build number of `grep -azx 'DRONE_BUILD_NUMBER=[0-9]*' /proc/PID/environ`."""
+    for record in text.split("\0"):
+        name, _, value = record.strip().partition("=")
+        if name == BUILD_VAR and value.isdigit() and len(value) <= 12:
+            return int(value)
+    return None
+
+
+def run_of_build(host: CommandRunner, folder: str, pattern: str, build: int) -> str | None:
+    """The run (app domain) whose flock a process of Drone build `build` holds on the host:
+    how a proof knows its own stack among concurrent harness runs. Only the one variable
+    crosses from the holder's environment (`grep -z`), never the rest (its secrets)."""
+    try:
+        rc, out, _ = host.run(
+            ["find", folder, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
+             "-printf", "%D %i %f\\0"],
+            timeout_s=TIMEOUT_S,
+        )  # fmt: skip
+        files = parse_listing(out) if rc == 0 and not _capped(out) else []
+        if not files:
+            return None
+        rc, locks, _ = host.run(["cat", "/proc/locks"], timeout_s=TIMEOUT_S)
+        if rc != 0 or _capped(locks):
+            return None
+        holders = lock_holders(locks)
+        for run in held_runs(folder, files, set(holders), pattern):
+            lock = next(f for f in files if run.path.endswith(f"/{f.name}"))
+            for pid in sorted(holders[(lock.device, lock.inode)]):
+                if pid <= 0:
+                    continue
+                rc, said, _ = host.run(
+                    ["grep", "-azx", f"{BUILD_VAR}=[0-9]*", f"/proc/{pid}/environ"],
+                    timeout_s=TIMEOUT_S,
+                )
+                if rc == 0 and parse_build_var(said) == build:
+                    return run.run
+    except subprocess.TimeoutExpired:
+        return None
+    return None
 
 
 @dataclass(frozen=True)

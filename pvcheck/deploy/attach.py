@@ -81,11 +81,21 @@ class AttachmentSampler:
         self._stop.set()
         self._thread.join(timeout=30)
 
-    def describe(self) -> str:
-        watched = self.stack or f"a stack matching {self.pattern}"
-        if not self.seen:
+    def services_of(self, stack: str) -> list[str]:
+        return sorted(s for s in self.seen if s.startswith(f"{stack}_"))
+
+    def describe(self, own: str | None = None) -> str:
+        """What was seen of the watched stack; `own`: only that one of the stacks seen (the
+        run's own, known once the harness run was found), the others named apart."""
+        watched = own or self.stack or f"a stack matching {self.pattern}"
+        seen = self.services_of(own) if own else sorted(self.seen)
+        if not seen:
             return f"no service of {watched} seen on {self.network} in {self.samples} samples"
-        return f"{', '.join(sorted(self.seen))} seen on {self.network} ({self.samples} samples)"
+        said = f"{', '.join(seen)} seen on {self.network} ({self.samples} samples)"
+        others = sorted(self.stacks - {own}) if own else []
+        if others:
+            said += f"; not this run's: {', '.join(others)}"
+        return said
 
 
 def watched_stacks(named: str | None, sampler: AttachmentSampler) -> list[str]:

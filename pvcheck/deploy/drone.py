@@ -23,7 +23,14 @@ from pvcheck import masking, progress
 from pvcheck.config import Config, DroneDriverConfig
 from pvcheck.deploy.attach import AttachmentSampler, fixed_stack, watched_stacks
 from pvcheck.errors import ConfigError
-from pvcheck.harnessresults import STAGE_TIER, ResultsError, fetch_results, parse_results
+from pvcheck.harnessresults import (
+    STAGE_TIER,
+    ResultsError,
+    fetch_results,
+    parse_results,
+    results_stack,
+)
+from pvcheck.liveness import run_of_build
 from pvcheck.seams import DeployOutcome, HostCommands, Seams, TierResult, TierStatus
 
 log = logging.getLogger(__name__)
@@ -199,10 +206,25 @@ class DroneDriver:
                 self._run(outcome, poll)
             except (DroneError, httpx.HTTPError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
-        outcome.attached = bool(sampler.seen)
-        outcome.attach_detail = sampler.describe()
-        outcome.stacks = watched_stacks(fixed, sampler)
+        # The build's own stack, when its harness run was found holding its app's flock:
+        # other harness runs beside it (a second runner, a sweep) are not the proof's.
+        own = fixed or results_stack(
+            {"domain": outcome.info["run"]} if "run" in outcome.info else {}
+        )
+        outcome.attached = bool(sampler.services_of(own)) if own else bool(sampler.seen)
+        outcome.attach_detail = sampler.describe(own)
+        outcome.stacks = watched_stacks(own, sampler)
         return outcome
+
+    def _find_run(self, outcome: DeployOutcome, number: int) -> None:
+        """Which harness run (app domain) is build `number`'s: the flock its process holds."""
+        runs = self.deploy_cfg.active_runs
+        if "run" in outcome.info or runs.lock_folder is None:
+            return
+        run = run_of_build(self.host, str(runs.lock_folder), runs.lock_pattern, number)
+        if run is not None:
+            outcome.info["run"] = run
+            log.info("Drone build %d runs %s (its process holds that app's flock)", number, run)
 
     def _run(self, outcome: DeployOutcome, poll: float) -> None:
         build = self.client.create(self.deploy_cfg.recipe)  # once: never retried
@@ -213,6 +235,8 @@ class DroneDriver:
         deadline = started + self.drone.timeout_s
         while build.get("status") not in FINISHED:
             progress.report(f"Drone build {number}: {build.get('status')}", started, deadline)
+            if build.get("status") == "running":
+                self._find_run(outcome, number)
             if time.monotonic() >= deadline:
                 self.client.stop(number)
                 outcome.error = (

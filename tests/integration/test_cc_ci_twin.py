@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -333,3 +334,46 @@ def test_the_way_in_and_traefik_are_told_apart(
     assert report["gates"]["M1"]["status"] == "fail"
     assert "fix routing first" in report["stages"]["deploy"]  # no test traffic on a cut host
     assert services_created(cc_ci_twin, started) == []
+
+
+def test_two_harness_runs_beside_the_proof_are_neither_watched_nor_blamed(
+    cc_ci_twin: Config, tmp_path: Path
+) -> None:
+    """Mid-proof, two more harness runs start on the host (other pull requests, so other
+    apps; as a second runner or a sweep would). The proof knows its own run by the flock its
+    build's process holds, and watches that stack alone."""
+    engine = host_engine(cc_ci_twin)
+    others: list[subprocess.Popen[bytes]] = []
+
+    def start_others() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            names = [s.name for s in engine.services.list()]
+            if any(HARNESS_STACK.match(n.removesuffix("_app")) for n in names):
+                break
+            time.sleep(0.5)
+        for pr in ("11", "12"):
+            assert cc_ci_twin.deploy is not None
+            harness = twin.harness_argv(cc_ci_twin, str(tmp_path / f"pr{pr}.json"))
+            argv = [a.replace("{recipe}", cc_ci_twin.deploy.recipe) for a in harness]
+            argv += ["--pr", pr]
+            others.append(subprocess.Popen(on_host(cc_ci_twin, argv), stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL))  # fmt: skip
+
+    starter = threading.Thread(target=start_others)
+    starter.start()
+    try:
+        rc, report = run(overlay(tmp_path), tmp_path)
+    finally:
+        starter.join()
+        codes = [p.wait(timeout=300) for p in others]
+    assert len(others) == 2 and codes == [0, 0], codes  # both really ran, and passed
+    assert rc == 0, report.get("stages")
+    attached = check(report, "deploy.attached")["found"]
+    mine = re.findall(r"(\S+)_app seen on proxy", attached)
+    beside = re.search(r"not this run's: (.+)$", attached)
+    assert len(mine) == 1 and beside is not None, attached
+    assert len(beside.group(1).split(", ")) == 2, attached  # both seen, neither taken
+    _assert_passes(report, "drone")
+    teardown = check(report, "deploy.teardown")
+    assert teardown["expected"].count("no object of stack") == 1, teardown

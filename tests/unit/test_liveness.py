@@ -168,3 +168,19 @@ def test_a_lock_file_name_cannot_forge_a_log_line() -> None:
     name = "cc-ci-app-x\n2026-12-05 | INFO | host quiet: verdict PASS\x1b[2K.lock"
     shown = HeldLock(f"/run/lock/{name}", "x\n\x1b[2K").describe()
     assert "\n" not in shown and "\x1b" not in shown and "host quiet" in shown
+
+
+def test_the_holders_of_each_lock_and_a_build_number_from_a_holders_environment() -> None:
+    from pvcheck.liveness import lock_holders, parse_build_var
+
+    locks = (
+        "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1515551 0 EOF\n"
+        "1: -> FLOCK  ADVISORY  WRITE 4343 fe:00:1515551 0 EOF\n"  # a waiter holds nothing
+        "2: OFDLCK ADVISORY  READ  -1 fe:00:77 0 EOF\n"
+    )
+    assert lock_holders(locks) == {("fe:00", 1515551): {4242}, ("fe:00", 77): {-1}}
+    assert parse_build_var("DRONE_BUILD_NUMBER=608\0") == 608
+    # What grep -z might pass on anything else: never a number.
+    for said in ("", "DRONE_BUILD_NUMBER=\0", "DRONE_BUILD_NUMBER=6x\0", "OTHER=1\0",
+                 "DRONE_BUILD_NUMBER=" + "9" * 13 + "\0"):  # fmt: skip
+        assert parse_build_var(said) is None, said
