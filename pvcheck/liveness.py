@@ -115,10 +115,8 @@ def run_of_build(host: CommandRunner, folder: str, pattern: str, build: int) -> 
         rc, locks, _ = host.run(["cat", "/proc/locks"], timeout_s=TIMEOUT_S)
         if rc != 0 or _capped(locks):
             return None
-        holders = lock_holders(locks)
-        for run in held_runs(folder, files, set(holders), pattern):
-            lock = next(f for f in files if run.path.endswith(f"/{f.name}"))
-            for pid in sorted(holders[(lock.device, lock.inode)]):
+        for run in held_runs(folder, files, lock_holders(locks), pattern):
+            for pid in run.holders:
                 if pid <= 0:
                     continue
                 rc, said, _ = host.run(
@@ -157,10 +155,14 @@ class HeldLock:
 
     path: str
     run: str  # the pattern's `domain` group (or first group), else the file name
+    holders: tuple[int, ...] = ()  # the pids /proc/locks names (on the host)
 
     def describe(self) -> str:
         # Names come from a folder others can write (/run/lock is 1777): one printable line.
-        return printable(f"harness run {self.run} (flock held on {self.path})")
+        # The holder's pid tells a harness run from anyone holding a file there to block runs.
+        pids = [str(p) for p in self.holders if p > 0]
+        by = f" by pid {', '.join(pids)}" if pids else ""
+        return printable(f"harness run {self.run} (flock held on {self.path}{by})")
 
 
 @dataclass(frozen=True)
@@ -170,9 +172,13 @@ class FlockScan:
 
 
 def held_runs(
-    folder: str, files: list[LockFile], held: set[DeviceInode], pattern: str
+    folder: str,
+    files: list[LockFile],
+    held: set[DeviceInode] | dict[DeviceInode, set[int]],
+    pattern: str,
 ) -> list[HeldLock]:
-    """Pure: the lock files whose name matches the pattern and whose inode is locked."""
+    """Pure: the lock files whose name matches the pattern and whose inode is locked (with
+    the holders' pids when `held` maps them)."""
     regex = re.compile(pattern)
     runs = []
     for f in sorted(files, key=lambda f: f.name):
@@ -181,7 +187,8 @@ def held_runs(
             continue
         groups = found.groupdict()
         run = groups.get("domain") or next((g for g in found.groups() if g), None) or f.name
-        runs.append(HeldLock(f"{folder.rstrip('/')}/{f.name}", run))
+        pids = held.get((f.device, f.inode), set()) if isinstance(held, dict) else set()
+        runs.append(HeldLock(f"{folder.rstrip('/')}/{f.name}", run, tuple(sorted(pids))))
     return runs
 
 
@@ -211,7 +218,7 @@ def busy_flocks(host: CommandRunner, folder: str, pattern: str) -> FlockScan:
         return FlockScan(problem=f"/proc/locks: {err.strip()[-200:] or f'cat exited {rc}'}")
     if _capped(locks):
         return FlockScan(problem=f"/proc/locks is longer than pvcheck reads: {TOO_MUCH}")
-    return FlockScan(held_runs(folder, files, held_locks(locks), pattern))
+    return FlockScan(held_runs(folder, files, lock_holders(locks), pattern))
 
 
 # A listing cut at the output cap could hide the one held lock that matters (a user can fill

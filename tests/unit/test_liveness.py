@@ -93,14 +93,16 @@ def test_a_real_flock_is_seen_without_taking_it_and_is_gone_when_its_holder_exit
     try:
         assert child.stdout is not None and child.stdout.readline() == "held\n"
         scan = busy_flocks(host, str(tmp_path), CCCI_PATTERN)
-        assert scan == FlockScan([HeldLock(str(held), "ab12-0f0f0f.ci.commoninternet.net")])
+        domain = "ab12-0f0f0f.ci.commoninternet.net"
+        assert scan == FlockScan([HeldLock(str(held), domain, (child.pid,))])
+        assert scan.held[0].describe().endswith(f"{held} by pid {child.pid})")  # who holds it
         # The probe is still not a holder: the lock can be tested by a third party as taken.
         probe = subprocess.run(["flock", "-n", "-x", str(held), "true"], check=False)
         assert probe.returncode == 1
         # Through the stage: the held lock is an active run, the stale one is not.
         cfg = ActiveRunsConfig(lock_folder=tmp_path, lock_pattern=CCCI_PATTERN)
         assert active_runs(cfg, FakeSwarm(), host=host) == [
-            f"harness run ab12-0f0f0f.ci.commoninternet.net (flock held on {held})"
+            f"harness run ab12-0f0f0f.ci.commoninternet.net (flock held on {held} by pid {child.pid})"
         ]
     finally:
         assert child.stdin is not None
