@@ -93,40 +93,9 @@ BUILD_VAR = "DRONE_BUILD_NUMBER"
 def parse_build_var(text: str) -> int | None:
     """Pure: the build number of `grep -azx 'DRONE_BUILD_NUMBER=[0-9]*' /proc/PID/environ`."""
     for record in text.split("\0"):
-        name, _, value = record.strip().partition("=")
-        if name == BUILD_VAR and value.isdigit() and len(value) <= 12:
-            return int(value)
-    return None
-
-
-def run_of_build(host: CommandRunner, folder: str, pattern: str, build: int) -> str | None:
-    """The run (app domain) whose flock a process of Drone build `build` holds on the host:
-    how a proof knows its own stack among concurrent harness runs. Only the one variable
-    crosses from the holder's environment (`grep -z`), never the rest (its secrets)."""
-    try:
-        rc, out, _ = host.run(
-            ["find", folder, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
-             "-printf", "%D %i %f\\0"],
-            timeout_s=TIMEOUT_S,
-        )  # fmt: skip
-        files = parse_listing(out) if rc == 0 and not _capped(out) else []
-        if not files:
-            return None
-        rc, locks, _ = host.run(["cat", "/proc/locks"], timeout_s=TIMEOUT_S)
-        if rc != 0 or _capped(locks):
-            return None
-        for run in held_runs(folder, files, lock_holders(locks), pattern):
-            for pid in run.holders:
-                if pid <= 0:
-                    continue
-                rc, said, _ = host.run(
-                    ["grep", "-azx", f"{BUILD_VAR}=[0-9]*", f"/proc/{pid}/environ"],
-                    timeout_s=TIMEOUT_S,
-                )
-                if rc == 0 and parse_build_var(said) == build:
-                    return run.run
-    except subprocess.TimeoutExpired:
-        return None
+        found = re.fullmatch(rf"{BUILD_VAR}=([0-9]{{1,12}})", record.strip())
+        if found:
+            return int(found.group(1))
     return None
 
 
@@ -219,6 +188,47 @@ def busy_flocks(host: CommandRunner, folder: str, pattern: str) -> FlockScan:
     if _capped(locks):
         return FlockScan(problem=f"/proc/locks is longer than pvcheck reads: {TOO_MUCH}")
     return FlockScan(held_runs(folder, files, lock_holders(locks), pattern))
+
+
+MAX_HOLDERS = 16  # holder processes asked per look: a flood of locks cannot flood ssh
+
+
+def runs_of_build(host: CommandRunner, folder: str, pattern: str, build: int) -> list[str]:
+    """The runs (app domains) whose flock a process of Drone build `build` holds on the host:
+    how a proof knows its own stack among concurrent harness runs. Every claimant is
+    returned: anyone may hold a file in a 1777 lock folder with that variable set, so the
+    caller takes one only when it is the one. Only the variable crosses from the holder's
+    environment (`grep -z`), never the rest of it (its secrets)."""
+    try:
+        rc, out, _ = host.run(
+            ["find", folder, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
+             "-printf", "%D %i %f\\0"],
+            timeout_s=TIMEOUT_S,
+        )  # fmt: skip
+        files = parse_listing(out) if rc == 0 and not _capped(out) else []
+        if not files:
+            return []
+        rc, locks, _ = host.run(["cat", "/proc/locks"], timeout_s=TIMEOUT_S)
+        if rc != 0 or _capped(locks):
+            return []
+        held = held_runs(folder, files, lock_holders(locks), pattern)
+        pids = sorted({p for run in held for p in run.holders if p > 0})[:MAX_HOLDERS]
+        if not pids:
+            return []
+        # One call for all: `grep -H` names the file each line came from.
+        rc, said, _ = host.run(
+            ["grep", "-azxH", f"{BUILD_VAR}=[0-9]*", *(f"/proc/{p}/environ" for p in pids)],
+            timeout_s=TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return []
+    of_build = set()
+    for record in said.split("\0"):
+        where, _, var = record.strip().partition(":")
+        found = re.fullmatch(r"/proc/([0-9]+)/environ", where)
+        if found and parse_build_var(var) == build:
+            of_build.add(int(found.group(1)))
+    return [run.run for run in held if of_build & set(run.holders)]
 
 
 # A listing cut at the output cap could hide the one held lock that matters (a user can fill

@@ -279,8 +279,10 @@ def judge(probes: list[RouteObservation], settings: Settings) -> list[Check]:
 _SIDES = {
     ("here", Status.PASS): "the way in is broken: it answers on the host through its own Traefik",
     ("host", Status.PASS): "the host's own way to Traefik is broken: it answers from outside",
-    ("here", Status.FAIL): "Traefik or the app is broken: no answer from outside nor on the host",
-    ("host", Status.FAIL): "Traefik or the app is broken: no answer on the host nor from outside",
+    ("here", Status.FAIL): "Traefik or the app is broken: not the expected answer from outside "
+    "nor on the host",
+    ("host", Status.FAIL): "Traefik or the app is broken: not the expected answer on the host "
+    "nor from outside",
 }
 
 
@@ -288,10 +290,18 @@ def told_apart(routes: list[RouteConfig], checks: list[Check]) -> list[Check]:
     """Pure: a route checked both from here and on the host through its own Traefik says
     which side is broken when it fails: the way in (name resolution, firewall, the host's
     address), or what is behind it (Traefik, the app)."""
-    by_side = {(r.url, r.check_from): c for r, c in zip(routes, checks, strict=True)}
+
+    # A pair asks the same of both sides; two routes of one side and URL pair with nothing.
+    def key(r: RouteConfig) -> tuple[object, ...]:
+        return (r.url, tuple(r.expect_status), r.body_contains, r.verify_tls)
+
+    sides: dict[tuple[object, ...], list[Check]] = {}
+    for route, check in zip(routes, checks, strict=True):
+        sides.setdefault((*key(route), route.check_from), []).append(check)
+    by_side = {k: v[0] for k, v in sides.items() if len(v) == 1}
     out = []
     for route, check in zip(routes, checks, strict=True):
-        other = by_side.get((route.url, "host" if route.check_from == "here" else "here"))
+        other = by_side.get((*key(route), "host" if route.check_from == "here" else "here"))
         why = _SIDES.get((route.check_from, other.status)) if other is not None else None
         if check.status == Status.FAIL and other is not None and why:
             check = dataclasses.replace(check, detail=f"{check.detail}; {why} ({other.id})")

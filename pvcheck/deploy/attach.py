@@ -82,7 +82,8 @@ class AttachmentSampler:
         self._thread.join(timeout=30)
 
     def services_of(self, stack: str) -> list[str]:
-        return sorted(s for s in self.seen if s.startswith(f"{stack}_"))
+        """The services seen of exactly that stack (not of one whose name it begins)."""
+        return sorted(s for s in self.seen if stack_of(s, None, self.pattern) == stack)
 
     def describe(self, own: str | None = None) -> str:
         """What was seen of the watched stack; `own`: only that one of the stacks seen (the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import httpx
 from pvcheck import masking, progress
 from pvcheck.config import Config, DroneDriverConfig
 from pvcheck.deploy.attach import AttachmentSampler, fixed_stack, watched_stacks
-from pvcheck.errors import ConfigError
+from pvcheck.errors import ConfigError, PvcheckError
 from pvcheck.harnessresults import (
     STAGE_TIER,
     ResultsError,
@@ -30,7 +31,8 @@ from pvcheck.harnessresults import (
     parse_results,
     results_stack,
 )
-from pvcheck.liveness import run_of_build
+from pvcheck.liveness import runs_of_build
+from pvcheck.procs import printable
 from pvcheck.seams import DeployOutcome, HostCommands, Seams, TierResult, TierStatus
 
 log = logging.getLogger(__name__)
@@ -208,23 +210,46 @@ class DroneDriver:
                 outcome.error = f"{type(exc).__name__}: {exc}"
         # The build's own stack, when its harness run was found holding its app's flock:
         # other harness runs beside it (a second runner, a sweep) are not the proof's.
-        own = fixed or results_stack(
-            {"domain": outcome.info["run"]} if "run" in outcome.info else {}
-        )
+        own = fixed or self._own_stack(outcome, sampler)
         outcome.attached = bool(sampler.services_of(own)) if own else bool(sampler.seen)
         outcome.attach_detail = sampler.describe(own)
+        if not own and len(sampler.stacks) > 1:
+            outcome.attach_detail += (
+                "; this build's own harness run was not found on the host, so every stack "
+                "matching the pattern counts as the proof's"
+            )
         outcome.stacks = watched_stacks(own, sampler)
         return outcome
 
     def _find_run(self, outcome: DeployOutcome, number: int) -> None:
-        """Which harness run (app domain) is build `number`'s: the flock its process holds."""
+        """Which harness run (app domain) is build `number`'s: the flock its process holds.
+        Taken only when exactly one run claims the build; more is someone else's claim too,
+        and then none is (the pattern's stacks are watched, and the detail says so)."""
         runs = self.deploy_cfg.active_runs
-        if "run" in outcome.info or runs.lock_folder is None:
+        if "run" in outcome.info or "runs" in outcome.info or runs.lock_folder is None:
             return
-        run = run_of_build(self.host, str(runs.lock_folder), runs.lock_pattern, number)
-        if run is not None:
-            outcome.info["run"] = run
-            log.info("Drone build %d runs %s (its process holds that app's flock)", number, run)
+        try:
+            found = runs_of_build(self.host, str(runs.lock_folder), runs.lock_pattern, number)
+        except PvcheckError as exc:  # the host did not answer this time; the next poll asks
+            log.info("Drone build %d: its harness run not looked up: %s", number, exc)
+            return
+        if len(found) == 1:
+            outcome.info["run"] = printable(found[0])
+            log.info("Drone build %d runs %s (its process holds that app's flock)",
+                     number, outcome.info["run"])  # fmt: skip
+        elif found:
+            outcome.info["runs"] = printable(", ".join(found))
+            log.warning("Drone build %d: several runs claim it (%s); none is taken",
+                        number, outcome.info["runs"])  # fmt: skip
+
+    def _own_stack(self, outcome: DeployOutcome, sampler: AttachmentSampler) -> str | None:
+        """The build's stack from its harness run: a name the harness pattern admits and that
+        appeared on the network during this run; otherwise none (and the detail says why)."""
+        pattern = self.deploy_cfg.stack_pattern
+        own = results_stack({"domain": outcome.info["run"]}) if "run" in outcome.info else None
+        if own and pattern and re.search(pattern, own) and own in sampler.stacks:
+            return own
+        return None
 
     def _run(self, outcome: DeployOutcome, poll: float) -> None:
         build = self.client.create(self.deploy_cfg.recipe)  # once: never retried

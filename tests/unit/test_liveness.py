@@ -186,3 +186,40 @@ def test_the_holders_of_each_lock_and_a_build_number_from_a_holders_environment(
     for said in ("", "DRONE_BUILD_NUMBER=\0", "DRONE_BUILD_NUMBER=6x\0", "OTHER=1\0",
                  "DRONE_BUILD_NUMBER=" + "9" * 13 + "\0"):  # fmt: skip
         assert parse_build_var(said) is None, said
+
+
+def test_the_run_of_a_build_is_the_one_a_process_of_that_build_holds(tmp_path: Path) -> None:
+    """Real flocks held by processes with and without the build's variable, read through the
+    host seam (here: this machine): its run is found; a second claimant makes two (the
+    driver then takes none); only one grep reads the holders' environments."""
+    from pvcheck.liveness import runs_of_build
+
+    def hold(domain: str, build: str | None) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if k != "DRONE_BUILD_NUMBER"}
+        if build is not None:
+            env["DRONE_BUILD_NUMBER"] = build
+        lock = tmp_path / f"cc-ci-app-{domain}.lock"
+        child = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], env=env, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        return child
+
+    children = [
+        hold("mine-0a0a0a.x", "7"),
+        hold("other-1b1b1b.x", "8"),
+        hold("sweep-2c2c2c.x", None),
+    ]
+    try:
+        host = FakeHost()
+        assert runs_of_build(host, str(tmp_path), CCCI_PATTERN, 7) == ["mine-0a0a0a.x"]
+        assert runs_of_build(host, str(tmp_path), CCCI_PATTERN, 9) == []
+        greps = [argv for argv in host.ran if argv[0] == "grep"]
+        assert len(greps) == 2 and all(g[1] == "-azxH" for g in greps)  # one per look
+        children.append(hold("fake-3d3d3d.x", "7"))  # anyone can claim build 7
+        assert sorted(runs_of_build(host, str(tmp_path), CCCI_PATTERN, 7)) == [
+            "fake-3d3d3d.x", "mine-0a0a0a.x"]  # fmt: skip
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(timeout=10)

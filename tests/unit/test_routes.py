@@ -120,7 +120,11 @@ def test_hanging_and_resetting_routes_are_bounded(hanging_server: tuple[int, int
     ("outside", "on_host", "says"),
     [
         (None, 200, "the way in is broken: it answers on the host through its own Traefik"),
-        (None, None, "Traefik or the app is broken: no answer from outside nor on the host"),
+        (
+            None,
+            None,
+            "Traefik or the app is broken: not the expected answer from outside nor on the host",
+        ),
         (200, None, None),  # the outside route passes: nothing to say about it
     ],
 )
