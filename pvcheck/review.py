@@ -369,7 +369,11 @@ def status_edit_findings(status: str, path: str, recorded: Recorded) -> list[Fin
             changed.append(f"section {name} is not the text run {recorded.run_id} wrote")
     if not changed:
         return []
-    title = f"STATUS was edited after its run: {'; '.join(changed)}"
+    # A run whose STATUS write failed after its report was written looks the same: said.
+    title = (
+        f"STATUS is not what its run wrote: {'; '.join(changed)} (edited by hand, or that "
+        "run could not write STATUS)"
+    )
     repro = f"git log -p -- {path}  # who changed it; a new run (pvcheck run) writes it again"
     return [Finding(f"status-edit:{gate}", gate, title, repro) for gate in Gate]
 
