@@ -112,7 +112,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     for name, replicas in rows:
         print(f"  {name:<32} {replicas}")
     lines, ok = _route_lines(cfg, probes)
-    print("routes (through Traefik from 127.0.0.1):")
+    print("routes (through Traefik):")
     print("\n".join(lines))
     return EXIT_PASS if ok and rows else 1
 
@@ -380,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--pool", default="pvcheck", help="the process work pool's name")
     wrk.set_defaults(func=cmd_worker)
 
-    labp = sub.add_parser("lab", help="the built-in lab: a local swarm with real Traefik")
+    labp = sub.add_parser(
+        "lab", help="the built-in lab (a local swarm, real Traefik) or the cc-ci twin (--profile)"
+    )
     labp.add_argument("action", choices=["up", "down", "status"])
     labp.add_argument("--config", help="a lab config (default: the profile's)")
     labp.add_argument(

@@ -44,7 +44,8 @@ from pvcheck.swarm import LABEL_LAB, LABEL_STACK, Swarm
 log = logging.getLogger(__name__)
 
 LAB_LABELS = {LABEL_LAB: "1"}
-LAB_ENGINE = "unix:///var/run/docker.sock"  # the only engine the lab is built on
+# The built-in lab's engine; a lab machine's is reached through its own socket (machine.py).
+LAB_ENGINE = "unix:///var/run/docker.sock"
 BUSYBOX_IMAGE = "local/busybox:1"
 WEB_IMAGE = "local/pvcheck-web:1"
 TRAEFIK_IMAGE = "local/traefik:3.7"
@@ -467,8 +468,9 @@ def _engine_url(cfg: Config) -> str:
 
 
 def _lab_engine(cfg: Config) -> Swarm:
-    """The local engine, proven to be the lab's: its network carries the lab label, or it
-    has none (a lab already taken down; only lab-labelled objects are ever touched)."""
+    """The lab's engine (this machine's, or a lab machine's through its socket), proven to be
+    the lab's: its network carries the lab label, or it has none (a lab already taken down;
+    only lab-labelled objects are ever touched)."""
     url = _engine_url(cfg)
     swarm = Swarm.connect(url, cfg.target.timeout_s)
     if swarm.network(cfg.network.name) is None:

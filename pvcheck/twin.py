@@ -184,7 +184,8 @@ def _healthy(url: str) -> bool:
 
 
 def ensure_drone_api(cfg: Config, wait_s: float = 20.0) -> None:
-    """Serve the Drone API stand-in at deploy.drone.url (127.0.0.1 only), idempotently."""
+    """Serve the Drone API stand-in at deploy.drone.url (on a lab machine, at its address and
+    on it; else on 127.0.0.1 only), idempotently."""
     lab, deploy = cfg.lab, cfg.deploy
     if lab is None or not lab.drone_api or deploy is None or deploy.drone is None:
         return
