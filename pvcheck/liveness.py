@@ -199,24 +199,14 @@ def runs_of_build(host: CommandRunner, folder: str, pattern: str, build: int) ->
     returned: anyone may hold a file in a 1777 lock folder with that variable set, so the
     caller takes one only when it is the one. Only the variable crosses from the holder's
     environment (`grep -z`), never the rest of it (its secrets)."""
+    scan = busy_flocks(host, folder, pattern)  # the same look as for liveness
+    pids = sorted({p for run in scan.held for p in run.holders if p > 0})[:MAX_HOLDERS]
+    if not pids:
+        return []
     try:
-        rc, out, _ = host.run(
-            ["find", folder, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
-             "-printf", "%D %i %f\\0"],
-            timeout_s=TIMEOUT_S,
-        )  # fmt: skip
-        files = parse_listing(out) if rc == 0 and not _capped(out) else []
-        if not files:
-            return []
-        rc, locks, _ = host.run(["cat", "/proc/locks"], timeout_s=TIMEOUT_S)
-        if rc != 0 or _capped(locks):
-            return []
-        held = held_runs(folder, files, lock_holders(locks), pattern)
-        pids = sorted({p for run in held for p in run.holders if p > 0})[:MAX_HOLDERS]
-        if not pids:
-            return []
-        # One call for all: `grep -H` names the file each line came from.
-        rc, said, _ = host.run(
+        # One call for all: `grep -H` names the file each line came from. Its exit code is
+        # not read: a holder gone meanwhile makes it 2 while the others' lines still count.
+        _, said, _ = host.run(
             ["grep", "-azxH", f"{BUILD_VAR}=[0-9]*", *(f"/proc/{p}/environ" for p in pids)],
             timeout_s=TIMEOUT_S,
         )
@@ -228,7 +218,7 @@ def runs_of_build(host: CommandRunner, folder: str, pattern: str, build: int) ->
         found = re.fullmatch(r"/proc/([0-9]+)/environ", where)
         if found and parse_build_var(var) == build:
             of_build.add(int(found.group(1)))
-    return [run.run for run in held if of_build & set(run.holders)]
+    return [run.run for run in scan.held if of_build & set(run.holders)]
 
 
 # A listing cut at the output cap could hide the one held lock that matters (a user can fill

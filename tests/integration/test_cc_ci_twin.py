@@ -28,7 +28,7 @@ import tomli_w
 from pvcheck import twin
 from pvcheck.api import free_port
 from pvcheck.config import Config
-from pvcheck.machine import machine_of
+from pvcheck.machine import Machine, machine_of
 from tests.helpers import PVFIX_DONE, ROOT
 from tests.integration.test_flow_m1 import check, run
 
@@ -63,19 +63,20 @@ def command_driver(cfg: Config, tmp_path: Path, *harness_flags: str) -> dict[str
     return {"deploy": {"driver": "command", "command": {"argv": argv, "results": str(results)}}}
 
 
-def host_engine(cfg: Config) -> docker.DockerClient:
-    """The twin host's engine, through the lab's own socket to it (never the run's way in)."""
+def host_machine(cfg: Config) -> Machine:
     assert cfg.lab is not None
     machine = machine_of(cfg.lab)
     assert machine is not None, "the twin is two machines"
-    return docker.DockerClient(base_url=machine.engine_url)
+    return machine
+
+
+def host_engine(cfg: Config) -> docker.DockerClient:
+    """The twin host's engine, through the lab's own socket to it (never the run's way in)."""
+    return docker.DockerClient(base_url=host_machine(cfg).engine_url)
 
 
 def on_host(cfg: Config, argv: list[str]) -> list[str]:
-    assert cfg.lab is not None
-    machine = machine_of(cfg.lab)
-    assert machine is not None
-    return machine.enter(argv)
+    return host_machine(cfg).enter(argv)
 
 
 def services_created(cfg: Config, since: datetime) -> list[str]:
@@ -268,10 +269,7 @@ def leftover_stacks(cc_ci_twin: Config) -> Iterator[list[str]]:
     never removes what it did not create)."""
     left: list[str] = []
     yield left
-    assert cc_ci_twin.lab is not None
-    machine = machine_of(cc_ci_twin.lab)
-    assert machine is not None
-    docker_cli = ["docker", "-H", machine.engine_url]
+    docker_cli = ["docker", "-H", host_machine(cc_ci_twin).engine_url]
     for stack in left:
         subprocess.run([*docker_cli, "stack", "rm", stack], capture_output=True, check=False)
     label = [f"label=com.docker.stack.namespace={s}" for s in left]
