@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -18,7 +19,7 @@ from typing import Any, TextIO, TypeVar
 # Nothing imported here may import Prefect: main secures its settings first (pvcheck.rootenv).
 from pvcheck import __version__, rootenv
 from pvcheck.api import ensure_prefect_api
-from pvcheck.config import LAB_CONFIG, Config, load_config
+from pvcheck.config import LAB_CONFIG, RUN_ID_PATTERN, Config, load_config
 from pvcheck.errors import (
     EXIT_BUSY,
     EXIT_GATE_FAILED,
@@ -160,6 +161,7 @@ def target_overlay(config: str, url: str) -> Iterator[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pvcheck.deploy import adopt as adoption
     from pvcheck.flows.verify import RunParameters, verify
 
     if args.canary and args.target:
@@ -173,9 +175,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             else args.config
         )
         cfg = load_config(path)  # fail fast (exit 2) before connecting
+        if args.adopt:
+            if not re.match(RUN_ID_PATTERN, args.adopt):
+                raise ConfigError(args.config, "--adopt", f"{args.adopt[:70]!r} is not a run id")
+            adoption.Settings.from_config(cfg, args.adopt)
         pin([path])  # the flow runs this config and no other
         ensure_prefect_api()
-        state = verify(**RunParameters.form(cfg) | {"canary": args.canary}, return_state=True)
+        params = RunParameters.form(cfg) | {"canary": args.canary, "adopt": args.adopt}
+        state = verify(**params, return_state=True)
     if state.is_cancelled():
         print(f"pvcheck: {state.message}", file=sys.stderr)
         return EXIT_BUSY
@@ -336,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="verify this engine instead of the config's target.docker_host "
         "(e.g. ssh://root@cc-ci.example:22)",
+    )
+    run.add_argument(
+        "--adopt",
+        metavar="RUN",
+        default="",
+        help="start no deploy: take this finished harness run (cc-ci: its Drone build number) as "
+        "M2's deploy proof, if it started after the fix, passed every required tier, reported "
+        "a clean teardown and its stacks are gone (needs [deploy.adopt])",
     )
     run.set_defaults(func=cmd_run)
 

@@ -28,6 +28,7 @@ TITLES = {
     "allocator_concurrency": "Stacks at once",
     "allocator_rounds": "Rounds",
     "canary": "Canary (lab only)",
+    "adopt": "Adopt a finished harness run",
 }
 FORM = "the run form"
 
@@ -82,4 +83,13 @@ CANARY = _shown(
     TITLES["canary"],
     "On the built-in lab only: make the real allocator log the VIP-exhaustion line and prove "
     "the upgrade guard counts it. Refused against any other engine.",
+)
+# A run id as the runs folder names it (pvcheck.config.RUN_ID_PATTERN), or empty.
+AdoptRun = Annotated[str, Field(max_length=64, pattern=r"^(|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")]
+ADOPT = _shown(
+    "",
+    TITLES["adopt"],
+    "A harness run's id (cc-ci: its Drone build number, e.g. 608). Given, no deploy is started: "
+    "the run counts as M2's deploy proof when it started after the fix, passed every required "
+    "tier, reported a clean teardown and its stacks are gone from the host. Empty: deploy one.",
 )

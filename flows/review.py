@@ -17,11 +17,12 @@ from pvcheck import review as review_stage
 from pvcheck.busy import explain_collisions, step_aside, this_run
 from pvcheck.claims import m1_claim, m2_commands
 from pvcheck.config import Config, load_config
-from pvcheck.errors import HostBusy
+from pvcheck.deploy import adopt as adoption
+from pvcheck.errors import ConfigError, HostBusy
 from pvcheck.evidence import write_review
 from pvcheck.flows.params import TARGET, Host, served_config
 from pvcheck.protocol import GateClaim
-from pvcheck.records import Check, Family, Gate, Verdict, format_ts
+from pvcheck.records import Check, Family, Gate, Status, Verdict, format_ts
 from pvcheck.review import (
     Recorded,
     judge_review,
@@ -29,6 +30,7 @@ from pvcheck.review import (
 from pvcheck.reviewrecord import Finding, ReviewResult
 from pvcheck.runs import HostLock
 from pvcheck.seams import Seams
+from pvcheck.tasks.deploy import adopt_run
 from pvcheck.tasks.engine import connect
 from pvcheck.tasks.facts import capture_facts
 from pvcheck.tasks.guard import guard_proof
@@ -82,10 +84,30 @@ def live_m2(
         same_run = recorded is not None and recorded.run_id == claim.run_id
         run_window = recorded.run_logs if recorded is not None and same_run else None
         ours = recorded.probe_ids if recorded is not None and same_run else ()
-        regenerated = m2_commands(cfg, claim.run_id, run_window, ours=ours)
+        adopted = recorded.adopted if recorded is not None and same_run else ""
+        regenerated = m2_commands(cfg, claim.run_id, run_window, ours=ours, adopted=adopted)
         checks += run_cold_commands(regenerated, Gate.M2, seams.host)
+        if adopted:
+            checks += _readopt(cfg, seams, adopted)
         findings += review_stage.how_findings(Gate.M2, claim, regenerated)
     return checks, findings
+
+
+def _readopt(cfg: Config, seams: Seams, run: str) -> list[Check]:
+    """The run the claim adopted, judged again from the host now (read only): its results
+    still pass and its recipe's stacks are still gone. Without a Drone token its start is
+    bounded by deploy.adopt.max_run_s alone, as the detail says."""
+    try:
+        settings = adoption.Settings.from_config(cfg, run)
+    except ConfigError as exc:
+        expected = f"harness run {run}, which the claim adopted, judged again"
+        return [Check(Family.DEPLOY.id("adopted"), Gate.M2, Status.ERROR, expected,
+                      "not judged", str(exc))]  # fmt: skip
+    try:
+        drone = adoption.drone_client(cfg, run)
+    except ConfigError:
+        drone = None
+    return adopt_run(seams, settings, drone)[0]
 
 
 @flow(name="pvcheck-review", log_prints=False)

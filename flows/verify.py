@@ -39,9 +39,11 @@ from pvcheck.config import (
     Config,
     load_config,
 )
+from pvcheck.deploy import adopt as adoption
 from pvcheck.errors import ConfigError, HostBusy, TargetUnreachable
 from pvcheck.evidence import require_writable_docs, write_unreachable
 from pvcheck.flows.params import (
+    ADOPT,
     BATCH,
     CANARY,
     CONCURRENCY,
@@ -49,6 +51,7 @@ from pvcheck.flows.params import (
     ROUNDS,
     TARGET,
     TITLES,
+    AdoptRun,
     Batch,
     Concurrency,
     Host,
@@ -74,7 +77,7 @@ from pvcheck.runs import EngineLock, HostLock, RunRegistry
 from pvcheck.seams import Seams
 from pvcheck.swarm import Swarm
 from pvcheck.tasks.allocator import allocator_proof
-from pvcheck.tasks.deploy import deploy_proof, wait_for_quiet_host
+from pvcheck.tasks.deploy import adopt_run, deploy_proof, wait_for_quiet_host
 from pvcheck.tasks.engine import connect
 from pvcheck.tasks.evidence import publish_artifacts, write_evidence_files
 from pvcheck.tasks.facts import capture_facts
@@ -100,6 +103,7 @@ class RunParameters(BaseModel):
     allocator_concurrency: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_CONCURRENCY)
     allocator_rounds: int | None = Field(None, ge=1, le=MAX_ALLOCATOR_ROUNDS)
     canary: bool = False
+    adopt: AdoptRun = ""
 
     @staticmethod
     def form(cfg: Config) -> dict[str, Any]:
@@ -111,6 +115,7 @@ class RunParameters(BaseModel):
             "allocator_concurrency": cfg.allocator.concurrency,
             "allocator_rounds": cfg.allocator.rounds,
             "canary": False,
+            "adopt": "",
         }
 
     @classmethod
@@ -164,8 +169,11 @@ def _sweep_after_abort(flow: Any, flow_run: FlowRun, state: State) -> None:
 class Verification:
     """One run walking its stages: which stage runs next, and what each one found."""
 
-    def __init__(self, cfg: Config, run_id: str, seams: Seams) -> None:
+    def __init__(
+        self, cfg: Config, run_id: str, seams: Seams, adopting: adoption.Settings | None = None
+    ) -> None:
         self.cfg, self.run_id, self.seams = cfg, run_id, seams
+        self.adopting = adopting  # a finished harness run to take as the deploy proof
         self.report = Report(run_id, cfg.target.name, str(cfg.source), started_at=utc_now())
         self.report.target_via = seams.host.describe()
         self.started = datetime.now(UTC)
@@ -257,9 +265,14 @@ class Verification:
                 Outcome.SKIPPED, check.detail.removeprefix("skipped: ")
             )
             return
-        if self._routes_still_up(Stage.DEPLOY, Family.DEPLOY, "deploy proof runs"):
+        if not self._routes_still_up(Stage.DEPLOY, Family.DEPLOY, "deploy proof runs"):
+            return
+        if self.adopting is not None:
+            drone = adoption.drone_client(self.cfg, self.adopting.run)
+            checks, report.deploy_adopted = adopt_run(self.seams, self.adopting, drone)
+        else:
             checks, report.deploy_stacks = deploy_proof(self.seams, self.deploy)
-            report.stages[Stage.DEPLOY] = stage_outcome(report.add(checks))
+        report.stages[Stage.DEPLOY] = stage_outcome(report.add(checks))
 
     def allocator_stage(self) -> None:
         report = self.report
@@ -355,6 +368,7 @@ def verify(
     allocator_concurrency: Concurrency = CONCURRENCY,
     allocator_rounds: Rounds = ROUNDS,
     canary: bool = CANARY,
+    adopt: AdoptRun = ADOPT,
 ) -> State:
     """Verify one host: control plane and routing (M1), a real recipe deploy and the
     allocator reproduction (M2); write the evidence; the run ends Failed when a gate fails."""
@@ -365,6 +379,7 @@ def verify(
         allocator_concurrency=allocator_concurrency,
         allocator_rounds=allocator_rounds,
         canary=canary,
+        adopt=adopt,
     )
     cfg = load_config(served_config(params.config), params.overrides())
     if params.canary and cfg.lab is None:
@@ -374,6 +389,9 @@ def verify(
             f"the canary runs only against the built-in lab's own engine; {cfg.target.name!r} "
             f"({cfg.source}) is not a lab config",
         )
+    # Refused before anything connects: a run to adopt needs the config's [deploy.adopt].
+    if params.adopt:
+        adoption.Settings.from_config(cfg, params.adopt, f"{FORM}'s {TITLES['adopt']!r}")
     run_id = str(runtime_flow_run.name or new_run_id())
     me, started = this_run(run_id), datetime.now(UTC)
     try:
@@ -405,7 +423,8 @@ def _verify_locked(cfg: Config, run_id: str, params: RunParameters) -> State:
 
 
 def _verify_on_engine(cfg: Config, run_id: str, params: RunParameters, seams: Seams) -> State:
-    run = Verification(cfg, run_id, seams)
+    adopting = adoption.Settings.from_config(cfg, params.adopt) if params.adopt else None
+    run = Verification(cfg, run_id, seams, adopting)
     report, log = run.report, run.log
     registry = RunRegistry(cfg.target.state_dir, cfg.target.docker_host, cfg.target.ssh.config_file)
     report.add([reap_dead_runs(seams, registry, cfg.allocator.settle_timeout_s)])

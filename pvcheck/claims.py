@@ -177,6 +177,7 @@ def m2_commands(
     window: tuple[str, str] | None,
     after: NetworkFacts | None = None,
     ours: tuple[str, ...] = (),
+    adopted: str = "",
 ) -> list[ColdCommand]:
     """M2's HOW commands for a run: residue by its label, the network's counts, the docker
     log over the run's own window, the guard's lines. The review regenerates them from the
@@ -197,6 +198,17 @@ def m2_commands(
             exact=False,
         ),
     ]
+    if adopted and cfg.deploy is not None and cfg.deploy.adopt is not None:
+        results = q(cfg.deploy.adopt.results_path.replace("{run}", adopted))
+        commands.append(
+            host_command(
+                cfg,
+                f"cat {results}",
+                f"harness run {adopted}'s results: every required rung pass, "
+                "flags.clean_teardown true",
+                exact=False,
+            )
+        )
     if window is not None:
         commands.append(host_command(cfg, _log_window_command(cfg, *window, ours), "0"))
     if cfg.guard is not None:
@@ -218,11 +230,20 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
     logs = report.run_logs
     window = (logs.since, logs.until) if logs is not None else None
     ours = tuple(logs.probe_ids) if logs is not None else ()
-    commands = m2_commands(cfg, report.run_id, window, after, ours)
+    adopted = report.deploy_adopted
+    commands = m2_commands(cfg, report.run_id, window, after, ours, adopted.run if adopted else "")
     alloc = report.allocator
     deploy = cfg.deploy
     what = []
-    if deploy is not None:
+    if deploy is not None and adopted is not None:
+        link = f" ({adopted.link})" if adopted.link else ""
+        what.append(
+            f"no deploy started: harness run `{adopted.run}` of recipe `{adopted.recipe}`, "
+            f"finished {adopted.finished or 'at an unknown time'}, adopted as the deploy proof"
+            f"{link}: it started after the fix, passed tiers {', '.join(deploy.tiers)}, "
+            "reported a clean teardown, and no stack of its recipe's runs remained on the host"
+        )
+    elif deploy is not None:
         what.append(
             f"recipe `{deploy.recipe}` deployed through `{cfg.network.name}` with the "
             f"{deploy.driver} driver, passed tiers {', '.join(deploy.tiers)} (a tier declared "

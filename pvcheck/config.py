@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import httpx
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -431,6 +432,51 @@ class DroneDriverConfig(Section):
     )
 
 
+# A harness run's id as a folder name under the runs folder: a Drone build number or a
+# manual run's name (cc-ci: 608, m2r-bluesky-pds); never a path, never an option.
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+
+
+class AdoptConfig(Section):
+    """Adopting a finished harness run as the deploy proof (`pvcheck run --adopt RUN`):
+    where its results are, and what makes it one that ran on the fixed network."""
+
+    results_path: str = Field(
+        max_length=4096,
+        pattern=r"^/[^{}\x00-\x1f]*\{run\}[^{}\x00-\x1f]*$",
+        description="where a harness run's results.json is on the host, `{run}` standing for "
+        "the run id (cc-ci: /var/lib/cc-ci-runs/{run}/results.json)",
+    )
+    results_url: str | None = Field(
+        None,
+        max_length=2000,
+        pattern=r"^https?://[^\s{}]*\{run\}[^\s{}]*$",
+        description="where the same file is published, `{run}` standing for the run id; "
+        "STATUS links it (cc-ci: https://ci.commoninternet.net/runs/{run}/results.json)",
+    )
+    fixed_at: AwareDatetime | None = Field(
+        None,
+        description="when the fix took effect (a TOML date-time with its offset); a run that "
+        "may have started before it is refused; unset: when the network was created",
+    )
+    max_run_s: float = Field(
+        3600.0,
+        gt=0,
+        le=86400,
+        description="the longest a harness run lasts (cc-ci: its own 3600 s alarm): without a "
+        "Drone build's start time, a run started at the latest this long before it finished",
+    )
+    stack_prefix_chars: int = Field(
+        0,
+        ge=0,
+        le=63,
+        description="how many leading characters of the recipe's name begin its run stacks' "
+        "names (cc-ci: 4); every stack deploy.stack_pattern admits that begins so must be "
+        "gone; 0: every stack the pattern admits",
+    )
+
+
 def _regex(value: str) -> str:
     try:
         re.compile(value)
@@ -552,6 +598,11 @@ class DeployConfig(Section):
     )
     drone: DroneDriverConfig | None = Field(
         None, description="the Drone driver: a Drone build deploys the recipe"
+    )
+    adopt: AdoptConfig | None = Field(
+        None,
+        description="adopting a finished harness run as the deploy proof instead of starting "
+        "one (`pvcheck run --adopt RUN`)",
     )
     active_runs: ActiveRunsConfig = Field(
         ActiveRunsConfig(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,6 +28,25 @@ def format_ts(when: datetime) -> str:
 def parse_ts(text: str) -> datetime | None:
     try:
         return datetime.strptime(text, TS_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+_DOCKER_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def docker_time(text: str) -> datetime | None:
+    """An engine's timestamp (`2026-06-13T05:38:02.123456789Z`, or with the daemon's offset)
+    in UTC; None for anything else. Nanoseconds are cut to what datetime holds."""
+    m = _DOCKER_TIME.match(text)
+    if m is None:
+        return None
+    head, frac, zone = m.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    try:
+        return datetime.fromisoformat(f"{head}.{(frac or '').ljust(6, '0')[:6]}{zone}").astimezone(
+            UTC
+        )
     except ValueError:
         return None
 

@@ -29,6 +29,7 @@ from pvcheck.records import (
     verdict,
 )
 from pvcheck.reportmodel import ReportDocument, refusal
+from pvcheck.seams import AdoptedRun
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Report:
     run_logs: LogScan | None = None  # the run's own window (logs.fresh-run)
     allocator: AllocatorResult | None = None  # None: the reproduction did not run
     deploy_stacks: list[str] = field(default_factory=list)  # the stacks the deploy proof used
+    deploy_adopted: AdoptedRun | None = None  # the finished harness run taken as the proof
     evidence: dict[str, str] = field(default_factory=dict)
     docs: DocsOutcome = field(default_factory=DocsOutcome)
 
@@ -138,7 +140,10 @@ class Report:
             "evidence": self.evidence,
             "target_via": self.target_via,
             "run_logs": asdict(self.run_logs) if self.run_logs else None,
-            "deploy": {"stacks": self.deploy_stacks},
+            "deploy": {
+                "stacks": self.deploy_stacks,
+                "adopted": asdict(self.deploy_adopted) if self.deploy_adopted else None,
+            },
             "docs": asdict(self.docs),
             "allocator": self.allocator.as_dict() if self.allocator else None,
         }

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from pvcheck.capacity import Method
+from pvcheck.config import RUN_ID_PATTERN
 from pvcheck.records import Gate, Status, Verdict, parse_ts
 
 _T = TypeVar("_T")
@@ -181,8 +182,21 @@ class LogScanPart(_Model):
     )
 
 
+class AdoptedPart(_Model):
+    """A finished harness run taken as the deploy proof (seams.AdoptedRun)."""
+
+    run: Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+    recipe: Annotated[str, Field(pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+    finished: Annotated[str, Field(pattern=f"^$|{STAMP_PATTERN}")]
+    results: Annotated[str, Field(max_length=5000)] = Field(description="how it was read")
+    link: Annotated[str, Field(pattern=r"^$|^https?://\S+$", max_length=2100)]
+
+
 class DeployPart(_Model):
     stacks: list[Name] = Field([], description="the stacks the deploy proof used")
+    adopted: Part[AdoptedPart] = Field(
+        None, description="the finished harness run adopted as the proof (no deploy started)"
+    )
 
 
 class DocsPart(_Model):

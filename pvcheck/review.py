@@ -45,6 +45,7 @@ class Recorded:
     run_logs: tuple[str, str] | None = None  # the run's own log window (since, until)
     probe_ids: tuple[str, ...] = ()  # the run's probe services its VIP lines name
     status_digests: dict[str, str] = field(default_factory=dict)  # STATUS sections as written
+    adopted: str = ""  # the harness run the deploy proof adopted (none deployed)
 
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -90,6 +91,7 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
         (logs.since, logs.until) if logs else None,
         tuple(logs.probe_ids) if logs else (),
         dict(report.docs.status_digests),
+        report.deploy.adopted.run if report.deploy.adopted else "",
     )
 
 

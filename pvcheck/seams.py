@@ -86,6 +86,17 @@ class DeployOutcome:
         self.info.update(results.info)
 
 
+@dataclass(frozen=True)
+class AdoptedRun:
+    """The run a deploy proof adopted, as the report records it and STATUS names it."""
+
+    run: str
+    recipe: str
+    finished: str  # when the run finished (UTC), or "" when its file did not say
+    results: str  # where its results.json was read (the host command)
+    link: str  # where it is published ("" when not configured)
+
+
 class HarnessReport(Protocol):
     """What a harness's results file reports (pvcheck.harnessresults.HarnessResults)."""
 

@@ -129,6 +129,27 @@ def list_residue(swarm: SwarmApi, *labels: str) -> dict[str, list[str]]:
     }
 
 
+def stack_objects(swarm: SwarmApi) -> dict[str, list[str]]:
+    """Every object carrying a stack label, by that stack: `{"s": ["service s_app"]}`."""
+    kinds: list[tuple[str, list[dict[str, Any]], str]] = [
+        ("service", swarm.services({LABEL_STACK: ""}), "Spec"),
+        ("container", swarm.containers(LABEL_STACK), ""),
+        ("network", swarm.networks(LABEL_STACK), ""),
+        ("volume", swarm.volumes(LABEL_STACK), ""),
+        ("config", swarm.configs(LABEL_STACK), "Spec"),
+        ("secret", swarm.secrets(LABEL_STACK), "Spec"),
+    ]
+    out: dict[str, list[str]] = {}
+    for kind, objects, inner in kinds:
+        for obj in objects:
+            where = obj.get(inner, {}) if inner else obj
+            stack = (where.get("Labels") or {}).get(LABEL_STACK)
+            names = obj.get("Names") or [where.get("Name") or obj.get("Name") or "?"]
+            if isinstance(stack, str):
+                out.setdefault(stack, []).append(f"{kind} {str(names[0]).lstrip('/')}")
+    return out
+
+
 def residue_names(left: dict[str, list[str]]) -> list[str]:
     """`{"services": ["a"]}` -> `["service a"]`: what a residue listing names, flat."""
     return [f"{kind[:-1]} {name}" for kind, items in left.items() for name in items]

@@ -7,8 +7,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pvcheck import deploy
+from pvcheck.deploy import adopt
+from pvcheck.deploy.drone import DroneClient
 from pvcheck.records import Check, Status
-from pvcheck.seams import Seams
+from pvcheck.seams import AdoptedRun, Seams
 from pvcheck.tasks.progress import progress_artifacts
 
 
@@ -56,3 +58,21 @@ def deploy_proof(seams: Seams, settings: deploy.Settings) -> tuple[list[Check], 
         checks[-1].found,
     )
     return checks, outcome.stacks
+
+
+@task(name="adopt-run", cache_policy=NO_CACHE)
+def adopt_run(
+    seams: Seams, settings: adopt.Settings, drone: DroneClient | None
+) -> tuple[list[Check], AdoptedRun]:
+    """M2's deploy proof from a finished harness run: read only, nothing deployed."""
+    log = get_run_logger()
+    log.info("adopting harness run %s (no deploy is started)", settings.run)
+    with progress_artifacts("adopt run"):
+        found = adopt.gather(seams, settings, drone)
+    log.info("%s -> %s", found.where, "read" if found.doc is not None else found.error)
+    log.info("%s", found.started_how)
+    log.info("docker network inspect %s: created %s", settings.network, found.network_created)
+    checks, adopted = adopt.judge(found, settings)
+    for check in checks:
+        log.info("%s: %s (%s) %s", check.id, check.status, check.found, check.detail)
+    return checks, adopted

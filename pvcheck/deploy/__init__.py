@@ -41,6 +41,12 @@ def judge_outcome(outcome: DeployOutcome, expected_tiers: list[str], network: st
             outcome.attach_detail or ("attached" if outcome.attached else "never seen attached"),
         )
     )
+    return checks + harness_checks(outcome, expected_tiers)
+
+
+def harness_checks(outcome: DeployOutcome, expected_tiers: list[str]) -> list[Check]:
+    """Pure: what the harness reported of its run: its leak scan, and each expected tier."""
+    checks = []
     if outcome.no_secret_leak_reported is not None:
         # The harness scans its own artifacts for the run's secrets (cc-ci's no_secret_leak).
         leak_free = outcome.no_secret_leak_reported
