@@ -183,7 +183,7 @@ def test_no_fix_time_is_a_refusal(shipped: Config) -> None:
 
 
 def test_run_stacks_by_pattern_and_prefix(shipped: Config) -> None:
-    stacks = {
+    stacks: dict[str, list[str]] = {
         "n8n-0a1b2c_ci_commoninternet_net": [],
         "n8nx-0a1b2c_ci_commoninternet_net": [],
         "n8n_ci_commoninternet_net": [],  # not a run's (the pattern refuses it)
