@@ -9,6 +9,7 @@ only what a test must move (its docs and state folders; a wait bound, a driver o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,12 @@ import tomli_w
 
 from pvcheck import twin
 from pvcheck.api import free_port
-from pvcheck.config import Config
+from pvcheck.app.cli import main
+from pvcheck.config import Config, load_config
+from pvcheck.deploy import adopt as adoption
+from pvcheck.deploy.drone import FINISHED, DroneClient
 from pvcheck.machine import Machine, machine_of
+from pvcheck.wiring import build_seams, open_engine
 from tests.helpers import PVFIX_DONE, ROOT
 from tests.integration.test_flow_m1 import check, run
 
@@ -375,3 +381,79 @@ def test_two_harness_runs_beside_the_proof_are_neither_watched_nor_blamed(
     _assert_passes(report, "drone")
     teardown = check(report, "deploy.teardown")
     assert teardown["expected"].count("no object of stack") == 1, teardown
+
+
+def finished_build(cfg: Config) -> tuple[str, DroneClient]:
+    """One build of the shipped recipe on the twin's Drone, run to its end (as a `!testme`
+    would): its number, and a client that can list the builds."""
+    assert cfg.deploy is not None
+    client = adoption.drone_client(cfg, "1")
+    assert client is not None
+    number = int(client.create(cfg.deploy.recipe)["number"])
+    deadline = time.monotonic() + 300
+    while (build := client.get(number))["status"] not in FINISHED:
+        assert time.monotonic() < deadline, build
+        time.sleep(1)
+    assert build["status"] == "success", build
+    return str(number), client
+
+
+def test_a_finished_run_is_adopted_with_no_deploy_and_refused_when_it_cannot_count(
+    cc_ci_twin: Config, tmp_path: Path, leftover_stacks: list[str]
+) -> None:
+    run_id, drone = finished_build(cc_ci_twin)
+    builds = drone._call("GET", drone.base)
+    config = overlay(tmp_path)
+    started = datetime.now(UTC)
+    out = tmp_path / "report.json"
+    rc = main(["run", "--config", str(config), "--adopt", run_id, "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert rc == 0, [c for c in report["checks"] if c["status"] != "pass"]
+    assert report["gates"]["M2"]["status"] == "pass"
+    adopted = check(report, "deploy.adopted")
+    assert adopted["found"].startswith(f"run {run_id} (recipe custom-html) finished ")
+    assert f"Drone build {run_id} started" in adopted["detail"]
+    for tier in ("install", "upgrade", "backup_restore", "functional"):
+        assert check(report, f"deploy.tier.{tier}")["status"] == "pass", tier
+    assert check(report, "deploy.teardown")["found"] == "0 objects left"
+    # No deploy: no new build, and the host created no service but the reproduction's own.
+    assert drone._call("GET", drone.base) == builds
+    created = services_created(cc_ci_twin, started)
+    assert created and all(name.startswith("pvc-") for name in created), created
+    status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
+    assert f"harness run `{run_id}` of recipe `custom-html`" in status
+    assert f"https://ci.commoninternet.net/runs/{run_id}/results.json" in status
+
+    # Refused, judged against the live host: a fix after the run started...
+    cfg = load_config(config)
+    seams = build_seams(cfg, open_engine(cfg.target), "adopt-test", with_driver=False)
+    base = adoption.Settings.from_config(cfg, run_id)
+    now = datetime.now(UTC)
+    later = replace(base, adopt=base.adopt.model_copy(update={"fixed_at": now}))
+    (refused,) = adoption.judge(adoption.gather(seams, later, drone), later)[0]
+    assert refused.status == "fail"
+    assert "may have started before the fix (deploy.adopt.fixed_at" in refused.detail
+
+    # ...and a run that left its stack (a manual run: no Drone build, its start bounded by
+    # max_run_s, here short so that only the stack decides).
+    manual = "manual-adopt"
+    results = cfg.deploy.adopt.results_path.replace("{run}", manual)  # type: ignore[union-attr]
+    argv = [a.replace("{recipe}", "custom-html") for a in twin.harness_argv(cfg, results)]
+    done = subprocess.run(on_host(cc_ci_twin, [*argv, "--leave-stack", "--run-id", manual]),
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    found_stack = re.search(r", stack (\S+), run ", done.stdout)
+    assert found_stack is not None, done.stdout[-2000:]
+    stack = found_stack.group(1)
+    leftover_stacks.append(stack)
+    assert done.returncode == 0, done.stdout[-2000:]
+    short = adoption.Settings.from_config(cfg, manual)
+    short = replace(short, adopt=short.adopt.model_copy(update={"max_run_s": 1.0}))
+    checks = {c.id: c for c in adoption.judge(adoption.gather(seams, short, None), short)[0]}
+    assert checks["deploy.adopted"].status == "pass", checks["deploy.adopted"]
+    teardown = checks["deploy.teardown"]
+    assert teardown.status == "fail"
+    assert f"service {stack}_app" in teardown.found and f"volume {stack}_content" in teardown.found
+    assert teardown.detail == (
+        f"the harness reported clean_teardown=False; stacks of custom-html's runs on the host "
+        f"now: {stack}"
+    )
