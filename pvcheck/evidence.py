@@ -330,7 +330,15 @@ def _seconds(report: Report) -> float | None:
 
 
 def review_message(result: ReviewResult, phase: str) -> str:
-    return f"review({phase}): " + ", ".join(f"{g} {v.label}" for g, v in result.verdicts.items())
+    """The docs commit's subject for a review, in the form cc-ci's Adversary commits take
+    (`review(pvcheck-M1): M1 PASS — …`): the scope names the phase and the gates reviewed,
+    the dash what stands behind the verdicts."""
+    gates = list(result.verdicts)
+    scope = f"{phase}-{'+'.join(gates)}" if gates else phase
+    verdicts = ", ".join(f"{g} {v.label}" for g, v in result.verdicts.items()) or "no gate"
+    n = len(result.findings)
+    why = f"{n} finding{'' if n == 1 else 's'}" if n else "re-verified from live commands"
+    return f"review({scope}): {verdicts} — {why} (run {result.review_id})"
 
 
 def render_review_entries(result: ReviewResult) -> dict[str, str]:

@@ -104,7 +104,10 @@ def test_claim_review_done_withdraw_veto_as_commits(
 
     rc, result = review(config, tmp_path)
     assert rc == 0, result["findings"]
-    assert git(repo, "log", "-1", "--format=%s").strip() == "review(pvcheck): M1 PASS, M2 PASS"
+    assert git(repo, "log", "-1", "--format=%s").strip() == (
+        f"review(pvcheck-M1+M2): M1 PASS, M2 PASS — re-verified from live commands "
+        f"(run {result['review_id']})"
+    )
     assert main(["done", "--config", str(config)]) == 0
     assert has_done(status.read_text())
 

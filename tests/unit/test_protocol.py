@@ -22,7 +22,7 @@ from pvcheck.claims import differing_commands, doc_ref, m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.done import write_done
 from pvcheck.errors import StateFileError
-from pvcheck.evidence import claim_message, write_evidence, write_review
+from pvcheck.evidence import claim_message, review_message, write_evidence, write_review
 from pvcheck.gitdocs import commit_docs
 from pvcheck.history import history_record
 from pvcheck.hostfacts import HostFacts, NetworkFacts
@@ -573,6 +573,20 @@ def test_run_withdraws_done() -> None:
     assert run_withdraws_done(passing, "first", []) is None
     for report in (passing, failing):  # a standing VETO is named first, whatever the run
         assert run_withdraws_done(report, "first", [veto]) == "VETO at REVIEW line 4: stop"
+
+
+def test_review_message_takes_the_adversarys_form() -> None:
+    """cc-ci's Adversary commits `review(pvcheck-M1): M1 PASS — …` (issue 26 quotes it)."""
+    result = ReviewResult("rv-1", "2026-06-13T07:00:00Z", {})
+    result.verdicts = {"M1": Verdict.PASS}
+    assert review_message(result, "pvcheck") == (
+        "review(pvcheck-M1): M1 PASS — re-verified from live commands (run rv-1)"
+    )
+    result.verdicts["M2"] = Verdict.FAIL
+    result.findings = [Finding("x", Gate.M2, "t", "r")]
+    assert review_message(result, "pvcheck") == (
+        "review(pvcheck-M1+M2): M1 PASS, M2 FAIL — 1 finding (run rv-1)"
+    )
 
 
 def test_claim_message_names_the_gates_claimed_and_a_verdict_that_is_not_pass() -> None:
