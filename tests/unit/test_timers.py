@@ -332,3 +332,38 @@ def test_the_schedule_check_reads_each_timer_where_it_lives() -> None:
     text = describe_windows(windows)
     assert "cc-ci-upgrade-all.timer on the target host (unread: systemd-analyze" in text
     assert "nightly-sweep.timer on this machine (unread: " in text
+
+
+def test_the_shipped_host_units_count_a_running_prune_and_never_its_schedule() -> None:
+    """deployments/cc-ci.toml names ci-docker-prune by its service: it counts while it runs,
+    and its daily timer never makes a run wait (named as a timer, a one-hour lead would)."""
+    from pvcheck.config import load_config
+
+    runs = load_config(ROOT / "deployments" / "cc-ci.toml").deploy.active_runs  # type: ignore[union-attr]
+    assert runs.sweep_units == ["nightly-sweep.timer", "ci-docker-prune.service"]
+    assert runs.sweep_units_here == ["cc-ci-upgrade-all.timer", "cc-ci-upgrade-supervisor.service"]
+    timers = _fixture("timer-systemctl-show-timers.txt")  # holds nightly-sweep.timer's block
+
+    def services(prune: str) -> str:
+        # systemctl show's shape (one KEY=VALUE block per unit, as SHOW_SERVICE asks)
+        return (
+            "Id=nightly-sweep.service\nLoadState=loaded\nActiveState=inactive\nSubState=dead\n\n"
+            f"Id=ci-docker-prune.service\nLoadState=loaded\n{prune}\n"
+        )
+
+    def machine(prune: str) -> Systemctl:
+        return Systemctl(
+            {
+                tuple(show_argv(["nightly-sweep.timer"], SHOW_TIMER)): (0, timers, ""),
+                tuple(show_argv(["nightly-sweep.service", "ci-docker-prune.service"],
+                                SHOW_SERVICE)): (0, services(prune), ""),
+            }
+        )  # fmt: skip
+
+    now = _utc("2026-06-03 12:00:00")  # days before nightly-sweep.timer fires (06-07 03:00)
+    pruning = read_sweeps(machine("ActiveState=activating\nSubState=start"), runs.sweep_units)
+    assert sweep_activity(pruning, now, runs.sweep_lead_s, where="on the target host") == [
+        "sweep ci-docker-prune.service running on the target host (activating/start)"
+    ]
+    idle = read_sweeps(machine("ActiveState=inactive\nSubState=dead"), runs.sweep_units)
+    assert sweep_activity(idle, now, runs.sweep_lead_s, where="on the target host") == []
