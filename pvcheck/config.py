@@ -857,9 +857,9 @@ LabHost = Annotated[str, Field(pattern=_HOST_RE)]
 
 class StandinConfig(Section):
     service: Name = Field(description="the stand-in's swarm service name")
-    role: Literal["drone", "dashboard", "bridge", "report", "backups", "socket-proxy"] = Field(
-        description="which control-plane service it stands in for"
-    )
+    role: Literal[
+        "drone", "dashboard", "bridge", "report", "backups", "socket-proxy", "warm-app", "warm-db"
+    ] = Field(description="which control-plane service it stands in for")
     hosts: list[LabHost] = Field(
         default_factory=list,
         description="host names Traefik routes to it; none: a service without a route",

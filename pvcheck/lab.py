@@ -74,6 +74,8 @@ SITES: dict[str, dict[str, str]] = {
     "report": {"index.html": "<h1>reports (lab)</h1>\n"},
     "backups": {"index.html": "<h1>backup-bot (lab)</h1>\n"},
     "socket-proxy": {"index.html": "docker socket proxy (lab)\n"},
+    "warm-app": {"index.html": "<h1>warm keycloak (lab)</h1>\n"},
+    "warm-db": {"index.html": "warm keycloak database (lab)\n"},
     "recipe": {"index.html": "<h1>hello recipe v1</h1>\n"},
     "recipe-v2": {"index.html": "<h1>hello recipe v2</h1>\n"},
 }
@@ -420,6 +422,23 @@ def standin_stack(cfg: Config, standin: StandinConfig) -> dict[str, Any]:
     return doc
 
 
+def lab_stacks(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
+    """Traefik's stack and the stand-ins', each stack's services in one file (cc-ci's
+    traefik stack also holds its socket-proxy; warm-keycloak's an app and a db): one stack
+    deployed as two files, one service each, would be redeployed by every `lab up`."""
+    lab = cfg.lab
+    assert lab is not None
+    stacks = {split_service(lab.traefik_service)[0]: traefik_stack(cfg, lab)}
+    for standin in lab.standins:
+        stack = split_service(standin.service)[0]
+        doc = standin_stack(cfg, standin)
+        if stack in stacks:
+            stacks[stack]["services"].update(doc["services"])
+        else:
+            stacks[stack] = doc
+    return list(stacks.items())
+
+
 def deploy_unchanged(swarm: Swarm, cli: DockerCli, stack: str, doc: dict[str, Any]) -> bool:
     """`docker stack deploy` of the lab stack, unless it already runs exactly this spec (a
     second `lab up` changes no service). True when it deployed."""
@@ -544,8 +563,7 @@ def lab_up(cfg: Config, wait_s: float = 90.0) -> list[RouteObservation]:
         swarm.call(swarm.api.tag, image, repo, tag)
     if lab.tls_port is not None:
         twin.ensure_tls(lab)
-    stacks = [(split_service(lab.traefik_service)[0], traefik_stack(cfg, lab))]
-    stacks += [(split_service(s.service)[0], standin_stack(cfg, s)) for s in lab.standins]
+    stacks = lab_stacks(cfg)
     cli = DockerCli(engine)  # the engine proven above, never the config's target
     for stack, doc in stacks:
         deploy_unchanged(swarm, cli, stack, doc)

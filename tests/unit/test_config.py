@@ -28,7 +28,9 @@ def test_cc_ci_config_carries_the_documented_facts() -> None:
     cfg = load_config(CCCI_CONFIG)
     assert cfg.network.subnet == "10.10.0.0/16"
     assert "drone_ci_commoninternet_net_app" in cfg.services.control_plane
-    assert len(cfg.services.control_plane) == 7
+    # REVIEW-pvcheck.md counted 9 after the proxy rebuild, warm-keycloak's app and db among them
+    assert len(cfg.services.control_plane) == 9
+    assert "warm-keycloak_ci_commoninternet_net_db" in cfg.services.control_plane
     statuses = {r.name: r.expect_status for r in cfg.routes}
     assert statuses["drone-ui"] == [303] and statuses["dashboard"] == [200]
     assert all(r.verify_tls for r in cfg.routes)  # the public certificate, verified
