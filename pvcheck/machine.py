@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pvcheck.config import LabConfig, MachineConfig
 from pvcheck.errors import LabError, StateFileError, TargetUnreachable
-from pvcheck.safeio import atomic_write, read_capped, require_root_only_tree
+from pvcheck.safeio import atomic_write, read_capped, require_root_only_tree, writable_by_others
 from pvcheck.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,13 @@ def ensure_machine(lab: LabConfig) -> Machine:
         folder.mkdir(parents=True, exist_ok=True, mode=0o710)
     atomic_write(m.root / "daemon.json", "{}\n", new_mode=0o600)
     for d in m.spec.private_dirs:
+        # Its mount point here is made (and later mounted over) only where no other user
+        # could have put a link or a folder of theirs first.
+        why = writable_by_others(d)
+        if why:
+            raise LabError(f"lab.machine.private_dirs: {d} is {why}")
         (m.root / "dirs" / _escaped(d)).mkdir(parents=True, exist_ok=True, mode=0o755)
-        d.mkdir(parents=True, exist_ok=True)  # its mount point here (an empty folder)
+        d.mkdir(parents=True, exist_ok=True)
     _link(m)
     _ssh_files(m)
     if m.pid() is None:

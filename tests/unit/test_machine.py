@@ -65,3 +65,31 @@ def test_ports_below_1024_belong_to_a_machine_only() -> None:
     with pytest.raises(ValueError, match=r"only a lab\.machine"):
         LabConfig(http_port=80)
     assert LabConfig(http_port=80, tls_port=443, machine=MachineConfig()).http_port == 80
+
+
+@pytest.mark.faults
+def test_a_private_folder_another_user_could_have_made_first_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its mount point is made here as root: never inside a folder others can write, where a
+    link of theirs could stand in its place."""
+    from pvcheck import machine
+    from pvcheck.errors import LabError
+
+    def no_machine(m: Machine) -> None:
+        raise AssertionError("got past the check: a machine would start")
+
+    monkeypatch.setattr(machine, "_link", no_machine)
+
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
+    lab = LabConfig(
+        state_dir=tmp_path / "lab",
+        http_port=80,
+        tls_port=443,
+        machine=MachineConfig(private_dirs=[open_folder / "runs"]),
+    )
+    with pytest.raises(LabError, match=r"private_dirs: .*/open/runs is .* writable by every user"):
+        machine.ensure_machine(lab)
+    assert not (open_folder / "runs").exists()
