@@ -85,29 +85,38 @@ def live_m2(
         run_window = recorded.run_logs if recorded is not None and same_run else None
         ours = recorded.probe_ids if recorded is not None and same_run else ()
         adopted = recorded.adopted if recorded is not None and same_run else ""
+        digest = recorded.adopted_digest if recorded is not None and same_run else ""
         regenerated = m2_commands(cfg, claim.run_id, run_window, ours=ours, adopted=adopted)
         checks += run_cold_commands(regenerated, Gate.M2, seams.host)
         if adopted:
-            checks += _readopt(cfg, seams, adopted)
+            checks += _readopt(cfg, seams, adopted, digest)
         findings += review_stage.how_findings(Gate.M2, claim, regenerated)
     return checks, findings
 
 
-def _readopt(cfg: Config, seams: Seams, run: str) -> list[Check]:
+def _readopt(cfg: Config, seams: Seams, run: str, digest: str) -> list[Check]:
     """The run the claim adopted, judged again from the host now (read only): its results
-    still pass and its recipe's stacks are still gone. Without a Drone token its start is
-    bounded by deploy.adopt.max_run_s alone, as the detail says."""
+    still pass, are the bytes the run read, and its recipe's stacks are still gone."""
+    expected = f"harness run {run}, which the claim adopted, judged again"
     try:
         settings = adoption.Settings.from_config(cfg, run)
+        drone = adoption.drone_client(cfg, run)  # its token too: the build is asked again
     except ConfigError as exc:
-        expected = f"harness run {run}, which the claim adopted, judged again"
         return [Check(Family.DEPLOY.id("adopted"), Gate.M2, Status.ERROR, expected,
                       "not judged", str(exc))]  # fmt: skip
-    try:
-        drone = adoption.drone_client(cfg, run)
-    except ConfigError:
-        drone = None
-    return adopt_run(seams, settings, drone)[0]
+    checks, now = adopt_run(seams, settings, drone)
+    if now.digest != digest:
+        checks.append(
+            Check(
+                Family.DEPLOY.id("adopted-results"),
+                Gate.M2,
+                Status.FAIL,
+                f"harness run {run}'s results.json as the claim's run read it (sha256 {digest})",
+                f"sha256 {now.digest or 'unread'}",
+                f"{now.results}: changed since the claim",
+            )
+        )
+    return checks
 
 
 @flow(name="pvcheck-review", log_prints=False)

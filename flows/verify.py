@@ -392,6 +392,7 @@ def verify(
     # Refused before anything connects: a run to adopt needs the config's [deploy.adopt].
     if params.adopt:
         adoption.Settings.from_config(cfg, params.adopt, f"{FORM}'s {TITLES['adopt']!r}")
+        adoption.drone_client(cfg, params.adopt)  # its build is asked: the token must be set
     run_id = str(runtime_flow_run.name or new_run_id())
     me, started = this_run(run_id), datetime.now(UTC)
     try:

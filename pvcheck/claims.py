@@ -240,8 +240,9 @@ def m2_claim(report: Report, cfg: Config) -> Claim:
         what.append(
             f"no deploy started: harness run `{adopted.run}` of recipe `{adopted.recipe}`, "
             f"finished {adopted.finished or 'at an unknown time'}, adopted as the deploy proof"
-            f"{link}: it started after the fix, passed tiers {', '.join(deploy.tiers)}, "
-            "reported a clean teardown, and no stack of its recipe's runs remained on the host"
+            f"{link}: it started after the fix, passed tiers {', '.join(deploy.tiers)} (a tier "
+            "it declared not applicable is shown skipped), reported a clean teardown, and no "
+            "stack of its recipe's runs remained on the host"
         )
     elif deploy is not None:
         what.append(

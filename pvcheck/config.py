@@ -460,6 +460,12 @@ class AdoptConfig(Section):
         description="when the fix took effect (a TOML date-time with its offset); a run that "
         "may have started before it is refused; unset: when the network was created",
     )
+    recipes: list[Name] = Field(
+        default_factory=list,
+        max_length=100,
+        description="the recipes whose runs may stand for the deploy proof (each deploys "
+        "through the network as the enrolled one does); empty: deploy.recipe alone",
+    )
     max_run_s: float = Field(
         3600.0,
         gt=0,

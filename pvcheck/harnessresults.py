@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from pvcheck.errors import StateFileError
@@ -235,10 +236,47 @@ def read_results(path: Path, not_before: float | None = None) -> Any:
     return decode_results(data, str(path))
 
 
+def host_file_problem(stat_out: str, path: Path) -> str | None:
+    """Pure: why a file on the host, by `stat -c '%u %g %a %F'` of its folder's folder, its
+    folder and itself, could be someone's other than root's (None: root's alone): each owned
+    by root, written by no other user or group, the folders folders and the file a regular
+    one (never a link, a FIFO or a device)."""
+    lines = stat_out.splitlines()
+    names = [path.parent.parent, path.parent, path]
+    if len(lines) != 3:
+        return "its owner could not be read"
+    for name, line in zip(names, lines, strict=True):
+        uid, gid, mode, kind = [*line.split(" ", 3), "", "", ""][:4]
+        want = ("regular file", "regular empty file") if name == path else ("directory",)
+        if kind not in want:
+            return f"{name} is a {kind or 'thing of no kind'}, not a {want[0]}"
+        if not (uid.isdigit() and gid.isdigit()) or not re.fullmatch(r"[0-7]{1,4}", mode):
+            return f"{name}: its owner could not be read"
+        bits = int(mode, 8)
+        if int(uid) != 0:
+            return f"{name} is owned by uid {uid}"
+        if bits & 0o002 or (bits & 0o020 and int(gid) != 0):
+            return f"{name} is writable by others (mode {mode}, group {gid})"
+    return None
+
+
 def fetch_results(host: HostCommands, path: Path) -> Any:
-    """results.json from the host, read with the same size bound as a local one."""
-    rc, out, _ = host.run(["head", "-c", str(MAX_RESULTS_BYTES + 1), "--", str(path)], 60)
-    where = host.how(f"cat {path}")
+    """results.json from the host, read with the same size bound as a local one, and only
+    when root alone could have written it there (as read_results asks of a local one): a
+    harness's results are root's, in root's folders."""
+    return decode_results(fetch_results_bytes(host, path), host.how(f"cat {quote(str(path))}"))
+
+
+def fetch_results_bytes(host: HostCommands, path: Path) -> bytes:
+    where = host.how(f"cat {quote(str(path))}")
+    folders = [str(path.parent.parent), str(path.parent), str(path)]
+    rc, out, _ = host.run(["stat", "-c", "%u %g %a %F", "--", *folders], 30)
     if rc != 0:
         raise ResultsError(f"{where}: the harness wrote no results file")
-    return decode_results(out.encode(), where)
+    why = host_file_problem(out, path)
+    if why:
+        raise ResultsError(f"{where}: refused unread: {why}; it could be anyone's")
+    rc, out, _ = host.run(["head", "-c", str(MAX_RESULTS_BYTES + 1), "--", str(path)], 60)
+    if rc != 0:
+        raise ResultsError(f"{where}: the harness wrote no results file")
+    return out.encode()

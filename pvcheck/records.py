@@ -42,6 +42,8 @@ def docker_time(text: str) -> datetime | None:
     if m is None:
         return None
     head, frac, zone = m.groups()
+    if head.startswith("0001-"):
+        return None  # Go's zero time: the engine does not know (swarm networks may say so)
     zone = "+00:00" if zone == "Z" else zone
     try:
         return datetime.fromisoformat(f"{head}.{(frac or '').ljust(6, '0')[:6]}{zone}").astimezone(

@@ -190,6 +190,9 @@ class AdoptedPart(_Model):
     finished: Annotated[str, Field(pattern=f"^$|{STAMP_PATTERN}")]
     results: Annotated[str, Field(max_length=5000)] = Field(description="how it was read")
     link: Annotated[str, Field(pattern=r"^$|^https?://\S+$", max_length=2100)]
+    digest: Annotated[str, Field(pattern=r"^$|^[0-9a-f]{64}$")] = Field(
+        "", description="sha256 of its results.json as the run read it"
+    )
 
 
 class DeployPart(_Model):

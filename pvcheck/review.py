@@ -46,6 +46,7 @@ class Recorded:
     probe_ids: tuple[str, ...] = ()  # the run's probe services its VIP lines name
     status_digests: dict[str, str] = field(default_factory=dict)  # STATUS sections as written
     adopted: str = ""  # the harness run the deploy proof adopted (none deployed)
+    adopted_digest: str = ""  # sha256 of its results.json as the run read it
 
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -92,6 +93,7 @@ def recorded_from_json(doc: Any, path: str) -> Recorded:
         tuple(logs.probe_ids) if logs else (),
         dict(report.docs.status_digests),
         report.deploy.adopted.run if report.deploy.adopted else "",
+        report.deploy.adopted.digest if report.deploy.adopted else "",
     )
 
 

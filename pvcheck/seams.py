@@ -95,6 +95,7 @@ class AdoptedRun:
     finished: str  # when the run finished (UTC), or "" when its file did not say
     results: str  # where its results.json was read (the host command)
     link: str  # where it is published ("" when not configured)
+    digest: str  # sha256 of its results.json as read ("" when unread): the review compares
 
 
 class HarnessReport(Protocol):

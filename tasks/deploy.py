@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from pvcheck import deploy
 from pvcheck.deploy import adopt
 from pvcheck.deploy.drone import DroneClient
+from pvcheck.procs import printable
 from pvcheck.records import Check, Status
 from pvcheck.seams import AdoptedRun, Seams
 from pvcheck.tasks.progress import progress_artifacts
@@ -69,10 +70,13 @@ def adopt_run(
     log.info("adopting harness run %s (no deploy is started)", settings.run)
     with progress_artifacts("adopt run"):
         found = adopt.gather(seams, settings, drone)
-    log.info("%s -> %s", found.where, "read" if found.doc is not None else found.error)
-    log.info("%s", found.started_how)
+    read = f"{len(found.data)} bytes" if found.data is not None else found.error
+    log.info("%s -> %s", found.where, read)
+    if found.build is not None:
+        log.info("Drone build %d: %s", found.build.number, found.build)
     log.info("docker network inspect %s: created %s", settings.network, found.network_created)
     checks, adopted = adopt.judge(found, settings)
-    for check in checks:
-        log.info("%s: %s (%s) %s", check.id, check.status, check.found, check.detail)
+    for check in checks:  # results.json text in them: one line each, as printable
+        log.info("%s: %s (%s) %s", check.id, check.status, printable(check.found),
+                 printable(check.detail))  # fmt: skip
     return checks, adopted

@@ -12,11 +12,15 @@ is apart from judge (pure).
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import httpx
@@ -24,14 +28,21 @@ import httpx
 from pvcheck.config import AdoptConfig, Config, DeployConfig
 from pvcheck.deploy import harness_checks
 from pvcheck.deploy.drone import FINISHED, DroneClient, DroneError, drone_token
-from pvcheck.errors import ConfigError
-from pvcheck.harnessresults import ResultsError, fetch_results, parse_results
+from pvcheck.errors import ConfigError, PvcheckError
+from pvcheck.harnessresults import (
+    ResultsError,
+    decode_results,
+    fetch_results_bytes,
+    parse_results,
+    results_stack,
+)
 from pvcheck.procs import printable
 from pvcheck.records import Check, Family, Gate, Status, docker_time, format_ts
 from pvcheck.seams import AdoptedRun, DeployOutcome, Seams
 from pvcheck.stacks import stack_objects
 
 DRIVER = "adopt"
+SKEW_S = 120.0  # clocks of Drone, the harness and this machine may differ by this much
 _RECIPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a recipe's name, as docker's
 
 
@@ -64,60 +75,74 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class DroneBuild:
+    """What Drone says of the run's build, as it said it (times in epoch seconds)."""
+
+    number: int
+    status: str = ""
+    started: Any = None
+    finished: Any = None
+    error: str = ""  # Drone could not be asked
+
+
+@dataclass(frozen=True)
 class Found:
     """What the host and Drone say of the run now."""
 
-    doc: Any  # the run's results.json; None when it could not be read
+    data: bytes | None  # the run's results.json as read; None when it could not be
     error: str  # why it could not be read
     where: str  # how it was read (the host command)
-    started: float | None  # the Drone build's start (epoch s), when Drone was asked
-    started_how: str
+    build: DroneBuild | None  # None: no build to ask (no deploy.drone, or a manual run's name)
     network_created: datetime | None  # the fixed network's creation, from the engine
     stacks: dict[str, list[str]]  # every stack on the host now -> its objects
+    now: datetime
     seconds: float
 
 
 def gather(seams: Seams, settings: Settings, drone: DroneClient | None = None) -> Found:
-    """Read only: the results file, the build's start, the network's age and the stacks."""
+    """Read only: the results file, the build, the network's age and the stacks."""
     t0 = time.monotonic()
     path = settings.results_path
-    where = seams.host.how(f"cat {path}")
-    doc: Any = None
+    where = seams.host.how(f"cat {quote(str(path))}")
+    data: bytes | None = None
     error = ""
     try:
-        doc = fetch_results(seams.host, path)
+        data = fetch_results_bytes(seams.host, path)
     except ResultsError as exc:
         error = str(exc)
-    started, started_how = _drone_start(settings, drone)
+    except (PvcheckError, OSError, subprocess.SubprocessError) as exc:
+        error = f"{where}: the host did not answer ({type(exc).__name__}: {exc})"
+    build = _drone_build(settings, drone)
     inspect = seams.swarm.network(settings.network)
     created = docker_time(str(inspect.get("Created", ""))) if inspect else None
     stacks = stack_objects(seams.swarm)
-    return Found(doc, error, where, started, started_how, created, stacks, time.monotonic() - t0)
+    now = datetime.now(UTC)
+    return Found(data, error, where, build, created, stacks, now, time.monotonic() - t0)
 
 
 def drone_client(cfg: Config, run: str) -> DroneClient | None:
     """A client for the run's Drone build, when Drone is configured and the run is a build
-    number (a manual run's name has no build)."""
+    number (a manual run's name has no build). Its token must be set (ConfigError)."""
     drone = cfg.deploy.drone if cfg.deploy is not None else None
     if drone is None or not run.isdigit():
         return None
     return DroneClient(drone, drone_token(drone, str(cfg.source)))
 
 
-def _drone_start(settings: Settings, drone: DroneClient | None) -> tuple[float | None, str]:
+def _drone_build(settings: Settings, drone: DroneClient | None) -> DroneBuild | None:
     if drone is None:
-        return None, "no Drone build asked (no deploy.drone, or the run is not a build number)"
+        return None
     number = int(settings.run)
     try:
         build = drone.get(number)
     except (DroneError, httpx.HTTPError) as exc:
-        return None, f"Drone not asked for build {number}: {type(exc).__name__}: {exc}"
-    status, started = build.get("status"), build.get("started")
-    if status not in FINISHED:
-        return None, f"Drone build {number} is {printable(str(status))}, not finished"
-    if not isinstance(started, int | float) or isinstance(started, bool) or started <= 0:
-        return None, f"Drone build {number} gives no start time"
-    return float(started), f"Drone build {number} started {format_ts(_utc(started))}"
+        return DroneBuild(number, error=f"{type(exc).__name__}: {exc}")
+    return DroneBuild(
+        number,
+        printable(str(build.get("status")))[:40],
+        build.get("started"),
+        build.get("finished"),
+    )
 
 
 def _utc(epoch: float) -> datetime:
@@ -138,20 +163,30 @@ def run_stacks(settings: Settings, recipe: str, stacks: dict[str, list[str]]) ->
 
 
 def judge(found: Found, settings: Settings) -> tuple[list[Check], AdoptedRun]:
-    doc = found.doc if isinstance(found.doc, dict) else {}
+    doc: dict[str, Any] = {}
+    problem = found.error
+    if found.data is not None:
+        try:
+            decoded = decode_results(found.data, found.where)
+            doc = decoded if isinstance(decoded, dict) else {}
+        except ResultsError as exc:
+            problem = str(exc)
     named = doc.get("recipe")
-    recipe = named if isinstance(named, str) and _RECIPE.match(named) else ""
+    recipe = named if isinstance(named, str) and _RECIPE.fullmatch(named) else ""
     finished = _epoch(doc.get("finished"))
-    finished_at = _utc(finished) if finished is not None else None
     adopted = AdoptedRun(
         settings.run,
         recipe,
-        format_ts(finished_at) if finished_at else "",
+        format_ts(_utc(finished)) if finished is not None else "",
         found.where,
         settings.link,
+        hashlib.sha256(found.data).hexdigest() if found.data is not None else "",
     )
-    admitted = _admitted(found, settings, doc, finished_at, recipe)
-    if found.doc is None or admitted.status != Status.PASS:
+    if not doc:
+        why = problem or f"{found.where}: not a JSON object"
+        return [_refused(settings, why, found.seconds)], adopted
+    admitted = _admitted(found, settings, doc, finished, recipe)
+    if admitted.status != Status.PASS:
         return [admitted], adopted
     outcome = DeployOutcome(DRIVER, recipe, f"run {settings.run}'s stack")
     try:
@@ -159,64 +194,59 @@ def judge(found: Found, settings: Settings) -> tuple[list[Check], AdoptedRun]:
     except ResultsError as exc:
         return [_refused(settings, f"{found.where}: {exc}", found.seconds)], adopted
     checks = [admitted, *harness_checks(outcome, list(settings.deploy.tiers))]
-    return [*checks, _gone(found, settings, recipe, outcome.clean_teardown_reported)], adopted
+    gone = _gone(found, settings, recipe, outcome.clean_teardown_reported, results_stack(doc))
+    return [*checks, gone], adopted
 
 
 def _epoch(value: Any) -> float | None:
-    """Epoch seconds as results.json gives them; anything else (a bool, a string) is none."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e11
-    return float(value) if ok else None
+    """Epoch seconds as results.json or Drone give them; anything else (a bool, a string,
+    NaN, infinity, zero) is none."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if number and math.isfinite(value) and 0 < value < 1e11 else None
 
 
-def _refused(settings: Settings, why: str, seconds: float) -> Check:
+def _refused(settings: Settings, why: str, seconds: float, found: str = "refused") -> Check:
     return Check(
         Family.DEPLOY.id("adopted"),
         Gate.M2,
         Status.FAIL,
         f"harness run {settings.run} finished, and started after the fix",
-        "refused",
+        found,
         why,
         seconds,
     )
 
 
 def _admitted(
-    found: Found, settings: Settings, doc: dict[str, Any], finished: datetime | None, recipe: str
+    found: Found, settings: Settings, doc: dict[str, Any], finished: float | None, recipe: str
 ) -> Check:
-    """The run is the one asked for, it finished, and it cannot have started before the fix."""
-    run = settings.run
-    if found.doc is None:
-        return _refused(settings, found.error, found.seconds)
+    """The run is the one asked for, of a recipe that may stand for the proof, it finished
+    (not in the future), and it cannot have started before the fix."""
+    run, where, secs = settings.run, found.where, found.seconds
     if str(doc.get("run_id")) != run:
         named = printable(str(doc.get("run_id")))[:70]
-        return _refused(settings, f"{found.where} names run {named}, not {run}", found.seconds)
+        return _refused(settings, f"{where} names run {named}, not {run}", secs)
     if finished is None:
-        return _refused(settings, f"{found.where} gives no finished time", found.seconds)
+        return _refused(settings, f"{where} gives no finished time", secs)
+    if finished > found.now.timestamp() + SKEW_S:
+        return _refused(settings, f"{where} says it finished {format_ts(_utc(finished))}, "
+                        f"later than now ({format_ts(found.now)})", secs)  # fmt: skip
     if not recipe:
-        return _refused(settings, f"{found.where} names no recipe", found.seconds)
+        return _refused(settings, f"{where} names no recipe", secs)
+    allowed = settings.adopt.recipes or [settings.deploy.recipe]
+    if recipe not in allowed:
+        return _refused(settings, f"recipe {recipe} is not one deploy.adopt.recipes lets stand "
+                        f"for the proof ({', '.join(allowed)})", secs)  # fmt: skip
     fixed, fixed_how = _fix_time(found, settings)
     if fixed is None:
-        return _refused(settings, fixed_how, found.seconds)
-    if found.started is not None:
-        start, start_how = _utc(found.started), found.started_how
-    else:
-        limit = settings.adopt.max_run_s
-        start = _utc(finished.timestamp() - limit)
-        start_how = (
-            f"started at the earliest {format_ts(start)}: it finished then, less the longest a "
-            f"run lasts (deploy.adopt.max_run_s {limit:g}); {found.started_how}"
-        )
-    found_text = f"run {run} (recipe {recipe}) finished {format_ts(finished)}"
+        return _refused(settings, fixed_how, secs)
+    start, start_how = _start(found, settings, finished)
+    if start is None:
+        return _refused(settings, start_how, secs)
+    found_text = f"run {run} (recipe {recipe}) finished {format_ts(_utc(finished))}"
     if start < fixed:
-        return Check(
-            Family.DEPLOY.id("adopted"),
-            Gate.M2,
-            Status.FAIL,
-            f"harness run {run} finished, and started after the fix",
-            found_text,
-            f"refused: it may have started before the fix ({fixed_how}); {start_how}",
-            found.seconds,
-        )
+        why = f"refused: it may have started before the fix ({fixed_how}); {start_how}"
+        return _refused(settings, why, secs, found_text)
     link = f"; results {settings.link}" if settings.link else ""
     return Check(
         Family.DEPLOY.id("adopted"),
@@ -226,8 +256,36 @@ def _admitted(
         found_text,
         f"adopted, no deploy started: {start_how}, after the fix ({fixed_how}){link}; "
         "its attachment to the network was not watched",
-        found.seconds,
+        secs,
     )
+
+
+def _start(found: Found, settings: Settings, finished: float) -> tuple[datetime | None, str]:
+    """When the run started at the earliest: its Drone build's start, which must bracket
+    the results with the build's end; without a build, its finish less max_run_s."""
+    build = found.build
+    if build is None:
+        limit = settings.adopt.max_run_s
+        start = _utc(finished - limit)
+        return start, (
+            f"started at the earliest {format_ts(start)}: it finished then, less the longest a "
+            f"run lasts (deploy.adopt.max_run_s {limit:g}); no Drone build to ask"
+        )
+    n = build.number
+    if build.error:
+        return None, f"Drone could not be asked for build {n}: {build.error}"
+    if build.status not in FINISHED:
+        return None, f"Drone build {n} is {build.status or 'of no status'}, not finished"
+    started, ended = _epoch(build.started), _epoch(build.finished)
+    if started is None:
+        return None, f"Drone build {n} gives no start time"
+    if started > finished + SKEW_S or (ended is not None and finished > ended + SKEW_S):
+        return None, (
+            f"Drone build {n} ran {format_ts(_utc(started))} to "
+            f"{format_ts(_utc(ended)) if ended else '?'}, and its results say they were written "
+            f"{format_ts(_utc(finished))}: not this build's"
+        )
+    return _utc(started), f"Drone build {n} started {format_ts(_utc(started))}"
 
 
 def _fix_time(found: Found, settings: Settings) -> tuple[datetime | None, str]:
@@ -244,9 +302,14 @@ def _fix_time(found: Found, settings: Settings) -> tuple[datetime | None, str]:
     )
 
 
-def _gone(found: Found, settings: Settings, recipe: str, reported: bool | None) -> Check:
-    """The run's own word that it tore down, and no stack of its recipe's runs on the host."""
+def _gone(
+    found: Found, settings: Settings, recipe: str, reported: bool | None, named: str | None
+) -> Check:
+    """The run's own word that it tore down, and no stack of its recipe's runs on the host
+    (nor the stack its results name, when they name one)."""
     stacks = run_stacks(settings, recipe, found.stacks)
+    if named and named in found.stacks and named not in stacks:
+        stacks.append(named)
     objects = [name for s in stacks for name in found.stacks[s]]
     ok = reported is True and not stacks
     found_text = f"{len(objects)} objects left"

@@ -97,6 +97,28 @@ def services_created(cfg: Config, since: datetime) -> list[str]:
     return [e["Actor"]["Attributes"].get("name", "?") for e in events]
 
 
+@contextlib.contextmanager
+def watching_services(cfg: Config) -> Iterator[list[str]]:
+    """The services the twin host's engine creates while the block runs, from its live event
+    stream (a run that makes hundreds of events outgrows the engine's buffer of past ones)."""
+    created: list[str] = []
+    stream = host_engine(cfg).events(filters={"type": "service", "event": "create"}, decode=True)
+
+    def read() -> None:
+        with contextlib.suppress(Exception):  # the stream is closed under it at the end
+            for event in stream:
+                created.append(event["Actor"]["Attributes"].get("name", "?"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield created
+    finally:
+        time.sleep(1)  # the last events on their way
+        stream.close()
+        reader.join(timeout=10)
+
+
 def _assert_passes(report: dict[str, Any], driver: str) -> None:
     assert report["verdict"] == "pass", [c for c in report["checks"] if c["status"] != "pass"]
     assert report["gates"]["M1"]["status"] == "pass" and report["gates"]["M2"]["status"] == "pass"
@@ -404,9 +426,9 @@ def test_a_finished_run_is_adopted_with_no_deploy_and_refused_when_it_cannot_cou
     run_id, drone = finished_build(cc_ci_twin)
     builds = drone._call("GET", drone.base)
     config = overlay(tmp_path)
-    started = datetime.now(UTC)
     out = tmp_path / "report.json"
-    rc = main(["run", "--config", str(config), "--adopt", run_id, "--json", str(out)])
+    with watching_services(cc_ci_twin) as created:
+        rc = main(["run", "--config", str(config), "--adopt", run_id, "--json", str(out)])
     report = json.loads(out.read_text())
     assert rc == 0, [c for c in report["checks"] if c["status"] != "pass"]
     assert report["gates"]["M2"]["status"] == "pass"
@@ -418,7 +440,6 @@ def test_a_finished_run_is_adopted_with_no_deploy_and_refused_when_it_cannot_cou
     assert check(report, "deploy.teardown")["found"] == "0 objects left"
     # No deploy: no new build, and the host created no service but the reproduction's own.
     assert drone._call("GET", drone.base) == builds
-    created = services_created(cc_ci_twin, started)
     assert created and all(name.startswith("pvc-") for name in created), created
     status = (tmp_path / "docs" / "STATUS-pvcheck.md").read_text()
     assert f"harness run `{run_id}` of recipe `custom-html`" in status

@@ -46,15 +46,19 @@ def settings(cfg: Config, run: str = "608", **adopt_fields: Any) -> adopt.Settin
     return replace(s, adopt=s.adopt.model_copy(update=adopt_fields)) if adopt_fields else s
 
 
+FINISHED_608 = 1781330868.4  # the record fixture's `finished`: 2026-06-13T06:07:48Z
+NOW = datetime(2026, 6, 13, 7, 0, tzinfo=UTC)
+
+
 def found(doc: Any = None, **fields: Any) -> adopt.Found:
     base = adopt.Found(
-        doc=record() if doc is None else doc,
+        data=json.dumps(record() if doc is None else doc).encode(),
         error="",
         where="ssh cc-ci cat /var/lib/cc-ci-runs/608/results.json",
-        started=STARTED_608,
-        started_how="Drone build 608 started 2026-06-13T05:52:00Z",
+        build=adopt.DroneBuild(608, "success", STARTED_608, FINISHED_608 + 20),
         network_created=PROXY_CREATED,
         stacks=dict(CONTROL_PLANE),
+        now=NOW,
         seconds=0.2,
     )
     return replace(base, **fields)
@@ -86,7 +90,8 @@ def test_run_608_is_adopted_with_every_tier_and_a_clean_teardown(shipped: Config
 
 def test_a_run_that_started_before_the_fix_is_refused(shipped: Config) -> None:
     early = datetime(2026, 6, 13, 5, 30, tzinfo=UTC).timestamp()
-    checks, _ = adopt.judge(found(started=early), settings(shipped))
+    build = adopt.DroneBuild(608, "success", early, FINISHED_608 + 20)
+    checks, _ = adopt.judge(found(build=build), settings(shipped))
     (check,) = checks  # nothing else is judged of a run that cannot count
     assert check.id == "deploy.adopted" and check.status == Status.FAIL
     assert "may have started before the fix (network proxy created 2026-06-13T05:38:02Z)" in (
@@ -105,7 +110,7 @@ def test_a_configured_fix_time_later_than_the_network_wins(shipped: Config) -> N
 def test_without_a_build_start_the_run_is_bounded_by_the_longest_run(shipped: Config) -> None:
     """No Drone answer: the run started at the earliest max_run_s before it finished. Run 608
     finished 30 min after the fix: it cannot be told from a run that started before it."""
-    no_drone = found(started=None, started_how="no Drone build asked")
+    no_drone = found(build=None)
     (check,) = adopt.judge(no_drone, settings(shipped))[0]
     assert check.status == Status.FAIL
     assert "started at the earliest 2026-06-13T05:07:48Z" in check.detail
@@ -146,7 +151,7 @@ def test_a_run_that_did_not_report_a_clean_teardown_fails_it(shipped: Config) ->
 
 def test_a_failed_rung_fails_its_tier(shipped: Config) -> None:
     doc = record("upgrade-error")
-    doc.update(run_id=608, finished=record()["finished"])
+    doc.update(run_id=608, finished=FINISHED_608, recipe="hedgedoc")
     checks = by_id(adopt.judge(found(doc), settings(shipped))[0])
     assert checks["deploy.adopted"].status == Status.PASS
     assert checks["deploy.tier.upgrade"].status == Status.FAIL
@@ -159,6 +164,17 @@ def test_a_failed_rung_fails_its_tier(shipped: Config) -> None:
         ({k: v for k, v in record().items() if k != "finished"}, "gives no finished time"),
         ({**record(), "finished": True}, "gives no finished time"),
         ({**record(), "recipe": "a`b"}, "names no recipe"),
+        ({**record(), "recipe": "hedgedoc\n"}, "names no recipe"),
+        ({**record(), "finished": float("nan")}, "gives no finished time"),
+        (
+            {**record(), "recipe": "bluesky-pds"},
+            "recipe bluesky-pds is not one deploy.adopt.recipes lets stand for the proof "
+            "(custom-html, hedgedoc)",
+        ),
+        (
+            {**record(), "finished": NOW.timestamp() + 3600},
+            "later than now (2026-06-13T07:00:00Z)",
+        ),
     ],
 )
 def test_results_that_are_not_the_runs_are_refused(
@@ -170,8 +186,7 @@ def test_results_that_are_not_the_runs_are_refused(
 
 
 def test_an_unreadable_results_file_is_refused_with_its_reason(shipped: Config) -> None:
-    missing = found(doc=None, error="the harness wrote no results file")
-    missing = replace(missing, doc=None)
+    missing = found(data=None, error="the harness wrote no results file")
     (check,) = adopt.judge(missing, settings(shipped))[0]
     assert check.status == Status.FAIL and check.detail == "the harness wrote no results file"
 
@@ -245,3 +260,72 @@ def test_cli_refuses_a_bad_run_id_and_a_config_without_adopt(
     assert main(["run", "--config", str(lab), "--adopt", "608"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "deploy.adopt" in err and str(lab) in err
+
+
+@pytest.mark.parametrize(
+    ("build", "why"),
+    [
+        (adopt.DroneBuild(608, error="DroneError: Drone answered 404"), "Drone could not be asked"),
+        (adopt.DroneBuild(608, "running", STARTED_608), "Drone build 608 is running, not finished"),
+        (adopt.DroneBuild(608, "success", float("inf")), "Drone build 608 gives no start time"),
+        (adopt.DroneBuild(608, "success", None), "Drone build 608 gives no start time"),
+        # Drone's build 608 ended long before these results were written: another run's file.
+        (
+            adopt.DroneBuild(608, "success", STARTED_608, STARTED_608 + 60),
+            "and its results say they were written 2026-06-13T06:07:48Z: not this build's",
+        ),
+        (
+            adopt.DroneBuild(608, "success", FINISHED_608 + 600, FINISHED_608 + 900),
+            "not this build's",
+        ),
+    ],
+)
+def test_a_build_drone_cannot_vouch_for_is_refused(
+    shipped: Config, build: adopt.DroneBuild, why: str
+) -> None:
+    (check,) = adopt.judge(found(build=build), settings(shipped))[0]
+    assert check.status == Status.FAIL and why in check.detail
+
+
+def test_the_adopted_run_carries_the_digest_of_what_was_read(shipped: Config) -> None:
+    first = adopt.judge(found(), settings(shipped))[1]
+    doc = record()
+    doc["level"] = 4
+    second = adopt.judge(found(doc), settings(shipped))[1]
+    assert len(first.digest) == 64 and first.digest != second.digest
+
+
+def test_a_stack_the_results_name_must_be_gone_too(shipped: Config) -> None:
+    doc = {**record(), "stack": "hedgedoc-608"}  # not a name the pattern admits
+    stacks = {**CONTROL_PLANE, "hedgedoc-608": ["service hedgedoc-608_app"]}
+    teardown = by_id(adopt.judge(found(doc, stacks=stacks), settings(shipped))[0])[
+        "deploy.teardown"
+    ]
+    assert teardown.status == Status.FAIL and "hedgedoc-608" in teardown.detail
+
+
+@pytest.mark.parametrize(
+    ("stat", "why"),
+    [
+        ("0 0 755 directory\n0 0 755 directory\n0 0 644 regular file\n", None),
+        ("0 0 755 directory\n0 0 755 directory\n0 0 644 regular empty file\n", None),
+        ("0 0 755 directory\n0 0 755 directory\n0 0 644 fifo\n", "is a fifo, not a regular"),
+        ("0 0 755 directory\n0 0 755 directory\n0 0 777 symbolic link\n", "symbolic link"),
+        ("0 0 755 directory\n0 0 755 directory\n1000 0 644 regular file\n", "uid 1000"),
+        ("0 0 755 directory\n0 0 1777 directory\n0 0 644 regular file\n", "writable by"),
+        ("0 0 755 directory\n0 50 775 directory\n0 0 644 regular file\n", "group 50"),
+        ("0 0 775 directory\n0 0 755 directory\n0 0 644 regular file\n", None),  # group root
+        ("0 0 755 directory\n0 0 644 regular file\n", "could not be read"),
+    ],
+)
+def test_a_results_file_on_the_host_is_read_only_when_root_alone_wrote_it(
+    stat: str, why: str | None
+) -> None:
+    from pvcheck.harnessresults import host_file_problem
+
+    problem = host_file_problem(stat, Path("/var/lib/cc-ci-runs/608/results.json"))
+    assert problem == why if why is None else why in (problem or "")
+
+
+def test_an_engine_that_does_not_know_the_networks_age_gives_no_fix_time() -> None:
+    assert docker_time("0001-01-01T00:00:00Z") is None  # Go's zero time
