@@ -184,7 +184,7 @@ def judge(found: Found, settings: Settings) -> tuple[list[Check], AdoptedRun]:
     )
     if not doc:
         why = problem or f"{found.where}: not a JSON object"
-        return [_refused(settings, why, found.seconds)], adopted
+        return [_adoption(settings, why, found.seconds)], adopted
     admitted = _admitted(found, settings, doc, finished, recipe)
     if admitted.status != Status.PASS:
         return [admitted], adopted
@@ -192,7 +192,7 @@ def judge(found: Found, settings: Settings) -> tuple[list[Check], AdoptedRun]:
     try:
         outcome.take(parse_results(doc))
     except ResultsError as exc:
-        return [_refused(settings, f"{found.where}: {exc}", found.seconds)], adopted
+        return [_adoption(settings, f"{found.where}: {exc}", found.seconds)], adopted
     checks = [admitted, *harness_checks(outcome, list(settings.deploy.tiers))]
     gone = _gone(found, settings, recipe, outcome.clean_teardown_reported, results_stack(doc))
     return [*checks, gone], adopted
@@ -205,11 +205,14 @@ def _epoch(value: Any) -> float | None:
     return float(value) if number and math.isfinite(value) and 0 < value < 1e11 else None
 
 
-def _refused(settings: Settings, why: str, seconds: float, found: str = "refused") -> Check:
+def _adoption(
+    settings: Settings, why: str, seconds: float, found: str = "refused", ok: bool = False
+) -> Check:
+    """The adoption's check: refused (FAIL) unless `ok`."""
     return Check(
         Family.DEPLOY.id("adopted"),
         Gate.M2,
-        Status.FAIL,
+        Status.PASS if ok else Status.FAIL,
         f"harness run {settings.run} finished, and started after the fix",
         found,
         why,
@@ -225,39 +228,34 @@ def _admitted(
     run, where, secs = settings.run, found.where, found.seconds
     if str(doc.get("run_id")) != run:
         named = printable(str(doc.get("run_id")))[:70]
-        return _refused(settings, f"{where} names run {named}, not {run}", secs)
+        return _adoption(settings, f"{where} names run {named}, not {run}", secs)
     if finished is None:
-        return _refused(settings, f"{where} gives no finished time", secs)
+        return _adoption(settings, f"{where} gives no finished time", secs)
     if finished > found.now.timestamp() + SKEW_S:
-        return _refused(settings, f"{where} says it finished {format_ts(_utc(finished))}, "
+        return _adoption(settings, f"{where} says it finished {format_ts(_utc(finished))}, "
                         f"later than now ({format_ts(found.now)})", secs)  # fmt: skip
     if not recipe:
-        return _refused(settings, f"{where} names no recipe", secs)
+        return _adoption(settings, f"{where} names no recipe", secs)
     allowed = settings.adopt.recipes or [settings.deploy.recipe]
     if recipe not in allowed:
-        return _refused(settings, f"recipe {recipe} is not one deploy.adopt.recipes lets stand "
+        return _adoption(settings, f"recipe {recipe} is not one deploy.adopt.recipes lets stand "
                         f"for the proof ({', '.join(allowed)})", secs)  # fmt: skip
     fixed, fixed_how = _fix_time(found, settings)
     if fixed is None:
-        return _refused(settings, fixed_how, secs)
+        return _adoption(settings, fixed_how, secs)
     start, start_how = _start(found, settings, finished)
     if start is None:
-        return _refused(settings, start_how, secs)
+        return _adoption(settings, start_how, secs)
     found_text = f"run {run} (recipe {recipe}) finished {format_ts(_utc(finished))}"
     if start < fixed:
         why = f"refused: it may have started before the fix ({fixed_how}); {start_how}"
-        return _refused(settings, why, secs, found_text)
+        return _adoption(settings, why, secs, found_text)
     link = f"; results {settings.link}" if settings.link else ""
-    return Check(
-        Family.DEPLOY.id("adopted"),
-        Gate.M2,
-        Status.PASS,
-        f"harness run {run} finished, and started after the fix",
-        found_text,
+    why = (
         f"adopted, no deploy started: {start_how}, after the fix ({fixed_how}){link}; "
-        "its attachment to the network was not watched",
-        secs,
+        "its attachment to the network was not watched"
     )
+    return _adoption(settings, why, secs, found_text, ok=True)
 
 
 def _start(found: Found, settings: Settings, finished: float) -> tuple[datetime | None, str]:
