@@ -371,7 +371,12 @@ def test_the_run_form_in_a_real_browser_shows_titles_and_bounds(
         page.evaluate(f"localStorage.setItem('prefect-password', btoa({AUTH!r}))")
         page.goto(f"{ui}/deployments/deployment/{dep['id']}/run")
         shown = page.wait_for_text(
-            "Throwaway stacks per round", "(1 to 20)", "Stacks at once", "(1 to 10)", "Host"
+            "Throwaway stacks per round",
+            "(1 to 20)",
+            "Stacks at once",
+            "(1 to 10)",
+            "Host",
+            "Adopt a finished harness run",
         )
     assert "RunParameters" not in shown and "params" not in shown.split()
 
