@@ -178,8 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.adopt:
             if not re.fullmatch(RUN_ID_PATTERN, args.adopt):
                 raise ConfigError(args.config, "--adopt", f"{args.adopt[:70]!r} is not a run id")
-            adoption.Settings.from_config(cfg, args.adopt)
-            adoption.drone_client(cfg, args.adopt)  # its build is asked: the token must be set
+            adoption.Settings.from_config(cfg, args.adopt)  # the flow checks the token
         pin([path])  # the flow runs this config and no other
         ensure_prefect_api()
         params = RunParameters.form(cfg) | {"canary": args.canary, "adopt": args.adopt}

@@ -18,7 +18,7 @@ from pvcheck.busy import explain_collisions, step_aside, this_run
 from pvcheck.claims import m1_claim, m2_commands
 from pvcheck.config import Config, load_config
 from pvcheck.deploy import adopt as adoption
-from pvcheck.errors import ConfigError, HostBusy
+from pvcheck.errors import HostBusy
 from pvcheck.evidence import write_review
 from pvcheck.flows.params import TARGET, Host, served_config
 from pvcheck.protocol import GateClaim
@@ -101,9 +101,9 @@ def _readopt(cfg: Config, seams: Seams, run: str, digest: str) -> list[Check]:
     try:
         settings = adoption.Settings.from_config(cfg, run)
         drone = adoption.drone_client(cfg, run)  # its token too: the build is asked again
-    except ConfigError as exc:
+    except Exception as exc:  # a token unset or not loadable: this check errs, not the review
         return [Check(Family.DEPLOY.id("adopted"), Gate.M2, Status.ERROR, expected,
-                      "not judged", str(exc))]  # fmt: skip
+                      "not judged", f"{type(exc).__name__}: {exc}")]  # fmt: skip
     checks, now = adopt_run(seams, settings, drone)
     if now.digest != digest:
         checks.append(

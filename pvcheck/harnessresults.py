@@ -86,7 +86,7 @@ def _stages(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for i, stage in enumerate(stages):
         if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
             raise ResultsError(f"results.json: stages[{i}] needs a string 'name'")
-        if stage.get("status") not in STAGE_STATUS:
+        if not isinstance(stage.get("status"), str) or stage["status"] not in STAGE_STATUS:
             raise ResultsError(
                 f"results.json: stages[{i}].status must be one of {sorted(STAGE_STATUS)}"
             )
@@ -175,7 +175,7 @@ def results_stack(doc: dict[str, Any]) -> str | None:
     if not isinstance(stack, str):
         domain = doc.get("domain")
         stack = domain.replace(".", "_") if isinstance(domain, str) else None
-    return stack if stack and _STACK_NAME.match(stack) else None
+    return stack if stack and _STACK_NAME.fullmatch(stack) else None
 
 
 def parse_results(doc: Any) -> HarnessResults:
@@ -210,7 +210,7 @@ def decode_results(data: bytes, where: str) -> Any:
         raise ResultsError(f"{where}: more than {MAX_RESULTS_BYTES} bytes")
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or a number too long to read
         raise ResultsError(f"{where}: not valid JSON ({exc})") from None
     except RecursionError:
         raise ResultsError(f"{where}: nested too deeply to be a results file") from None
@@ -236,14 +236,21 @@ def read_results(path: Path, not_before: float | None = None) -> Any:
     return decode_results(data, str(path))
 
 
+def _levels(path: Path) -> list[Path]:
+    """Every folder from / down to the file, and the file."""
+    return [*reversed(path.parents), path]
+
+
 def host_file_problem(stat_out: str, path: Path) -> str | None:
-    """Pure: why a file on the host, by `stat -c '%u %g %a %F'` of its folder's folder, its
-    folder and itself, could be someone's other than root's (None: root's alone): each owned
-    by root, written by no other user or group, the folders folders and the file a regular
-    one (never a link, a FIFO or a device)."""
+    """Pure: why a file on the host, by `stat -c '%u %g %a %F'` of every folder from / down
+    and of itself, could be someone's other than root's (None: root's alone), as read_results
+    asks of a local one: each owned by root and written by no other user or group (a sticky
+    folder above its own, like /tmp, is fine: others cannot rename root's entries there), the
+    folders folders and the file a regular one (never a link, a FIFO or a device). POSIX ACLs
+    are not read on the host."""
     lines = stat_out.splitlines()
-    names = [path.parent.parent, path.parent, path]
-    if len(lines) != 3:
+    names = _levels(path)
+    if len(lines) != len(names):
         return "its owner could not be read"
     for name, line in zip(names, lines, strict=True):
         uid, gid, mode, kind = [*line.split(" ", 3), "", "", ""][:4]
@@ -255,22 +262,23 @@ def host_file_problem(stat_out: str, path: Path) -> str | None:
         bits = int(mode, 8)
         if int(uid) != 0:
             return f"{name} is owned by uid {uid}"
-        if bits & 0o002 or (bits & 0o020 and int(gid) != 0):
+        sticky_ok = name not in (path, path.parent) and bits & 0o1000
+        if (bits & 0o002 and not sticky_ok) or (bits & 0o020 and int(gid) != 0):
             return f"{name} is writable by others (mode {mode}, group {gid})"
     return None
 
 
 def fetch_results(host: HostCommands, path: Path) -> Any:
     """results.json from the host, read with the same size bound as a local one, and only
-    when root alone could have written it there (as read_results asks of a local one): a
-    harness's results are root's, in root's folders."""
+    when root alone could have written it there (host_file_problem): a harness's results are
+    root's, in root's folders."""
     return decode_results(fetch_results_bytes(host, path), host.how(f"cat {quote(str(path))}"))
 
 
 def fetch_results_bytes(host: HostCommands, path: Path) -> bytes:
     where = host.how(f"cat {quote(str(path))}")
-    folders = [str(path.parent.parent), str(path.parent), str(path)]
-    rc, out, _ = host.run(["stat", "-c", "%u %g %a %F", "--", *folders], 30)
+    levels = [str(p) for p in _levels(path)]
+    rc, out, _ = host.run(["stat", "-c", "%u %g %a %F", "--", *levels], 30)
     if rc != 0:
         raise ResultsError(f"{where}: the harness wrote no results file")
     why = host_file_problem(out, path)

@@ -13,7 +13,6 @@ is apart from judge (pure).
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import subprocess
 import time
@@ -27,7 +26,7 @@ import httpx
 
 from pvcheck.config import AdoptConfig, Config, DeployConfig
 from pvcheck.deploy import harness_checks
-from pvcheck.deploy.drone import FINISHED, DroneClient, DroneError, drone_token
+from pvcheck.deploy.drone import DroneClient, DroneError, drone_token
 from pvcheck.errors import ConfigError, PvcheckError
 from pvcheck.harnessresults import (
     ResultsError,
@@ -153,9 +152,9 @@ def _utc(epoch: float) -> datetime:
 def run_stacks(settings: Settings, recipe: str, stacks: dict[str, list[str]]) -> list[str]:
     """The stacks on the host now that could be this recipe's harness runs."""
     deploy = settings.deploy
-    if deploy.stack:
+    if deploy.stack and recipe == deploy.recipe:  # the fixed stack is the enrolled recipe's
         return [deploy.stack] if deploy.stack in stacks else []
-    if not deploy.stack_pattern:
+    if not deploy.stack_pattern:  # a harness that names the stack after the recipe
         return [recipe] if recipe in stacks else []
     n = settings.adopt.stack_prefix_chars
     begins = recipe[:n] if n else ""
@@ -202,7 +201,9 @@ def _epoch(value: Any) -> float | None:
     """Epoch seconds as results.json or Drone give them; anything else (a bool, a string,
     NaN, infinity, zero) is none."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if number and math.isfinite(value) and 0 < value < 1e11 else None
+    # Compared before any conversion: NaN and infinity fail it, and a 400-digit integer
+    # never reaches float() (which would overflow).
+    return float(value) if number and 0 < value < 1e11 else None
 
 
 def _adoption(
@@ -272,12 +273,14 @@ def _start(found: Found, settings: Settings, finished: float) -> tuple[datetime 
     n = build.number
     if build.error:
         return None, f"Drone could not be asked for build {n}: {build.error}"
-    if build.status not in FINISHED:
-        return None, f"Drone build {n} is {build.status or 'of no status'}, not finished"
+    if build.status != "success":
+        # A build that failed with every tier passing failed somewhere else (as the Drone
+        # driver reads it); one still going is not a finished run.
+        return None, f"Drone build {n} is {build.status or 'of no status'}, not a success"
     started, ended = _epoch(build.started), _epoch(build.finished)
-    if started is None:
-        return None, f"Drone build {n} gives no start time"
-    if started > finished + SKEW_S or (ended is not None and finished > ended + SKEW_S):
+    if started is None or ended is None:
+        return None, f"Drone build {n} gives no start or end time"
+    if not started - SKEW_S <= finished <= ended + SKEW_S:
         return None, (
             f"Drone build {n} ran {format_ts(_utc(started))} to "
             f"{format_ts(_utc(ended)) if ended else '?'}, and its results say they were written "

@@ -166,6 +166,7 @@ def test_a_failed_rung_fails_its_tier(shipped: Config) -> None:
         ({**record(), "recipe": "a`b"}, "names no recipe"),
         ({**record(), "recipe": "hedgedoc\n"}, "names no recipe"),
         ({**record(), "finished": float("nan")}, "gives no finished time"),
+        ({**record(), "finished": 10**400}, "gives no finished time"),
         (
             {**record(), "recipe": "bluesky-pds"},
             "recipe bluesky-pds is not one deploy.adopt.recipes lets stand for the proof "
@@ -266,9 +267,11 @@ def test_cli_refuses_a_bad_run_id_and_a_config_without_adopt(
     ("build", "why"),
     [
         (adopt.DroneBuild(608, error="DroneError: Drone answered 404"), "Drone could not be asked"),
-        (adopt.DroneBuild(608, "running", STARTED_608), "Drone build 608 is running, not finished"),
-        (adopt.DroneBuild(608, "success", float("inf")), "Drone build 608 gives no start time"),
-        (adopt.DroneBuild(608, "success", None), "Drone build 608 gives no start time"),
+        (adopt.DroneBuild(608, "running", STARTED_608), "Drone build 608 is running, not a"),
+        (adopt.DroneBuild(608, "failure", STARTED_608, FINISHED_608), "is failure, not a success"),
+        (adopt.DroneBuild(608, "success", float("inf"), FINISHED_608), "gives no start or end"),
+        (adopt.DroneBuild(608, "success", STARTED_608, None), "gives no start or end time"),
+        (adopt.DroneBuild(608, "success", 10**400, FINISHED_608), "gives no start or end time"),
         # Drone's build 608 ended long before these results were written: another run's file.
         (
             adopt.DroneBuild(608, "success", STARTED_608, STARTED_608 + 60),
@@ -304,11 +307,15 @@ def test_a_stack_the_results_name_must_be_gone_too(shipped: Config) -> None:
     assert teardown.status == Status.FAIL and "hedgedoc-608" in teardown.detail
 
 
+ROOTS = "0 0 755 directory\n0 0 755 directory\n0 0 755 directory\n"  # /, /var, /var/lib
+
+
 @pytest.mark.parametrize(
     ("stat", "why"),
     [
         ("0 0 755 directory\n0 0 755 directory\n0 0 644 regular file\n", None),
         ("0 0 755 directory\n0 0 755 directory\n0 0 644 regular empty file\n", None),
+        ("0 0 1777 directory\n0 0 755 directory\n0 0 644 regular file\n", None),  # sticky above
         ("0 0 755 directory\n0 0 755 directory\n0 0 644 fifo\n", "is a fifo, not a regular"),
         ("0 0 755 directory\n0 0 755 directory\n0 0 777 symbolic link\n", "symbolic link"),
         ("0 0 755 directory\n0 0 755 directory\n1000 0 644 regular file\n", "uid 1000"),
@@ -321,10 +328,16 @@ def test_a_stack_the_results_name_must_be_gone_too(shipped: Config) -> None:
 def test_a_results_file_on_the_host_is_read_only_when_root_alone_wrote_it(
     stat: str, why: str | None
 ) -> None:
+    """`stat` of every level from / down (the runs folder, the run's, the file last)."""
     from pvcheck.harnessresults import host_file_problem
 
-    problem = host_file_problem(stat, Path("/var/lib/cc-ci-runs/608/results.json"))
+    problem = host_file_problem(ROOTS + stat, Path("/var/lib/cc-ci-runs/608/results.json"))
     assert problem == why if why is None else why in (problem or "")
+    if why is None:  # and a level above owned by another user is refused too
+        other = ROOTS.replace("0 0 755", "1000 0 755", 1) + stat
+        assert "/ is owned by uid 1000" in (
+            host_file_problem(other, Path("/var/lib/cc-ci-runs/608/results.json")) or ""
+        )
 
 
 def test_an_engine_that_does_not_know_the_networks_age_gives_no_fix_time() -> None:

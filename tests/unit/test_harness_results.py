@@ -6,6 +6,7 @@ tests/golden/record/SOURCES.md)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,18 @@ def test_every_results_fixture_names_its_source() -> None:
     sources = (RECORD / "SOURCES.md").read_text()
     for path in sorted(RECORD.glob("results-*.json")):
         assert f"`{path.name}`" in sources, path.name
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b'{"finished": 1' + b"0" * 5000 + b"}", "not valid JSON"),  # past int's digit limit
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b'{"stages": [{"name": "install", "status": []}]}', "stages[0].status must be one of"),
+    ],
+)
+def test_a_hostile_results_file_is_a_results_error_never_a_crash(data: bytes, why: str) -> None:
+    from pvcheck.harnessresults import decode_results
+
+    with pytest.raises(ResultsError, match=re.escape(why)):
+        parse_results(decode_results(data, "results.json"))
