@@ -59,6 +59,9 @@ def placement(cfg: Config) -> list[Placed]:
             if deploy.drone.results_path:
                 out.append(Placed("deploy.drone.results_path", deploy.drone.results_path, HOST,
                                   "read"))  # fmt: skip
+        if deploy.adopt is not None:
+            out.append(Placed("deploy.adopt.results_path", deploy.adopt.results_path, HOST,
+                              "read by --adopt"))  # fmt: skip
         runs = deploy.active_runs
         if runs.folder is not None:
             out.append(Placed("active_runs.folder", str(runs.folder), HOST, "listed"))

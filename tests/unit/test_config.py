@@ -371,6 +371,7 @@ def test_the_shipped_cc_ci_configs_read_each_path_on_the_machine_it_is_on() -> N
     assert where["logs (journald)"] == where["active_runs.lock_folder"] == HOST
     assert where["active_runs.sweep_units"] == HOST
     assert where["active_runs.sweep_units_here"] == HERE
+    assert where["deploy.adopt.results_path"] == where["deploy.drone.results_path"] == HOST
     outside = [r for r in shipped.routes if r.check_from == "here"]
     inside = [r for r in shipped.routes if r.check_from == "host"]
     assert [r.name + "-via-host" for r in outside] == [r.name for r in inside]
