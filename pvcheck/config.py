@@ -457,8 +457,9 @@ class AdoptConfig(Section):
     )
     fixed_at: AwareDatetime | None = Field(
         None,
-        description="when the fix took effect (a TOML date-time with its offset); a run that "
-        "may have started before it is refused; unset: when the network was created",
+        description="when the fix took effect (a TOML date-time with its offset); the later "
+        "of it and the network's creation counts (unset: the network's creation); a run that "
+        "may have started before that is refused",
     )
     recipes: list[Name] = Field(
         default_factory=list,
@@ -470,8 +471,9 @@ class AdoptConfig(Section):
         3600.0,
         gt=0,
         le=86400,
-        description="the longest a harness run lasts (cc-ci: its own 3600 s alarm): without a "
-        "Drone build's start time, a run started at the latest this long before it finished",
+        description="the longest a harness run lasts (cc-ci: its own 3600 s alarm): a run with "
+        "no Drone build (a manual run's name, or no deploy.drone) started at the earliest this "
+        "long before it finished",
     )
     stack_prefix_chars: int = Field(
         0,

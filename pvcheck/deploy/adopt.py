@@ -5,8 +5,8 @@ run 608, which ran after `proxy` was rebuilt (lab/cc-ci-twin/FACTS.md).
 A run counts when it started after the fix, passed every required tier, reported a clean
 teardown, and its stacks are gone from the host now. A results.json of cc-ci's schema 2 names
 no stack or domain, so "its stacks are gone" is asked of every stack the harness pattern admits
-that begins as the recipe's runs do: a live run of the same recipe makes the adoption wait for
-another try, never pass on a guess. Gather (the results file and the host, through the seams)
+that begins as the recipe's runs do: a live run of the same recipe refuses the adoption (try
+again once it is gone), never lets it pass on a guess. Gather (the results file and the host, through the seams)
 is apart from judge (pure).
 """
 
