@@ -6,8 +6,8 @@ A run counts when it started after the fix, passed every required tier, reported
 teardown, and its stacks are gone from the host now. A results.json of cc-ci's schema 2 names
 no stack or domain, so "its stacks are gone" is asked of every stack the harness pattern admits
 that begins as the recipe's runs do: a live run of the same recipe refuses the adoption (try
-again once it is gone), never lets it pass on a guess. Gather (the results file and the host, through the seams)
-is apart from judge (pure).
+again once it is gone), never lets it pass on a guess. Gather (the results file and the host,
+through the seams) is apart from judge (pure).
 """
 
 from __future__ import annotations
