@@ -154,7 +154,9 @@ def test_claim_review_done_withdraw_veto_as_commits(
     subjects = git(repo, "log", "--format=%s").splitlines()
     assert subjects[-1] == "notes" and len(subjects) >= 6
     for n, subject in enumerate(subjects[:-1]):
-        assert re.match(r"^(claim|review|done|evidence)\(pvcheck\): ", subject), subject
+        # A review's scope names the gates it reviewed, as the Adversary's commits do.
+        scope = r"pvcheck(-M1\+M2|-M1|-M2)?" if subject.startswith("review") else "pvcheck"
+        assert re.match(rf"^(claim|review|done|evidence)\({scope}\): ", subject), subject
         files = set(git(repo, "show", "--name-only", "--format=", f"HEAD~{n}").split())
         assert files and files <= owned, (subject, files - owned)
     assert git(repo, "status", "--porcelain", "notes.md").startswith(" M")
