@@ -12,6 +12,7 @@ from pvcheck.config import (
     MAX_ALLOCATOR_BATCH,
     MAX_ALLOCATOR_CONCURRENCY,
     MAX_ALLOCATOR_ROUNDS,
+    RUN_ID_PATTERN,
     AllocatorConfig,
 )
 from pvcheck.errors import ConfigError
@@ -84,8 +85,8 @@ CANARY = _shown(
     "On the built-in lab only: make the real allocator log the VIP-exhaustion line and prove "
     "the upgrade guard counts it. Refused against any other engine.",
 )
-# A run id as the runs folder names it (pvcheck.config.RUN_ID_PATTERN), or empty.
-AdoptRun = Annotated[str, Field(max_length=64, pattern=r"^(|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")]
+# A run id as the runs folder names it, or empty.
+AdoptRun = Annotated[str, Field(max_length=64, pattern=f"^$|{RUN_ID_PATTERN}")]
 ADOPT = _shown(
     "",
     TITLES["adopt"],

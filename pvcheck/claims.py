@@ -199,7 +199,7 @@ def m2_commands(
         ),
     ]
     if adopted and cfg.deploy is not None and cfg.deploy.adopt is not None:
-        results = q(cfg.deploy.adopt.results_path.replace("{run}", adopted))
+        results = q(str(cfg.deploy.adopt.results_of(adopted)))
         commands.append(
             host_command(
                 cfg,

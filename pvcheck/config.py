@@ -475,6 +475,7 @@ class AdoptConfig(Section):
         "no Drone build (a manual run's name, or no deploy.drone) started at the earliest this "
         "long before it finished",
     )
+
     stack_prefix_chars: int = Field(
         0,
         ge=0,
@@ -483,6 +484,14 @@ class AdoptConfig(Section):
         "names (cc-ci: 4); every stack deploy.stack_pattern admits that begins so must be "
         "gone; 0: every stack the pattern admits",
     )
+
+    def results_of(self, run: str) -> Path:
+        """Where run `run`'s results.json is on the host (`run` a RunId)."""
+        return Path(self.results_path.replace("{run}", run))
+
+    def link_of(self, run: str) -> str:
+        """Where run `run`'s results are published ("" when not configured)."""
+        return self.results_url.replace("{run}", run) if self.results_url else ""
 
 
 def _regex(value: str) -> str:

@@ -272,11 +272,16 @@ def fetch_results(host: HostCommands, path: Path) -> Any:
     """results.json from the host, read with the same size bound as a local one, and only
     when root alone could have written it there (host_file_problem): a harness's results are
     root's, in root's folders."""
-    return decode_results(fetch_results_bytes(host, path), host.how(f"cat {quote(str(path))}"))
+    return decode_results(fetch_results_bytes(host, path), results_where(host, path))
+
+
+def results_where(host: HostCommands, path: Path) -> str:
+    """How a results file on the host is read, as a person would paste it."""
+    return host.how(f"cat {quote(str(path))}")
 
 
 def fetch_results_bytes(host: HostCommands, path: Path) -> bytes:
-    where = host.how(f"cat {quote(str(path))}")
+    where = results_where(host, path)
     levels = [str(p) for p in _levels(path)]
     rc, out, _ = host.run(["stat", "-c", "%u %g %a %F", "--", *levels], 30)
     if rc != 0:

@@ -73,7 +73,8 @@ def adopt_run(
     read = f"{len(found.data)} bytes" if found.data is not None else found.error
     log.info("%s -> %s", found.where, read)
     if found.build is not None:
-        log.info("Drone build %d: %s", found.build.number, found.build)
+        # Drone's answer as it gave it: one printable line, bounded.
+        log.info("Drone build %d: %s", found.build.number, printable(str(found.build))[:500])
     log.info("docker network inspect %s: created %s", settings.network, found.network_created)
     checks, adopted = adopt.judge(found, settings)
     for check in checks:  # results.json text in them: one line each, as printable

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from shlex import quote
 from typing import Any
 
 import httpx
@@ -34,6 +33,7 @@ from pvcheck.harnessresults import (
     fetch_results_bytes,
     parse_results,
     results_stack,
+    results_where,
 )
 from pvcheck.procs import printable
 from pvcheck.records import Check, Family, Gate, Status, docker_time, format_ts
@@ -65,12 +65,11 @@ class Settings:
 
     @property
     def results_path(self) -> Path:
-        return Path(self.adopt.results_path.replace("{run}", self.run))
+        return self.adopt.results_of(self.run)
 
     @property
     def link(self) -> str:
-        url = self.adopt.results_url
-        return url.replace("{run}", self.run) if url else ""
+        return self.adopt.link_of(self.run)
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def gather(seams: Seams, settings: Settings, drone: DroneClient | None = None) -
     """Read only: the results file, the build, the network's age and the stacks."""
     t0 = time.monotonic()
     path = settings.results_path
-    where = seams.host.how(f"cat {quote(str(path))}")
+    where = results_where(seams.host, path)
     data: bytes | None = None
     error = ""
     try:
@@ -282,8 +281,8 @@ def _start(found: Found, settings: Settings, finished: float) -> tuple[datetime 
         return None, f"Drone build {n} gives no start or end time"
     if not started - SKEW_S <= finished <= ended + SKEW_S:
         return None, (
-            f"Drone build {n} ran {format_ts(_utc(started))} to "
-            f"{format_ts(_utc(ended)) if ended else '?'}, and its results say they were written "
+            f"Drone build {n} ran {format_ts(_utc(started))} to {format_ts(_utc(ended))}, and "
+            "its results say they were written "
             f"{format_ts(_utc(finished))}: not this build's"
         )
     return _utc(started), f"Drone build {n} started {format_ts(_utc(started))}"
